@@ -1,0 +1,33 @@
+"""PostgreSQL 15 + pgvector, compiled on each host. The recipe, stage by stage.
+
+    pyinfra @local deploy/postgres.py -y
+    pyinfra inventories/prod.py deploy/postgres.py
+
+Host data keys and their defaults: pgvector_deploy/settings.py (and the README).
+"""
+
+from pyinfra import config, host
+
+from pgvector_deploy import pgvector, postgres, preflight
+from pgvector_deploy.facts import RemoteUid
+
+# Log in as root, or as a sudo user (EC2 images: admin, ubuntu, ec2-user).
+config.SUDO = host.get_fact(RemoteUid) != 0
+
+# Stage 0, look: validate host data and inspect the host. Nothing changes yet.
+plan = preflight.look(host)
+
+if isinstance(plan, preflight.Refusal):
+    preflight.refuse(plan, name="Refuse this host (nothing changed)")
+else:
+    # Stage 1, fetch: the tarball's checksum is verified before anything is installed.
+    pgvector.fetch(plan, name="pgvector tarball is on the host, sha256 verified")
+
+    # Stage 2, PostgreSQL 15: packages, cluster (adopted if it exists), running and at boot.
+    postgres.packages(plan, name="PostgreSQL 15, PGXS headers and compiler are installed")
+    postgres.cluster(plan, name="PostgreSQL 15 cluster exists")
+    postgres.running(plan, name="PostgreSQL 15 is running and starts at boot")
+
+    # Stage 3, pgvector: compiled here against this host's pg_config, then enabled.
+    pgvector.build(plan, name="pgvector is compiled on this host and installed")
+    pgvector.extension(plan, name="vector extension is current, and enabled in template1 and postgres")

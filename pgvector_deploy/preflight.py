@@ -1,0 +1,116 @@
+"""Look before touching: validate host data and inspect the host, then plan or refuse.
+
+``look`` gathers facts only (nothing on the host changes) and returns a ``Plan`` for the
+rest of the recipe, or a ``Refusal`` whose message names what was found and the fix. A
+refused host gets exactly one operation, ``refuse``, which fails that host alone; other
+hosts in the same run carry on.
+
+Example::
+
+    plan = preflight.look(host)
+    if isinstance(plan, preflight.Refusal):
+        preflight.refuse(plan, name="Refuse host")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyinfra.api import operation
+
+from .facts import CACHE_DIR, HostProfile
+from .platforms import POSTGRES_MAJOR, Platform, UnsupportedHost, detect_platform
+from .settings import Settings, SettingsError, load_settings
+from .shell import fail
+
+POSTGRES_PORT = 5432
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: Settings
+    platform: Platform
+    profile: dict
+    port: int = POSTGRES_PORT
+
+    @property
+    def cached_tarball(self) -> str:
+        return tarball_path(self.settings.version)
+
+    def __repr__(self) -> str:  # shown by pyinfra next to operation names
+        return f"Plan({self.platform.key}, pgvector {self.settings.version})"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    message: str
+
+    def __repr__(self) -> str:
+        return "Refusal"
+
+
+def tarball_path(version: str) -> str:
+    return f"{CACHE_DIR}/pgvector-{version}.tar.gz"
+
+
+def check_port(profile: dict, platform: Platform, port: int) -> None:
+    """Refuse when something other than our PostgreSQL 15 cluster owns (or will own) the port."""
+    for cluster in profile["clusters"]:
+        if cluster["major"] == POSTGRES_MAJOR and cluster["name"] == "main" and cluster["port"] != port:
+            raise UnsupportedHost(
+                f"PostgreSQL {POSTGRES_MAJOR} cluster {POSTGRES_MAJOR}/main listens on port {cluster['port']}, "
+                f"but this toolkit manages it on port {port}. Fix: move that cluster to port {port} "
+                f"(port = {port} in {platform.config_dir}/postgresql.conf, then restart it)."
+            )
+        if cluster["major"] != POSTGRES_MAJOR and cluster["port"] == port:
+            raise UnsupportedHost(
+                f"port {port} belongs to PostgreSQL {cluster['major']} (cluster {cluster['major']}/{cluster['name']}, "
+                f"{cluster['status']}). Fix: move or remove that cluster, so PostgreSQL {POSTGRES_MAJOR} can use port {port}."
+            )
+    for listener in profile["listeners"]:
+        exe = listener["exe"]
+        if exe.startswith(platform.bindir + "/"):
+            continue  # our own PostgreSQL 15 already serves the port
+        owner = exe or listener["process"] or "an unknown process"
+        if "postgres" in exe or listener["process"] == "postgres":
+            raise UnsupportedHost(
+                f"port {port} is taken by another PostgreSQL ({owner}), not PostgreSQL {POSTGRES_MAJOR} "
+                f"from {platform.bindir}. Fix: stop it or move it to another port."
+            )
+        raise UnsupportedHost(
+            f"port {port} is taken by {owner} ({listener['line']}). Fix: stop that service "
+            f"(a docker-proxy here is a container publishing {port}) or free port {port} for PostgreSQL."
+        )
+
+
+def make_plan(settings: Settings, profile: dict) -> Plan:
+    """Pure planning from validated settings and the host profile; raises UnsupportedHost."""
+    platform = detect_platform(profile["os_release"], profile["arch"])
+    if platform.package_manager.name == "apt" and "apt-get" not in profile["package_tools"]:
+        raise UnsupportedHost(f"{platform.label} without apt-get: found {profile['package_tools'] or 'no package tool'}.")
+    check_port(profile, platform, POSTGRES_PORT)
+    return Plan(settings=settings, platform=platform, profile=profile)
+
+
+def look(host) -> Plan | Refusal:
+    """Validate the host's data, gather the host profile (one round trip) and plan."""
+    try:
+        settings = load_settings(host.data)
+    except SettingsError as error:
+        return Refusal(f"bad host data: {error}")
+    profile = host.get_fact(HostProfile, port=POSTGRES_PORT, cached_tarball=tarball_path(settings.version))
+    try:
+        return make_plan(settings, profile)
+    except UnsupportedHost as error:
+        return Refusal(str(error))
+
+
+@operation()
+def refuse(refusal: Refusal):
+    """Fail this host with the refusal's message; nothing else runs on it.
+
+    .. code:: python
+
+        preflight.refuse(Refusal("unsupported host: ..."), name="Refuse host")
+    """
+    yield fail(f"REFUSED, nothing was changed on this host: {refusal.message}")

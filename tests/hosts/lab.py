@@ -1,0 +1,268 @@
+"""The test lab: a private network of real Debian 12 hosts on this machine.
+
+- ``Lab``: bridge ``pgvt0`` (10.231.0.1/16, the "VPC subnet"), an HTTP proxy on it for apt
+  (the hosts have no other way out), and an HTTP server for pgvector tarballs.
+- ``TestHost``: its own root filesystem, network namespace and veth on the bridge, booted
+  by systemd-nspawn, either with systemd as PID 1 (like an EC2 instance) or with only sshd
+  (like a container or minimal image with no init system). Reached over real SSH as
+  ``admin`` with sudo, with strict host key checking.
+
+Traffic stays on addresses of this machine's own namespaces: 10.231.0.0/16.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from .rootfs import CACHE, base_tarball, ssh_keypair
+
+BRIDGE = "pgvt0"
+GATEWAY = "10.231.0.1"
+PROXY_PORT = 8899
+FILES_PORT = 8081
+HOSTS_DIR = Path(os.environ.get("PGV_TEST_HOSTS", "/var/lib/pgv-test/hosts"))
+APT_ARCHIVES = CACHE / "apt-archives"
+
+
+def run(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=check, text=True, capture_output=True, **kwargs)
+
+
+def prerequisites_missing() -> str | None:
+    """Why real test hosts cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("debootstrap", "systemd-nspawn", "tinyproxy", "ip", "ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (tests/bootstrap.sh installs it)"
+    return None
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output readable
+        pass
+
+
+class Lab:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.files_dir = workdir / "files"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.key, self.public_key = ssh_keypair()
+        self.known_hosts = workdir / "known_hosts"
+        self.known_hosts.touch()
+        self._proxy: subprocess.Popen | None = None
+        self._files: http.server.ThreadingHTTPServer | None = None
+
+    def start(self) -> "Lab":
+        cleanup_stale()
+        run("ip", "link", "add", BRIDGE, "type", "bridge")
+        run("ip", "addr", "add", f"{GATEWAY}/16", "dev", BRIDGE)
+        run("ip", "link", "set", BRIDGE, "up")
+        conf = self.workdir / "tinyproxy.conf"
+        conf.write_text(
+            f"User nobody\nGroup nogroup\nPort {PROXY_PORT}\nListen {GATEWAY}\nTimeout 600\n"
+            "MaxClients 64\nLogLevel Warning\nAllow 10.231.0.0/16\nDisableViaHeader Yes\n"
+        )
+        self._proxy = subprocess.Popen(
+            ["tinyproxy", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        handler = functools.partial(_QuietHandler, directory=str(self.files_dir))
+        self._files = http.server.ThreadingHTTPServer((GATEWAY, FILES_PORT), handler)
+        threading.Thread(target=self._files.serve_forever, daemon=True).start()
+        _wait_for_port(GATEWAY, PROXY_PORT, 10)
+        return self
+
+    def stop(self) -> None:
+        if self._files:
+            self._files.shutdown()
+            self._files.server_close()
+        if self._proxy:
+            self._proxy.terminate()
+            self._proxy.wait(10)
+        run("ip", "link", "del", BRIDGE, check=False)
+
+    def serve(self, path: Path, name: str | None = None) -> str:
+        """Serve a file over HTTP to the hosts; returns its URL."""
+        name = name or path.name
+        shutil.copyfile(path, self.files_dir / name)
+        return f"http://{GATEWAY}:{FILES_PORT}/{name}"
+
+    def host(self, name: str, index: int, systemd: bool = True) -> "TestHost":
+        return TestHost(self, name, index, systemd)
+
+
+def cleanup_stale() -> None:
+    """Remove what an interrupted earlier run left: nspawn processes, namespaces, bridge."""
+    for pid_file in HOSTS_DIR.glob("*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+        pid_file.unlink(missing_ok=True)
+    for line in run("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if name.startswith("pgvt-"):
+            run("ip", "netns", "del", name, check=False)
+    run("ip", "link", "del", BRIDGE, check=False)
+
+
+def _wait_for_port(address: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing answered on {address}:{port} within {timeout}s")
+            time.sleep(0.2)
+
+
+class TestHost:
+    """A real Debian 12 host: own root filesystem, network namespace, and (optionally) systemd."""
+
+    def __init__(self, lab: Lab, name: str, index: int, systemd: bool):
+        self.lab = lab
+        self.name = name
+        self.index = index
+        self.systemd = systemd
+        self.address = f"10.231.{index}.2"
+        self.netns = f"pgvt-{name}"
+        self.root = HOSTS_DIR / name
+        self.pid_file = HOSTS_DIR / f"{name}.pid"
+        self.log = HOSTS_DIR / f"{name}.log"
+        self._process: subprocess.Popen | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def create(self) -> "TestHost":
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        run("tar", "-C", str(self.root), "--numeric-owner", "-xf", str(base_tarball()))
+        (self.root / "etc/hostname").write_text(self.name + "\n")
+        (self.root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n::1 localhost\n")
+        keys = self.root / "home/admin/.ssh/authorized_keys"
+        keys.write_text(self.lab.public_key + "\n")
+        os.chown(keys, *_owner(self.root / "home/admin"))
+        keys.chmod(0o600)
+        run("chroot", str(self.root), "ssh-keygen", "-A")  # fresh host keys for every host
+        host_key = (self.root / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
+        others = [line for line in self.lab.known_hosts.read_text().splitlines() if not line.startswith(self.address + " ")]
+        self.lab.known_hosts.write_text("".join(f"{line}\n" for line in others) + f"{self.address} {' '.join(host_key)}\n")
+        # Reuse .debs earlier hosts downloaded (apt still verifies and installs them).
+        APT_ARCHIVES.mkdir(parents=True, exist_ok=True)
+        for deb in APT_ARCHIVES.glob("*.deb"):
+            os.link(deb, self.root / "var/cache/apt/archives" / deb.name)
+        run("ip", "netns", "add", self.netns)
+        outside, inside = f"pgvt{self.index}a", f"pgvt{self.index}b"
+        run("ip", "link", "del", outside, check=False)  # left by an interrupted run
+        run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+        run("ip", "link", "set", outside, "master", BRIDGE, "up")
+        run("ip", "link", "set", inside, "netns", self.netns)
+        self.netns_run("ip", "link", "set", "lo", "up")
+        self.netns_run("ip", "link", "set", inside, "name", "eth0")
+        self.netns_run("ip", "addr", "add", f"{self.address}/16", "dev", "eth0")
+        self.netns_run("ip", "link", "set", "eth0", "up")
+        self.netns_run("ip", "route", "add", "default", "via", GATEWAY)
+        return self
+
+    def boot(self) -> "TestHost":
+        command = [
+            "systemd-nspawn", "-D", str(self.root), "-M", self.name,
+            f"--network-namespace-path=/run/netns/{self.netns}",
+            "--register=no", "--keep-unit", "--resolv-conf=off", "--timezone=off",
+            "--link-journal=no", "--console=passive",
+        ]  # fmt: skip
+        if self.systemd:
+            command.append("-b")
+        else:
+            # No init system: nspawn's stub is PID 1 and runs only sshd.
+            command += ["--as-pid2", "/bin/sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e"]
+        with open(self.log, "ab") as log:
+            self._process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        self.pid_file.write_text(str(self._process.pid))
+        self.wait_for_ssh()
+        return self
+
+    def wait_for_ssh(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process and self._process.poll() is not None:
+                raise RuntimeError(f"{self.name} stopped while booting; see {self.log}")
+            result = self.ssh("true", check=False, timeout=10)
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not answer SSH in {timeout}s: {result.stderr}")
+            time.sleep(0.5)
+
+    def shutdown(self, timeout: float = 60) -> None:
+        if self._process and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(10)
+        self.pid_file.unlink(missing_ok=True)
+
+    def destroy(self) -> None:
+        self.shutdown()
+        # Keep what apt downloaded for the next hosts.
+        for deb in (self.root / "var/cache/apt/archives").glob("*.deb"):
+            target = APT_ARCHIVES / deb.name
+            if not target.exists():
+                os.link(deb, target)
+        run("ip", "netns", "del", self.netns, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- using it --------------------------------------------------------------------------
+    def netns_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", self.netns, *args, check=check)
+
+    def ssh(self, command: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run ``command`` on the host as admin over SSH (prefix ``sudo`` for root)."""
+        result = subprocess.run(
+            ["ssh", "-i", str(self.lab.key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+             "-o", f"UserKnownHostsFile={self.lab.known_hosts}", "-o", "ConnectTimeout=5",
+             f"admin@{self.address}", command],
+            text=True, capture_output=True, timeout=timeout,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"{self.name}: {command!r} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def sudo(self, command: str, check: bool = True) -> str:
+        return self.ssh(f"sudo sh -c {shlex.quote(command)}", check=check).stdout
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL as the postgres superuser on the host; returns bare rows."""
+        command = f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {shlex.quote(database)} -c {shlex.quote(sql)}"
+        return self.sudo(command).strip()
+
+    def inventory_entry(self, **data) -> tuple[str, dict]:
+        connection = {
+            "ssh_hostname": self.address,
+            "ssh_user": "admin",
+            "ssh_key": str(self.lab.key),
+            "ssh_known_hosts_file": str(self.lab.known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+        }
+        return self.name, {**connection, **data}
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_uid, stat.st_gid

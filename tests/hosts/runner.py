@@ -1,0 +1,57 @@
+"""Run the real pyinfra CLI on the real deploy, as a user would, and read its JSON results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = "deploy/postgres.py"
+
+
+@dataclass
+class DeployRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    results: dict = field(default_factory=dict)
+
+    def changed(self, host: str) -> list[str]:
+        """Names of the operations that changed something on ``host``."""
+        return [op["name"] for op in self.results.get("operations", []) if host in op.get("success", [])]
+
+    def failed(self, host: str) -> list[str]:
+        return [op["name"] for op in self.results.get("operations", []) if host in op.get("error", [])]
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def write_inventory(path: Path, hosts: list[tuple[str, dict]]) -> Path:
+    path.write_text("hosts = " + repr(hosts) + "\n")
+    return path
+
+
+def deploy(inventory: Path, *args: str, timeout: float = 1800) -> DeployRun:
+    """``pyinfra INVENTORY deploy/postgres.py -y --json [args]`` from the repository root."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyinfra", str(inventory), DEPLOY, "-y", "--json", *args],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+    seconds = time.monotonic() - started
+    results = {}
+    try:
+        results = json.loads(proc.stdout).get("results", {}) if proc.stdout.strip() else {}
+    except ValueError:
+        pass
+    return DeployRun(proc.returncode, proc.stdout, proc.stderr, seconds, results)
