@@ -87,7 +87,11 @@ if command -v ss >/dev/null 2>&1; then
     echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|$line"
   done
 else
-  grep -qi ':{int(port):04X} [0-9A-F:]* 0A ' /proc/net/tcp /proc/net/tcp6 2>/dev/null && echo "listener=|unknown process"
+  # No ss (minimal images): find the listening socket's inode, then the process holding it.
+  for inode in $(awk '$2 ~ /:{int(port):04X}$/ && $4 == "0A" {{print $10}}' /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+    pid=$(find /proc/[0-9]*/fd -lname "socket:\\[$inode\\]" 2>/dev/null | head -n1 | cut -d/ -f3)
+    echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|pid $pid, found without ss"
+  done
 fi
 [ -f {shlex.quote(cached_tarball)} ] && echo "cached_tarball_sha256=$(sha256sum {shlex.quote(cached_tarball)} | cut -d' ' -f1)"
 true

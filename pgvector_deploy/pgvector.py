@@ -29,7 +29,7 @@ from .platforms import Platform
 from .preflight import Plan
 from .releases import parse_version
 from .settings import Settings
-from .shell import SAFE_PATH, as_postgres, fail
+from .shell import SAFE_PATH, Var, as_postgres, fail
 
 # Databases that get the extension: template1 so every new database (ORM shadow databases
 # included) is born with it, and postgres.
@@ -55,12 +55,16 @@ def desired_stamp(settings: Settings, arch: str, pg_version: str | None) -> dict
 
 def verify_and_store_script(candidate: str, dest: str, expected: str, source: str) -> str:
     """Shell: check ``candidate``'s sha256, then move it to ``dest``; on mismatch remove it."""
+    mismatch = fail(
+        f"pgvector tarball from {source} has sha256 ", Var("actual"), f", expected {expected}. "
+        "Nothing was built or installed. Fix: use the genuine tarball, or correct pgvector_sha256 "
+        "if the expected digest is wrong."
+    )
     return f"""
 actual=$(sha256sum {candidate} | cut -d' ' -f1)
 if [ "$actual" != {expected} ]; then
   rm -f {candidate}
-  echo "pgvector tarball from {source} has sha256 $actual, expected {expected}. Nothing was built or installed. Fix: use the genuine tarball, or correct pgvector_sha256 if the expected digest is wrong." >&2
-  exit 1
+  {mismatch}
 fi
 mkdir -p -m 0755 {CACHE_DIR}
 chmod 0644 {candidate}
@@ -128,7 +132,7 @@ control=$(find . -type f -name vector.control)
 [ -n "$control" ] || {fail("make install produced no vector.control")}
 place "${{control#./}}"
 installed=$(sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" "$({platform.pg_config} --sharedir)/extension/vector.control")
-[ "$installed" = {version} ] || {fail(f"installed vector.control says default_version $installed, expected {version}")}
+[ "$installed" = {version} ] || {fail("installed vector.control says default_version ", Var("installed"), f", expected {version}")}
 {as_postgres(platform, port, "postgres", verify_sql)} >/dev/null
 mkdir -p -m 0755 {STATE_DIR}
 printf '%s\\n' {shlex.quote(stamp_json)} > {BUILD_STAMP}.new

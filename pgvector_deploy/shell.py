@@ -29,6 +29,19 @@ def as_postgres(platform: Platform, port: int, database: str | None, sql: str | 
     return " ".join(parts)
 
 
-def fail(message: str) -> str:
-    """Shell that prints ``message`` on stderr and exits 1."""
-    return f"{{ echo {shlex.quote(message)} >&2; exit 1; }}"
+class Var(str):
+    """A shell variable to expand inside a ``fail``/``words`` message, e.g. ``Var("actual")``."""
+
+
+def words(*parts: str) -> str:
+    """One shell word: literal parts single-quoted (never expanded), ``Var`` parts expanded."""
+    return "".join(f'"${{{part}}}"' if isinstance(part, Var) else shlex.quote(part) for part in parts)
+
+
+def fail(*parts: str) -> str:
+    """Shell that prints the message on stderr and exits 1.
+
+    >>> fail("expected 1, found ", Var("found"))
+    '{ echo \'expected 1, found \'"${found}" >&2; exit 1; }'
+    """
+    return f"{{ echo {words(*parts)} >&2; exit 1; }}"

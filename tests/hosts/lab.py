@@ -48,9 +48,15 @@ def prerequisites_missing() -> str | None:
     return None
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str]  # set per lab: every path asked for, so tests can see downloads
+
     def log_message(self, *args):  # keep pytest output readable
         pass
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        super().do_GET()
 
 
 class Lab:
@@ -61,6 +67,7 @@ class Lab:
         self.key, self.public_key = ssh_keypair()
         self.known_hosts = workdir / "known_hosts"
         self.known_hosts.touch()
+        self.requests: list[str] = []
         self._proxy: subprocess.Popen | None = None
         self._files: http.server.ThreadingHTTPServer | None = None
 
@@ -77,7 +84,8 @@ class Lab:
         self._proxy = subprocess.Popen(
             ["tinyproxy", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        handler = functools.partial(_QuietHandler, directory=str(self.files_dir))
+        handler_class = type("Handler", (_RecordingHandler,), {"requests": self.requests})
+        handler = functools.partial(handler_class, directory=str(self.files_dir))
         self._files = http.server.ThreadingHTTPServer((GATEWAY, FILES_PORT), handler)
         threading.Thread(target=self._files.serve_forever, daemon=True).start()
         _wait_for_port(GATEWAY, PROXY_PORT, 10)
@@ -251,6 +259,24 @@ class TestHost:
         """Run SQL as the postgres superuser on the host; returns bare rows."""
         command = f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {shlex.quote(database)} -c {shlex.quote(sql)}"
         return self.sudo(command).strip()
+
+    def snapshot(self) -> dict[str, tuple[int, int, int]]:
+        """Every file and directory that matters on the host, with size, mtime and mode, read
+        from its root filesystem; two equal snapshots mean nothing was installed or written.
+        Logs, sudo's lecture marks and systemd's own state change by themselves: left out.
+        Directories count by name and mode only."""
+        volatile = {"var/log", "var/lib/sudo", "var/lib/systemd", "var/cache/ldconfig", "var/lib/private"}
+        found = {}
+        for top in ("etc", "usr", "opt", "srv", "var", "home"):
+            for directory, dirs, files in os.walk(self.root / top):
+                relative = os.path.relpath(directory, self.root)
+                dirs[:] = [d for d in dirs if os.path.join(relative, d) not in volatile]
+                for name in dirs:  # a directory's mtime moves when a temp file comes and goes
+                    found[os.path.join(relative, name)] = (0, 0, os.lstat(os.path.join(directory, name)).st_mode)
+                for name in files:
+                    stat = os.lstat(os.path.join(directory, name))
+                    found[os.path.join(relative, name)] = (stat.st_size, stat.st_mtime_ns, stat.st_mode)
+        return found
 
     def inventory_entry(self, **data) -> tuple[str, dict]:
         connection = {

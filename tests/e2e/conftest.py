@@ -1,0 +1,89 @@
+"""Fixtures for tests on real hosts (see tests/hosts/lab.py).
+
+Without root or the lab's tools these tests skip on a developer machine; under ``CI=true``
+they fail instead, so CI can never pass without having run them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.hosts.lab import Lab, TestHost, prerequisites_missing
+from tests.hosts.runner import DeployRun, deploy, write_inventory
+from tests.hosts.tarballs import REAL_VERSION, real_tarball, sha256
+
+# 0.8.0 is the one real pgvector tarball reachable here (see tests/hosts/tarballs.py). It is
+# below the security floor, so every test that builds it says so openly.
+REAL = {"pgvector_version": REAL_VERSION, "pgvector_allow_insecure": True}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.realhost)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    missing = prerequisites_missing()
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"real-host tests cannot run under CI: {missing}")
+        pytest.skip(f"real-host tests need this machine set up: {missing}")
+    lab = Lab(tmp_path_factory.mktemp("lab")).start()
+    yield lab
+    lab.stop()
+
+
+@pytest.fixture(scope="session")
+def tarball(lab) -> dict:
+    """Host data that makes hosts download the real 0.8.0 tarball from the lab."""
+    path = real_tarball()
+    assert sha256(path) == "867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0"
+    return {**REAL, "pgvector_url": lab.serve(path, f"v{REAL_VERSION}.tar.gz")}
+
+
+class Hosts:
+    """Creates test hosts with unique names/addresses and destroys them at the end."""
+
+    _next_index = 1
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.made: list[TestHost] = []
+
+    def boot(self, name: str, systemd: bool = True) -> TestHost:
+        index = Hosts._next_index
+        Hosts._next_index += 1
+        host = self.lab.host(name, index, systemd=systemd).create().boot()
+        self.made.append(host)
+        return host
+
+    def destroy(self):
+        for host in self.made:
+            host.destroy()
+
+
+@pytest.fixture(scope="module")
+def hosts(lab):
+    made = Hosts(lab)
+    yield made
+    made.destroy()
+
+
+def run_deploy(workdir: Path, entries: list[tuple[str, dict]], *args: str) -> DeployRun:
+    inventory = write_inventory(workdir / "inventory.py", entries)
+    return deploy(inventory, *args)
+
+
+@pytest.fixture
+def provision(tmp_path):
+    """``provision(host, **data)``: run the real deploy against one host."""
+
+    def run(host: TestHost, *args: str, **data) -> DeployRun:
+        return run_deploy(tmp_path, [host.inventory_entry(**data)], *args)
+
+    return run

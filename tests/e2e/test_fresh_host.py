@@ -1,0 +1,93 @@
+"""A fresh Debian 12 host, with systemd as PID 1 (an EC2 instance) and without an init system
+(a container or minimal image): one deploy leaves PostgreSQL 15 running with a pgvector that
+was compiled on the host and works; a second deploy changes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pgvector_deploy.facts import BUILD_STAMP
+
+BUILD_OP = "pgvector is compiled on this host and installed"
+
+
+@pytest.fixture(scope="module", params=["systemd", "no-init"])
+def provisioned(request, hosts, tarball, tmp_path_factory):
+    """A fresh host of each kind, after one deploy: (host, the deploy's run)."""
+    from tests.e2e.conftest import run_deploy
+
+    host = hosts.boot(f"fresh-{request.param}", systemd=request.param == "systemd")
+    run = run_deploy(tmp_path_factory.mktemp("deploy"), [host.inventory_entry(**tarball)])
+    return host, run
+
+
+def test_first_deploy_succeeds_and_builds_pgvector(provisioned):
+    host, run = provisioned
+    assert run.returncode == 0, run.output
+    assert BUILD_OP in run.changed(host.name)
+
+
+def test_postgresql_15_runs(provisioned):
+    host, _ = provisioned
+    assert host.psql("SHOW server_version_num")[:2] == "15"
+
+
+def test_vector_is_enabled_in_template1_and_postgres_at_the_requested_version(provisioned):
+    host, _ = provisioned
+    for database in ("template1", "postgres"):
+        version = host.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'", database)
+        assert version == "0.8.0", database
+
+
+def test_vector_queries_give_the_right_numbers(provisioned):
+    host, _ = provisioned
+    assert host.psql("SELECT '[1,2,3]'::vector <-> '[4,6,3]'::vector") == "5"
+    rows = host.psql(
+        "CREATE TEMP TABLE items (id int, embedding vector(3));"
+        "INSERT INTO items VALUES (1, '[1,1,1]'), (2, '[5,5,5]'), (3, '[2,2,2]');"
+        "SELECT id FROM items ORDER BY embedding <-> '[2,2,3]' LIMIT 2;"
+    )
+    assert rows.split() == ["3", "1"]
+
+
+def test_new_databases_are_born_with_vector(provisioned):
+    """What an ORM shadow database (Prisma migrate dev) relies on."""
+    host, _ = provisioned
+    host.psql("CREATE DATABASE shadow_check")
+    assert host.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'", "shadow_check") == "0.8.0"
+
+
+def test_build_stamp_records_what_was_built_on_this_host(provisioned):
+    host, _ = provisioned
+    stamp = json.loads(host.sudo(f"cat {BUILD_STAMP}"))
+    assert stamp["arch"] == host.ssh("uname -m").stdout.strip()
+    assert stamp["pg_version"] == host.sudo("/usr/lib/postgresql/15/bin/pg_config --version").strip()
+    assert stamp["version"] == "0.8.0"
+    assert stamp["optflags"] == "" and stamp["with_llvm"] == "no"
+    assert host.sudo("test -f /usr/lib/postgresql/15/lib/vector.so && echo yes").strip() == "yes"
+
+
+def test_cluster_starts_at_boot_where_systemd_is_init(provisioned):
+    host, _ = provisioned
+    if not host.systemd:
+        assert host.sudo("pg_lsclusters --no-header").split()[3] == "online"
+        return
+    assert host.ssh("systemctl is-enabled postgresql").stdout.strip() == "enabled"
+    assert host.ssh("systemctl is-active postgresql@15-main").stdout.strip() == "active"
+
+
+def test_second_deploy_changes_nothing_downloads_nothing_restarts_nothing(provisioned, lab, tarball, provision):
+    host, _ = provisioned
+    started = host.psql("SELECT pg_postmaster_start_time()")
+    stamp = host.sudo(f"stat -c %Y {BUILD_STAMP}")
+    downloads = len(lab.requests)
+
+    run = provision(host, **tarball)
+
+    assert run.returncode == 0, run.output
+    assert run.changed(host.name) == []
+    assert len(lab.requests) == downloads
+    assert host.sudo(f"stat -c %Y {BUILD_STAMP}") == stamp
+    assert host.psql("SELECT pg_postmaster_start_time()") == started

@@ -1,0 +1,61 @@
+"""Shared helpers for unit tests: recorded fact output from a real Debian 12 host.
+
+``tests/unit/recorded/<host>-<state>.<fact>.txt`` holds the output of one fact's command,
+"fresh" before provisioning and "provisioned" after.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pgvector_deploy.facts import parse_host_profile, parse_pgvector_state
+from pgvector_deploy.platforms import PLATFORMS
+
+RECORDED = Path(__file__).parent / "recorded"
+
+
+def recorded_lines(state: str, fact: str, host: str = "debian12-x86_64") -> list[str]:
+    """The recorded output lines of ``fact`` on ``host`` in ``state`` (as pyinfra passes them)."""
+    return (RECORDED / f"{host}-{state}.{fact}.txt").read_text().splitlines()
+
+
+def sh_syntax_error(script: str) -> str:
+    """``sh -n`` the script; returns sh's complaint, or "" when the syntax is valid."""
+    result = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, timeout=10)
+    return "" if result.returncode == 0 else (result.stderr or f"exit {result.returncode}")
+
+
+@pytest.fixture
+def debian12():
+    return next(p for p in PLATFORMS if p.key == "debian-12")
+
+
+@pytest.fixture
+def fresh_profile():
+    return parse_host_profile(recorded_lines("fresh", "host-profile"))
+
+
+@pytest.fixture
+def provisioned_profile():
+    return parse_host_profile(recorded_lines("provisioned", "host-profile"))
+
+
+@pytest.fixture
+def fresh_state():
+    return parse_pgvector_state(recorded_lines("fresh", "pgvector-state"))
+
+
+@pytest.fixture
+def provisioned_state():
+    return parse_pgvector_state(recorded_lines("provisioned", "pgvector-state"))
+
+
+def with_changes(profile: dict, **changes) -> dict:
+    """A deep copy of a parsed profile with some keys replaced."""
+    changed = copy.deepcopy(profile)
+    changed.update(changes)
+    return changed

@@ -1,0 +1,218 @@
+"""Fact commands and their parsers, fed output recorded on a real Debian 12 host (pgvector_deploy.facts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgvector_deploy.facts import (
+    BUILD_STAMP,
+    ClusterState,
+    HostProfile,
+    InstalledPackages,
+    PgvectorState,
+    RemoteUid,
+    parse_host_profile,
+    parse_installed,
+    parse_key_values,
+    parse_pgvector_state,
+    parse_postgres_version,
+)
+
+from .conftest import recorded_lines, sh_syntax_error
+
+PROVISIONED_SHA = "867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0"
+
+
+# --- parse_key_values / parse_postgres_version -------------------------------------------
+
+
+def test_parse_key_values_keeps_repeats_and_splits_at_the_first_equals():
+    assert parse_key_values(["a=1", "a=2", "b=x=y", "no separator", " c =z"]) == {
+        "a": ["1", "2"], "b": ["x=y"], "c": ["z"]
+    }
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)", (15, 20)),
+        ("PostgreSQL 15.20 (Debian 15.20-0+deb12u1)", (15, 20)),
+        ("postgres (PostgreSQL) 16.4", (16, 4)),
+        ("", None),
+        ("no version here", None),
+    ],
+)
+def test_parse_postgres_version(text, expected):
+    assert parse_postgres_version(text) == expected
+
+
+# --- HostProfile ---------------------------------------------------------------------------
+
+
+def test_fresh_profile(fresh_profile):
+    assert fresh_profile["arch"] == "x86_64"
+    assert fresh_profile["os_release"]["ID"] == "debian"
+    assert fresh_profile["os_release"]["VERSION_ID"] == "12"
+    assert fresh_profile["package_tools"] == ["apt-get"]
+    assert fresh_profile["systemd"] is True
+    assert fresh_profile["pid1"] == "systemd"
+    assert fresh_profile["postgres_binaries"] == []
+    assert fresh_profile["clusters"] == []
+    assert fresh_profile["listeners"] == []
+    assert fresh_profile["cached_tarball_sha256"] is None
+
+
+def test_provisioned_profile(provisioned_profile):
+    profile = provisioned_profile
+    assert profile["arch"] == "x86_64"
+    assert (profile["os_release"]["ID"], profile["os_release"]["VERSION_ID"]) == ("debian", "12")
+    assert profile["systemd"] is True
+    assert profile["postgres_binaries"] == [
+        {
+            "path": "/usr/lib/postgresql/15/bin/postgres",
+            "major": 15,
+            "version": "postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)",
+        }
+    ]
+    assert profile["clusters"] == [
+        {"major": 15, "name": "main", "port": 5432, "status": "online", "data_dir": "/var/lib/postgresql/15/main"}
+    ]
+    assert [l["exe"] for l in profile["listeners"]] == ["/usr/lib/postgresql/15/bin/postgres"] * 2
+    assert [l["process"] for l in profile["listeners"]] == ["postgres", "postgres"]
+    assert profile["listeners"][0]["line"].startswith("LISTEN 0")
+    assert "127.0.0.1:5432" in profile["listeners"][0]["line"]
+    assert profile["cached_tarball_sha256"] == PROVISIONED_SHA
+
+
+def test_listener_without_ss_or_exe_parses_to_empty_exe_and_process():
+    profile = parse_host_profile(["listener=|unknown process"])
+    assert profile["listeners"] == [{"exe": "", "process": "", "line": "unknown process"}]
+
+
+def test_docker_proxy_listener_names_its_process():
+    line = 'LISTEN 0 4096 0.0.0.0:5432 0.0.0.0:* users:(("docker-proxy",pid=811,fd=4))'
+    profile = parse_host_profile([f"listener=/usr/bin/docker-proxy|{line}"])
+    assert profile["listeners"] == [{"exe": "/usr/bin/docker-proxy", "process": "docker-proxy", "line": line}]
+
+
+def test_short_cluster_lines_are_ignored():
+    assert parse_host_profile(["cluster=15 main 5432"])["clusters"] == []
+
+
+def test_host_profile_command_checks_the_port_and_quotes_the_tarball_path():
+    command = HostProfile().command(port=5433, cached_tarball="/var/cache/pgvector-deploy/x y.tar.gz")
+    assert "ss -Hltnp 'sport = :5433'" in command
+    assert ":1539$" in command  # 5433 in /proc/net/tcp's hex, for hosts without ss
+    assert "'/var/cache/pgvector-deploy/x y.tar.gz'" in command
+    assert sh_syntax_error(command) == ""
+
+
+def test_host_profile_process_is_parse_host_profile():
+    lines = recorded_lines("provisioned", "host-profile")
+    assert HostProfile().process(lines) == parse_host_profile(lines)
+
+
+# --- InstalledPackages ----------------------------------------------------------------------
+
+
+def test_recorded_installed_packages_are_all_the_platform_needs(debian12):
+    assert parse_installed(recorded_lines("provisioned", "installed-packages")) == set(debian12.packages)
+
+
+def test_parse_installed_skips_removed_and_unknown_packages():
+    lines = ["gcc installed", "postgresql-15 config-files", "make not-installed", "", "libc6-dev installed  "]
+    assert parse_installed(lines) == {"gcc", "libc6-dev"}
+
+
+def test_installed_packages_command_asks_dpkg_for_every_package(debian12):
+    command = InstalledPackages().command(platform=debian12)
+    assert "dpkg-query -W -f='${Package} ${db:Status-Status}\\n'" in command
+    assert " ".join(debian12.packages) in command
+    assert sh_syntax_error(command) == ""
+
+
+# --- ClusterState ---------------------------------------------------------------------------
+
+
+def test_recorded_cluster_state_is_initialised_running_enabled():
+    assert ClusterState().process(recorded_lines("provisioned", "cluster-state")) == {
+        "initialised": True, "running": True, "enabled_at_boot": True
+    }
+
+
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        ([], {"initialised": False, "running": False, "enabled_at_boot": False}),
+        (["running=no", "boot=disabled"], {"initialised": False, "running": False, "enabled_at_boot": False}),
+        (["pg_version_file=15", "running=yes", "boot=static"], {"initialised": True, "running": True, "enabled_at_boot": True}),
+        (["running=yes", "boot=enabled-runtime"], {"initialised": False, "running": True, "enabled_at_boot": True}),
+    ],
+)
+def test_cluster_state_variants(lines, expected):
+    assert ClusterState().process(lines) == expected
+
+
+def test_cluster_state_command_uses_the_platform_paths(debian12):
+    command = ClusterState().command(platform=debian12, port=5432)
+    assert "/var/lib/postgresql/15/main/PG_VERSION" in command
+    assert "/usr/lib/postgresql/15/bin/pg_isready -q -h /var/run/postgresql -p 5432" in command
+    assert "systemctl is-enabled postgresql" in command
+    assert sh_syntax_error(command) == ""
+
+
+# --- PgvectorState --------------------------------------------------------------------------
+
+
+def test_fresh_pgvector_state_is_empty(fresh_state):
+    assert fresh_state == {
+        "pg_version": None, "library": None, "control_version": None, "stamp": None, "databases": {}
+    }
+
+
+def test_pgvector_state_default_equals_the_fresh_state(fresh_state):
+    assert PgvectorState.default() == fresh_state
+
+
+def test_provisioned_pgvector_state(provisioned_state):
+    state = provisioned_state
+    assert state["pg_version"] == "PostgreSQL 15.20 (Debian 15.20-0+deb12u1)"
+    assert state["library"] == "/usr/lib/postgresql/15/lib/vector.so"
+    assert state["control_version"] == "0.8.0"
+    assert state["stamp"] == {
+        "arch": "x86_64",
+        "optflags": "",
+        "pg_version": "PostgreSQL 15.20 (Debian 15.20-0+deb12u1)",
+        "sha256": PROVISIONED_SHA,
+        "version": "0.8.0",
+        "with_llvm": "no",
+    }
+    assert state["databases"] == {"app": "0.8.0", "postgres": "0.8.0", "template1": "0.8.0"}
+
+
+def test_damaged_stamp_parses_to_none():
+    lines = recorded_lines("provisioned", "pgvector-state")
+    damaged = [line[:40] if line.startswith("stamp=") else line for line in lines]
+    state = parse_pgvector_state(damaged)
+    assert state["stamp"] is None
+    assert state["control_version"] == "0.8.0"  # the rest still parses
+
+
+def test_database_without_the_extension_maps_to_none_and_keeps_pipes_in_names():
+    state = parse_pgvector_state(["database=plain|", "database=odd|name|0.8.6"])
+    assert state["databases"] == {"plain": None, "odd|name": "0.8.6"}
+
+
+def test_pgvector_state_command_uses_the_absolute_pg_config(debian12):
+    command = PgvectorState().command(platform=debian12, port=5432)
+    assert "/usr/lib/postgresql/15/bin/pg_config --version" in command
+    assert "$(pg_config" not in command and " pg_config " not in command
+    assert f"[ -f {BUILD_STAMP} ]" in command
+    assert "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql" in command
+    assert sh_syntax_error(command) == ""
+
+
+def test_remote_uid():
+    assert RemoteUid().command() == "id -u"
+    assert RemoteUid().process(["0\n"]) == 0
+    assert RemoteUid().process(["1000"]) == 1000

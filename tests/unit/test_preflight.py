@@ -1,0 +1,189 @@
+"""Look before touching: port ownership and planning (pgvector_deploy.preflight)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgvector_deploy.facts import HostProfile
+from pgvector_deploy.platforms import UnsupportedHost
+from pgvector_deploy.preflight import POSTGRES_PORT, Plan, Refusal, check_port, look, make_plan, tarball_path
+from pgvector_deploy.settings import load_settings
+
+from .conftest import with_changes
+
+DOCKER_LINE = 'LISTEN 0 4096 0.0.0.0:5432 0.0.0.0:* users:(("docker-proxy",pid=811,fd=4))'
+NGINX_LINE = 'LISTEN 0 511 0.0.0.0:5432 0.0.0.0:* users:(("nginx",pid=901,fd=6))'
+
+
+def cluster(major=15, name="main", port=5432, status="online"):
+    return {"major": major, "name": name, "port": port, "status": status,
+            "data_dir": f"/var/lib/postgresql/{major}/{name}"}
+
+
+def listener(exe, line):
+    process = line.split('users:(("', 1)[1].split('"', 1)[0] if 'users:(("' in line else ""
+    return {"exe": exe, "process": process, "line": line}
+
+
+def refusal_of(profile, platform, port=POSTGRES_PORT) -> str:
+    with pytest.raises(UnsupportedHost) as error:
+        check_port(profile, platform, port)
+    return str(error.value)
+
+
+# --- check_port -----------------------------------------------------------------------------
+
+
+def test_port_check_passes_for_a_fresh_host(fresh_profile, debian12):
+    assert check_port(fresh_profile, debian12, 5432) is None
+
+
+def test_port_check_passes_when_our_own_15_cluster_owns_5432(provisioned_profile, debian12):
+    assert check_port(provisioned_profile, debian12, 5432) is None
+
+
+def test_nginx_on_the_port_is_refused(fresh_profile, debian12):
+    profile = with_changes(fresh_profile, listeners=[listener("/usr/sbin/nginx", NGINX_LINE)])
+    message = refusal_of(profile, debian12)
+    assert "port 5432 is taken by /usr/sbin/nginx" in message
+    assert NGINX_LINE in message
+    assert "Fix:" in message
+
+
+def test_docker_proxy_on_the_port_is_refused(fresh_profile, debian12):
+    profile = with_changes(fresh_profile, listeners=[listener("/usr/bin/docker-proxy", DOCKER_LINE)])
+    message = refusal_of(profile, debian12)
+    assert "taken by /usr/bin/docker-proxy" in message
+    assert "a docker-proxy here is a container publishing 5432" in message
+
+
+def test_listener_without_exe_is_named_by_its_process(fresh_profile, debian12):
+    profile = with_changes(fresh_profile, listeners=[listener("", DOCKER_LINE)])
+    assert "taken by docker-proxy" in refusal_of(profile, debian12)
+
+
+def test_another_postgres_binary_on_the_port_is_refused(fresh_profile, debian12):
+    line = 'LISTEN 0 244 127.0.0.1:5432 0.0.0.0:* users:(("postgres",pid=77,fd=6))'
+    profile = with_changes(fresh_profile, listeners=[listener("/usr/lib/postgresql/16/bin/postgres", line)])
+    message = refusal_of(profile, debian12)
+    assert "another PostgreSQL (/usr/lib/postgresql/16/bin/postgres)" in message
+    assert "Fix:" in message
+
+
+def test_postgresql_16_cluster_on_5432_is_refused(fresh_profile, debian12):
+    profile = with_changes(fresh_profile, clusters=[cluster(major=16)])
+    message = refusal_of(profile, debian12)
+    assert "port 5432 belongs to PostgreSQL 16 (cluster 16/main, online)" in message
+    assert "Fix:" in message
+
+
+def test_postgresql_16_cluster_on_another_port_is_fine(fresh_profile, debian12):
+    assert check_port(with_changes(fresh_profile, clusters=[cluster(major=16, port=5433)]), debian12, 5432) is None
+
+
+def test_our_15_main_cluster_on_5433_is_refused(fresh_profile, debian12):
+    profile = with_changes(fresh_profile, clusters=[cluster(port=5433)])
+    message = refusal_of(profile, debian12)
+    assert "cluster 15/main listens on port 5433" in message
+    assert "port = 5432 in /etc/postgresql/15/main/postgresql.conf" in message
+
+
+def test_port_check_passes_for_our_own_cluster_on_a_host_without_ss(provisioned_profile, debian12):
+    # Without ss, HostProfile finds the listener's process through /proc (socket inode -> fd).
+    profile = with_changes(
+        provisioned_profile,
+        listeners=[{"exe": "/usr/lib/postgresql/15/bin/postgres", "process": "", "line": "pid 812, found without ss"}],
+    )
+    assert check_port(profile, debian12, 5432) is None
+
+
+def test_port_check_refuses_an_unidentified_listener(provisioned_profile, debian12):
+    profile = with_changes(provisioned_profile, listeners=[{"exe": "", "process": "", "line": "pid , found without ss"}])
+    with pytest.raises(UnsupportedHost, match="port 5432 is taken by an unknown process"):
+        check_port(profile, debian12, 5432)
+
+
+# --- make_plan ------------------------------------------------------------------------------
+
+
+def test_make_plan_for_the_fresh_recorded_host(fresh_profile):
+    settings = load_settings({})
+    plan = make_plan(settings, fresh_profile)
+    assert isinstance(plan, Plan)
+    assert plan.platform.key == "debian-12"
+    assert plan.settings is settings
+    assert plan.port == 5432
+    assert plan.cached_tarball == "/var/cache/pgvector-deploy/pgvector-0.8.6.tar.gz"
+
+
+def test_make_plan_for_the_provisioned_recorded_host(provisioned_profile):
+    plan = make_plan(load_settings({"pgvector_version": "0.8.0", "pgvector_allow_insecure": True}), provisioned_profile)
+    assert plan.cached_tarball == tarball_path("0.8.0")
+
+
+def test_make_plan_refuses_amazon_linux_2(fresh_profile):
+    profile = with_changes(
+        fresh_profile,
+        os_release={"ID": "amzn", "VERSION_ID": "2", "PRETTY_NAME": "Amazon Linux 2"},
+        package_tools=["yum"],
+    )
+    with pytest.raises(UnsupportedHost, match="found Amazon Linux 2 on x86_64"):
+        make_plan(load_settings({}), profile)
+
+
+def test_make_plan_refuses_debian_without_apt_get(fresh_profile):
+    with pytest.raises(UnsupportedHost, match="without apt-get"):
+        make_plan(load_settings({}), with_changes(fresh_profile, package_tools=[]))
+
+
+def test_make_plan_refuses_a_busy_port(fresh_profile):
+    profile = with_changes(fresh_profile, listeners=[listener("/usr/bin/docker-proxy", DOCKER_LINE)])
+    with pytest.raises(UnsupportedHost, match="docker-proxy"):
+        make_plan(load_settings({}), profile)
+
+
+def test_plan_repr_is_short(fresh_profile):
+    text = repr(make_plan(load_settings({}), fresh_profile))
+    assert text == "Plan(debian-12, pgvector 0.8.6)"
+    assert "os_release" not in text
+
+
+def test_refusal_repr_hides_the_message():
+    assert repr(Refusal("long message")) == "Refusal"
+
+
+# --- look (with a stand-in for pyinfra's host: data + get_fact) --------------------------------
+
+
+class StubHost:
+    def __init__(self, data, profile):
+        self.data = data
+        self.profile = profile
+        self.asked = []
+
+    def get_fact(self, fact, **kwargs):
+        self.asked.append((fact, kwargs))
+        return self.profile
+
+
+def test_look_asks_for_the_profile_with_the_versioned_cached_tarball(fresh_profile):
+    host = StubHost({"pgvector_version": "0.8.5"}, fresh_profile)
+    plan = look(host)
+    assert isinstance(plan, Plan)
+    assert host.asked == [
+        (HostProfile, {"port": 5432, "cached_tarball": "/var/cache/pgvector-deploy/pgvector-0.8.5.tar.gz"})
+    ]
+
+
+def test_look_refuses_bad_data_without_touching_the_host(fresh_profile):
+    host = StubHost({"pgvector_version": "latest"}, fresh_profile)
+    refusal = look(host)
+    assert isinstance(refusal, Refusal)
+    assert refusal.message.startswith("bad host data: pgvector_version 'latest'")
+    assert host.asked == []
+
+
+def test_look_turns_an_unsupported_host_into_a_refusal(fresh_profile):
+    refusal = look(StubHost({}, with_changes(fresh_profile, arch="i686")))
+    assert isinstance(refusal, Refusal)
+    assert "architecture 'i686' is not supported" in refusal.message
