@@ -1,0 +1,89 @@
+"""Bad input gets a clear error naming the problem and the fix, and nothing on the host
+changes: every case compares a snapshot of the host's files before and after."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.hosts.tarballs import REAL_VERSION
+
+AMAZON_LINUX_2 = """NAME="Amazon Linux"
+VERSION="2"
+ID="amzn"
+ID_LIKE="centos rhel fedora"
+VERSION_ID="2"
+PRETTY_NAME="Amazon Linux 2"
+ANSI_COLOR="0;33"
+CPE_NAME="cpe:2.3:o:amazon:amazon_linux:2"
+HOME_URL="https://amazonlinux.com/"
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh(hosts):
+    host = hosts.boot("bad-input")
+    host.ssh("sudo true")  # sudo's first use writes ~/.sudo_as_admin_successful: not ours
+    return host
+
+
+CASES = {
+    "wrong sha256": (
+        {"pgvector_sha256": "0" * 64},
+        ["has sha256 867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0", "expected " + "0" * 64],
+    ),
+    "unreachable pgvector_url": (
+        {"pgvector_url": "http://10.231.0.1:9/v0.8.0.tar.gz"},
+        ["could not download the pgvector tarball from http://10.231.0.1:9/v0.8.0.tar.gz", "Fix:"],
+    ),
+    "pgvector_tarball missing on the control machine": (
+        {"pgvector_tarball": "/nonexistent/v0.8.0.tar.gz"},
+        ["pgvector_tarball '/nonexistent/v0.8.0.tar.gz' does not exist on the control machine", "Fix:"],
+    ),
+    "version that is not a version": (
+        {"pgvector_version": "latest"},
+        ["pgvector_version 'latest' is not a version", "Fix:"],
+    ),
+    "version below the security floor": (
+        {"pgvector_version": "0.8.1", "pgvector_allow_insecure": False},
+        ["pgvector 0.8.1 is below the security floor 0.8.2", "CVE-2026-3172", "Fix:"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_bad_input_is_refused_before_any_change(case, fresh, tarball, provision):
+    data, expected = CASES[case]
+    before = fresh.snapshot()
+
+    run = provision(fresh, **{**tarball, **data})
+
+    assert run.returncode != 0
+    for text in expected:
+        assert text in run.output, run.output
+    assert fresh.snapshot() == before
+
+
+def test_port_taken_by_another_program_is_refused(fresh, tarball, provision):
+    fresh.sudo("nohup python3 -m http.server 5432 >/dev/null 2>&1 & echo $! > /run/port-blocker.pid; sleep 1")
+    try:
+        before = fresh.snapshot()
+        run = provision(fresh, **tarball)
+        assert run.returncode != 0
+        assert "port 5432 is taken by /usr/bin/python3" in run.output, run.output
+        assert "Fix:" in run.output
+        assert fresh.snapshot() == before
+    finally:
+        fresh.sudo("kill $(cat /run/port-blocker.pid)")
+
+
+def test_unsupported_distribution_is_refused(fresh, tarball, provision):
+    """A host whose os-release says Amazon Linux 2 (end of life, no PostgreSQL 15)."""
+    fresh.sudo(f"rm /etc/os-release && printf '%s' '{AMAZON_LINUX_2}' > /etc/os-release")
+    before = fresh.snapshot()
+
+    run = provision(fresh, **tarball)
+
+    assert run.returncode != 0
+    assert "unsupported host: found Amazon Linux 2 on x86_64" in run.output, run.output
+    assert "supported: Debian 12 (bookworm)" in run.output
+    assert fresh.snapshot() == before
