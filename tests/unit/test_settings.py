@@ -131,3 +131,18 @@ def test_sha256_of_file_matches_hashlib(tmp_path):
     data = bytes(range(256)) * 5000  # more than one 1 MiB read block
     path.write_bytes(data)
     assert sha256_of_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_readme_documents_every_setting_with_its_default():
+    """The README's host data table is the user's contract; it must match SETTINGS."""
+    from pathlib import Path
+
+    from pgvector_deploy.settings import SETTINGS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `")}
+    for setting in SETTINGS:
+        row = rows.get(f"`{setting.key}`")
+        assert row is not None, f"README has no row for {setting.key}"
+        assert f"`{setting.default!r}`" in row, f"README default for {setting.key} is stale"
+        assert setting.meaning in row, f"README meaning for {setting.key} is stale"

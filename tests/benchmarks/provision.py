@@ -1,0 +1,93 @@
+"""Benchmark: how long provisioning takes, side by side in one run (prints numbers; no asserts).
+
+    sudo .venv/bin/python -m tests.benchmarks.provision
+
+Boots two identical fresh Debian 12 test hosts (same cached root filesystem and the same
+cached .debs, so downloads weigh the same on both) and measures:
+
+1. the raw commands a person would type on host A (apt install of server, headers and
+   compiler, download, unpack, make, make install, CREATE EXTENSION);
+2. ``pyinfra ... deploy/postgres.py -y`` on host B, fresh;
+3. the same deploy again on host B (no-op: zero changes expected);
+4. pyinfra running an empty deploy on host B (the floor for any pyinfra run).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.hosts.lab import Lab, prerequisites_missing
+from tests.hosts.runner import deploy, write_inventory
+from tests.hosts.tarballs import REAL_VERSION, real_tarball
+
+RAW_COMMANDS = """set -e
+sudo DEBIAN_FRONTEND=noninteractive apt-get -q update
+sudo DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends postgresql-15 postgresql-server-dev-15 gcc make libc6-dev
+cd /tmp && curl -fsSL -o v{version}.tar.gz {url} && tar xzf v{version}.tar.gz && cd pgvector-{version}
+make -j"$(nproc)" OPTFLAGS="" with_llvm=no PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+sudo make install with_llvm=no PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+sudo -u postgres psql -c 'CREATE EXTENSION vector'
+"""
+
+
+def timed(action):
+    started = time.monotonic()
+    result = action()
+    return time.monotonic() - started, result
+
+
+def main() -> int:
+    missing = prerequisites_missing()
+    if missing:
+        print(f"cannot run: {missing}", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="pgv-bench-"))
+    lab = Lab(work).start()
+    made = []
+    try:
+        url = lab.serve(real_tarball(), f"v{REAL_VERSION}.tar.gz")
+        raw_host = lab.host("bench-raw", 201).create().boot()
+        made.append(raw_host)
+        deploy_host = lab.host("bench-deploy", 202).create().boot()
+        made.append(deploy_host)
+        data = {"pgvector_version": REAL_VERSION, "pgvector_allow_insecure": True, "pgvector_url": url}
+        inventory = write_inventory(work / "inventory.py", [deploy_host.inventory_entry(**data)])
+        empty = work / "empty_deploy.py"
+        empty.write_text("# no operations: what any pyinfra run costs\n")
+
+        raw_seconds, _ = timed(lambda: raw_host.ssh(RAW_COMMANDS.format(version=REAL_VERSION, url=url)))
+        fresh = deploy(inventory)
+        assert fresh.returncode == 0, fresh.output
+        noop = deploy(inventory)
+        assert noop.returncode == 0 and noop.changed(deploy_host.name) == [], noop.output
+        empty_seconds, empty_run = timed(
+            lambda: __import__("subprocess").run(
+                [sys.executable, "-m", "pyinfra", str(inventory), str(empty), "-y"], capture_output=True
+            )
+        )
+        assert empty_run.returncode == 0
+
+        rows = [
+            ("raw commands by hand, fresh host", raw_seconds),
+            ("deploy/postgres.py, fresh host", fresh.seconds),
+            ("deploy/postgres.py, no-op re-run", noop.seconds),
+            ("pyinfra empty deploy, same host", empty_seconds),
+        ]
+        print(f"\n{'measurement':<40} {'seconds':>8}")
+        for label, seconds in rows:
+            print(f"{label:<40} {seconds:>8.1f}")
+        print(f"\nfresh provision / raw commands: {fresh.seconds / raw_seconds:.2f}")
+        print(f"no-op re-run / empty deploy:    {noop.seconds / empty_seconds:.2f}")
+        print(f"no-op re-run changed operations: {len(noop.changed(deploy_host.name))}")
+        return 0
+    finally:
+        for host in made:
+            host.destroy()
+        lab.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
