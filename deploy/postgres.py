@@ -23,7 +23,9 @@ else:
     # Stage 1, fetch: the tarball's checksum is verified before anything is installed.
     pgvector.fetch(plan, name="pgvector tarball is on the host, sha256 verified")
 
-    # Stage 2, PostgreSQL 15: packages, cluster (adopted if it exists), running and at boot.
+    # Stage 2, PostgreSQL 15: its repository where the distribution lacks it, packages,
+    # cluster (adopted if it exists), running and at boot.
+    postgres.repository(plan, name="PostgreSQL 15 repositories are set up (PGDG, CRB) where needed")
     postgres.packages(plan, name="PostgreSQL 15, PGXS headers and compiler are installed")
     postgres.cluster(plan, name="PostgreSQL 15 cluster exists")
     postgres.running(plan, name="PostgreSQL 15 is running and starts at boot")

@@ -157,6 +157,22 @@ def parse_installed(lines: list[str]) -> set[str]:
     return {line.split()[0] for line in lines if line.strip().endswith(" installed")}
 
 
+class RepositoryChecks(FactBase):
+    """Which repository set-up steps are already done: the indexes of the ``checks`` that pass.
+
+    All checks run in one round trip; each in a subshell, so one cannot end the others.
+    """
+
+    default = set
+
+    def command(self, checks: tuple[str, ...]):
+        tests = "\n".join(f"if ( {check} ) >/dev/null 2>&1; then echo passed={index}; fi" for index, check in enumerate(checks))
+        return f"PATH={SAFE_PATH}\n{tests}\ntrue\n"
+
+    def process(self, output):
+        return {int(index) for index in parse_key_values(output).get("passed", [])}
+
+
 class ClusterState(FactBase):
     """The target cluster: initialised (its PG_VERSION), accepting connections, enabled at boot."""
 

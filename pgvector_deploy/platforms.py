@@ -5,15 +5,24 @@ pgvector build needs, where ``pg_config`` is, how the cluster is created and sta
 where its files are. Code elsewhere reads these fields and never branches on a distribution
 name. Adding a distribution is one entry in ``PLATFORMS`` plus recorded facts for its tests.
 
+The values come from ``shared/reference/platforms.md``. Only Debian 12 is proved on real
+hosts; entries marked "not verified here" are the best public knowledge, pinned by plan tests.
+
 Example::
 
     >>> detect_platform({"ID": "debian", "VERSION_ID": "12"}, "x86_64").key
     'debian-12'
+    >>> detect_platform({"ID": "rocky", "VERSION_ID": "9.4"}, "aarch64").key
+    'rhel-9'
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
+from os.path import dirname
+
+from .shell import fail
 
 POSTGRES_MAJOR = 15
 SUPPORTED_ARCHES = ("x86_64", "aarch64")
@@ -22,6 +31,7 @@ SUPPORTED_ARCHES = ("x86_64", "aarch64")
 @dataclass(frozen=True)
 class PackageManager:
     name: str
+    tool: str  # the command the host profile must find (HostProfile's package_tools)
     # Shell that installs the packages given as {packages}; non-interactive, waits for a held lock.
     install: str
     # Shell that prints "<name> installed" for each installed package of {packages}.
@@ -31,6 +41,7 @@ class PackageManager:
 PACKAGE_MANAGERS = {
     "apt": PackageManager(
         name="apt",
+        tool="apt-get",
         install=(
             "export DEBIAN_FRONTEND=noninteractive && "
             "apt-get -q -o DPkg::Lock::Timeout=600 update && "
@@ -38,7 +49,35 @@ PACKAGE_MANAGERS = {
         ),
         query_installed="dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' {packages} 2>/dev/null || true",
     ),
+    "dnf": PackageManager(
+        name="dnf",
+        tool="dnf",
+        # dnf waits for another dnf holding its lock by itself.
+        install="dnf -y install {packages}",
+        # rpm -q prints "package X is not installed" on stdout for a missing one: drop it.
+        query_installed=(
+            "rpm -q --qf '%{{NAME}} installed\\n' {packages} 2>/dev/null | grep -v ' is not installed$' || true"
+        ),
+    ),
 }
+
+
+@dataclass(frozen=True)
+class RepositoryStep:
+    """One step of making PostgreSQL 15 installable: a repository, a key, a module switch.
+
+    ``check`` is a shell test that succeeds when the step is already done, so a converged
+    host yields nothing; ``setup`` does the step. Both may say ``{arch}`` (``uname -m``).
+    ``os_ids`` limits the step to some os-release IDs of its platform (empty: all of them).
+    """
+
+    check: str
+    setup: str
+    os_ids: tuple[str, ...] = ()
+
+    def for_host(self, arch: str) -> RepositoryStep:
+        # replace, not str.format: shell is full of braces ({ ...; }, ${var}).
+        return RepositoryStep(self.check.replace("{arch}", arch), self.setup.replace("{arch}", arch), self.os_ids)
 
 
 @dataclass(frozen=True)
@@ -50,15 +89,22 @@ class Platform:
     package_manager: PackageManager
     server_packages: tuple[str, ...]
     build_packages: tuple[str, ...]  # PGXS headers and the compiler
-    bindir: str  # the target major's own binaries; pg_config is here, never /usr/bin's
+    # The target major's own binaries (pg_config, psql, pg_ctl). Never a /usr/bin that picks
+    # the newest installed major; /usr/bin only where the packages allow one major at a time.
+    bindir: str
     data_dir: str
     config_dir: str
     socket_dir: str
     create_cluster: str  # initialises a *new* cluster; only run when data_dir has no PG_VERSION
-    start_without_systemd: str  # the distribution's cluster tool, for hosts without systemd
+    start_without_systemd: str  # starts the cluster on hosts without systemd
     service: str  # systemd unit of the cluster
     boot_unit: str  # systemd unit enabled so the cluster starts at boot
     proof: str  # "e2e": proved on real hosts in CI; "plan": plan-tested from recorded facts
+    repository: tuple[RepositoryStep, ...] = ()  # set-up before the packages can be installed
+
+    def repository_steps(self, os_id: str, arch: str) -> tuple[RepositoryStep, ...]:
+        """The repository steps for one host, in order, with its ``{arch}`` filled in."""
+        return tuple(step.for_host(arch) for step in self.repository if not step.os_ids or os_id in step.os_ids)
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -83,6 +129,92 @@ DEBIAN_FAMILY_PATHS = dict(
     service=f"postgresql@{POSTGRES_MAJOR}-main",
     boot_unit="postgresql",
 )
+DEBIAN_FAMILY_PACKAGES = dict(
+    server_packages=(f"postgresql-{POSTGRES_MAJOR}",),
+    build_packages=(f"postgresql-server-dev-{POSTGRES_MAJOR}", "gcc", "make", "libc6-dev"),
+)
+
+PGDG_APT_KEY_URL = "https://www.postgresql.org/media/keys/ACCC4CF8.asc"
+PGDG_APT_KEYRING = "/etc/apt/keyrings/postgresql.asc"
+PGDG_APT_LIST = "/etc/apt/sources.list.d/pgdg.list"
+
+
+def pgdg_apt(codename: str) -> tuple[RepositoryStep, ...]:
+    """The PGDG apt repository: its key, then its source line (apt-get update runs at install)."""
+    source = shlex.quote(
+        f"deb [signed-by={PGDG_APT_KEYRING}] https://apt.postgresql.org/pub/repos/apt {codename}-pgdg main"
+    )
+    return (
+        RepositoryStep(
+            check=f"[ -s {PGDG_APT_KEYRING} ]",
+            # Written beside the keyring and renamed, so a failed download leaves no empty key.
+            setup=(
+                f"install -d -m 0755 {dirname(PGDG_APT_KEYRING)} && "
+                f"curl -fsSL --retry 2 -o {PGDG_APT_KEYRING}.new {PGDG_APT_KEY_URL} && "
+                f"chmod 0644 {PGDG_APT_KEYRING}.new && mv -f {PGDG_APT_KEYRING}.new {PGDG_APT_KEYRING}"
+            ),
+        ),
+        RepositoryStep(
+            check=f"grep -qsxF {source} {PGDG_APT_LIST}",
+            setup=f"printf '%s\\n' {source} > {PGDG_APT_LIST}",
+        ),
+    )
+
+
+def pg_ctl_start(bindir: str, data_dir: str, socket_dir: str) -> str:
+    """Start a cluster with its own major's pg_ctl, for distributions without pg_ctlcluster.
+
+    Without systemd nothing creates the socket directory at boot (systemd-tmpfiles does), so
+    it is made first; the log goes beside the data directory, in the postgres user's home.
+    """
+    return (
+        f"install -d -m 2775 -o postgres -g postgres {socket_dir} && "
+        f"runuser -u postgres -- {bindir}/pg_ctl -D {data_dir} -l {dirname(data_dir)}/pg_ctl.log start -w"
+    )
+
+
+def ubuntu(version: str, codename: str) -> Platform:
+    """Ubuntu LTS: PostgreSQL 15 from PGDG (22.04 ships 14, 24.04 ships 16), Debian's layout."""
+    return Platform(
+        key=f"ubuntu-{version}",
+        label=f"Ubuntu {version} ({codename})",
+        os_ids=("ubuntu",),
+        versions=(version,),
+        package_manager=PACKAGE_MANAGERS["apt"],
+        proof="plan",
+        repository=pgdg_apt(codename),
+        **DEBIAN_FAMILY_PACKAGES,
+        **DEBIAN_FAMILY_PATHS,
+    )
+
+
+AMAZON_LINUX_2023_DATA_DIR = "/var/lib/pgsql/data"
+AMAZON_LINUX_2023_SOCKET_DIR = "/run/postgresql"  # not verified here (Fedora's packaging)
+
+PGDG_YUM_REPO_RPM = (
+    "https://download.postgresql.org/pub/repos/yum/reporpms/EL-9-{arch}/pgdg-redhat-repo-latest.noarch.rpm"
+)
+PGDG_EL_BINDIR = f"/usr/pgsql-{POSTGRES_MAJOR}/bin"
+PGDG_EL_DATA_DIR = f"/var/lib/pgsql/{POSTGRES_MAJOR}/data"
+PGDG_EL_SOCKET_DIR = "/run/postgresql"  # not verified here (PGDG's packaging)
+# dnf keeps a module's state in this file; reading it needs no repository metadata.
+POSTGRESQL_MODULE_DISABLED = "grep -qs '^state=disabled' /etc/dnf/modules.d/postgresql.module"
+
+
+def repo_enabled(repo_id_pattern: str) -> str:
+    """Shell test: an enabled repository's id matches the extended regex (whole id)."""
+    return f"dnf -q repolist --enabled 2>/dev/null | grep -Eq '^({repo_id_pattern})[[:space:]]'"
+
+
+# The id subscription-manager enables, and RHUI's on pay-as-you-go RHEL images (not verified here).
+RHEL_CRB_REPOS = "codeready-builder-for-rhel-9-({arch}|rhui)-rpms"
+RHEL_CRB_SETUP = "subscription-manager repos --enable codeready-builder-for-rhel-9-{arch}-rpms || " + fail(
+    "could not enable CodeReady Builder with subscription-manager (see above); postgresql15-devel needs it, "
+    "so PostgreSQL was not installed. Fix: register the host (subscription-manager register), or on a "
+    "pay-as-you-go image with RHUI repositories run: dnf config-manager --set-enabled "
+    "codeready-builder-for-rhel-9-rhui-rpms; then run again."
+)
+
 
 PLATFORMS: tuple[Platform, ...] = (
     Platform(
@@ -91,17 +223,74 @@ PLATFORMS: tuple[Platform, ...] = (
         os_ids=("debian",),
         versions=("12",),
         package_manager=PACKAGE_MANAGERS["apt"],
-        server_packages=(f"postgresql-{POSTGRES_MAJOR}",),
-        build_packages=(f"postgresql-server-dev-{POSTGRES_MAJOR}", "gcc", "make", "libc6-dev"),
         proof="e2e",
+        **DEBIAN_FAMILY_PACKAGES,
         **DEBIAN_FAMILY_PATHS,
+    ),
+    ubuntu("22.04", "jammy"),
+    ubuntu("24.04", "noble"),
+    Platform(
+        key="amzn-2023",
+        label="Amazon Linux 2023",
+        os_ids=("amzn",),
+        versions=("2023",),
+        package_manager=PACKAGE_MANAGERS["dnf"],
+        server_packages=(f"postgresql{POSTGRES_MAJOR}-server",),
+        # postgresql15-server-devel, not libpq-devel: they conflict, and libpq-devel's pg_config
+        # has no PGXS. amazon-rpm-config provides the -specs= files that `pg_config --ldflags`
+        # names (public issue reports; not verified here).
+        build_packages=(f"postgresql{POSTGRES_MAJOR}-server-devel", "gcc", "make", "amazon-rpm-config"),
+        # postgresql15* conflict with the other majors' packages, so /usr/bin is 15's own.
+        bindir="/usr/bin",
+        data_dir=AMAZON_LINUX_2023_DATA_DIR,
+        config_dir=AMAZON_LINUX_2023_DATA_DIR,
+        socket_dir=AMAZON_LINUX_2023_SOCKET_DIR,
+        create_cluster="postgresql-setup --initdb",
+        start_without_systemd=pg_ctl_start("/usr/bin", AMAZON_LINUX_2023_DATA_DIR, AMAZON_LINUX_2023_SOCKET_DIR),
+        service="postgresql",
+        boot_unit="postgresql",
+        proof="plan",
+    ),
+    Platform(
+        key="rhel-9",
+        label="RHEL / Rocky / AlmaLinux 9",
+        os_ids=("rhel", "rocky", "almalinux"),
+        versions=("9",),
+        package_manager=PACKAGE_MANAGERS["dnf"],
+        server_packages=(f"postgresql{POSTGRES_MAJOR}-server",),
+        build_packages=(f"postgresql{POSTGRES_MAJOR}-devel", "gcc", "make", "redhat-rpm-config"),
+        bindir=PGDG_EL_BINDIR,
+        data_dir=PGDG_EL_DATA_DIR,
+        config_dir=PGDG_EL_DATA_DIR,
+        socket_dir=PGDG_EL_SOCKET_DIR,
+        create_cluster=f"{PGDG_EL_BINDIR}/postgresql-{POSTGRES_MAJOR}-setup initdb",
+        start_without_systemd=pg_ctl_start(PGDG_EL_BINDIR, PGDG_EL_DATA_DIR, PGDG_EL_SOCKET_DIR),
+        service=f"postgresql-{POSTGRES_MAJOR}",
+        boot_unit=f"postgresql-{POSTGRES_MAJOR}",
+        proof="plan",
+        repository=(
+            RepositoryStep(check="rpm -q --quiet pgdg-redhat-repo", setup=f"dnf -y install {PGDG_YUM_REPO_RPM}"),
+            # The distribution's postgresql module would hide PGDG's packages.
+            RepositoryStep(check=POSTGRESQL_MODULE_DISABLED, setup="dnf -qy module disable postgresql"),
+            # postgresql15-devel needs perl(IPC::Run) from CRB, enabled differently per distribution.
+            RepositoryStep(check=repo_enabled(RHEL_CRB_REPOS), setup=RHEL_CRB_SETUP, os_ids=("rhel",)),
+            RepositoryStep(
+                check=repo_enabled("crb"),
+                setup="dnf -y install dnf-plugins-core && dnf config-manager --set-enabled crb",
+                os_ids=("rocky", "almalinux"),
+            ),
+        ),
     ),
 )
 
 # Distributions we recognise and refuse, with the reason a user should read.
 REFUSED = {
-    ("amzn", "2"): "Amazon Linux 2 reached end of life on 2026-06-30 and has no PostgreSQL 15",
-    ("centos", "7"): "CentOS 7 is end of life and has no supported PostgreSQL 15 packages",
+    ("amzn", "2"): (
+        "Amazon Linux 2 reached end of life on 2026-06-30 and has no PostgreSQL 15. Fix: use Amazon Linux 2023"
+    ),
+    ("centos", "7"): (
+        "CentOS 7 is end of life and has no supported PostgreSQL 15 packages. Fix: use Rocky Linux 9 or AlmaLinux 9"
+    ),
 }
 
 
@@ -110,8 +299,10 @@ class UnsupportedHost(Exception):
 
 
 def supported_summary() -> str:
-    names = ", ".join(p.label for p in PLATFORMS)
-    return f"supported: {names}, on {' or '.join(SUPPORTED_ARCHES)}"
+    """``supported: A, B and C, each on x86_64 or aarch64`` (for refusal messages)."""
+    *others, last = [platform.label for platform in PLATFORMS]
+    names = f"{', '.join(others)} and {last}" if others else last
+    return f"supported: {names}, each on {' or '.join(SUPPORTED_ARCHES)}"
 
 
 def detect_platform(os_release: dict[str, str], arch: str) -> Platform:

@@ -1,4 +1,4 @@
-"""PostgreSQL 15 itself: packages, the cluster, running now and at boot.
+"""PostgreSQL 15 itself: where it comes from, packages, the cluster, running now and at boot.
 
 Each operation asks a fact first and yields commands only when the host differs from what
 is wanted, so a converged host reports no change. A cluster that exists (its data directory
@@ -6,6 +6,7 @@ has ``PG_VERSION``) is adopted: it is never initialised again.
 
 Example::
 
+    postgres.repository(plan, name="PostgreSQL 15 can be installed (repositories)")
     postgres.packages(plan, name="Install PostgreSQL 15 and build tools")
     postgres.cluster(plan, name="PostgreSQL 15 cluster exists")
     postgres.running(plan, name="PostgreSQL 15 is running and starts at boot")
@@ -16,9 +17,33 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import operation
 
-from .facts import ClusterState, InstalledPackages
+from .facts import ClusterState, InstalledPackages, RepositoryChecks
+from .platforms import POSTGRES_MAJOR
 from .preflight import Plan
 from .shell import SAFE_PATH
+
+
+@operation()
+def repository(plan: Plan):
+    """Set up where PostgreSQL 15 comes from (PGDG repository, modules, CRB), only the steps
+    not done yet. One fact runs every step's check; a platform without steps asks nothing.
+
+    .. code:: python
+
+        postgres.repository(plan)
+    """
+    platform = plan.platform
+    steps = platform.repository_steps(plan.os_id, plan.arch)
+    if not steps:
+        host.noop(f"{platform.label} ships PostgreSQL {POSTGRES_MAJOR} in its own repositories")
+        return
+    done = host.get_fact(RepositoryChecks, checks=tuple(step.check for step in steps))
+    if len(done) == len(steps):
+        host.noop(f"PostgreSQL {POSTGRES_MAJOR} repositories already set up")
+        return
+    for index, step in enumerate(steps):
+        if index not in done:
+            yield f"PATH={SAFE_PATH}; {step.setup}"
 
 
 @operation()
@@ -57,8 +82,9 @@ def cluster(plan: Plan):
 def running(plan: Plan):
     """Start the cluster if it is down, and enable it at boot where systemd is the init.
 
-    Without systemd (containers, minimal images) the distribution's cluster tool starts it;
-    starting at boot is then the job of whatever starts the container.
+    Without systemd (containers, minimal images) the platform's own start command runs it
+    (pg_ctlcluster, or the major's pg_ctl as postgres); starting at boot is then the job of
+    whatever starts the container.
 
     .. code:: python
 

@@ -37,6 +37,14 @@ class Plan:
     def cached_tarball(self) -> str:
         return tarball_path(self.settings.version)
 
+    @property
+    def os_id(self) -> str:
+        return self.profile["os_release"].get("ID", "").lower()
+
+    @property
+    def arch(self) -> str:
+        return self.profile["arch"]
+
     def __repr__(self) -> str:  # shown by pyinfra next to operation names
         return f"Plan({self.platform.key}, pgvector {self.settings.version})"
 
@@ -83,11 +91,30 @@ def check_port(profile: dict, platform: Platform, port: int) -> None:
         )
 
 
+def check_binaries(profile: dict, platform: Platform) -> None:
+    """Refuse when another major's server sits where the platform installs PostgreSQL 15.
+
+    Only possible where the bindir is shared (Amazon Linux 2023's /usr/bin): its
+    postgresql15 packages conflict with that major's, and the port check would take that
+    server for ours.
+    """
+    ours = f"{platform.bindir}/postgres"
+    for binary in profile["postgres_binaries"]:
+        if binary["path"] == ours and binary["major"] not in (None, POSTGRES_MAJOR):
+            raise UnsupportedHost(
+                f"{ours} is PostgreSQL {binary['major']} ({binary['version']}), where {platform.label} puts "
+                f"PostgreSQL {POSTGRES_MAJOR}. Fix: remove PostgreSQL {binary['major']}'s packages, or use "
+                f"another host."
+            )
+
+
 def make_plan(settings: Settings, profile: dict) -> Plan:
     """Pure planning from validated settings and the host profile; raises UnsupportedHost."""
     platform = detect_platform(profile["os_release"], profile["arch"])
-    if platform.package_manager.name == "apt" and "apt-get" not in profile["package_tools"]:
-        raise UnsupportedHost(f"{platform.label} without apt-get: found {profile['package_tools'] or 'no package tool'}.")
+    tool = platform.package_manager.tool
+    if tool not in profile["package_tools"]:
+        raise UnsupportedHost(f"{platform.label} without {tool}: found {profile['package_tools'] or 'no package tool'}.")
+    check_binaries(profile, platform)
     check_port(profile, platform, POSTGRES_PORT)
     return Plan(settings=settings, platform=platform, profile=profile)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 
-from .platforms import Platform
+if TYPE_CHECKING:  # platforms uses fail(); importing Platform at run time would be a cycle
+    from .platforms import Platform
 
 # sudo and minimal images may leave /usr/sbin out of PATH; runuser and pg_* tools live there.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

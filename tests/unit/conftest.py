@@ -1,7 +1,8 @@
-"""Shared helpers for unit tests: recorded fact output from a real Debian 12 host.
+"""Shared helpers for unit tests: recorded fact output.
 
 ``tests/unit/recorded/<host>-<state>.<fact>.txt`` holds the output of one fact's command,
-"fresh" before provisioning and "provisioned" after.
+"fresh" before provisioning and "provisioned" after. ``recorded/README.md`` says which files
+were captured on real Debian 12 hosts and which are reconstructed for the other platforms.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ RECORDED = Path(__file__).parent / "recorded"
 def recorded_lines(state: str, fact: str, host: str = "debian12-x86_64") -> list[str]:
     """The recorded output lines of ``fact`` on ``host`` in ``state`` (as pyinfra passes them)."""
     return (RECORDED / f"{host}-{state}.{fact}.txt").read_text().splitlines()
+
+
+def recorded_output(host: str, state: str, fact: str) -> list[str]:
+    """Like ``recorded_lines``, but a fact with no file printed nothing (``[]``)."""
+    path = RECORDED / f"{host}-{state}.{fact}.txt"
+    return path.read_text().splitlines() if path.exists() else []
 
 
 def sh_syntax_error(script: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from pgvector_deploy.facts import (
@@ -11,12 +13,15 @@ from pgvector_deploy.facts import (
     InstalledPackages,
     PgvectorState,
     RemoteUid,
+    RepositoryChecks,
     parse_host_profile,
     parse_installed,
     parse_key_values,
     parse_pgvector_state,
     parse_postgres_version,
 )
+
+from pgvector_deploy.platforms import PACKAGE_MANAGERS
 
 from .conftest import recorded_lines, sh_syntax_error
 
@@ -129,6 +134,62 @@ def test_installed_packages_command_asks_dpkg_for_every_package(debian12):
     assert "dpkg-query -W -f='${Package} ${db:Status-Status}\\n'" in command
     assert " ".join(debian12.packages) in command
     assert sh_syntax_error(command) == ""
+
+
+FAKE_RPM = """#!/bin/sh
+# rpm -q --qf FORMAT NAME...: FORMAT per installed package; for a missing one rpm prints
+# "package NAME is not installed" on stdout and exits 1.
+[ "$1 $2" = "-q --qf" ] || { echo "unexpected: $*" >&2; exit 2; }
+format=$3; shift 3; status=0
+for name in "$@"; do
+  if grep -qx "$name" "$INSTALLED"; then printf "$(printf %s "$format" | sed "s/%{NAME}/$name/")"
+  else echo "package $name is not installed"; status=1; fi
+done
+exit $status
+"""
+
+
+def run_dnf_query(tmp_path, installed: list[str], packages: str) -> subprocess.CompletedProcess:
+    """Run the dnf package manager's query with a fake rpm that knows ``installed``."""
+    (tmp_path / "rpm").write_text(FAKE_RPM)
+    (tmp_path / "rpm").chmod(0o755)
+    (tmp_path / "installed").write_text("".join(f"{name}\n" for name in installed))
+    query = PACKAGE_MANAGERS["dnf"].query_installed.format(packages=packages)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "INSTALLED": str(tmp_path / "installed")}
+    return subprocess.run(["sh", "-c", query], capture_output=True, text=True, env=env, timeout=10)
+
+
+def test_dnf_query_prints_only_the_installed_packages(tmp_path):
+    result = run_dnf_query(tmp_path, ["gcc", "make"], "postgresql15-server gcc make redhat-rpm-config")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == ["gcc installed", "make installed"]
+    assert parse_installed(result.stdout.splitlines()) == {"gcc", "make"}
+
+
+def test_dnf_query_prints_nothing_and_succeeds_when_none_is_installed(tmp_path):
+    result = run_dnf_query(tmp_path, [], "gcc make")
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_dnf_install_is_non_interactive():
+    assert PACKAGE_MANAGERS["dnf"].install.format(packages="gcc make") == "dnf -y install gcc make"
+
+
+# --- RepositoryChecks -----------------------------------------------------------------------
+
+
+def test_repository_checks_report_the_passing_ones_in_one_script():
+    # Each check runs in a subshell: one that exits, or prints, does not disturb the others.
+    command = RepositoryChecks().command(checks=("true", "false", "exit 0", "echo noise; exit 1", "[ 1 = 1 ]"))
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == ["passed=0", "passed=2", "passed=4"]
+    assert RepositoryChecks().process(result.stdout.splitlines()) == {0, 2, 4}
+
+
+def test_repository_checks_default_is_none_passed():
+    # pyinfra hands the default over when the command prints nothing (no check passed).
+    assert RepositoryChecks().default() == set()
 
 
 # --- ClusterState ---------------------------------------------------------------------------

@@ -34,11 +34,84 @@ def test_debian12_packages_are_server_then_build_tools(debian12):
     )
 
 
-def test_every_platform_has_its_own_bindir_for_pg_config():
+def test_every_platform_uses_its_own_bindir_for_pg_config():
     for platform in PLATFORMS:
-        assert platform.pg_config != "/usr/bin/pg_config"
-        assert platform.pg_config.startswith(platform.bindir + "/")
-        assert "15" in platform.bindir
+        assert platform.pg_config == platform.bindir + "/pg_config"
+        assert platform.psql == platform.bindir + "/psql"
+
+
+def test_only_amazon_linux_2023_uses_usr_bin():
+    # There /usr/bin is 15's own: postgresql15* conflict with every other major's packages
+    # (and preflight refuses another major found there). Everywhere else /usr/bin/pg_config
+    # may point at the newest installed major.
+    assert {p.key: p.bindir for p in PLATFORMS if "15" not in p.bindir} == {"amzn-2023": "/usr/bin"}
+
+
+def test_only_debian_12_is_proved_end_to_end():
+    assert {p.key: p.proof for p in PLATFORMS} == {
+        "debian-12": "e2e",
+        "ubuntu-22.04": "plan",
+        "ubuntu-24.04": "plan",
+        "amzn-2023": "plan",
+        "rhel-9": "plan",
+    }
+
+
+@pytest.mark.parametrize(
+    "os_id, version, key",
+    [
+        ("ubuntu", "22.04", "ubuntu-22.04"),
+        ("ubuntu", "24.04", "ubuntu-24.04"),
+        ("amzn", "2023", "amzn-2023"),
+        ("rhel", "9.4", "rhel-9"),
+        ("rocky", "9.5", "rhel-9"),
+        ("almalinux", "9.4", "rhel-9"),
+        ("rocky", "9", "rhel-9"),
+    ],
+)
+def test_ec2_distributions_are_detected_on_both_arches(os_id, version, key):
+    for arch in ("x86_64", "aarch64"):
+        assert detect_platform({"ID": os_id, "VERSION_ID": version}, arch).key == key
+
+
+@pytest.mark.parametrize(
+    "os_release, found",
+    [
+        ({"ID": "ubuntu", "VERSION_ID": "20.04", "PRETTY_NAME": "Ubuntu 20.04.6 LTS"}, "Ubuntu 20.04.6 LTS"),
+        ({"ID": "ubuntu", "VERSION_ID": "22.10"}, "ubuntu 22.10"),
+        ({"ID": "rocky", "VERSION_ID": "8.10", "PRETTY_NAME": "Rocky Linux 8.10 (Green Obsidian)"}, "Rocky Linux 8.10"),
+        ({"ID": "centos", "VERSION_ID": "9", "PRETTY_NAME": "CentOS Stream 9"}, "CentOS Stream 9"),
+        ({"ID": "fedora", "VERSION_ID": "40"}, "fedora 40"),
+    ],
+)
+def test_other_releases_are_refused_listing_what_is_supported(os_release, found):
+    message = _refusal(os_release)
+    assert f"found {found}" in message
+    assert supported_summary() in message
+
+
+def test_supported_summary_lists_every_platform_and_both_arches():
+    assert supported_summary() == (
+        "supported: Debian 12 (bookworm), Ubuntu 22.04 (jammy), Ubuntu 24.04 (noble), Amazon Linux 2023 "
+        "and RHEL / Rocky / AlmaLinux 9, each on x86_64 or aarch64"
+    )
+
+
+def test_repository_steps_depend_on_the_os_id_and_fill_in_the_arch():
+    rhel9 = next(p for p in PLATFORMS if p.key == "rhel-9")
+    rhel = rhel9.repository_steps("rhel", "aarch64")
+    rocky = rhel9.repository_steps("rocky", "x86_64")
+    assert [step.check for step in rhel[:2]] == [step.check for step in rocky[:2]]
+    assert "EL-9-aarch64/" in rhel[0].setup and "EL-9-x86_64/" in rocky[0].setup
+    assert rhel[2].setup.startswith("subscription-manager repos --enable codeready-builder-for-rhel-9-aarch64-rpms ")
+    assert rocky[2].setup == "dnf -y install dnf-plugins-core && dnf config-manager --set-enabled crb"
+    assert len(rhel) == len(rocky) == 3
+    assert "{arch}" not in "".join(step.check + step.setup for step in rhel + rocky)
+
+
+def test_debian_12_has_no_repository_steps(debian12):
+    assert debian12.repository == ()
+    assert debian12.repository_steps("debian", "x86_64") == ()
 
 
 def _refusal(os_release: dict, arch: str = "x86_64") -> str:
@@ -51,7 +124,12 @@ def test_amazon_linux_2_is_refused_naming_what_was_found_and_what_is_supported()
     message = _refusal({"ID": "amzn", "VERSION_ID": "2", "PRETTY_NAME": "Amazon Linux 2"})
     assert "found Amazon Linux 2 on x86_64" in message
     assert "end of life" in message
-    assert "supported: Debian 12 (bookworm), on x86_64 or aarch64" in message
+    assert "Fix: use Amazon Linux 2023" in message
+    assert message.endswith(f"{supported_summary()}.")
+
+
+def test_amazon_linux_2_on_graviton_is_refused_too():
+    assert "found Amazon Linux 2 on aarch64" in _refusal({"ID": "amzn", "VERSION_ID": "2", "PRETTY_NAME": "Amazon Linux 2"}, "aarch64")
 
 
 def test_amazon_linux_2_without_pretty_name_names_id_and_version():
@@ -61,6 +139,7 @@ def test_amazon_linux_2_without_pretty_name_names_id_and_version():
 def test_centos_7_point_release_is_refused():
     message = _refusal({"ID": "centos", "VERSION_ID": "7.9.2009"})
     assert "CentOS 7 is end of life" in message
+    assert "Fix: use Rocky Linux 9 or AlmaLinux 9" in message
     assert supported_summary() in message
 
 

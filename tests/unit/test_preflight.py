@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pgvector_deploy.facts import HostProfile
+from pgvector_deploy.facts import HostProfile, parse_host_profile
 from pgvector_deploy.platforms import UnsupportedHost
 from pgvector_deploy.preflight import POSTGRES_PORT, Plan, Refusal, check_port, look, make_plan, tarball_path
 from pgvector_deploy.settings import load_settings
 
-from .conftest import with_changes
+from .conftest import recorded_lines, with_changes
 
 DOCKER_LINE = 'LISTEN 0 4096 0.0.0.0:5432 0.0.0.0:* users:(("docker-proxy",pid=811,fd=4))'
 NGINX_LINE = 'LISTEN 0 511 0.0.0.0:5432 0.0.0.0:* users:(("nginx",pid=901,fd=6))'
@@ -134,6 +134,52 @@ def test_make_plan_refuses_amazon_linux_2(fresh_profile):
 def test_make_plan_refuses_debian_without_apt_get(fresh_profile):
     with pytest.raises(UnsupportedHost, match="without apt-get"):
         make_plan(load_settings({}), with_changes(fresh_profile, package_tools=[]))
+
+
+def test_make_plan_refuses_rocky_without_dnf():
+    profile = parse_host_profile(recorded_lines("fresh", "host-profile", host="rocky9-x86_64"))
+    with pytest.raises(UnsupportedHost, match=r"RHEL / Rocky / AlmaLinux 9 without dnf: found \['yum'\]"):
+        make_plan(load_settings({}), with_changes(profile, package_tools=["yum"]))
+
+
+def _al2023_with_server(major: int, version: str) -> dict:
+    profile = parse_host_profile(recorded_lines("fresh", "host-profile", host="amzn2023-aarch64"))
+    binary = {"path": "/usr/bin/postgres", "major": major, "version": version}
+    line = 'LISTEN 0 244 127.0.0.1:5432 0.0.0.0:* users:(("postgres",pid=901,fd=6))'
+    return with_changes(profile, postgres_binaries=[binary], listeners=[listener("/usr/bin/postgres", line)])
+
+
+def test_amazon_linux_2023_with_postgresql_16_in_usr_bin_is_refused():
+    # The port check alone would take that server for ours: it runs from our bindir.
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({}), _al2023_with_server(16, "postgres (PostgreSQL) 16.8"))
+    message = str(error.value)
+    assert "/usr/bin/postgres is PostgreSQL 16 (postgres (PostgreSQL) 16.8)" in message
+    assert "where Amazon Linux 2023 puts PostgreSQL 15" in message
+    assert "Fix: remove PostgreSQL 16's packages" in message
+
+
+def test_amazon_linux_2023_with_its_own_postgresql_15_running_is_planned():
+    plan = make_plan(load_settings({}), _al2023_with_server(15, "postgres (PostgreSQL) 15.12"))
+    assert plan.platform.key == "amzn-2023"
+
+
+def test_rhel_with_the_distribution_s_postgresql_on_the_port_is_refused():
+    profile = parse_host_profile(recorded_lines("fresh", "host-profile", host="rhel9-x86_64"))
+    line = 'LISTEN 0 244 127.0.0.1:5432 0.0.0.0:* users:(("postgres",pid=77,fd=6))'
+    profile = with_changes(
+        profile,
+        postgres_binaries=[{"path": "/usr/bin/postgres", "major": 13, "version": "postgres (PostgreSQL) 13.16"}],
+        listeners=[listener("/usr/bin/postgres", line)],
+    )
+    with pytest.raises(UnsupportedHost, match=r"another PostgreSQL \(/usr/bin/postgres\), not PostgreSQL 15 from /usr/pgsql-15/bin"):
+        make_plan(load_settings({}), profile)
+
+
+def test_plan_knows_the_os_id_and_arch():
+    profile = parse_host_profile(recorded_lines("fresh", "host-profile", host="almalinux9-aarch64"))
+    plan = make_plan(load_settings({}), profile)
+    assert (plan.os_id, plan.arch) == ("almalinux", "aarch64")
 
 
 def test_make_plan_refuses_a_busy_port(fresh_profile):
