@@ -1,0 +1,30 @@
+"""The vector smoke suite on its own, against the same inventory as the recipe.
+
+    pyinfra @local deploy/smoke.py -y
+    pyinfra inventories/prod.py deploy/smoke.py
+
+Ten checks per host, each reported by name as pass, fail or skip (pgvector_deploy/smoke.py);
+a JSON report per host goes to reports/smoke-<host>.json on this machine. The checks run in
+one round trip as a fact, so a host that passes reports zero changed operations; one that
+fails is failed, naming its failed checks. Nothing is checked with --dry.
+"""
+
+from pyinfra import config, host
+
+from pgvector_deploy import preflight, smoke
+from pgvector_deploy.facts import RemoteUid
+
+# Log in as root, or as a sudo user, as deploy/postgres.py does: the checks run as root.
+config.SUDO = host.get_fact(RemoteUid) != 0
+
+# Same host data and validation as the recipe: the requested pgvector version, the platform.
+plan = preflight.look(host)
+
+if isinstance(plan, preflight.Refusal):
+    preflight.refuse(plan, name="Refuse this host (nothing changed)")
+else:
+    # The app role for app_over_tcp: smoke.SmokeApp(user, password, database, address), address
+    # being the Docker bridge gateway. None (that check is skipped, saying so) until the app
+    # role stage exists; this is the one place to pass it.
+    app = None
+    smoke.verify(plan, app=app, name="Vector smoke suite")

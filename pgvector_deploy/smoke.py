@@ -1,0 +1,682 @@
+"""The vector smoke suite: does this host's PostgreSQL 15 really serve pgvector?
+
+Ten checks, run on the host in one round trip (the ``SmokeChecks`` fact, a shell script sent
+on standard input), each reported by name as pass, fail or skip (with the reason):
+
+==================== ================================================================
+extension_files      vector.control and vector.so where the platform's pg_config puts
+                     them, and the server on the port is PostgreSQL 15
+create_extension     ``CREATE EXTENSION vector`` in a scratch database made from template0
+extversion           its extversion is the requested pgvector version
+casts                vector, halfvec and sparsevec literals cast and print back unchanged
+distances            ``<->``, ``<=>`` and ``<#>`` give 5, 1 and -32 (compared numerically)
+hnsw_index           an HNSW index on 2,000 rows is built, and EXPLAIN of a nearest-
+                     neighbour query (enable_seqscan off) uses it by name
+ivfflat_index        the same with an IVFFlat index
+template1_has_vector a scratch database made from template1 has vector without CREATE
+                     EXTENSION (and at the requested version)
+app_over_tcp         the app role logs in over TCP at the Docker bridge address with its
+                     password (stored as SCRAM, refused without it) and runs a vector query
+cleanup              the scratch databases are gone afterwards
+==================== ================================================================
+
+Scratch databases have fixed names (``SCRATCH_DATABASES``) and carry the comment
+``SCRATCH_COMMENT`` from the moment they are made. A leftover from a killed run is dropped
+only when it carries that comment; a database of the same name without it is never touched,
+and the suite fails saying so. Nothing else on the host changes, so a facts-only round trip
+is honest: a converged host still reports zero changed operations.
+
+The app's password travels only inside the script on standard input, never on a command
+line nor in pyinfra's output; on the host it goes into a ``mktemp`` PGPASSFILE (umask 077)
+that a trap removes.
+
+Example::
+
+    plan = preflight.look(host)
+    smoke.verify(plan, name="Vector smoke suite")
+    smoke.verify(plan, app=SmokeApp("app", password, "app", "172.17.0.1"), name="Vector smoke suite")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase, operation
+
+from .platforms import POSTGRES_MAJOR, Platform
+from .preflight import Plan
+from .shell import SAFE_PATH, as_postgres, fail
+
+SCRATCH_DATABASE = "pgvector_deploy_smoke"  # made from template0
+SCRATCH_DATABASE_T1 = "pgvector_deploy_smoke_t1"  # made from template1
+SCRATCH_DATABASES = (SCRATCH_DATABASE, SCRATCH_DATABASE_T1)
+SCRATCH_COMMENT = "pgvector-deploy smoke scratch"  # plain text: no quotes, $, ` or backslash
+
+CHECKS = (
+    "extension_files",
+    "create_extension",
+    "extversion",
+    "casts",
+    "distances",
+    "hnsw_index",
+    "ivfflat_index",
+    "template1_has_vector",
+    "app_over_tcp",
+    "cleanup",
+)
+STATUSES = ("pass", "fail", "skip")
+
+# What the casts check expects back: the literals, printed unchanged.
+CAST_LITERALS = (("vector", "[1,2,3]"), ("halfvec", "[1,2,3]"), ("sparsevec", "{1:1,3:2}/3"))
+INDEX_ROWS = 2000
+
+
+@dataclass(frozen=True)
+class SmokeApp:
+    """The application's role, its password, its database, and the Docker bridge gateway
+    address (e.g. ``172.17.0.1``) it connects to; ``address=None`` skips ``app_over_tcp``."""
+
+    user: str
+    password: str
+    database: str
+    address: str | None
+
+    def __post_init__(self):
+        for field in ("user", "password", "database", "address"):
+            value = getattr(self, field)
+            if field == "address" and value is None:
+                continue
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"SmokeApp.{field} must be a non-empty string")
+            if any(char in value for char in "\n\r\0"):
+                raise ValueError(f"SmokeApp.{field} must not contain a newline or NUL")
+
+    def __repr__(self) -> str:  # pyinfra prints operation arguments: never the password
+        return (
+            f"SmokeApp(user={self.user!r}, database={self.database!r}, "
+            f"address={self.address!r}, password=<hidden>)"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str  # pass, fail or skip
+    detail: str
+
+
+# --- the script --------------------------------------------------------------------------
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _pgpass_field(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def pgpass_line(app: SmokeApp, port: int) -> str:
+    """The app's one PGPASSFILE line: ``address:port:database:user:password``, escaped."""
+    assert app.address is not None
+    fields = (app.address, str(int(port)), app.database, app.user, app.password)
+    return ":".join(_pgpass_field(field) for field in fields)
+
+
+# Written as plain text with @NAME@ placeholders (shell is full of braces); every value is
+# quoted by smoke_script before it is put in. Every psql and every function body run with
+# standard input from /dev/null or a here-document: the script itself arrives on sh's
+# standard input, and a command reading it would swallow the rest of the script.
+_TEMPLATE = r"""# pgvector-deploy vector smoke suite: one line per check, check=<name>|<pass|fail|skip>|<detail>.
+# No set -e: a check that errors reports fail and the next one runs; cleanup always runs.
+PATH=@SAFE_PATH@
+export PATH
+umask 077
+cd / || exit 1
+unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE PGSSLMODE PGREQUIREAUTH
+PGOPTIONS='-c statement_timeout=300s -c lock_timeout=30s'
+PGCONNECT_TIMEOUT=10
+export PGOPTIONS PGCONNECT_TIMEOUT
+pgpass=
+trap '[ -z "$pgpass" ] || rm -f "$pgpass"' EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+SCRATCH=@SCRATCH@
+SCRATCH_T1=@SCRATCH_T1@
+WANT=@VERSION@
+ready=
+created_main=
+created_t1=
+err=
+
+report() {
+  printf 'check=%s|%s|%s\n' "$1" "$2" "$(printf '%s' "$3" | tr '\t\r\n' '   ' | sed -e 's/  */ /g' -e 's/^ //' -e 's/ $//')"
+}
+
+# sql DATABASE SQL: superuser psql over the socket; prints rows, or the error (exit != 0).
+sql() {
+  @AS_POSTGRES@ -d "$1" -c "$2" </dev/null 2>&1
+}
+
+# sql_stdin DATABASE: the same, with a script on standard input (a here-document).
+sql_stdin() {
+  @AS_POSTGRES@ -d "$1" 2>&1
+}
+
+# scratch_state NAME: sets state to absent, ours (has the comment) or foreign; 1 if unknown.
+scratch_state() {
+  state=$(sql postgres "SELECT CASE WHEN shobj_description(oid, 'pg_database') = @COMMENT_SQL@ THEN 'ours' ELSE 'foreign' END FROM pg_database WHERE datname = '$1'") || {
+    err="cannot look for database $1: $state"
+    return 1
+  }
+  [ -n "$state" ] || state=absent
+}
+
+# make_scratch NAME TEMPLATE: drop our own leftover, create, comment; sets err on failure.
+make_scratch() {
+  scratch_state "$1" || return 1
+  case $state in
+    absent) ;;
+    ours)
+      out=$(sql postgres "DROP DATABASE IF EXISTS $1 WITH (FORCE)") || {
+        err="could not drop the leftover scratch database $1 of an earlier run: $out"
+        return 1
+      } ;;
+    *)
+      err="a database named $1 exists that is not this suite's scratch database (no comment @COMMENT@); it was left untouched. Fix: rename or drop it yourself, then run again"
+      return 1 ;;
+  esac
+  out=$(sql postgres "CREATE DATABASE $1 TEMPLATE $2") || {
+    err="CREATE DATABASE $1 TEMPLATE $2 failed: $out"
+    return 1
+  }
+  if [ "$1" = "$SCRATCH" ]; then created_main=1; else created_t1=1; fi
+  out=$(sql postgres "COMMENT ON DATABASE $1 IS @COMMENT_SQL@") || {
+    err="COMMENT ON DATABASE $1 failed: $out"
+    return 1
+  }
+}
+
+# drop_scratch NAME CREATED: drop it if this run created it or it carries the comment.
+drop_scratch() {
+  scratch_state "$1" || return 1
+  case $state in
+    absent) return 0 ;;
+    foreign)
+      if [ -z "$2" ]; then
+        kept="$kept $1"
+        return 0
+      fi ;;
+  esac
+  out=$(sql postgres "DROP DATABASE IF EXISTS $1 WITH (FORCE)") || {
+    err="DROP DATABASE $1 failed: $out"
+    return 1
+  }
+}
+
+check_extension_files() {
+  if [ ! -x @PG_CONFIG@ ]; then
+    report extension_files fail "@PG_CONFIG@ is missing (PostgreSQL @MAJOR@ server development package not installed)"
+    return
+  fi
+  pgc_version=$(@PG_CONFIG@ --version 2>&1)
+  share=$(@PG_CONFIG@ --sharedir 2>&1) || { report extension_files fail "pg_config --sharedir failed: $share"; return; }
+  lib=$(@PG_CONFIG@ --pkglibdir 2>&1) || { report extension_files fail "pg_config --pkglibdir failed: $lib"; return; }
+  missing=
+  [ -f "$share/extension/vector.control" ] || missing="$missing $share/extension/vector.control"
+  [ -f "$lib/vector.so" ] || missing="$missing $lib/vector.so"
+  num=$(sql postgres 'SHOW server_version_num') || { report extension_files fail "cannot ask the server on port @PORT@ its version: $num"; return; }
+  case $num in
+    ''|*[!0-9]*) report extension_files fail "server_version_num is '$num'"; return ;;
+  esac
+  major=$((num / 10000))
+  case $pgc_version in
+    "PostgreSQL @MAJOR@."*) ;;
+    *) report extension_files fail "@PG_CONFIG@ is '$pgc_version', not PostgreSQL @MAJOR@"; return ;;
+  esac
+  if [ -n "$missing" ]; then
+    report extension_files fail "missing:$missing (pgvector is not installed for $pgc_version)"
+  elif [ "$major" != @MAJOR@ ]; then
+    report extension_files fail "the server on port @PORT@ is PostgreSQL $major ($num), expected @MAJOR@"
+  else
+    report extension_files pass "$share/extension/vector.control and $lib/vector.so; server on port @PORT@ is PostgreSQL $major ($num)"
+  fi
+}
+
+check_create_extension() {
+  if ! make_scratch "$SCRATCH" template0; then
+    report create_extension fail "$err"
+    return
+  fi
+  out=$(sql "$SCRATCH" 'CREATE EXTENSION vector') || {
+    report create_extension fail "CREATE EXTENSION vector in $SCRATCH failed: $out"
+    return
+  }
+  ready=1
+  report create_extension pass "CREATE EXTENSION vector in $SCRATCH (from template0)"
+}
+
+# needs_scratch CHECK: report skip when create_extension did not succeed.
+needs_scratch() {
+  [ -n "$ready" ] && return 0
+  report "$1" skip "not run: needs the scratch database with vector, and create_extension failed"
+  return 1
+}
+
+check_extversion() {
+  needs_scratch extversion || return
+  got=$(sql "$SCRATCH" "SELECT extversion FROM pg_extension WHERE extname = 'vector'") || {
+    report extversion fail "$got"
+    return
+  }
+  if [ "$got" = "$WANT" ]; then
+    report extversion pass "vector $got"
+  else
+    report extversion fail "extversion is '$got', requested $WANT (vector.control's default_version differs)"
+  fi
+}
+
+check_casts() {
+  needs_scratch casts || return
+  got=$(sql "$SCRATCH" @CASTS_SQL@) || { report casts fail "$got"; return; }
+  if [ "$got" = @CASTS_WANT@ ]; then
+    report casts pass @CASTS_DETAIL@
+  else
+    report casts fail "expected "@CASTS_WANT@", got '$got'"
+  fi
+}
+
+check_distances() {
+  needs_scratch distances || return
+  got=$(sql "$SCRATCH" @DISTANCES_SQL@) || { report distances fail "$got"; return; }
+  values=${got%|*}
+  case $got in
+    *'|t') report distances pass "<-> $(echo "$values" | sed 's/|/, <=> /; s/|/, <#> /')" ;;
+    *) report distances fail "expected <-> 5, <=> 1, <#> -32; got $values" ;;
+  esac
+}
+
+# check_index CHECK METHOD INDEX-OPTIONS
+check_index() {
+  needs_scratch "$1" || return
+  table=smoke_$2
+  index=smoke_$2_idx
+  out=$(sql_stdin "$SCRATCH" <<SQL
+SET client_min_messages = warning;
+CREATE TABLE $table (id integer PRIMARY KEY, embedding vector(3) NOT NULL);
+INSERT INTO $table
+  SELECT i, ARRAY[i % 97, (i * 7) % 89, (i * 13) % 83]::real[]::vector
+  FROM generate_series(1, @ROWS@) AS i;
+CREATE INDEX $index ON $table USING $2 (embedding vector_l2_ops) $3;
+ANALYZE $table;
+SET enable_seqscan = off;
+SET ivfflat.probes = 10;
+EXPLAIN (COSTS OFF) SELECT id FROM $table ORDER BY embedding <-> '[10,20,30]' LIMIT 5;
+SELECT 'rows=' || count(*) FROM (SELECT id FROM $table ORDER BY embedding <-> '[10,20,30]' LIMIT 5) AS nearest;
+SQL
+  ) || { report "$1" fail "$out"; return; }
+  plan=$(printf '%s\n' "$out" | grep -v '^rows=')
+  rows=$(printf '%s\n' "$out" | sed -n 's/^rows=//p')
+  if ! printf '%s\n' "$plan" | grep -q "Index Scan using $index "; then
+    report "$1" fail "EXPLAIN does not use $index: $plan"
+  elif [ "$rows" != 5 ]; then
+    report "$1" fail "EXPLAIN uses $index, but the query returned '$rows' rows, expected 5"
+  else
+    report "$1" pass "$2 index $index on @ROWS@ rows; EXPLAIN: $(printf '%s\n' "$plan" | grep "Index Scan using $index " | sed 's/^[ >-]*//'); 5 rows"
+  fi
+}
+
+check_template1_has_vector() {
+  if ! make_scratch "$SCRATCH_T1" template1; then
+    report template1_has_vector fail "$err"
+    return
+  fi
+  got=$(sql "$SCRATCH_T1" "SELECT extversion FROM pg_extension WHERE extname = 'vector'") || {
+    report template1_has_vector fail "$got"
+    return
+  }
+  if [ -z "$got" ]; then
+    report template1_has_vector fail "a database made from template1 has no vector extension. Fix: CREATE EXTENSION vector in template1 (deploy/postgres.py does)"
+  elif [ "$got" != "$WANT" ]; then
+    report template1_has_vector fail "template1 gives vector $got, requested $WANT. Fix: ALTER EXTENSION vector UPDATE in template1 (deploy/postgres.py does)"
+  else
+    report template1_has_vector pass "vector $got in $SCRATCH_T1 (from template1) without CREATE EXTENSION"
+  fi
+}
+
+@APP_CHECK@
+
+check_cleanup() {
+  problems=
+  kept=
+  drop_scratch "$SCRATCH" "$created_main" || problems="$problems $err;"
+  drop_scratch "$SCRATCH_T1" "$created_t1" || problems="$problems $err;"
+  if [ -z "$problems" ]; then
+    if left=$(sql postgres "SELECT string_agg(datname, ', ') FROM pg_database WHERE datname IN ('$SCRATCH', '$SCRATCH_T1') AND shobj_description(oid, 'pg_database') = @COMMENT_SQL@"); then
+      [ -z "$left" ] || problems=" still there: $left"
+    else
+      problems=" cannot list databases: $left"
+    fi
+  fi
+  if [ -n "$problems" ]; then
+    report cleanup fail "scratch databases not cleaned up:$problems"
+  elif [ -n "$kept" ]; then
+    report cleanup pass "no scratch database left; not ours, left untouched:$kept"
+  else
+    report cleanup pass "$SCRATCH and $SCRATCH_T1 are gone"
+  fi
+}
+
+main() {
+  check_extension_files
+  check_create_extension
+  check_extversion
+  check_casts
+  check_distances
+  check_index hnsw_index hnsw ''
+  check_index ivfflat_index ivfflat 'WITH (lists = 10)'
+  check_template1_has_vector
+  check_app_over_tcp
+  check_cleanup
+}
+
+main </dev/null
+exit 0
+"""
+
+_APP_CHECK = r"""check_app_over_tcp() {
+  stored=$(sql postgres @STORED_SQL@) || { report app_over_tcp fail "cannot look up role "@USER@": $stored"; return; }
+  case $stored in
+    scram) ;;
+    absent) report app_over_tcp fail "role "@USER@" does not exist"; return ;;
+    none) report app_over_tcp fail "role "@USER@" has no password"; return ;;
+    *) report app_over_tcp fail "role "@USER@"'s password is not stored as SCRAM-SHA-256 (password_encryption was md5 when it was set)"; return ;;
+  esac
+  # Refused without the password: not trust, not peer.
+  if out=$(PGPASSFILE=/nonexistent/pgvector-deploy-smoke @APP_PSQL@ -c 'SELECT 1' </dev/null 2>&1); then
+    report app_over_tcp fail "role "@USER@" logged in at "@ADDRESS@" without a password; pg_hba.conf must ask for scram-sha-256 there"
+    return
+  fi
+  pgpass=$(mktemp) || { report app_over_tcp fail "mktemp failed"; return; }
+  printf '%s\n' @PGPASS_LINE@ > "$pgpass"
+  got=$(PGPASSFILE="$pgpass" @APP_PSQL@ -c @APP_SQL@ </dev/null 2>&1)
+  rc=$?
+  rm -f "$pgpass"
+  pgpass=
+  if [ $rc -ne 0 ]; then
+    report app_over_tcp fail "role "@USER@" at "@ADDRESS@":@PORT@ database "@DATABASE@": $got"
+  else
+    case $got in
+      *'|t') report app_over_tcp pass "role "@USER@" logged in over TCP to ${got%%|*}:@PORT@ with its password (SCRAM; refused without it), database "@DATABASE@": '[1,2,3]' <-> '[4,6,3]' = 5" ;;
+      *) report app_over_tcp fail "vector query in "@DATABASE@" gave '$got', expected the distance 5" ;;
+    esac
+  fi
+}"""
+
+
+def _app_skip(reason: str) -> str:
+    return f"check_app_over_tcp() {{\n  report app_over_tcp skip {shlex.quote(reason)}\n}}"
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        template = template.replace(f"@{key}@", value)
+    leftover = re.findall(r"@[A-Z0-9_]+@", template)
+    assert not leftover, f"unfilled placeholders in the smoke script: {leftover}"
+    return template
+
+
+def _app_check(platform: Platform, app: SmokeApp | None, port: int) -> str:
+    if app is None:
+        return _app_skip("no app role given to the smoke suite")
+    if not app.address:
+        return _app_skip(f"no Docker bridge address given for role {app.user}")
+    psql = (
+        f"{shlex.quote(platform.psql)} -X -A -t -w -v ON_ERROR_STOP=1 -h {shlex.quote(app.address)} -p {int(port)} "
+        f"-U {shlex.quote(app.user)} -d {shlex.quote(app.database)}"
+    )
+    stored_sql = (
+        "SELECT coalesce((SELECT CASE WHEN rolpassword IS NULL THEN 'none' "
+        "WHEN rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'scram' ELSE 'other' END "
+        f"FROM pg_authid WHERE rolname = {_sql_literal(app.user)}), 'absent')"
+    )
+    app_sql = "SELECT host(inet_server_addr()), ('[1,2,3]'::vector <-> '[4,6,3]'::vector) = 5"
+    return _fill(
+        _APP_CHECK,
+        {
+            "STORED_SQL": shlex.quote(stored_sql),
+            "APP_PSQL": psql,
+            "APP_SQL": shlex.quote(app_sql),
+            "PGPASS_LINE": shlex.quote(pgpass_line(app, port)),
+            "USER": shlex.quote(app.user),
+            "DATABASE": shlex.quote(app.database),
+            "ADDRESS": shlex.quote(app.address),
+            "PORT": str(int(port)),
+        },
+    )
+
+
+def smoke_script(platform: Platform, port: int, version: str, app: SmokeApp | None = None) -> str:
+    """The suite as one POSIX shell script, run as root by ``sh -s`` on the host.
+
+    Pure: the same inputs give the same script. The app's password, when there is an app
+    with an address, appears exactly once: in the PGPASSFILE line a shell builtin writes.
+    """
+    casts_sql = "SELECT " + " || ' ' || ".join(f"{_sql_literal(text)}::{kind}::text" for kind, text in CAST_LITERALS)
+    casts_want = " ".join(text for _, text in CAST_LITERALS)
+    casts_detail = ", ".join(f"{text}::{kind}" for kind, text in CAST_LITERALS) + " print back unchanged"
+    distances_sql = (
+        "SELECT d1, d2, d3, abs(d1 - 5) < 1e-9 AND abs(d2 - 1) < 1e-9 AND abs(d3 + 32) < 1e-9 FROM ("
+        "SELECT '[1,2,3]'::vector <-> '[4,6,3]'::vector AS d1, "
+        "'[1,0]'::vector <=> '[0,1]'::vector AS d2, "
+        "'[1,2,3]'::vector <#> '[4,5,6]'::vector AS d3) AS distances"
+    )
+    script = _fill(
+        _TEMPLATE,
+        {
+            "APP_CHECK": _app_check(platform, app, port),
+            "SAFE_PATH": SAFE_PATH,
+            "SCRATCH": SCRATCH_DATABASE,
+            "SCRATCH_T1": SCRATCH_DATABASE_T1,
+            "VERSION": shlex.quote(version),
+            "AS_POSTGRES": as_postgres(platform, port, None),
+            "PG_CONFIG": shlex.quote(platform.pg_config),
+            "MAJOR": str(POSTGRES_MAJOR),
+            "PORT": str(int(port)),
+            "COMMENT": f"'{SCRATCH_COMMENT}'",  # inside a double-quoted message
+            "COMMENT_SQL": _sql_literal(SCRATCH_COMMENT),
+            "CASTS_SQL": shlex.quote(casts_sql),
+            "CASTS_WANT": shlex.quote(casts_want),
+            "CASTS_DETAIL": shlex.quote(casts_detail),
+            "DISTANCES_SQL": shlex.quote(distances_sql),
+            "ROWS": str(INDEX_ROWS),
+        },
+    )
+    return script
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+def parse_smoke(lines: Iterable[str]) -> list[CheckResult]:
+    """``check=<name>|<status>|<detail>`` lines -> one ``CheckResult`` per check, in suite order.
+
+    A check that printed no line (the script was cut short) is a fail; an unknown status is a
+    fail naming it; other lines are ignored; a name's first line counts.
+
+    >>> parse_smoke(["check=casts|pass|ok"])[3]
+    CheckResult(name='casts', status='pass', detail='ok')
+    """
+    found: dict[str, CheckResult] = {}
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if not line.startswith("check="):
+            continue
+        name, _, rest = line[len("check="):].partition("|")
+        status, _, detail = rest.partition("|")
+        name, status = name.strip(), status.strip()
+        if not name or name in found:
+            continue
+        if status not in STATUSES:
+            detail = f"unknown status {status!r}: {detail}"
+            status = "fail"
+        found[name] = CheckResult(name, status, detail)
+    results = [
+        found.pop(name, CheckResult(name, "fail", "no result: the suite stopped before this check"))
+        for name in CHECKS
+    ]
+    return results + list(found.values())
+
+
+def redact(results: Iterable[CheckResult], secret: str | None) -> list[CheckResult]:
+    """Replace the secret wherever it shows up in a detail (belt and braces: it never should)."""
+    if not secret:
+        return list(results)
+    return [CheckResult(r.name, r.status, r.detail.replace(secret, "<hidden>")) for r in results]
+
+
+def report_path(report_dir: str | os.PathLike, host_name: str) -> Path:
+    """``<report_dir>/smoke-<host name>.json``; characters unsafe in a file name become ``_``."""
+    safe = re.sub(r"[^A-Za-z0-9._@-]", "_", host_name).lstrip(".") or "host"
+    return Path(report_dir) / f"smoke-{safe}.json"
+
+
+def write_report(
+    report_dir: str | os.PathLike,
+    host_name: str,
+    version: str,
+    results: list[CheckResult],
+    now: datetime | None = None,
+) -> Path:
+    """Write the host's JSON report on the control machine; return its path.
+
+    The directory is made with mode 0700 (an existing one keeps its mode); the file is
+    written 0600 beside its final name and renamed, so a reader never sees half a report.
+    """
+    directory = Path(report_dir)
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    path = report_path(directory, host_name)
+    moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    report = {
+        "host": host_name,
+        "time": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "pgvector_version": version,
+        "passed": not any(r.status == "fail" for r in results),
+        "checks": [asdict(r) for r in results],
+    }
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(report, stream, indent=2)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return path
+
+
+def format_table(results: list[CheckResult]) -> list[str]:
+    """A readable table: a summary line, then name, status and detail per check."""
+    counts = {status: sum(r.status == status for r in results) for status in STATUSES}
+    width = max(len(r.name) for r in results) if results else 4
+    lines = [f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped"]
+    lines.append(f"  {'check'.ljust(width)}  status  detail")
+    for r in results:
+        lines.append(f"  {r.name.ljust(width)}  {r.status.upper().ljust(6)}  {r.detail}")
+    return lines
+
+
+class SmokeStdin:
+    """The script as ``_stdin``: pyinfra reads it with ``readlines()`` (once per attempt),
+    while ``str()``/``repr()`` hide it, since pyinfra logs a fact's arguments."""
+
+    def __init__(self, script: str):
+        self._script = script
+
+    def readlines(self) -> list[str]:
+        return self._script.splitlines(keepends=True)
+
+    def __iter__(self) -> Iterator[str]:  # pyinfra type-checks _stdin as Iterable[str]
+        return iter(self.readlines())
+
+    def __repr__(self) -> str:
+        return "<vector smoke script>"
+
+    __str__ = __repr__
+
+
+class SmokeChecks(FactBase):
+    """Runs the vector smoke suite: ``sh -s`` with the script on standard input, as one round
+    trip; a fact, so it never counts as a change. Parsed into ``CheckResult``s.
+
+    .. code:: python
+
+        host.get_fact(SmokeChecks, _stdin=SmokeStdin(smoke_script(platform, 5432, "0.8.0", None)))
+    """
+
+    def command(self):
+        return "sh -s"
+
+    @staticmethod
+    def default():
+        return parse_smoke([])
+
+    def process(self, output):
+        return parse_smoke(output)
+
+
+@operation()
+def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports"):
+    """Run the vector smoke suite on the host; fail the host naming the failed checks.
+
+    + plan: the host's plan from ``preflight.look``
+    + app: the application's role (``SmokeApp``) for ``app_over_tcp``; ``None`` skips that check
+    + report_dir: where the JSON report ``smoke-<host>.json`` goes on the control machine
+
+    The checks run when the deploy executes (once, in one round trip), not while pyinfra
+    detects changes nor with ``--dry``. All passing or skipped: no change. A failure: one
+    command that fails, naming the failed checks; the table in the log and the report say why.
+
+    **Example:**
+
+    .. code:: python
+
+        smoke.verify(plan, name="Vector smoke suite")
+        smoke.verify(
+            plan,
+            app=SmokeApp(user="app", password=password, database="app", address="172.17.0.1"),
+            report_dir="reports",
+            name="Vector smoke suite",
+        )
+    """
+    if not host.state.is_executing:
+        host.noop("the vector smoke suite runs on the host when the deploy executes")
+        return
+    version = plan.settings.version
+    script = smoke_script(plan.platform, plan.port, version, app)
+    results = host.get_fact(SmokeChecks, _stdin=SmokeStdin(script))
+    results = redact(results, app.password if app else None)
+    path = write_report(report_dir, host.name, version, results)
+    table = format_table(results)
+    logger.info(f"{host.print_prefix}Vector smoke suite, pgvector {version}: {table[0]} (report: {path})")
+    for line in table[1:]:
+        logger.info(f"{host.print_prefix}{line}")
+    failed = [r.name for r in results if r.status == "fail"]
+    if failed:
+        yield fail(f"vector smoke suite failed: {', '.join(failed)}. Details above and in {path}")
