@@ -8,7 +8,7 @@ Host data keys and their defaults: pgvector_deploy/settings.py (and the README).
 
 from pyinfra import config, host
 
-from pgvector_deploy import pgvector, postgres, preflight
+from pgvector_deploy import apps, networking, pgvector, postgres, preflight, smoke
 from pgvector_deploy.facts import RemoteUid
 
 # Log in as root, or as a sudo user (EC2 images: admin, ubuntu, ec2-user).
@@ -33,3 +33,21 @@ else:
     # Stage 3, pgvector: compiled here against this host's pg_config, then enabled.
     pgvector.build(plan, name="pgvector is compiled on this host and installed")
     pgvector.extension(plan, name="vector extension is current, and enabled in template1 and postgres")
+
+    # Stage 4, access: listen on localhost and the Docker bridges only; pg_hba lets the
+    # bridges in with scram-sha-256. Each file is checked by PostgreSQL before it is used.
+    networking.listen(plan, name="PostgreSQL listens on localhost and the Docker bridge gateways")
+    networking.client_access(plan, name="pg_hba.conf admits the Docker bridges with scram-sha-256")
+
+    # Stage 5, the app: its login role and its own database (born with vector).
+    if plan.settings.app:
+        apps.role(plan, name="App role exists with its password")
+        apps.database(plan, name="App database exists, owned by the app, with vector")
+
+    # Stage 6, proof: the vector smoke suite (a fact: it reports no change when it passes).
+    smoke.verify(
+        plan,
+        app=smoke.app_login(plan),
+        report_dir=str(plan.settings.smoke_report_dir),
+        name="Vector smoke suite",
+    )

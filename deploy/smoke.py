@@ -23,8 +23,10 @@ plan = preflight.look(host)
 if isinstance(plan, preflight.Refusal):
     preflight.refuse(plan, name="Refuse this host (nothing changed)")
 else:
-    # The app role for app_over_tcp: smoke.SmokeApp(user, password, database, address), address
-    # being the Docker bridge gateway. None (that check is skipped, saying so) until the app
-    # role stage exists; this is the one place to pass it.
-    app = None
-    smoke.verify(plan, app=app, name="Vector smoke suite")
+    # app_over_tcp logs in as the app role (host data) at the Docker bridge gateway.
+    smoke.verify(
+        plan,
+        app=smoke.app_login(plan),
+        report_dir=str(plan.settings.smoke_report_dir),
+        name="Vector smoke suite",
+    )

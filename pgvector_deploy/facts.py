@@ -12,10 +12,13 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
 from collections import defaultdict
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network
 
 from pyinfra.api import FactBase
 
@@ -26,6 +29,16 @@ from .shell import SAFE_PATH, as_postgres
 CACHE_DIR = "/var/cache/pgvector-deploy"
 STATE_DIR = "/var/lib/pgvector-deploy"
 BUILD_STAMP = f"{STATE_DIR}/build.json"
+# Configuration files it manages (beside the packaged ones, never instead of them).
+SETTINGS_FILE_NAME = "90-pgvector-deploy.conf"
+SYSCTL_FILE = "/etc/sysctl.d/60-pgvector-deploy.conf"
+_BRIDGE = re.compile(r"^(docker0|br-[0-9a-f]+)$")
+# Errors PostgreSQL finds in the configuration files on disk. "setting could not be applied"
+# only means a restart is needed (listen_addresses): that is not an error in the file.
+SETTINGS_ERRORS_SQL = (
+    "SELECT sourcefile || ':' || sourceline || ' ' || coalesce(name, '') || ': ' || error "
+    "FROM pg_file_settings WHERE error IS NOT NULL AND error <> 'setting could not be applied'"
+)
 
 
 def parse_key_values(lines: list[str]) -> dict[str, list[str]]:
@@ -64,7 +77,7 @@ class RemoteUid(FactBase):
 class HostProfile(FactBase):
     """Everything the preflight needs, before any change: architecture, os-release, package
     tools, init system, PostgreSQL binaries and clusters already there, what owns the port,
-    and the checksum of a tarball already cached on the host.
+    the Docker bridges, and the checksum of a tarball already cached on the host.
     """
 
     def command(self, port: int, cached_tarball: str):
@@ -93,6 +106,7 @@ else
     echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|pid $pid, found without ss"
   done
 fi
+ip -o -4 addr show 2>/dev/null | sed -e 's/^/address=/'
 [ -f {shlex.quote(cached_tarball)} ] && echo "cached_tarball_sha256=$(sha256sum {shlex.quote(cached_tarball)} | cut -d' ' -f1)"
 true
 """
@@ -137,6 +151,7 @@ def parse_host_profile(lines: list[str]) -> dict:
         "clusters": clusters,
         "listeners": listeners,
         "cached_tarball_sha256": _first(values, "cached_tarball_sha256") or None,
+        "bridges": parse_bridges(values.get("address", [])),
     }
 
 
@@ -252,4 +267,122 @@ def parse_pgvector_state(lines: list[str]) -> dict:
         "control_version": _first(values, "control_version") or None,
         "stamp": stamp,
         "databases": databases,
+    }
+
+
+# -- networking and the app ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bridge:
+    name: str
+    interface: IPv4Interface  # gateway address with the bridge's prefix
+
+    @property
+    def gateway(self) -> str:
+        return str(self.interface.ip)
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return self.interface.network
+
+
+def parse_bridges(lines: list[str]) -> list[Bridge]:
+    """Docker bridges from ``ip -o -4 addr show`` lines (docker0 and br-<id> only)."""
+    bridges = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "inet" and _BRIDGE.match(fields[1]):
+            bridges.append(Bridge(fields[1], IPv4Interface(fields[3])))
+    return sorted(bridges, key=lambda bridge: bridge.name)
+
+
+def settings_path(platform: Platform) -> str:
+    return f"{platform.config_dir}/conf.d/{SETTINGS_FILE_NAME}"
+
+
+def main_conf(platform: Platform) -> str:
+    return f"{platform.config_dir}/postgresql.conf"
+
+
+def hba_path(platform: Platform) -> str:
+    return f"{platform.config_dir}/pg_hba.conf"
+
+
+class ServerConfig(FactBase):
+    """The managed files as they are (base64), the running listen_addresses, errors PostgreSQL
+    finds in the files on disk, the nonlocal-bind sysctl and the host's IPv4 addresses."""
+
+    def command(self, platform: Platform, port: int):
+        files = " ".join(shlex.quote(path) for path in (hba_path(platform), settings_path(platform), SYSCTL_FILE))
+        hba_errors = "SELECT line_number || '|' || error FROM pg_hba_file_rules WHERE error IS NOT NULL"
+        return f"""
+PATH={SAFE_PATH}
+for file in {files}; do [ -f "$file" ] && echo "file=$file|$(base64 -w0 < "$file")"; done
+echo "running_listen=$({as_postgres(platform, port, 'postgres', 'SHOW listen_addresses')} 2>/dev/null)"
+{as_postgres(platform, port, 'postgres', hba_errors)} 2>/dev/null | sed -e 's/^/hba_error=/'
+{as_postgres(platform, port, 'postgres', SETTINGS_ERRORS_SQL)} 2>/dev/null | sed -e 's/^/settings_error=/'
+grep -Eqs "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf\.d'" {shlex.quote(main_conf(platform))} && echo includes_conf_d=yes
+echo "nonlocal_bind=$(cat /proc/sys/net/ipv4/ip_nonlocal_bind 2>/dev/null)"
+ip -o -4 addr show 2>/dev/null | sed -e 's/^/address=/'
+true
+"""
+
+    def process(self, output):
+        return parse_server_config(output)
+
+
+def parse_server_config(lines: list[str]) -> dict:
+    values = parse_key_values(lines)
+    files = {}
+    for entry in values.get("file", []):
+        path, _, encoded = entry.partition("|")
+        files[path] = base64.b64decode(encoded).decode()
+    return {
+        "files": files,
+        "running_listen": values.get("running_listen", [""])[0],
+        "hba_errors": values.get("hba_error", []),
+        "settings_errors": values.get("settings_error", []),
+        "nonlocal_bind": values.get("nonlocal_bind", [""])[0] == "1",
+        "includes_conf_d": values.get("includes_conf_d", [""])[0] == "yes",
+        "bridges": parse_bridges(values.get("address", [])),
+    }
+
+
+class AppState(FactBase):
+    """The app role (login, createdb, verifier salt and digest) and its database (owner, vector)."""
+
+    def command(self, platform: Platform, port: int, user: str, database: str):
+        role_sql = (
+            "SELECT rolcanlogin || '|' || rolcreatedb || '|' || coalesce(split_part(rolpassword, '$', 2), '') "
+            "|| '|' || coalesce(encode(sha256(convert_to(rolpassword, 'UTF8')), 'hex'), '') "
+            f"FROM pg_authid WHERE rolname = '{user}'"
+        )
+        owner_sql = f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{database}'"
+        vector_sql = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+        return f"""
+PATH={SAFE_PATH}
+{as_postgres(platform, port, 'postgres', role_sql)} | sed -e 's/^/role=/'
+owner=$({as_postgres(platform, port, 'postgres', owner_sql)})
+echo "database_owner=$owner"
+[ -n "$owner" ] && echo "database_vector=$({as_postgres(platform, port, database, vector_sql)})"
+true
+"""
+
+    def process(self, output):
+        return parse_app_state(output)
+
+
+def parse_app_state(lines: list[str]) -> dict:
+    values = parse_key_values(lines)
+    role = values.get("role", [""])[0].split("|")
+    exists = len(role) == 4
+    return {
+        "role_exists": exists,
+        "can_login": exists and role[0] in ("t", "true"),  # bool || text gives 'true'
+        "createdb": exists and role[1] in ("t", "true"),
+        "salt_part": role[2] if exists else "",
+        "stored_digest": role[3] if exists else "",
+        "database_owner": values.get("database_owner", [""])[0] or None,
+        "database_vector": values.get("database_vector", [""])[0] or None,
     }

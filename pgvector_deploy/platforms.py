@@ -97,6 +97,7 @@ class Platform:
     socket_dir: str
     create_cluster: str  # initialises a *new* cluster; only run when data_dir has no PG_VERSION
     start_without_systemd: str  # starts the cluster on hosts without systemd
+    restart_without_systemd: str  # restarts it there (a listen_addresses change needs one)
     service: str  # systemd unit of the cluster
     boot_unit: str  # systemd unit enabled so the cluster starts at boot
     proof: str  # "e2e": proved on real hosts in CI; "plan": plan-tested from recorded facts
@@ -126,6 +127,7 @@ DEBIAN_FAMILY_PATHS = dict(
     socket_dir="/var/run/postgresql",
     create_cluster=f"pg_createcluster {POSTGRES_MAJOR} main --start-conf=auto",
     start_without_systemd=f"pg_ctlcluster {POSTGRES_MAJOR} main start",
+    restart_without_systemd=f"pg_ctlcluster {POSTGRES_MAJOR} main restart",
     service=f"postgresql@{POSTGRES_MAJOR}-main",
     boot_unit="postgresql",
 )
@@ -161,7 +163,7 @@ def pgdg_apt(codename: str) -> tuple[RepositoryStep, ...]:
     )
 
 
-def pg_ctl_start(bindir: str, data_dir: str, socket_dir: str) -> str:
+def pg_ctl_start(bindir: str, data_dir: str, socket_dir: str, action: str = "start") -> str:
     """Start a cluster with its own major's pg_ctl, for distributions without pg_ctlcluster.
 
     Without systemd nothing creates the socket directory at boot (systemd-tmpfiles does), so
@@ -169,7 +171,7 @@ def pg_ctl_start(bindir: str, data_dir: str, socket_dir: str) -> str:
     """
     return (
         f"install -d -m 2775 -o postgres -g postgres {socket_dir} && "
-        f"runuser -u postgres -- {bindir}/pg_ctl -D {data_dir} -l {dirname(data_dir)}/pg_ctl.log start -w"
+        f"runuser -u postgres -- {bindir}/pg_ctl -D {data_dir} -l {dirname(data_dir)}/pg_ctl.log {action} -w"
     )
 
 
@@ -247,6 +249,9 @@ PLATFORMS: tuple[Platform, ...] = (
         socket_dir=AMAZON_LINUX_2023_SOCKET_DIR,
         create_cluster="postgresql-setup --initdb",
         start_without_systemd=pg_ctl_start("/usr/bin", AMAZON_LINUX_2023_DATA_DIR, AMAZON_LINUX_2023_SOCKET_DIR),
+        restart_without_systemd=pg_ctl_start(
+            "/usr/bin", AMAZON_LINUX_2023_DATA_DIR, AMAZON_LINUX_2023_SOCKET_DIR, "restart"
+        ),
         service="postgresql",
         boot_unit="postgresql",
         proof="plan",
@@ -265,6 +270,7 @@ PLATFORMS: tuple[Platform, ...] = (
         socket_dir=PGDG_EL_SOCKET_DIR,
         create_cluster=f"{PGDG_EL_BINDIR}/postgresql-{POSTGRES_MAJOR}-setup initdb",
         start_without_systemd=pg_ctl_start(PGDG_EL_BINDIR, PGDG_EL_DATA_DIR, PGDG_EL_SOCKET_DIR),
+        restart_without_systemd=pg_ctl_start(PGDG_EL_BINDIR, PGDG_EL_DATA_DIR, PGDG_EL_SOCKET_DIR, "restart"),
         service=f"postgresql-{POSTGRES_MAJOR}",
         boot_unit=f"postgresql-{POSTGRES_MAJOR}",
         proof="plan",

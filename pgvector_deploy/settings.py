@@ -15,7 +15,11 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from dataclasses import dataclass
+from functools import lru_cache
+from ipaddress import IPv4Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -60,9 +64,51 @@ SETTINGS: tuple[Setting, ...] = (
         True,
         'build with OPTFLAGS="" so the binary runs on any CPU of the architecture; False builds with -march=native.',
     ),
+    Setting(
+        "pg_docker_subnets",
+        [],
+        "extra client CIDRs allowed over TCP (scram-sha-256), e.g. Compose networks not created yet; "
+        "docker0 and br-* bridges on the host are found automatically.",
+    ),
+    Setting(
+        "pg_listen_addresses",
+        [],
+        "extra IP addresses to listen on besides localhost and the Docker bridge gateways (e.g. the private IP); "
+        "empty: no other interface.",
+    ),
+    Setting("pg_app_user", None, "login role for the app (lowercase identifier, not postgres or pg_*); unset: no app role."),
+    Setting("pg_app_password", None, "the app role's password (prefer pg_app_password_env or pg_app_password_ssm)."),
+    Setting("pg_app_password_env", None, "name of an environment variable on the control machine that holds the password."),
+    Setting(
+        "pg_app_password_ssm",
+        None,
+        "name of an AWS SSM Parameter Store SecureString that holds the password (read with boto3 on the control machine).",
+    ),
+    Setting("pg_app_database", None, "database owned by the app role, with vector enabled; default: the pg_app_user name."),
+    Setting(
+        "pg_app_createdb",
+        False,
+        "let the app role create databases (ORM shadow databases, e.g. Prisma migrate dev); they get vector from template1.",
+    ),
+    Setting("smoke_report_dir", "reports", "directory on the control machine for the smoke suite's JSON report per host."),
 )
 
 DEFAULTS = {setting.key: setting.default for setting in SETTINGS}
+
+
+class Secret(str):
+    """A string that never shows itself in reprs, logs or tracebacks."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass(frozen=True)
+class App:
+    user: str
+    database: str
+    password: Secret
+    createdb: bool
 
 
 @dataclass(frozen=True)
@@ -72,6 +118,10 @@ class Settings:
     tarball: Path | None
     allow_insecure: bool
     portable: bool
+    docker_subnets: tuple[IPv4Network, ...] = ()
+    listen_addresses: tuple[str, ...] = ()
+    app: App | None = None
+    smoke_report_dir: Path = Path("reports")
 
     @property
     def version(self) -> str:
@@ -158,4 +208,136 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         tarball=tarball_path,
         allow_insecure=allow_insecure,
         portable=portable,
+        docker_subnets=_subnets(value("pg_docker_subnets")),
+        listen_addresses=_addresses(value("pg_listen_addresses")),
+        app=_app(value),
+        smoke_report_dir=Path(str(value("smoke_report_dir"))).expanduser(),
     )
+
+
+def _as_list(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):  # from --data key=a,b
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(part).strip() for part in value]
+    raise SettingsError(f"{key}: {value!r} is not a list. Fix: give a list such as ['172.20.0.0/16'].")
+
+
+def _subnets(value: Any) -> tuple[IPv4Network, ...]:
+    subnets = []
+    for text in _as_list("pg_docker_subnets", value):
+        try:
+            subnets.append(ip_network(text, strict=True))
+        except ValueError as error:
+            raise SettingsError(
+                f"pg_docker_subnets: {text!r} is not a valid CIDR ({error}). "
+                "Fix: use a network address with its prefix, such as 172.20.0.0/16."
+            ) from None
+        if subnets[-1].version != 4 or subnets[-1].prefixlen < 8:
+            raise SettingsError(
+                f"pg_docker_subnets: {text!r} is too broad or not IPv4. "
+                "Fix: list the Docker networks themselves (IPv4, prefix /8 or longer)."
+            )
+    return tuple(subnets)
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    addresses = []
+    for text in _as_list("pg_listen_addresses", value):
+        try:
+            addresses.append(str(ip_address(text)))
+        except ValueError:
+            raise SettingsError(
+                f"pg_listen_addresses: {text!r} is not an IP address. "
+                "Fix: list addresses of this host, such as its private IP 10.0.1.10 ('*' is not accepted)."
+            ) from None
+    return tuple(addresses)
+
+
+# Lowercase, unquoted SQL identifiers only: no quoting surprises in SQL, shell or URLs.
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_RESERVED_ROLES = ("postgres",)
+
+
+def _identifier(key: str, text: str) -> str:
+    if not _IDENTIFIER.match(text):
+        raise SettingsError(
+            f"{key}: {text!r} is not a valid name. Fix: use lowercase letters, digits and _, "
+            "starting with a letter or _, at most 63 characters (e.g. app or my_app)."
+        )
+    return text
+
+
+def _app(value: Callable[[str], Any]) -> App | None:
+    user = _optional_text(value("pg_app_user"))
+    if user is None:
+        return None
+    _identifier("pg_app_user", user)
+    if user in _RESERVED_ROLES or user.startswith("pg_"):
+        raise SettingsError(
+            f"pg_app_user: {user!r} is reserved (the superuser, or PostgreSQL's pg_ prefix). "
+            "Fix: give the app its own role name, such as app."
+        )
+    database = _identifier("pg_app_database", _optional_text(value("pg_app_database")) or user)
+    if database in ("postgres", "template0", "template1"):
+        raise SettingsError(f"pg_app_database: {database!r} is a system database. Fix: name the app's own database.")
+    return App(
+        user=user,
+        database=database,
+        password=_password(value),
+        createdb=_as_bool("pg_app_createdb", value("pg_app_createdb")),
+    )
+
+
+def _password(value: Callable[[str], Any]) -> Secret:
+    sources = {key: _optional_text(value(key)) for key in ("pg_app_password", "pg_app_password_env", "pg_app_password_ssm")}
+    given = [key for key, found in sources.items() if found is not None]
+    if len(given) != 1:
+        raise SettingsError(
+            f"pg_app_user is set, so exactly one password source is needed; found {given or 'none'}. "
+            "Fix: set one of pg_app_password_env (an environment variable name), pg_app_password_ssm "
+            "(an SSM parameter name) or pg_app_password."
+        )
+    key = given[0]
+    if key == "pg_app_password":
+        password = str(value(key))
+    elif key == "pg_app_password_env":
+        name = sources[key]
+        password = os.environ.get(name, "")
+        if not password:
+            raise SettingsError(
+                f"pg_app_password_env: the environment variable {name} is not set or empty on the control "
+                f"machine. Fix: export {name}=... before running pyinfra."
+            )
+    else:
+        password = _ssm_parameter(sources[key])
+    if not password:
+        raise SettingsError(f"{key}: the password is empty. Fix: give the app role a non-empty password.")
+    return Secret(password)
+
+
+@lru_cache(maxsize=None)
+def _ssm_parameter(name: str) -> str:
+    """A SecureString from SSM Parameter Store, decrypted (boto3's standard configuration)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        response = boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)
+    except NoCredentialsError:
+        raise SettingsError(
+            f"pg_app_password_ssm: no AWS credentials to read {name!r}. "
+            "Fix: configure credentials (AWS_PROFILE, environment, or an instance role)."
+        ) from None
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "ParameterNotFound":
+            raise SettingsError(
+                f"pg_app_password_ssm: SSM parameter {name!r} does not exist (region "
+                f"{boto3.session.Session().region_name or 'unset'}). Fix: create it as a SecureString, "
+                "or correct the name or AWS_REGION."
+            ) from None
+        raise SettingsError(f"pg_app_password_ssm: reading {name!r} failed: {code or error}.") from None
+    except BotoCoreError as error:
+        raise SettingsError(f"pg_app_password_ssm: reading {name!r} failed: {error}.") from None
+    return response["Parameter"]["Value"]

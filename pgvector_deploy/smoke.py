@@ -52,6 +52,7 @@ from typing import Iterable, Iterator
 from pyinfra import host, logger
 from pyinfra.api import FactBase, operation
 
+from .networking import app_address
 from .platforms import POSTGRES_MAJOR, Platform
 from .preflight import Plan
 from .shell import SAFE_PATH, as_postgres, fail
@@ -107,6 +108,15 @@ class SmokeApp:
         )
 
     __str__ = __repr__
+
+
+def app_login(plan: Plan) -> SmokeApp | None:
+    """The app role from host data, with the Docker bridge address it connects to."""
+    app = plan.settings.app
+    if app is None:
+        return None
+    address = app_address(plan.profile["bridges"])
+    return SmokeApp(user=app.user, password=str(app.password), database=app.database, address=address)
 
 
 @dataclass(frozen=True)

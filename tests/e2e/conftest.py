@@ -55,10 +55,10 @@ class Hosts:
         self.lab = lab
         self.made: list[TestHost] = []
 
-    def boot(self, name: str, systemd: bool = True) -> TestHost:
+    def boot(self, name: str, systemd: bool = True, arch: str = "amd64") -> TestHost:
         index = Hosts._next_index
         Hosts._next_index += 1
-        host = self.lab.host(name, index, systemd=systemd).create().boot()
+        host = self.lab.host(name, index, systemd=systemd, arch=arch).create().boot()
         self.made.append(host)
         return host
 

@@ -12,6 +12,7 @@ Traffic stays on addresses of this machine's own namespaces: 10.231.0.0/16.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import http.server
 import os
@@ -20,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -72,6 +74,12 @@ class Lab:
         self._files: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> "Lab":
+        # One lab per machine: a second one would tear down the first one's hosts.
+        self._lock = open("/run/pgv-test-lab.lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError("another test lab is running on this machine; wait for it to finish") from None
         cleanup_stale()
         run("ip", "link", "add", BRIDGE, "type", "bridge")
         run("ip", "addr", "add", f"{GATEWAY}/16", "dev", BRIDGE)
@@ -99,6 +107,7 @@ class Lab:
             self._proxy.terminate()
             self._proxy.wait(10)
         run("ip", "link", "del", BRIDGE, check=False)
+        self._lock.close()
 
     def serve(self, path: Path, name: str | None = None) -> str:
         """Serve a file over HTTP to the hosts; returns its URL."""
@@ -106,8 +115,8 @@ class Lab:
         shutil.copyfile(path, self.files_dir / name)
         return f"http://{GATEWAY}:{FILES_PORT}/{name}"
 
-    def host(self, name: str, index: int, systemd: bool = True) -> "TestHost":
-        return TestHost(self, name, index, systemd)
+    def host(self, name: str, index: int, systemd: bool = True, arch: str = "amd64") -> "TestHost":
+        return TestHost(self, name, index, systemd, arch)
 
 
 def cleanup_stale() -> None:
@@ -140,23 +149,26 @@ def _wait_for_port(address: str, port: int, timeout: float) -> None:
 class TestHost:
     """A real Debian 12 host: own root filesystem, network namespace, and (optionally) systemd."""
 
-    def __init__(self, lab: Lab, name: str, index: int, systemd: bool):
+    def __init__(self, lab: Lab, name: str, index: int, systemd: bool, arch: str = "amd64"):
         self.lab = lab
         self.name = name
         self.index = index
         self.systemd = systemd
+        self.arch = arch  # Debian's name: amd64, or arm64 (emulated, see emulation.py)
+        self.apt_archives = APT_ARCHIVES / arch
         self.address = f"10.231.{index}.2"
         self.netns = f"pgvt-{name}"
         self.root = HOSTS_DIR / name
         self.pid_file = HOSTS_DIR / f"{name}.pid"
         self.log = HOSTS_DIR / f"{name}.log"
         self._process: subprocess.Popen | None = None
+        self.containers: list[AppContainer] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def create(self) -> "TestHost":
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
-        run("tar", "-C", str(self.root), "--numeric-owner", "-xf", str(base_tarball()))
+        run("tar", "-C", str(self.root), "--numeric-owner", "-xf", str(base_tarball(self.arch)))
         (self.root / "etc/hostname").write_text(self.name + "\n")
         (self.root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n::1 localhost\n")
         keys = self.root / "home/admin/.ssh/authorized_keys"
@@ -168,8 +180,8 @@ class TestHost:
         others = [line for line in self.lab.known_hosts.read_text().splitlines() if not line.startswith(self.address + " ")]
         self.lab.known_hosts.write_text("".join(f"{line}\n" for line in others) + f"{self.address} {' '.join(host_key)}\n")
         # Reuse .debs earlier hosts downloaded (apt still verifies and installs them).
-        APT_ARCHIVES.mkdir(parents=True, exist_ok=True)
-        for deb in APT_ARCHIVES.glob("*.deb"):
+        self.apt_archives.mkdir(parents=True, exist_ok=True)
+        for deb in self.apt_archives.glob("*.deb"):
             os.link(deb, self.root / "var/cache/apt/archives" / deb.name)
         run("ip", "netns", "add", self.netns)
         outside, inside = f"pgvt{self.index}a", f"pgvt{self.index}b"
@@ -198,8 +210,11 @@ class TestHost:
             command += ["--as-pid2", "/bin/sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e"]
         with open(self.log, "ab") as log:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                # The host owns its network namespace, so its net.* sysctls are its own to set,
+                # as on a VM (nspawn would mount /proc/sys/net read-only).
+                env={**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
+            )  # fmt: skip
         self.pid_file.write_text(str(self._process.pid))
         self.wait_for_ssh()
         return self
@@ -230,11 +245,41 @@ class TestHost:
         self.shutdown()
         # Keep what apt downloaded for the next hosts.
         for deb in (self.root / "var/cache/apt/archives").glob("*.deb"):
-            target = APT_ARCHIVES / deb.name
+            target = self.apt_archives / deb.name
             if not target.exists():
                 os.link(deb, target)
+        for container in self.containers:
+            run("ip", "netns", "del", container.netns, check=False)
         run("ip", "netns", "del", self.netns, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- simulated Docker networking inside the host ------------------------------------------
+    def add_bridge(self, name: str, gateway: str) -> None:
+        """A Linux bridge in the host's namespace, as Docker makes (docker0, br-<id>)."""
+        self.netns_run("ip", "link", "add", name, "type", "bridge")
+        self.netns_run("ip", "addr", "add", gateway, "dev", name)
+        self.netns_run("ip", "link", "set", name, "up")
+
+    def remove_bridge(self, name: str) -> None:
+        self.netns_run("ip", "link", "del", name, check=False)
+
+    def add_container(self, name: str, bridge: str, address: str) -> "AppContainer":
+        """A network namespace plugged into ``bridge`` like a container: ``address`` is
+        CIDR, its default route is the bridge's gateway (the host)."""
+        container = AppContainer(f"pgvt-{self.index}-{name}", address)
+        run("ip", "netns", "del", container.netns, check=False)
+        run("ip", "netns", "add", container.netns)
+        outside = f"pgvt{self.index}{name[:4]}"
+        run("ip", "link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", container.netns)
+        run("ip", "link", "set", outside, "netns", self.netns)
+        self.netns_run("ip", "link", "set", outside, "master", bridge, "up")
+        container.run("ip", "link", "set", "lo", "up")
+        container.run("ip", "addr", "add", address, "dev", "eth0")
+        container.run("ip", "link", "set", "eth0", "up")
+        gateway = self.netns_run("ip", "-o", "-4", "addr", "show", "dev", bridge).stdout.split()[3].split("/")[0]
+        container.run("ip", "route", "add", "default", "via", gateway)
+        self.containers.append(container)
+        return container
 
     # -- using it --------------------------------------------------------------------------
     def netns_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -287,6 +332,26 @@ class TestHost:
             "ssh_strict_host_key_checking": "yes",
         }
         return self.name, {**connection, **data}
+
+
+class AppContainer:
+    """A network namespace standing in for an app's Docker container."""
+
+    def __init__(self, netns: str, address: str):
+        self.netns = netns
+        self.address = address
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", self.netns, *args, check=check)
+
+    def query(self, dsn: str, sql: str) -> subprocess.CompletedProcess:
+        """Connect with psycopg from inside the namespace, as the containerised app would."""
+        code = (
+            "import sys, psycopg\n"
+            "with psycopg.connect(sys.argv[1], connect_timeout=5) as conn:\n"
+            "    print(conn.execute(sys.argv[2]).fetchone()[0])\n"
+        )
+        return run("ip", "netns", "exec", self.netns, sys.executable, "-c", code, dsn, sql, check=False)
 
 
 def _owner(path: Path) -> tuple[int, int]:

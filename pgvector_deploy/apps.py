@@ -1,0 +1,103 @@
+"""The app's login role and database.
+
+The password never leaves the control machine in clear text: we compute its SCRAM-SHA-256
+verifier here (the form PostgreSQL stores) and send ``ALTER ROLE ... PASSWORD '<verifier>'``
+on the SQL connection's standard input, so it is in no command line (``ps``) and in no
+pyinfra output. To see whether the password changed, the host reports only the verifier's
+salt and a sha256 of the stored verifier; we recompute with that salt and compare. An
+unchanged password therefore reports no change.
+
+Example::
+
+    apps.role(plan, name="App role can log in with its password")
+    apps.database(plan, name="App database exists, owned by the app, with vector")
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import unicodedata
+
+from pyinfra import host
+from pyinfra.api import StringCommand, operation
+
+from .facts import AppState
+from .preflight import Plan
+from .shell import SAFE_PATH, as_postgres
+
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
+
+
+def scram_verifier(password: str, salt: bytes, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
+
+    Non-ASCII passwords are NFKC-normalised, as SASLprep (what libpq applies) mostly does.
+    """
+    normalised = unicodedata.normalize("NFKC", password).encode()
+    salted = hashlib.pbkdf2_hmac("sha256", normalised, salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def password_matches(password: str, salt_part: str, stored_digest: str) -> bool:
+    """Does the stored verifier (known by its ``iterations:salt`` part and sha256) come from
+    ``password``?"""
+    try:
+        iterations, salt = salt_part.split(":", 1)
+        verifier = scram_verifier(password, base64.b64decode(salt), int(iterations))
+    except (ValueError, TypeError):
+        return False  # md5 or no password: not what we want
+    return hmac.compare_digest(hashlib.sha256(verifier.encode()).hexdigest(), stored_digest)
+
+
+def _sql_on_stdin(plan: Plan, database: str, sql: str) -> StringCommand:
+    """psql reading ``sql`` from standard input: nothing of it shows in ps or in the output."""
+    return StringCommand(f"PATH={SAFE_PATH};", as_postgres(plan.platform, plan.port, database), _stdin=sql)
+
+
+@operation()
+def role(plan: Plan):
+    """Create or correct the app's LOGIN role and its password (only when it differs).
+
+    .. code:: python
+
+        apps.role(plan)
+    """
+    app = plan.settings.app
+    state = host.get_fact(AppState, platform=plan.platform, port=plan.port, user=app.user, database=app.database)
+    createdb = "CREATEDB" if app.createdb else "NOCREATEDB"
+    if not state["role_exists"]:
+        verifier = scram_verifier(app.password, os.urandom(16))
+        yield _sql_on_stdin(plan, "postgres", f"CREATE ROLE {app.user} WITH LOGIN {createdb} PASSWORD '{verifier}';\n")
+        return
+    if not state["can_login"] or state["createdb"] != app.createdb:
+        yield _sql_on_stdin(plan, "postgres", f"ALTER ROLE {app.user} WITH LOGIN {createdb};\n")
+    if not password_matches(app.password, state["salt_part"], state["stored_digest"]):
+        verifier = scram_verifier(app.password, os.urandom(16))
+        yield _sql_on_stdin(plan, "postgres", f"ALTER ROLE {app.user} WITH PASSWORD '{verifier}';\n")
+
+
+@operation()
+def database(plan: Plan):
+    """Create the app's database (from template1, so it has vector), owned by the app role.
+    An existing database is kept: only its owner is corrected and vector created if missing.
+
+    .. code:: python
+
+        apps.database(plan)
+    """
+    app = plan.settings.app
+    state = host.get_fact(AppState, platform=plan.platform, port=plan.port, user=app.user, database=app.database)
+    if state["database_owner"] is None:
+        yield _sql_on_stdin(plan, "postgres", f"CREATE DATABASE {app.database} OWNER {app.user};\n")
+        return
+    if state["database_owner"] != app.user:
+        yield _sql_on_stdin(plan, "postgres", f"ALTER DATABASE {app.database} OWNER TO {app.user};\n")
+    if state["database_vector"] is None:
+        yield _sql_on_stdin(plan, app.database, "CREATE EXTENSION IF NOT EXISTS vector;\n")
