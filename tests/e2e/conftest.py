@@ -74,16 +74,18 @@ def hosts(lab):
     made.destroy()
 
 
-def run_deploy(workdir: Path, entries: list[tuple[str, dict]], *args: str) -> DeployRun:
+def run_deploy(workdir: Path, entries: list[tuple[str, dict]], *args: str, **options) -> DeployRun:
     inventory = write_inventory(workdir / "inventory.py", entries)
-    return deploy(inventory, *args)
+    return deploy(inventory, *args, **options)
 
 
 @pytest.fixture
 def provision(tmp_path):
-    """``provision(host, **data)``: run the real deploy against one host."""
+    """``provision(host, *args, env=None, recipe=..., **data)``: run the real deploy (or another
+    recipe) against one host, with ``data`` as its host data."""
 
-    def run(host: TestHost, *args: str, **data) -> DeployRun:
-        return run_deploy(tmp_path, [host.inventory_entry(**data)], *args)
+    def run(host: TestHost, *args: str, env: dict | None = None, recipe: str | None = None, **data) -> DeployRun:
+        options = {"env": env} if recipe is None else {"env": env, "recipe": recipe}
+        return run_deploy(tmp_path, [host.inventory_entry(**data)], *args, **options)
 
     return run

@@ -231,6 +231,14 @@ class TestHost:
                 raise TimeoutError(f"{self.name} did not answer SSH in {timeout}s: {result.stderr}")
             time.sleep(0.5)
 
+    def wait_until(self, command: str, timeout: float = 90) -> None:
+        """Poll ``command`` (run with sudo) until it succeeds, e.g. a service finishing boot."""
+        deadline = time.monotonic() + timeout
+        while self.ssh(f"sudo sh -c {shlex.quote(command)}", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {command!r} did not succeed within {timeout}s")
+            time.sleep(1)
+
     def shutdown(self, timeout: float = 60) -> None:
         if self._process and self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
@@ -285,20 +293,23 @@ class TestHost:
     def netns_run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return run("ip", "netns", "exec", self.netns, *args, check=check)
 
-    def ssh(self, command: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        """Run ``command`` on the host as admin over SSH (prefix ``sudo`` for root)."""
+    def ssh(
+        self, command: str, check: bool = True, timeout: float = 600, input: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run ``command`` on the host as admin over SSH (prefix ``sudo`` for root); ``input``
+        goes to its standard input (keeps secrets out of command lines and sudo's log)."""
         result = subprocess.run(
             ["ssh", "-i", str(self.lab.key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
              "-o", f"UserKnownHostsFile={self.lab.known_hosts}", "-o", "ConnectTimeout=5",
              f"admin@{self.address}", command],
-            text=True, capture_output=True, timeout=timeout,
+            text=True, capture_output=True, timeout=timeout, input=input,
         )  # fmt: skip
         if check and result.returncode != 0:
             raise AssertionError(f"{self.name}: {command!r} failed ({result.returncode}): {result.stderr}")
         return result
 
-    def sudo(self, command: str, check: bool = True) -> str:
-        return self.ssh(f"sudo sh -c {shlex.quote(command)}", check=check).stdout
+    def sudo(self, command: str, check: bool = True, input: str | None = None) -> str:
+        return self.ssh(f"sudo sh -c {shlex.quote(command)}", check=check, input=input).stdout
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the postgres superuser on the host; returns bare rows."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,12 +39,16 @@ def write_inventory(path: Path, hosts: list[tuple[str, dict]]) -> Path:
     return path
 
 
-def deploy(inventory: Path, *args: str, timeout: float = 1800) -> DeployRun:
-    """``pyinfra INVENTORY deploy/postgres.py -y --json [args]`` from the repository root."""
+def deploy(
+    inventory: Path, *args: str, timeout: float = 1800, env: dict | None = None, recipe: str = DEPLOY
+) -> DeployRun:
+    """``pyinfra INVENTORY deploy/postgres.py -y --json [args]`` from the repository root;
+    ``env`` adds environment variables on the control machine (password sources, AWS)."""
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pyinfra", str(inventory), DEPLOY, "-y", "--json", *args],
+        [sys.executable, "-m", "pyinfra", str(inventory), recipe, "-y", "--json", *args],
         cwd=REPO,
+        env={**os.environ, **(env or {})},
         text=True,
         capture_output=True,
         timeout=timeout,

@@ -66,3 +66,36 @@ def with_changes(profile: dict, **changes) -> dict:
     changed = copy.deepcopy(profile)
     changed.update(changes)
     return changed
+
+
+class FactHost:
+    """A fake pyinfra host whose facts come from given output lines (``test_plans.FakeHost``'s
+    approach): ``get_fact`` builds the fact's real command with the operation's arguments
+    (kept in ``asked``) and parses ``outputs[fact class]`` with the fact's real ``process``."""
+
+    def __init__(self, outputs: dict):
+        self.outputs = outputs
+        self.data: dict = {}
+        self.asked: list[tuple[type, dict, str]] = []
+        self.noops: list[str] = []
+
+    def get_fact(self, cls, **kwargs):
+        fact = cls()
+        self.asked.append((cls, kwargs, fact.command(**kwargs)))
+        lines = self.outputs[cls]
+        return fact.process(lines) if lines else fact.default()
+
+    def noop(self, description: str) -> None:
+        self.noops.append(description)
+
+
+def run_operation(operation, plan, host) -> list:
+    """The commands ``operation``'s real generator yields with ``host`` as pyinfra's host."""
+    from pyinfra.context import ctx_host
+
+    previous = ctx_host.get()
+    ctx_host.set(host)
+    try:
+        return list(operation._inner(plan))
+    finally:
+        ctx_host.set(previous)

@@ -146,3 +146,196 @@ def test_readme_documents_every_setting_with_its_default():
         assert row is not None, f"README has no row for {setting.key}"
         assert f"`{setting.default!r}`" in row, f"README default for {setting.key} is stale"
         assert setting.meaning in row, f"README meaning for {setting.key} is stale"
+
+
+# --- networking and the app role -------------------------------------------------------------
+
+from ipaddress import IPv4Network  # noqa: E402
+
+from pgvector_deploy import settings as settings_module  # noqa: E402
+from pgvector_deploy.settings import Secret  # noqa: E402
+
+APP = {"pg_app_user": "app", "pg_app_password": "hunter2-Pässword"}
+
+
+def test_docker_subnets_as_a_list():
+    settings = load_settings({"pg_docker_subnets": ["172.20.0.0/16", "10.10.0.0/24", "10.0.0.0/8"]})
+    assert settings.docker_subnets == (IPv4Network("172.20.0.0/16"), IPv4Network("10.10.0.0/24"), IPv4Network("10.0.0.0/8"))
+
+
+def test_docker_subnets_as_a_string_from_the_command_line():
+    settings = load_settings({"pg_docker_subnets": "172.20.0.0/16, 172.21.0.0/16,"})
+    assert settings.docker_subnets == (IPv4Network("172.20.0.0/16"), IPv4Network("172.21.0.0/16"))
+
+
+def test_no_docker_subnets_and_no_listen_addresses_by_default():
+    settings = load_settings({})
+    assert (settings.docker_subnets, settings.listen_addresses, settings.app) == ((), (), None)
+
+
+@pytest.mark.parametrize("value", ["172.17.0.0/33", "10.0.0.1/8", "abc", "172.20.0.0/16/1"])
+def test_invalid_docker_subnet_is_refused_naming_it(value):
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_docker_subnets": ["172.20.0.0/16", value]})
+    assert f"pg_docker_subnets: {value!r} is not a valid CIDR" in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["16.0.0.0/4", "0.0.0.0/0", "fd00::/64"])
+def test_too_broad_or_ipv6_docker_subnet_is_refused(value):
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_docker_subnets": [value]})
+    assert f"pg_docker_subnets: {value!r} is too broad or not IPv4" in str(error.value)
+
+
+def test_docker_subnets_not_a_list_is_refused():
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_docker_subnets": 172})
+    assert "pg_docker_subnets: 172 is not a list" in str(error.value)
+
+
+def test_listen_addresses_valid():
+    assert load_settings({"pg_listen_addresses": ["10.0.1.10", "fd00::2"]}).listen_addresses == ("10.0.1.10", "fd00::2")
+    assert load_settings({"pg_listen_addresses": "10.0.1.10,10.0.1.11"}).listen_addresses == ("10.0.1.10", "10.0.1.11")
+
+
+@pytest.mark.parametrize("value", ["*", "localhost", "10.0.1.300", "10.0.1.0/24", ""])
+def test_listen_address_that_is_no_ip_is_refused(value):
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_listen_addresses": ["10.0.1.10", value]})
+    assert f"pg_listen_addresses: {value!r} is not an IP address" in str(error.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: '*' is refused, but the wildcard addresses 0.0.0.0 and :: (every interface, the same thing) are accepted",
+)
+@pytest.mark.parametrize("value", ["0.0.0.0", "::"])
+def test_wildcard_listen_address_is_refused_like_star(value):
+    with pytest.raises(SettingsError):
+        load_settings({"pg_listen_addresses": [value]})
+
+
+@pytest.mark.parametrize("user", ["app", "my_app", "_app", "a" * 63, "app2"])
+def test_valid_app_user(user):
+    app = load_settings({**APP, "pg_app_user": user}).app
+    assert (app.user, app.database, app.createdb) == (user, user, False)  # the database defaults to the user
+
+
+@pytest.mark.parametrize("user", ["App", "1abc", "a" * 64, "my-app", "app;drop", "émile"])
+def test_invalid_app_user_is_refused(user):
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({**APP, "pg_app_user": user})
+    assert f"pg_app_user: {user!r} is not a valid name" in str(error.value)
+
+
+@pytest.mark.parametrize("user", ["postgres", "pg_x", "pg_monitor"])
+def test_reserved_app_user_is_refused(user):
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({**APP, "pg_app_user": user})
+    assert f"pg_app_user: {user!r} is reserved" in str(error.value)
+
+
+def test_app_database_and_createdb():
+    app = load_settings({**APP, "pg_app_database": "vectors", "pg_app_createdb": "yes"}).app
+    assert (app.user, app.database, app.createdb) == ("app", "vectors", True)
+
+
+@pytest.mark.parametrize("database", ["postgres", "template0", "template1"])
+def test_system_database_is_refused(database):
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({**APP, "pg_app_database": database})
+    assert f"pg_app_database: {database!r} is a system database" in str(error.value)
+
+
+def test_invalid_app_database_is_refused():
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({**APP, "pg_app_database": "My-DB"})
+    assert "pg_app_database: 'My-DB' is not a valid name" in str(error.value)
+
+
+def test_no_password_source_is_refused():
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_app_user": "app"})
+    assert "exactly one password source is needed; found none" in str(error.value)
+
+
+def test_two_password_sources_are_refused(monkeypatch):
+    monkeypatch.setenv("PGVECTOR_DEPLOY_TEST_PASSWORD", "from-env")
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({**APP, "pg_app_password_env": "PGVECTOR_DEPLOY_TEST_PASSWORD"})
+    assert "found ['pg_app_password', 'pg_app_password_env']" in str(error.value)
+
+
+@pytest.mark.parametrize("password", ["", "   "])
+def test_empty_literal_password_is_refused(password):
+    with pytest.raises(SettingsError, match="Fix:"):
+        load_settings({"pg_app_user": "app", "pg_app_password": password})
+
+
+def test_password_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PGVECTOR_DEPLOY_TEST_PASSWORD", "from-env Pässword")
+    app = load_settings({"pg_app_user": "app", "pg_app_password_env": "PGVECTOR_DEPLOY_TEST_PASSWORD"}).app
+    assert app.password == "from-env Pässword" and isinstance(app.password, Secret)
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_unset_or_empty_environment_variable_is_refused_naming_it(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv("PGVECTOR_DEPLOY_TEST_PASSWORD", raising=False)
+    else:
+        monkeypatch.setenv("PGVECTOR_DEPLOY_TEST_PASSWORD", value)
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_app_user": "app", "pg_app_password_env": "PGVECTOR_DEPLOY_TEST_PASSWORD"})
+    assert "environment variable PGVECTOR_DEPLOY_TEST_PASSWORD is not set or empty" in str(error.value)
+    assert "export PGVECTOR_DEPLOY_TEST_PASSWORD=" in str(error.value)
+
+
+@pytest.fixture
+def fake_aws(monkeypatch, tmp_path):
+    """moto's AWS in eu-west-1 with fake credentials, no real AWS configuration read."""
+    from moto import mock_aws
+
+    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    settings_module._ssm_parameter.cache_clear()
+    with mock_aws():
+        yield
+    settings_module._ssm_parameter.cache_clear()
+
+
+def test_password_from_ssm(fake_aws):
+    import boto3
+
+    boto3.client("ssm", region_name="eu-west-1").put_parameter(
+        Name="/pgvector-deploy/app-password", Value="from-ssm Pässword", Type="SecureString"
+    )
+    app = load_settings({"pg_app_user": "app", "pg_app_password_ssm": "/pgvector-deploy/app-password"}).app
+    assert app.password == "from-ssm Pässword" and isinstance(app.password, Secret)
+
+
+def test_missing_ssm_parameter_is_refused(fake_aws):
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_app_user": "app", "pg_app_password_ssm": "/pgvector-deploy/missing"})
+    message = str(error.value)
+    assert "SSM parameter '/pgvector-deploy/missing' does not exist" in message
+    assert "(region eu-west-1)" in message
+
+
+def test_secret_repr_hides_the_value():
+    secret = Secret("hunter2")
+    assert repr(secret) == "Secret('***')"
+    assert "hunter2" not in repr([secret]) and "hunter2" not in repr({"password": secret})
+    assert secret == "hunter2" and f"{secret}" == "hunter2"  # still usable as the password
+
+
+def test_settings_repr_never_shows_the_password():
+    settings = load_settings(APP)
+    assert settings.app.password == "hunter2-Pässword"
+    for text in (repr(settings), str(settings), repr(settings.app), f"{settings!r}"):
+        assert "hunter2" not in text
+    assert "password=Secret('***')" in repr(settings)

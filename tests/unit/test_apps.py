@@ -1,0 +1,306 @@
+"""The app's role and database (pgvector_deploy.apps) and the AppState fact.
+
+The SCRAM verifier is checked against two independent oracles: the RFC 7677 example
+exchange, and libpq's own ``PQencryptPasswordConn`` (through psycopg, no server needed: it
+computes the verifier locally when the algorithm is given).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import shlex
+
+import psycopg
+import pytest
+
+from pgvector_deploy import apps
+from pgvector_deploy.apps import password_matches, scram_verifier
+from pgvector_deploy.facts import AppState, parse_app_state
+from pgvector_deploy.preflight import Plan
+from pgvector_deploy.settings import load_settings
+from pgvector_deploy.shell import SAFE_PATH
+
+from .conftest import FactHost, run_operation, sh_syntax_error
+
+PASSWORD = "s3cret-Pässword"
+SALT = bytes(range(16))
+PSQL = "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
+VERIFIER = re.compile(r"^SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2}):([A-Za-z0-9+/]+={0,2})$")
+
+
+def libpq_verifier(password: str) -> str:
+    """libpq's SCRAM-SHA-256 verifier for ``password`` (random salt), computed locally."""
+    conn = psycopg.pq.PGconn.connect(b"host=/nonexistent-pgvector-deploy-test port=5432 connect_timeout=1")
+    try:
+        return conn.encrypt_password(password.encode(), b"app", b"scram-sha-256").decode()
+    finally:
+        conn.finish()
+
+
+def salt_of(verifier: str) -> bytes:
+    return base64.b64decode(VERIFIER.match(verifier).group(2))
+
+
+# --- scram_verifier / password_matches -----------------------------------------------------------
+
+
+def test_verifier_format():
+    verifier = scram_verifier(PASSWORD, SALT)
+    match = VERIFIER.match(verifier)
+    assert match, verifier
+    iterations, salt, stored_key, server_key = match.groups()
+    assert iterations == "4096"
+    assert base64.b64decode(salt) == SALT
+    assert len(base64.b64decode(stored_key)) == len(base64.b64decode(server_key)) == 32
+
+
+def test_verifier_is_deterministic_for_a_salt():
+    assert scram_verifier(PASSWORD, SALT) == scram_verifier(PASSWORD, SALT)
+    assert scram_verifier(PASSWORD, SALT) != scram_verifier(PASSWORD, bytes(16))
+    assert scram_verifier(PASSWORD, SALT) != scram_verifier(PASSWORD + "x", SALT)
+    assert scram_verifier(PASSWORD, SALT, 10000).startswith("SCRAM-SHA-256$10000:")
+
+
+def test_verifier_agrees_with_the_rfc_7677_example():
+    """RFC 7677 section 3: user "user", password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==,
+    4096 iterations. The client's proof and the server's signature of that exchange must
+    follow from our StoredKey and ServerKey."""
+    verifier = scram_verifier("pencil", base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="))
+    _, _, stored_b64, server_b64 = VERIFIER.match(verifier).groups()
+    stored_key, server_key = base64.b64decode(stored_b64), base64.b64decode(server_b64)
+    nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    auth_message = (
+        f"n=user,r=rOprNGfwEbeRWgbNEkqO,r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r={nonce}"
+    ).encode()
+    proof = base64.b64decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+    client_signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
+    client_key = bytes(a ^ b for a, b in zip(proof, client_signature))
+    assert hashlib.sha256(client_key).digest() == stored_key  # the server would accept this proof
+    server_signature = hmac.new(server_key, auth_message, hashlib.sha256).digest()
+    assert base64.b64encode(server_signature).decode() == "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["pencil", PASSWORD, "with space and 'quote' and $dollar", "ｆｕｌｌｗｉｄｔｈ", "non\u00a0breaking", "ﬁne ligature", "x" * 200],
+)
+def test_verifier_agrees_with_libpq(password):
+    expected = libpq_verifier(password)
+    assert scram_verifier(password, salt_of(expected)) == expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: NFKC is not SASLprep: characters SASLprep maps to nothing (soft hyphen U+00AD, zero-width "
+    "space U+200B) are kept, so libpq clients send a different password and cannot log in",
+)
+@pytest.mark.parametrize("password", ["pass\u00adword", "\u200bpässword"])
+def test_verifier_agrees_with_libpq_saslprep_mapping(password):
+    expected = libpq_verifier(password)
+    assert scram_verifier(password, salt_of(expected)) == expected
+
+
+def stored(verifier: str) -> tuple[str, str]:
+    """What AppState reports of a stored verifier: its iterations:salt part and its sha256."""
+    return verifier.split("$")[1], hashlib.sha256(verifier.encode()).hexdigest()
+
+
+def test_password_matches_the_verifier_it_came_from():
+    assert password_matches(PASSWORD, *stored(scram_verifier(PASSWORD, SALT))) is True
+    assert password_matches(PASSWORD, *stored(libpq_verifier(PASSWORD))) is True
+
+
+@pytest.mark.parametrize(
+    "salt_part, digest",
+    [
+        stored(scram_verifier("another password", SALT)),
+        stored(scram_verifier(PASSWORD + " ", SALT)),
+        (stored(scram_verifier(PASSWORD, SALT))[0], "0" * 64),
+        ("", hashlib.sha256(b"md5" + b"0" * 32).hexdigest()),  # an md5 password has no '$'
+        ("", ""),  # no password
+        ("4096:not base64!", "0" * 64),
+        ("many:c2FsdA==", "0" * 64),
+    ],
+)
+def test_password_matches_is_false_otherwise(salt_part, digest):
+    assert password_matches(PASSWORD, salt_part, digest) is False
+
+
+# --- the AppState fact -----------------------------------------------------------------------------
+
+HEX = hashlib.sha256(b"SCRAM-SHA-256$4096:c2FsdA==$a:b").hexdigest()
+
+
+def test_parse_app_state_of_an_existing_role_and_database():
+    state = parse_app_state([f"role=true|false|4096:c2FsdA==|{HEX}", "database_owner=app", "database_vector=0.8.0"])
+    assert state == {
+        "role_exists": True,
+        "can_login": True,
+        "createdb": False,
+        "salt_part": "4096:c2FsdA==",
+        "stored_digest": HEX,
+        "database_owner": "app",
+        "database_vector": "0.8.0",
+    }
+
+
+def test_parse_app_state_accepts_t_and_f():
+    state = parse_app_state([f"role=f|t|4096:c2FsdA==|{HEX}", "database_owner=app", "database_vector="])
+    assert (state["can_login"], state["createdb"], state["database_vector"]) == (False, True, None)
+
+
+def test_parse_app_state_without_role_or_database():
+    assert parse_app_state(["database_owner="]) == {
+        "role_exists": False,
+        "can_login": False,
+        "createdb": False,
+        "salt_part": "",
+        "stored_digest": "",
+        "database_owner": None,
+        "database_vector": None,
+    }
+
+
+def test_parse_app_state_of_a_role_without_password():
+    state = parse_app_state(["role=true|false||", "database_owner=postgres"])
+    assert (state["role_exists"], state["salt_part"], state["stored_digest"]) == (True, "", "")
+    assert state["database_owner"] == "postgres"
+
+
+def test_app_state_command_is_valid_sh(debian12):
+    command = AppState().command(platform=debian12, port=5432, user="my_app", database="my_db")
+    assert sh_syntax_error(command) == ""
+    words = " ".join(word for line in command.splitlines() if "runuser" in line for word in shlex.split(line))
+    assert "WHERE rolname = 'my_app'" in words and "WHERE datname = 'my_db'" in words
+    assert "-d my_db" in command  # vector is looked up in the app's database
+
+
+# --- the operations ------------------------------------------------------------------------------
+
+
+def app_plan(debian12, profile, **data) -> Plan:
+    return Plan(load_settings({"pg_app_user": "app", "pg_app_password": PASSWORD, **data}), debian12, profile)
+
+
+def state_lines(role: str | None, owner: str | None = "app", vector: str | None = "0.8.0") -> list[str]:
+    lines = [f"role={role}"] if role is not None else []
+    lines.append(f"database_owner={owner or ''}")
+    if owner:
+        lines.append(f"database_vector={vector or ''}")
+    return lines
+
+
+def role_row(password: str, login: str = "true", createdb: str = "false") -> str:
+    salt_part, digest = stored(scram_verifier(password, SALT))
+    return f"{login}|{createdb}|{salt_part}|{digest}"
+
+
+def run_app(operation, plan, lines) -> tuple[list, FactHost]:
+    host = FactHost({AppState: lines})
+    return run_operation(operation, plan, host), host
+
+
+def check_sql_command(command, database: str) -> str:
+    """The command is psql with SQL on stdin only; returns that SQL."""
+    assert str(command) == f"PATH={SAFE_PATH}; {PSQL} -d {database}"
+    assert set(command.connector_arguments) == {"_stdin"}
+    return command.connector_arguments["_stdin"]
+
+
+def verifier_in(sql: str) -> str:
+    [verifier] = re.findall(r"PASSWORD '([^']*)'", sql)
+    assert VERIFIER.match(verifier), verifier
+    return verifier
+
+
+def test_new_role_sends_the_verifier_on_stdin_only(debian12, provisioned_profile):
+    commands, host = run_app(apps.role, app_plan(debian12, provisioned_profile), state_lines(None, owner=None))
+    [command] = commands
+    sql = check_sql_command(command, "postgres")
+    verifier = verifier_in(sql)
+    assert sql == f"CREATE ROLE app WITH LOGIN NOCREATEDB PASSWORD '{verifier}';\n"
+    assert password_matches(PASSWORD, *stored(verifier))
+    text = command.get_raw_value()
+    assert PASSWORD not in text and verifier not in text and "SCRAM" not in text
+    assert PASSWORD not in sql
+    [(_, kwargs, _)] = host.asked
+    assert kwargs == {"platform": debian12, "port": 5432, "user": "app", "database": "app"}
+
+
+def test_new_role_with_createdb(debian12, provisioned_profile):
+    [command] = run_app(apps.role, app_plan(debian12, provisioned_profile, pg_app_createdb=True), state_lines(None))[0]
+    assert command.connector_arguments["_stdin"].startswith("CREATE ROLE app WITH LOGIN CREATEDB PASSWORD 'SCRAM-SHA-256$4096:")
+
+
+def test_new_salt_every_time(debian12, provisioned_profile):
+    plan = app_plan(debian12, provisioned_profile)
+    first, second = (verifier_in(run_app(apps.role, plan, state_lines(None))[0][0].connector_arguments["_stdin"]) for _ in range(2))
+    assert salt_of(first) != salt_of(second) and len(salt_of(first)) == 16
+
+
+def test_unchanged_password_yields_nothing(debian12, provisioned_profile):
+    assert run_app(apps.role, app_plan(debian12, provisioned_profile), state_lines(role_row(PASSWORD)))[0] == []
+
+
+def test_changed_password_alters_the_role(debian12, provisioned_profile):
+    [command] = run_app(apps.role, app_plan(debian12, provisioned_profile), state_lines(role_row("the old password")))[0]
+    sql = check_sql_command(command, "postgres")
+    verifier = verifier_in(sql)
+    assert sql == f"ALTER ROLE app WITH PASSWORD '{verifier}';\n"
+    assert password_matches(PASSWORD, *stored(verifier))
+    assert verifier not in command.get_raw_value()
+
+
+def test_md5_password_is_replaced(debian12, provisioned_profile):
+    md5_row = f"true|false||{hashlib.sha256(b'md5' + b'0' * 32).hexdigest()}"
+    [command] = run_app(apps.role, app_plan(debian12, provisioned_profile), state_lines(md5_row))[0]
+    assert command.connector_arguments["_stdin"].startswith("ALTER ROLE app WITH PASSWORD 'SCRAM-SHA-256$4096:")
+
+
+def test_createdb_difference_alters_the_role_only(debian12, provisioned_profile):
+    plan = app_plan(debian12, provisioned_profile, pg_app_createdb="yes")
+    [command] = run_app(apps.role, plan, state_lines(role_row(PASSWORD, createdb="false")))[0]
+    assert check_sql_command(command, "postgres") == "ALTER ROLE app WITH LOGIN CREATEDB;\n"
+    [command] = run_app(apps.role, app_plan(debian12, provisioned_profile), state_lines(role_row(PASSWORD, createdb="true")))[0]
+    assert check_sql_command(command, "postgres") == "ALTER ROLE app WITH LOGIN NOCREATEDB;\n"
+
+
+def test_role_that_cannot_log_in_and_has_another_password(debian12, provisioned_profile):
+    commands = run_app(apps.role, app_plan(debian12, provisioned_profile), state_lines(role_row("old", login="false")))[0]
+    assert [command.connector_arguments["_stdin"].split(" PASSWORD ")[0] for command in commands] == [
+        "ALTER ROLE app WITH LOGIN NOCREATEDB;\n",
+        "ALTER ROLE app WITH",
+    ]
+
+
+def test_missing_database_is_created_owned_by_the_app(debian12, provisioned_profile):
+    plan = app_plan(debian12, provisioned_profile, pg_app_database="vectors")
+    [command], host = run_app(apps.database, plan, state_lines(role_row(PASSWORD), owner=None))
+    assert check_sql_command(command, "postgres") == "CREATE DATABASE vectors OWNER app;\n"
+    assert host.asked[0][1]["database"] == "vectors"
+
+
+def test_database_with_the_wrong_owner_gets_the_app(debian12, provisioned_profile):
+    [command] = run_app(apps.database, app_plan(debian12, provisioned_profile), state_lines(role_row(PASSWORD), owner="postgres"))[0]
+    assert check_sql_command(command, "postgres") == "ALTER DATABASE app OWNER TO app;\n"
+
+
+def test_database_without_vector_gets_it_in_that_database(debian12, provisioned_profile):
+    [command] = run_app(apps.database, app_plan(debian12, provisioned_profile), state_lines(role_row(PASSWORD), vector=None))[0]
+    assert check_sql_command(command, "app") == "CREATE EXTENSION IF NOT EXISTS vector;\n"
+
+
+def test_database_wrong_owner_and_no_vector(debian12, provisioned_profile):
+    commands = run_app(apps.database, app_plan(debian12, provisioned_profile), state_lines(role_row(PASSWORD), owner="other", vector=None))[0]
+    assert [check_sql_command(command, database) for command, database in zip(commands, ("postgres", "app"))] == [
+        "ALTER DATABASE app OWNER TO app;\n",
+        "CREATE EXTENSION IF NOT EXISTS vector;\n",
+    ]
+    assert len(commands) == 2
+
+
+def test_converged_database_yields_nothing(debian12, provisioned_profile):
+    assert run_app(apps.database, app_plan(debian12, provisioned_profile), state_lines(role_row(PASSWORD)))[0] == []
