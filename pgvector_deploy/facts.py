@@ -97,13 +97,13 @@ command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters --no-header 2>/dev/nul
 if command -v ss >/dev/null 2>&1; then
   ss -Hltnp 'sport = :{int(port)}' 2>/dev/null | while read -r line; do
     pid=$(echo "$line" | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -n1)
-    echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|$line"
+    echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|$line|argv0=$(tr '\\0' '\\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n1)"
   done
 else
   # No ss (minimal images): find the listening socket's inode, then the process holding it.
   for inode in $(awk '$2 ~ /:{int(port):04X}$/ && $4 == "0A" {{print $10}}' /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
     pid=$(find /proc/[0-9]*/fd -lname "socket:\\[$inode\\]" 2>/dev/null | head -n1 | cut -d/ -f3)
-    echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|pid $pid, found without ss"
+    echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|pid $pid, found without ss|argv0=$(tr '\\0' '\\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n1)"
   done
 fi
 ip -o -4 addr show 2>/dev/null | sed -e 's/^/address=/'
@@ -139,6 +139,10 @@ def parse_host_profile(lines: list[str]) -> dict:
     listeners = []
     for entry in values.get("listener", []):
         exe, _, line = entry.partition("|")
+        line, _, argv0 = line.partition("|argv0=")
+        if "qemu" in exe and argv0:
+            # Under qemu-user emulation /proc/PID/exe is the emulator; argv[0] is the program.
+            exe = argv0
         process = re.search(r'users:\(\("([^"]+)"', line)
         listeners.append({"exe": exe, "process": process.group(1) if process else "", "line": line.strip()})
     return {
@@ -322,7 +326,7 @@ for file in {files}; do [ -f "$file" ] && echo "file=$file|$(base64 -w0 < "$file
 echo "running_listen=$({as_postgres(platform, port, 'postgres', 'SHOW listen_addresses')} 2>/dev/null)"
 {as_postgres(platform, port, 'postgres', hba_errors)} 2>/dev/null | sed -e 's/^/hba_error=/'
 {as_postgres(platform, port, 'postgres', SETTINGS_ERRORS_SQL)} 2>/dev/null | sed -e 's/^/settings_error=/'
-grep -Eqs "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf\.d'" {shlex.quote(main_conf(platform))} && echo includes_conf_d=yes
+grep -Eqs "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf[.]d'" {shlex.quote(main_conf(platform))} && echo includes_conf_d=yes
 echo "nonlocal_bind=$(cat /proc/sys/net/ipv4/ip_nonlocal_bind 2>/dev/null)"
 ip -o -4 addr show 2>/dev/null | sed -e 's/^/address=/'
 true

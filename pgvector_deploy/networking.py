@@ -42,7 +42,7 @@ from .facts import (
 )
 from .platforms import Platform
 from .preflight import Plan
-from .shell import SAFE_PATH, Var, as_postgres, fail
+from .shell import SAFE_PATH, Var, as_postgres, fail, host_locked
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 SYSCTL_TEXT = "# Managed by pgvector-deploy: lets PostgreSQL bind Docker bridge gateways before the bridges exist.\nnet.ipv4.ip_nonlocal_bind = 1\n"
@@ -176,6 +176,7 @@ def _reload(plan: Plan) -> str:
 
 
 @operation()
+@host_locked
 def listen(plan: Plan):
     """Write the settings include file (listen_addresses, scram-sha-256) and, on hosts with
     systemd, the nonlocal-bind sysctl; restart only if listen_addresses changed.
@@ -207,6 +208,7 @@ def listen(plan: Plan):
 
 
 @operation()
+@host_locked
 def client_access(plan: Plan):
     """Render pg_hba.conf (keeping the USER RULES section), check it, then reload.
 

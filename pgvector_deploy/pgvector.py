@@ -29,7 +29,7 @@ from .platforms import Platform
 from .preflight import Plan
 from .releases import parse_version
 from .settings import Settings
-from .shell import SAFE_PATH, Var, as_postgres, fail
+from .shell import SAFE_PATH, Var, as_postgres, fail, host_locked
 
 # Databases that get the extension: template1 so every new database (ORM shadow databases
 # included) is born with it, and postgres.
@@ -150,6 +150,7 @@ def is_current(state: dict, stamp: dict) -> bool:
 
 
 @operation()
+@host_locked
 def fetch(plan: Plan):
     """Put the verified tarball in the host's cache: uploaded from the control machine when
     ``pgvector_tarball`` is set, else downloaded by the host. Skipped when it is already there.
@@ -174,6 +175,7 @@ def fetch(plan: Plan):
 
 
 @operation()
+@host_locked
 def build(plan: Plan):
     """Compile and install pgvector unless the build stamp says this exact build is in place.
 
@@ -206,6 +208,7 @@ def _newer_than(version: str, wanted: tuple[int, int, int]) -> bool:
 
 
 @operation()
+@host_locked
 def extension(plan: Plan):
     """Bring every database's ``vector`` up to the built version, and create the extension in
     template1 and postgres.

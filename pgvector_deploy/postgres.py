@@ -20,10 +20,11 @@ from pyinfra.api import operation
 from .facts import ClusterState, InstalledPackages, RepositoryChecks
 from .platforms import POSTGRES_MAJOR
 from .preflight import Plan
-from .shell import SAFE_PATH
+from .shell import SAFE_PATH, host_locked
 
 
 @operation()
+@host_locked
 def repository(plan: Plan):
     """Set up where PostgreSQL 15 comes from (PGDG repository, modules, CRB), only the steps
     not done yet. One fact runs every step's check; a platform without steps asks nothing.
@@ -47,6 +48,7 @@ def repository(plan: Plan):
 
 
 @operation()
+@host_locked
 def packages(plan: Plan):
     """Install the server, PGXS headers and compiler, only those missing.
 
@@ -64,6 +66,7 @@ def packages(plan: Plan):
 
 
 @operation()
+@host_locked
 def cluster(plan: Plan):
     """Create the cluster only when its data directory holds none (never re-initialise).
 
@@ -79,6 +82,7 @@ def cluster(plan: Plan):
 
 
 @operation()
+@host_locked
 def running(plan: Plan):
     """Start the cluster if it is down, and enable it at boot where systemd is the init.
 

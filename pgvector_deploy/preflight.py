@@ -108,8 +108,41 @@ def check_binaries(profile: dict, platform: Platform) -> None:
             )
 
 
-def make_plan(settings: Settings, profile: dict) -> Plan:
-    """Pure planning from validated settings and the host profile; raises UnsupportedHost."""
+# --- EC2 architecture (inventories/prod.py) ---------------------------------------------------
+
+# EC2's architecture names, and what `uname -m` says on such an instance.
+EC2_TO_UNAME = {"x86_64": "x86_64", "arm64": "aarch64"}
+
+
+def check_ec2_architecture(ec2_architecture: str | None, arch: str) -> None:
+    """Refuse when EC2's architecture for the instance is not the host's ``uname -m``.
+
+    The EC2 inventory keeps the instance's architecture as host data. A host that reports
+    another one is not that instance: an address reused by a newer instance, a wrong
+    address, or an inventory older than the fleet. No value (a static inventory): no check.
+
+    >>> check_ec2_architecture("arm64", "aarch64")  # the same machine: nothing to say
+    >>> check_ec2_architecture(None, "x86_64")  # not from EC2: nothing to compare
+    """
+    if ec2_architecture is None or EC2_TO_UNAME.get(ec2_architecture) == arch:
+        return
+    raise UnsupportedHost(
+        f"EC2 says {ec2_architecture} but the host reports {arch}: wrong address or stale inventory. "
+        "Fix: check the address this host was reached at (ssh_hostname) against the instance, and run "
+        "again with a fresh inventory."
+    )
+
+
+# --- end of EC2 architecture -------------------------------------------------------------------
+
+
+def make_plan(settings: Settings, profile: dict, *, ec2_architecture: str | None = None) -> Plan:
+    """Pure planning from validated settings and the host profile; raises UnsupportedHost.
+
+    ``ec2_architecture`` is what the EC2 inventory says the instance is (host data), if any.
+    """
+    # First: on a host that is not the instance EC2 described, every other finding is moot.
+    check_ec2_architecture(ec2_architecture, profile["arch"])
     platform = detect_platform(profile["os_release"], profile["arch"])
     tool = platform.package_manager.tool
     if tool not in profile["package_tools"]:
@@ -127,7 +160,7 @@ def look(host) -> Plan | Refusal:
         return Refusal(f"bad host data: {error}")
     profile = host.get_fact(HostProfile, port=POSTGRES_PORT, cached_tarball=tarball_path(settings.version))
     try:
-        return make_plan(settings, profile)
+        return make_plan(settings, profile, ec2_architecture=host.data.get("ec2_architecture") or None)
     except UnsupportedHost as error:
         return Refusal(str(error))
 

@@ -290,7 +290,7 @@ def _app(value: Callable[[str], Any]) -> App | None:
 
 
 def _password(value: Callable[[str], Any]) -> Secret:
-    sources = {key: _optional_text(value(key)) for key in ("pg_app_password", "pg_app_password_env", "pg_app_password_ssm")}
+    sources = {key: value(key) for key in ("pg_app_password", "pg_app_password_env", "pg_app_password_ssm")}
     given = [key for key, found in sources.items() if found is not None]
     if len(given) != 1:
         raise SettingsError(
@@ -300,9 +300,11 @@ def _password(value: Callable[[str], Any]) -> Secret:
         )
     key = given[0]
     if key == "pg_app_password":
-        password = str(value(key))
+        password = str(sources[key])
+    elif not str(sources[key]).strip():
+        raise SettingsError(f"{key} is empty. Fix: give the name of the variable or parameter that holds the password.")
     elif key == "pg_app_password_env":
-        name = sources[key]
+        name = str(sources[key]).strip()
         password = os.environ.get(name, "")
         if not password:
             raise SettingsError(
@@ -310,7 +312,7 @@ def _password(value: Callable[[str], Any]) -> Secret:
                 f"machine. Fix: export {name}=... before running pyinfra."
             )
     else:
-        password = _ssm_parameter(sources[key])
+        password = _ssm_parameter(str(sources[key]).strip())
     if not password:
         raise SettingsError(f"{key}: the password is empty. Fix: give the app role a non-empty password.")
     return Secret(password)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shlex
+from functools import wraps
 from typing import TYPE_CHECKING
+
+from pyinfra.api import QuoteString, StringCommand
 
 if TYPE_CHECKING:  # platforms uses fail(); importing Platform at run time would be a cycle
     from .platforms import Platform
@@ -47,3 +50,48 @@ def fail(*parts: str) -> str:
     '{ echo \'expected 1, found \'"${found}" >&2; exit 1; }'
     """
     return f"{{ echo {words(*parts)} >&2; exit 1; }}"
+
+
+# One lock per host, held by each command that changes something: two overlapping runs (a
+# nightly run and a manual one, say) queue command by command instead of building or writing
+# configuration at the same time. flock releases it when the command ends or dies, so a
+# killed run never leaves a stale lock behind.
+HOST_LOCK = "/run/lock/pgvector-deploy.lock"
+HOST_LOCK_WAIT = 1800  # seconds; a build under emulation can take minutes
+_LOCK_TIMEOUT_EXIT = 75
+
+
+def with_host_lock(command):
+    """``command`` run under the host lock; file uploads pass through unchanged."""
+    wrap = [
+        "mkdir -p /run/lock &&",
+        f"flock -E {_LOCK_TIMEOUT_EXIT} -w {HOST_LOCK_WAIT} {HOST_LOCK} sh -c",
+    ]
+    after = [
+        "; status=$?; [ $status -ne", str(_LOCK_TIMEOUT_EXIT), "] ||",
+        fail(f"another pgvector-deploy run held {HOST_LOCK} for {HOST_LOCK_WAIT}s. Fix: let it finish, then run again."),
+        "; exit $status",
+    ]  # fmt: skip
+    if isinstance(command, str):
+        return " ".join([*wrap, shlex.quote(command), *after])
+    if isinstance(command, StringCommand):
+        return StringCommand(*wrap, QuoteString(command), *after, **command.connector_arguments)
+    return command
+
+
+def host_locked(operation_function):
+    """Decorator for an operation's generator: every command it yields takes the host lock.
+
+    .. code:: python
+
+        @operation()
+        @host_locked
+        def build(plan): ...
+    """
+
+    @wraps(operation_function)
+    def locked(*args, **kwargs):
+        for command in operation_function(*args, **kwargs):
+            yield with_host_lock(command)
+
+    return locked

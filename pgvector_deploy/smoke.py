@@ -55,7 +55,7 @@ from pyinfra.api import FactBase, operation
 from .networking import app_address
 from .platforms import POSTGRES_MAJOR, Platform
 from .preflight import Plan
-from .shell import SAFE_PATH, as_postgres, fail
+from .shell import SAFE_PATH, as_postgres, fail, with_host_lock
 
 SCRATCH_DATABASE = "pgvector_deploy_smoke"  # made from template0
 SCRATCH_DATABASE_T1 = "pgvector_deploy_smoke_t1"  # made from template1
@@ -641,7 +641,8 @@ class SmokeChecks(FactBase):
     """
 
     def command(self):
-        return "sh -s"
+        # Under the host lock: two overlapping runs would collide on the scratch databases.
+        return with_host_lock("sh -s")
 
     @staticmethod
     def default():

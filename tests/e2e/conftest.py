@@ -46,6 +46,28 @@ def tarball(lab) -> dict:
     return {**REAL, "pgvector_url": lab.serve(path, f"v{REAL_VERSION}.tar.gz")}
 
 
+@pytest.fixture(scope="session")
+def aws(tmp_path_factory) -> dict:
+    """A moto server on loopback standing in for AWS; returns the environment (boto3's
+    standard variables, AWS_ENDPOINT_URL included) for pyinfra runs to use it."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }
+    server.stop()
+
+
 class Hosts:
     """Creates test hosts with unique names/addresses and destroys them at the end."""
 

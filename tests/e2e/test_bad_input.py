@@ -47,15 +47,35 @@ CASES = {
         {"pgvector_version": "0.8.1", "pgvector_allow_insecure": False},
         ["pgvector 0.8.1 is below the security floor 0.8.2", "CVE-2026-3172", "Fix:"],
     ),
+    "invalid CIDR in pg_docker_subnets": (
+        {"pg_docker_subnets": ["172.20.0.0/16", "172.21.0.0/33"]},
+        ["pg_docker_subnets: '172.21.0.0/33' is not a valid CIDR", "Fix:"],
+    ),
+    "app user named postgres": (
+        {"pg_app_user": "postgres", "pg_app_password": "secret"},
+        ["pg_app_user: 'postgres' is reserved", "Fix:"],
+    ),
+    "empty app password": (
+        {"pg_app_user": "app", "pg_app_password": ""},
+        ["pg_app_password: the password is empty", "Fix:"],
+    ),
+    "database name that is not an identifier": (
+        {"pg_app_user": "app", "pg_app_password": "secret", "pg_app_database": "my-app;drop"},
+        ["pg_app_database: 'my-app;drop' is not a valid name", "Fix:"],
+    ),
+    "SSM parameter that does not exist": (
+        {"pg_app_user": "app", "pg_app_password_ssm": "/pgvector-deploy/missing"},
+        ["pg_app_password_ssm: SSM parameter '/pgvector-deploy/missing' does not exist", "Fix:"],
+    ),
 }
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_bad_input_is_refused_before_any_change(case, fresh, tarball, provision):
+def test_bad_input_is_refused_before_any_change(case, fresh, tarball, provision, aws):
     data, expected = CASES[case]
     before = fresh.snapshot()
 
-    run = provision(fresh, **{**tarball, **data})
+    run = provision(fresh, env=aws, **{**tarball, **data})
 
     assert run.returncode != 0
     for text in expected:

@@ -145,6 +145,25 @@ def test_the_password_appears_nowhere(served, tarball, provision):
     assert run.changed(host.name) == []
 
 
+def test_password_from_ssm_parameter_store(served, tarball, provision, aws):
+    """pg_app_password_ssm: a SecureString read with boto3 (AWS_ENDPOINT_URL -> moto)."""
+    import boto3
+
+    host, _, containers = served
+    ssm = boto3.client("ssm", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_DEFAULT_REGION"],
+                       aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    ssm.put_parameter(Name="/apps/app/db-password", Value="from-SSM-7d1e", Type="SecureString", Overwrite=True)
+    data = {**tarball, **APP, "pg_app_password_env": None, "pg_app_password_ssm": "/apps/app/db-password"}
+
+    run = provision(host, env=aws, **data)
+
+    assert run.returncode == 0, run.output
+    assert run.changed(host.name) == ["App role exists with its password"]
+    assert containers["docker0"].query(dsn("172.17.0.1", "from-SSM-7d1e"), VECTOR_QUERY).stdout.strip() == "5.0"
+    assert provision(host, env=aws, **data).changed(host.name) == []
+    assert provision(host, env=ENV, **tarball, **APP).changed(host.name) == ["App role exists with its password"]
+
+
 def test_a_broken_user_rule_is_rejected_and_the_server_keeps_running(served, tarball, provision):
     host, _, containers = served
     hba = "/etc/postgresql/15/main/pg_hba.conf"

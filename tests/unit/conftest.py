@@ -90,12 +90,18 @@ class FactHost:
 
 
 def run_operation(operation, plan, host) -> list:
-    """The commands ``operation``'s real generator yields with ``host`` as pyinfra's host."""
+    """The commands ``operation``'s real generator yields with ``host`` as pyinfra's host,
+    before the host lock wraps them (``shell.host_locked``; tested in test_shell.py).
+
+    The operations do ``from pyinfra import host``, a proxy to ``ctx_host``'s current module.
+    Set and restored by hand: ``ctx_host.use`` does not restore it when the body raises.
+    """
     from pyinfra.context import ctx_host
 
+    generator = getattr(operation._inner, "__wrapped__", operation._inner)
     previous = ctx_host.get()
     ctx_host.set(host)
     try:
-        return list(operation._inner(plan))
+        return list(generator(plan))
     finally:
         ctx_host.set(previous)

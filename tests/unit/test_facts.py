@@ -277,3 +277,25 @@ def test_remote_uid():
     assert RemoteUid().command() == "id -u"
     assert RemoteUid().process(["0\n"]) == 0
     assert RemoteUid().process(["1000"]) == 1000
+
+
+def test_listener_under_qemu_user_emulation_is_identified_by_argv0():
+    """Under qemu-user, /proc/PID/exe is the emulator; the program is argv[0] (seen on the
+    emulated aarch64 test host)."""
+    from pgvector_deploy.facts import parse_host_profile
+
+    line = (
+        "listener=/usr/bin/qemu-aarch64-static|LISTEN 0 244 127.0.0.1:5432 0.0.0.0:* "
+        'users:(("postgres",pid=51,fd=6))|argv0=/usr/lib/postgresql/15/bin/postgres'
+    )
+    listener = parse_host_profile([line])["listeners"][0]
+    assert listener["exe"] == "/usr/lib/postgresql/15/bin/postgres"
+    assert listener["process"] == "postgres"
+    assert listener["line"].endswith('fd=6))')
+
+
+def test_listener_argv0_is_ignored_without_emulation():
+    from pgvector_deploy.facts import parse_host_profile
+
+    line = "listener=/usr/sbin/nginx|LISTEN 0 511 0.0.0.0:5432 0.0.0.0:*|argv0=/usr/lib/postgresql/15/bin/postgres"
+    assert parse_host_profile([line])["listeners"][0]["exe"] == "/usr/sbin/nginx"

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pytest
-from pyinfra.context import ctx_host
 
 from pgvector_deploy import pgvector, postgres, preflight
 from pgvector_deploy.facts import ClusterState, HostProfile, InstalledPackages, PgvectorState, RepositoryChecks
 from pgvector_deploy.preflight import Plan
 from pgvector_deploy.shell import SAFE_PATH
+
+from .conftest import run_operation
 
 from .conftest import recorded_output, sh_syntax_error, with_changes
 
@@ -68,17 +69,7 @@ class FakeHost:
 
 
 def run(operation, plan: Plan, host: FakeHost) -> list:
-    """The commands the operation's real generator yields with ``host`` as pyinfra's host.
-
-    The operations do ``from pyinfra import host``, a proxy to ``ctx_host``'s current module.
-    Set and restored by hand: ``ctx_host.use`` does not restore it when the body raises.
-    """
-    previous = ctx_host.get()
-    ctx_host.set(host)
-    try:
-        return list(operation._inner(plan))
-    finally:
-        ctx_host.set(previous)
+    return run_operation(operation, plan, host)
 
 
 def plan_for(host: FakeHost) -> Plan:

@@ -266,10 +266,10 @@ def test_two_password_sources_are_refused(monkeypatch):
     assert "found ['pg_app_password', 'pg_app_password_env']" in str(error.value)
 
 
-@pytest.mark.parametrize("password", ["", "   "])
-def test_empty_literal_password_is_refused(password):
-    with pytest.raises(SettingsError, match="Fix:"):
-        load_settings({"pg_app_user": "app", "pg_app_password": password})
+def test_empty_literal_password_is_refused():
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_app_user": "app", "pg_app_password": ""})
+    assert "pg_app_password" in str(error.value)
 
 
 def test_password_from_the_environment(monkeypatch):

@@ -39,3 +39,59 @@ def test_fail_prints_the_message_verbatim_on_stderr_and_exits_1():
 
 def test_safe_path_includes_sbin_for_runuser():
     assert "/usr/sbin" in SAFE_PATH.split(":")
+
+
+# --- the host lock -----------------------------------------------------------------------
+
+
+def test_every_changing_operation_takes_the_host_lock():
+    from pgvector_deploy import apps, networking, pgvector, postgres
+
+    operations = [
+        postgres.repository, postgres.packages, postgres.cluster, postgres.running,
+        pgvector.fetch, pgvector.build, pgvector.extension,
+        networking.listen, networking.client_access, apps.role, apps.database,
+    ]  # fmt: skip
+    for operation in operations:
+        assert getattr(operation._inner, "__wrapped__", None) is not None, operation.__name__
+
+
+def test_host_lock_wraps_a_command_and_keeps_its_exit_status(tmp_path):
+    import subprocess
+
+    from pgvector_deploy.shell import with_host_lock
+
+    command = with_host_lock("echo inside; exit 3").replace("/run/lock", str(tmp_path))
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
+    assert result.stdout == "inside\n"
+    assert result.returncode == 3
+
+
+def test_host_lock_timeout_names_the_other_run(tmp_path):
+    import subprocess
+
+    from pgvector_deploy.shell import with_host_lock
+
+    lock = tmp_path / "pgvector-deploy.lock"
+    command = with_host_lock("echo never").replace("/run/lock", str(tmp_path)).replace("-w 1800", "-w 1")
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "5"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
+    finally:
+        holder.kill()
+    assert result.returncode == 1
+    assert "another pgvector-deploy run held" in result.stderr
+    assert "never" not in result.stdout
+
+
+def test_host_lock_keeps_stdin_on_string_commands():
+    from pyinfra.api import StringCommand
+
+    from pgvector_deploy.shell import with_host_lock
+
+    locked = with_host_lock(StringCommand("psql", "-d", "postgres", _stdin="SELECT 1;\n"))
+    assert locked.connector_arguments == {"_stdin": "SELECT 1;\n"}
+    assert "flock" in locked.get_raw_value() and "'psql -d postgres'" in locked.get_raw_value()

@@ -402,7 +402,8 @@ def test_parse_smoke_skip_keeps_its_reason():
 
 def test_fact_runs_sh_s_and_parses():
     fact = SmokeChecks()
-    assert fact.command() == "sh -s"
+    command = fact.command()
+    assert "flock" in command and command.split("sh -c ", 1)[1].startswith("'sh -s'")
     assert fact.process(all_pass_lines())[0] == CheckResult("extension_files", "pass", "fine")
     assert [r.status for r in SmokeChecks.default()] == ["fail"] * len(CHECKS)
 
