@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import os
+import stringprep
 import unicodedata
 
 from pyinfra import host
@@ -31,12 +32,30 @@ from .shell import SAFE_PATH, as_postgres, host_locked
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
 
 
-def scram_verifier(password: str, salt: bytes, iterations: int = SCRAM_ITERATIONS) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
+def saslprep(password: str) -> str:
+    """SASLprep (RFC 4013) as PostgreSQL and libpq apply it to SCRAM passwords: ASCII is kept
+    as is; otherwise map (drop B.1, non-ASCII spaces to space), NFKC-normalise, and fall back
+    to the raw password when a prohibited or unassigned character remains, as they do."""
+    if password.isascii():
+        return password
+    # Non-ASCII spaces become a space first (U+200B is in both tables; PostgreSQL maps it to a
+    # space), then the "commonly mapped to nothing" characters go.
+    spaced = "".join(" " if stringprep.in_table_c12(char) else char for char in password)
+    mapped = "".join(char for char in spaced if not stringprep.in_table_b1(char))
+    normalised = unicodedata.normalize("NFKC", mapped)
+    prohibited = (
+        stringprep.in_table_a1, stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
+        stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6, stringprep.in_table_c7,
+        stringprep.in_table_c8, stringprep.in_table_c9,
+    )  # fmt: skip
+    if any(check(char) for char in normalised for check in prohibited):
+        return password
+    return normalised
 
-    Non-ASCII passwords are NFKC-normalised, as SASLprep (what libpq applies) mostly does.
-    """
-    normalised = unicodedata.normalize("NFKC", password).encode()
+
+def scram_verifier(password: str, salt: bytes, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677)."""
+    normalised = saslprep(password).encode()
     salted = hashlib.pbkdf2_hmac("sha256", normalised, salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     stored_key = hashlib.sha256(client_key).digest()

@@ -145,20 +145,31 @@ def replace_file_script(path: str, content: str, mode: str, check_sql: str, plat
         ". The previous file was put back and the running server was not touched. "
         "Fix: correct that line (in pg_hba.conf, only the USER RULES section is yours).",
     )  # fmt: skip
+    unchecked = fail(
+        f"PostgreSQL could not check the new {what} ({path}); the previous file was put back. "
+        "Fix: make sure the server is running, then run again."
+    )
     return f"""set -eu
 PATH={SAFE_PATH}
 file={quoted}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-install -d -o postgres -g postgres -m 0755 "$(dirname "$file")"
+# Create conf.d if missing, but never touch an existing directory's mode: on Amazon Linux and
+# the RHEL family the configuration lives in the data directory, which must stay 0700.
+[ -d "$(dirname "$file")" ] || install -d -o postgres -g postgres -m 0755 "$(dirname "$file")"
 if [ -f "$file" ]; then cp -p "$file" "$file.bak-$stamp"; fi
 cat > "$file.pgvector-new" <<'{marker}'
 {content}{marker}
 chown postgres:postgres "$file.pgvector-new"
 chmod {mode} "$file.pgvector-new"
 mv -f "$file.pgvector-new" "$file"
-errors=$({check} | tr '\\n' ';')
+restore() {{ if [ -f "$file.bak-$stamp" ]; then mv -f "$file.bak-$stamp" "$file"; else rm -f "$file"; fi; }}
+if ! errors=$({check}); then
+  restore
+  {unchecked}
+fi
+errors=$(printf '%s' "$errors" | tr '\\n' ';')
 if [ -n "$errors" ]; then
-  if [ -f "$file.bak-$stamp" ]; then mv -f "$file.bak-$stamp" "$file"; else rm -f "$file"; fi
+  restore
   {rejected}
 fi
 """

@@ -244,13 +244,14 @@ def _subnets(value: Any) -> tuple[IPv4Network, ...]:
 def _addresses(value: Any) -> tuple[str, ...]:
     addresses = []
     for text in _as_list("pg_listen_addresses", value):
+        fix = "Fix: list addresses of this host, such as its private IP 10.0.1.10 ('*', 0.0.0.0 and :: are not accepted)."
         try:
-            addresses.append(str(ip_address(text)))
+            address = ip_address(text)
         except ValueError:
-            raise SettingsError(
-                f"pg_listen_addresses: {text!r} is not an IP address. "
-                "Fix: list addresses of this host, such as its private IP 10.0.1.10 ('*' is not accepted)."
-            ) from None
+            raise SettingsError(f"pg_listen_addresses: {text!r} is not an IP address. {fix}") from None
+        if address.is_unspecified:  # 0.0.0.0 and :: mean every interface, like '*'
+            raise SettingsError(f"pg_listen_addresses: {text!r} means every interface. {fix}")
+        addresses.append(str(address))
     return tuple(addresses)
 
 

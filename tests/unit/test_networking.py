@@ -24,6 +24,7 @@ import dataclasses
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from ipaddress import IPv4Interface, IPv4Network
 
@@ -329,13 +330,26 @@ OLD = "local all postgres peer\n# the previous file\n"
 NEW = "local all postgres peer\n# the new file, with a 'quote' and $HOME and `backticks`\n"
 
 
+# the real install, without -o/-g (the tests need not run as root)
+INSTALL_WITHOUT_OWNER = """n=$#
+while [ "$n" -gt 0 ]; do
+  a=$1; shift; n=$((n - 1))
+  case $a in
+    -o|-g) shift; n=$((n - 1)) ;;
+    *) set -- "$@" "$a" ;;
+  esac
+done
+exec {install} "$@"
+"""
+
+
 def shimmed(script: str, shims) -> str:
-    """The script with runuser (psql), install and chown replaced by shims: psql prints
-    $FAKE_PSQL_OUTPUT's content and exits $FAKE_PSQL_STATUS."""
+    """The script with runuser (psql) and chown replaced by shims, and install run without
+    -o/-g: psql prints $FAKE_PSQL_OUTPUT's content and exits $FAKE_PSQL_STATUS."""
     shims.mkdir()
     for name, body in {
         "runuser": 'cat "$FAKE_PSQL_OUTPUT"; exit "${FAKE_PSQL_STATUS:-0}"',
-        "install": 'for last; do :; done; mkdir -p "$last"',
+        "install": INSTALL_WITHOUT_OWNER.format(install=shutil.which("install")),
         "chown": "exit 0",
     }.items():
         (shims / name).write_text(f"#!/bin/sh\n{body}\n")
@@ -345,10 +359,11 @@ def shimmed(script: str, shims) -> str:
     return script.replace(line, f"PATH={shims}:{SAFE_PATH}\n")
 
 
-def run_replace(tmp_path, debian12, previous: str | None, psql_output: str, psql_status: int = 0):
+def run_replace(tmp_path, debian12, previous: str | None, psql_output: str, psql_status: int = 0, directory_mode: int = 0o755):
     target = tmp_path / "etc" / "pg_hba.conf"
     if previous is not None:
         target.parent.mkdir(parents=True)
+        target.parent.chmod(directory_mode)
         target.write_text(previous)
     script = replace_file_script(str(target), NEW, "0640", "SELECT 1", debian12, 5432, "pg_hba.conf")
     (tmp_path / "psql-output").write_text(psql_output)
@@ -397,11 +412,23 @@ def test_replace_file_script_rejected_without_a_previous_file_leaves_none(tmp_pa
     assert list(target.parent.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the check's exit status is lost in `$(psql ... | tr ...)` (no pipefail): when psql cannot "
-    "check the file (server down, connection refused), the new file is kept unchecked and the script succeeds",
-)
+def test_replace_file_script_creates_a_missing_directory(tmp_path, debian12):
+    target = tmp_path / "etc" / "conf.d" / "90-pgvector-deploy.conf"
+    script = replace_file_script(str(target), NEW, "0644", "SELECT 1", debian12, 5432, "server settings")
+    (tmp_path / "psql-output").write_text("")
+    env = dict(os.environ, FAKE_PSQL_OUTPUT=str(tmp_path / "psql-output"))
+    result = subprocess.run(["sh", "-c", shimmed(script, tmp_path / "shims")], capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert target.read_text() == NEW and oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_replace_file_script_keeps_the_mode_of_an_existing_directory(tmp_path, debian12):
+    assert any(platform.config_dir == platform.data_dir for platform in PLATFORMS)  # where it matters
+    result, target = run_replace(tmp_path, debian12, OLD, psql_output="", directory_mode=0o700)
+    assert result.returncode == 0, result.stderr
+    assert oct(target.parent.stat().st_mode & 0o777) == "0o700"
+
+
 def test_replace_file_script_does_not_keep_an_unchecked_file(tmp_path, debian12):
     result, target = run_replace(tmp_path, debian12, OLD, psql_output="", psql_status=2)
     assert result.returncode != 0

@@ -205,10 +205,6 @@ def test_listen_address_that_is_no_ip_is_refused(value):
     assert f"pg_listen_addresses: {value!r} is not an IP address" in str(error.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: '*' is refused, but the wildcard addresses 0.0.0.0 and :: (every interface, the same thing) are accepted",
-)
 @pytest.mark.parametrize("value", ["0.0.0.0", "::"])
 def test_wildcard_listen_address_is_refused_like_star(value):
     with pytest.raises(SettingsError):
