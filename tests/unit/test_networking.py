@@ -433,6 +433,8 @@ def test_replace_file_script_does_not_keep_an_unchecked_file(tmp_path, debian12)
     result, target = run_replace(tmp_path, debian12, OLD, psql_output="", psql_status=2)
     assert result.returncode != 0
     assert target.read_text() == OLD
+    assert [path.name for path in target.parent.iterdir()] == ["pg_hba.conf"]
+    assert f"PostgreSQL could not check the new pg_hba.conf ({target})" in result.stderr and "Fix:" in result.stderr
 
 
 # --- the operations, on recorded states -----------------------------------------------------------

@@ -207,8 +207,9 @@ def test_listen_address_that_is_no_ip_is_refused(value):
 
 @pytest.mark.parametrize("value", ["0.0.0.0", "::"])
 def test_wildcard_listen_address_is_refused_like_star(value):
-    with pytest.raises(SettingsError):
-        load_settings({"pg_listen_addresses": [value]})
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_listen_addresses": ["10.0.1.10", value]})
+    assert f"pg_listen_addresses: {value!r}" in str(error.value)
 
 
 @pytest.mark.parametrize("user", ["app", "my_app", "_app", "a" * 63, "app2"])
