@@ -40,8 +40,9 @@ SSH_USER_TAG = "SSHUser"
 FALLBACK_SSH_USER = "ec2-user"
 # EC2's largest page; the paginator follows NextToken for larger fleets.
 DEFAULT_PAGE_SIZE = 1000
-# botocore's standard retry mode backs off on throttling and transient errors; 8 attempts
-# ride out a burst from other tools sharing the account's EC2 API quota.
+# botocore's standard retry mode backs off on throttling and transient errors, riding out a
+# burst from other tools sharing the account's EC2 API quota. In a client Config,
+# max_attempts counts the *retries* (botocore adds the first request): 9 requests in all.
 MAX_ATTEMPTS = 8
 
 # Error codes EC2 (and AWS in general) uses for "slow down".
@@ -421,6 +422,13 @@ def where(session) -> str:
     return f"region {region or 'unset'}, profile {profile or 'default'}"
 
 
+def region_too(session) -> str:
+    """A second fix when the region is missing as well (it would be the next error)."""
+    if session and session.region_name:
+        return ""
+    return " Set AWS_REGION too (e.g. AWS_REGION=eu-west-1): no region is configured either."
+
+
 def explain(error: Exception, session=None) -> Ec2InventoryError:
     """One paragraph naming what went wrong and the fix, for a botocore/boto3 exception."""
     from botocore.exceptions import (
@@ -447,7 +455,7 @@ def explain(error: Exception, session=None) -> Ec2InventoryError:
             "credentials and config files, SSO and the instance role. Fix: set AWS_PROFILE to a configured "
             "profile (for SSO, run aws sso login --profile <name> first), or export AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, or run from an instance with an IAM role allowing ec2:DescribeInstances "
-            "and ec2:DescribeImages."
+            f"and ec2:DescribeImages.{region_too(session)}"
         )
     if isinstance(error, EndpointConnectionError):
         return Ec2InventoryError(
