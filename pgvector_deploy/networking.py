@@ -46,6 +46,7 @@ from .shell import SAFE_PATH, Var, as_postgres, fail, host_locked
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 SYSCTL_TEXT = "# Managed by pgvector-deploy: lets PostgreSQL bind Docker bridge gateways before the bridges exist.\nnet.ipv4.ip_nonlocal_bind = 1\n"
+HEREDOC_MARKER = "PGVECTOR_DEPLOY_EOF"
 USER_BEGIN = "# BEGIN USER RULES (kept across runs)"
 USER_END = "# END USER RULES"
 # -- what we want ------------------------------------------------------------------------------
@@ -137,8 +138,8 @@ def replace_file_script(path: str, content: str, mode: str, check_sql: str, plat
     """Shell: keep a copy, write the new file, let PostgreSQL check it; on an error put the
     previous file back and fail naming the error (the running server is not touched)."""
     quoted = shlex.quote(path)
-    marker = "PGVECTOR_DEPLOY_EOF"
-    assert marker not in content
+    marker = HEREDOC_MARKER
+    assert marker not in content  # client_access refuses user rules that contain it
     check = as_postgres(platform, port, "postgres", check_sql)
     rejected = fail(
         f"PostgreSQL rejected the new {what} ({path}): ", Var("errors"),
@@ -201,7 +202,7 @@ def listen(plan: Plan):
     # Boot order matters only where an init system starts things at boot; containers
     # without systemd often cannot write /proc/sys anyway.
     if plan.profile["systemd"] and (not state["nonlocal_bind"] or state["files"].get(SYSCTL_FILE) != SYSCTL_TEXT):
-        yield f"printf '%s' {shlex.quote(SYSCTL_TEXT)} > {SYSCTL_FILE} && sysctl -q -w net.ipv4.ip_nonlocal_bind=1"
+        yield f"PATH={SAFE_PATH}; printf '%s' {shlex.quote(SYSCTL_TEXT)} > {SYSCTL_FILE} && sysctl -q -w net.ipv4.ip_nonlocal_bind=1"
     if not state["includes_conf_d"]:
         # initdb's postgresql.conf (Amazon Linux, RHEL family) does not read conf.d/ yet.
         conf = shlex.quote(main_conf(plan.platform))
@@ -231,11 +232,11 @@ def client_access(plan: Plan):
     path = hba_path(plan.platform)
     current = state["files"].get(path)
     rules = user_rules(current)
-    unsafe = trust_over_tcp(rules)
+    unsafe = trust_over_tcp(rules) + [line for line in rules.splitlines() if HEREDOC_MARKER in line]
     if unsafe:
         yield fail(
-            f"refusing {path}: TCP rules with trust let anyone in without a password: {'; '.join(unsafe)}. "
-            "Nothing was changed. Fix: use scram-sha-256 in the USER RULES section."
+            f"refusing {path}: these USER RULES lines would let anyone in without a password, or cannot be "
+            f"written safely: {'; '.join(unsafe)}. Nothing was changed. Fix: use scram-sha-256 in the USER RULES section."
         )
         return
     wanted = render_hba(state["bridges"], plan.settings, rules)

@@ -486,7 +486,7 @@ def test_converged_docker_host_keeps_user_rules_and_yields_nothing(plan):
 def test_sysctl_text_sets_nonlocal_bind_as_the_fact_reads_it(plan, tmp_path):
     assert "net.ipv4.ip_nonlocal_bind = 1" in networking.SYSCTL_TEXT.splitlines()
     [command] = run_operation(networking.listen, plan, FactHost({ServerConfig: docker_state(drop=("nonlocal_bind",), extra=("nonlocal_bind=0",))}))
-    assert command.startswith("printf '%s' ") and command.endswith(SYSCTL_CMD_END)
+    assert command.startswith(f"PATH={SAFE_PATH}; printf '%s' ") and command.endswith(SYSCTL_CMD_END)
     written = tmp_path / "60-pgvector-deploy.conf"
     subprocess.run(["sh", "-c", command.split(" && ")[0].replace(SYSCTL_FILE, str(written))], check=True, timeout=10)
     assert written.read_text() == networking.SYSCTL_TEXT  # the next run compares equal
@@ -611,5 +611,5 @@ def test_stock_debian_host_gets_its_files_and_keeps_the_replication_rules(plan):
 
 def test_sysctl_printf_argument_is_exactly_the_text(plan):
     [command] = run_operation(networking.listen, plan, FactHost({ServerConfig: docker_state(drop=("nonlocal_bind",))}))
-    argument = shlex.split(command.split(" > ")[0])[2]
+    argument = shlex.split(command.split("; ", 1)[1].split(" > ")[0])[2]
     assert argument == networking.SYSCTL_TEXT
