@@ -325,8 +325,11 @@ def _ssm_parameter(name: str) -> str:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+    from .ec2 import aws_region_override
+
+    session = boto3.Session(region_name=aws_region_override())  # AWS_REGION, as the AWS CLI reads it
     try:
-        response = boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)
+        response = session.client("ssm").get_parameter(Name=name, WithDecryption=True)
     except NoCredentialsError:
         raise SettingsError(
             f"pg_app_password_ssm: no AWS credentials to read {name!r}. "
@@ -337,7 +340,7 @@ def _ssm_parameter(name: str) -> str:
         if code == "ParameterNotFound":
             raise SettingsError(
                 f"pg_app_password_ssm: SSM parameter {name!r} does not exist (region "
-                f"{boto3.session.Session().region_name or 'unset'}). Fix: create it as a SecureString, "
+                f"{session.region_name or 'unset'}). Fix: create it as a SecureString, "
                 "or correct the name or AWS_REGION."
             ) from None
         raise SettingsError(f"pg_app_password_ssm: reading {name!r} failed: {code or error}.") from None
