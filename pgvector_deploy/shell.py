@@ -55,7 +55,8 @@ def fail(*parts: str) -> str:
 # One lock per host, held by each command that changes something: two overlapping runs (a
 # nightly run and a manual one, say) queue command by command instead of building or writing
 # configuration at the same time. flock releases it when the command ends or dies, so a
-# killed run never leaves a stale lock behind.
+# killed run never leaves a stale lock behind. -o: a daemon the command starts (pg_ctlcluster
+# on a host without systemd) must not inherit, and so hold, the lock.
 HOST_LOCK = "/run/lock/pgvector-deploy.lock"
 HOST_LOCK_WAIT = 1800  # seconds; a build under emulation can take minutes
 _LOCK_TIMEOUT_EXIT = 75
@@ -65,7 +66,7 @@ def with_host_lock(command):
     """``command`` run under the host lock; file uploads pass through unchanged."""
     wrap = [
         "mkdir -p /run/lock &&",
-        f"flock -E {_LOCK_TIMEOUT_EXIT} -w {HOST_LOCK_WAIT} {HOST_LOCK} sh -c",
+        f"flock -o -E {_LOCK_TIMEOUT_EXIT} -w {HOST_LOCK_WAIT} {HOST_LOCK} sh -c",
     ]
     after = [
         "; status=$?; [ $status -ne", str(_LOCK_TIMEOUT_EXIT), "] ||",

@@ -95,3 +95,19 @@ def test_host_lock_keeps_stdin_on_string_commands():
     locked = with_host_lock(StringCommand("psql", "-d", "postgres", _stdin="SELECT 1;\n"))
     assert locked.connector_arguments == {"_stdin": "SELECT 1;\n"}
     assert "flock" in locked.get_raw_value() and "'psql -d postgres'" in locked.get_raw_value()
+
+
+def test_a_daemon_started_under_the_host_lock_does_not_keep_it(tmp_path):
+    """pg_ctlcluster on a host without systemd forks the server from the locked command; the
+    server must not inherit the lock (seen on the emulated aarch64 host: the next command hung)."""
+    import subprocess
+
+    from pgvector_deploy.shell import with_host_lock
+
+    command = with_host_lock("sleep 30 >/dev/null 2>&1 &").replace("/run/lock", str(tmp_path))
+    subprocess.run(["sh", "-c", command], check=True, timeout=10)
+    try:
+        free = subprocess.run(["flock", "-n", str(tmp_path / "pgvector-deploy.lock"), "true"], timeout=10)
+        assert free.returncode == 0
+    finally:
+        subprocess.run(["pkill", "-f", "^sleep 30$"])
