@@ -9,13 +9,9 @@ Host data keys and their defaults: pgvector_deploy/settings.py (and the README).
 from pyinfra import config, host
 
 from pgvector_deploy import apps, networking, pgvector, postgres, preflight, smoke
-from pgvector_deploy.facts import RemoteUid
-
-# Log in as root, or as a sudo user (EC2 images: admin, ubuntu, ec2-user).
-config.SUDO = host.get_fact(RemoteUid) != 0
 
 # Stage 0, look: validate host data and inspect the host. Nothing changes yet.
-plan = preflight.look(host)
+plan = preflight.start(host, config)
 
 if isinstance(plan, preflight.Refusal):
     preflight.refuse(plan, name="Refuse this host (nothing changed)")

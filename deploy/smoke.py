@@ -12,13 +12,9 @@ fails is failed, naming its failed checks. Nothing is checked with --dry.
 from pyinfra import config, host
 
 from pgvector_deploy import preflight, smoke
-from pgvector_deploy.facts import RemoteUid
-
-# Log in as root, or as a sudo user, as deploy/postgres.py does: the checks run as root.
-config.SUDO = host.get_fact(RemoteUid) != 0
 
 # Same host data and validation as the recipe: the requested pgvector version, the platform.
-plan = preflight.look(host)
+plan = preflight.start(host, config)
 
 if isinstance(plan, preflight.Refusal):
     preflight.refuse(plan, name="Refuse this host (nothing changed)")

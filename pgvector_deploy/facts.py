@@ -64,20 +64,25 @@ def parse_postgres_version(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-class RemoteUid(FactBase):
-    """The uid we log in as (``0`` means no sudo is needed)."""
+class LoginAccess(FactBase):
+    """The uid we log in as, and, when it is not root, whether passwordless sudo works.
+
+    .. code:: python
+
+        host.get_fact(LoginAccess)  # {"uid": 1000, "sudo": True}
+    """
 
     def command(self):
-        return "id -u"
+        return 'id -u; if [ "$(id -u)" != 0 ]; then sudo -n true >/dev/null 2>&1 && echo sudo=yes || echo sudo=no; fi'
 
     def process(self, output):
-        return int(output[0].strip())
+        return {"uid": int(output[0].strip()), "sudo": output[0].strip() == "0" or "sudo=yes" in output[1:]}
 
 
 class HostProfile(FactBase):
     """Everything the preflight needs, before any change: architecture, os-release, package
     tools, init system, PostgreSQL binaries and clusters already there, what owns the port,
-    the Docker bridges, and the checksum of a tarball already cached on the host.
+    the Docker bridges, free disk space, and the checksum of a tarball already cached.
     """
 
     def command(self, port: int, cached_tarball: str):
@@ -107,6 +112,7 @@ else
   done
 fi
 ip -o -4 addr show 2>/dev/null | sed -e 's/^/address=/'
+for dir in /var/tmp /usr; do echo "free_kb=$dir|$(df -Pk "$dir" 2>/dev/null | awk 'NR==2 {{print $4}}')"; done
 [ -f {shlex.quote(cached_tarball)} ] && echo "cached_tarball_sha256=$(sha256sum {shlex.quote(cached_tarball)} | cut -d' ' -f1)"
 true
 """
@@ -156,6 +162,11 @@ def parse_host_profile(lines: list[str]) -> dict:
         "listeners": listeners,
         "cached_tarball_sha256": _first(values, "cached_tarball_sha256") or None,
         "bridges": parse_bridges(values.get("address", [])),
+        "free_mb": {
+            path: int(kb) // 1024
+            for path, _, kb in (entry.partition("|") for entry in values.get("free_kb", []))
+            if kb.isdigit()
+        },
     }
 
 

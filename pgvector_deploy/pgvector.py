@@ -53,8 +53,19 @@ def desired_stamp(settings: Settings, arch: str, pg_version: str | None) -> dict
     }
 
 
-def verify_and_store_script(candidate: str, dest: str, expected: str, source: str) -> str:
-    """Shell: check ``candidate``'s sha256, then move it to ``dest``; on mismatch remove it."""
+def verify_and_store_script(candidate: str, dest: str, expected: str, source: str, version: str | None = None) -> str:
+    """Shell: check ``candidate``'s sha256 (and, given ``version``, that it unpacks to
+    ``pgvector-<version>/vector.control``), then move it to ``dest``; otherwise remove it.
+    Both checks come before anything is installed, so bad input changes nothing."""
+    layout = ""
+    if version is not None:
+        top = f"pgvector-{version}/vector.control"
+        wrong = fail(
+            f"the tarball from {source} has the right sha256 but is not pgvector {version} (no {top} in it). "
+            "Nothing was built or installed. Fix: point pgvector_url or pgvector_tarball at the tag tarball "
+            f"v{version}.tar.gz, and pgvector_sha256 at its digest."
+        )
+        layout = f"tar -tzf {candidate} 2>/dev/null | grep -qx {shlex.quote(top)} || {{ rm -f {candidate}; {wrong}; }}"
     mismatch = fail(
         f"pgvector tarball from {source} has sha256 ", Var("actual"), f", expected {expected}. "
         "Nothing was built or installed. Fix: use the genuine tarball, or correct pgvector_sha256 "
@@ -66,13 +77,14 @@ if [ "$actual" != {expected} ]; then
   rm -f {candidate}
   {mismatch}
 fi
+{layout}
 mkdir -p -m 0755 {CACHE_DIR}
 chmod 0644 {candidate}
 mv -f {candidate} {shlex.quote(dest)}
 """
 
 
-def download_script(url: str, dest: str, expected: str) -> str:
+def download_script(url: str, dest: str, expected: str, version: str | None = None) -> str:
     """Shell: download ``url`` to a temporary file, verify, then store it at ``dest``."""
     quoted_url = shlex.quote(url)
     cannot = fail(
@@ -93,7 +105,7 @@ elif command -v python3 >/dev/null 2>&1; then
 else
   {fail("no curl, wget or python3 on this host to download pgvector. Fix: install curl, or set pgvector_tarball to upload the tarball.")}
 fi
-{verify_and_store_script('"$tmp"', dest, expected, url)}"""
+{verify_and_store_script('"$tmp"', dest, expected, url, version)}"""
 
 
 def build_script(platform: Platform, settings: Settings, tarball: str, stamp: dict, port: int) -> str:
@@ -118,6 +130,7 @@ tarball={shlex.quote(tarball)}
 [ -f "$tarball" ] || {fail(f"{tarball} is missing; the fetch step must run first.")}
 actual=$(sha256sum "$tarball" | cut -d' ' -f1)
 [ "$actual" = {settings.release.sha256} ] || {fail(f"{tarball} does not have sha256 {settings.release.sha256}; not building.")}
+rm -rf /var/tmp/pgvector-build.*  # left by a run killed mid-build (we hold the host lock)
 work=$(mktemp -d /var/tmp/pgvector-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 tar -xzf "$tarball" -C "$work"
@@ -168,10 +181,10 @@ def fetch(plan: Plan):
         upload = f"/var/tmp/pgvector-upload-{expected[:16]}.tar.gz"
         yield FileUploadCommand(str(settings.tarball), upload)
         yield f"set -eu; PATH={SAFE_PATH}\n" + verify_and_store_script(
-            upload, plan.cached_tarball, expected, f"the control machine ({settings.tarball})"
+            upload, plan.cached_tarball, expected, f"the control machine ({settings.tarball})", settings.version
         )
     else:
-        yield download_script(settings.url, plan.cached_tarball, expected)
+        yield download_script(settings.url, plan.cached_tarball, expected, settings.version)
 
 
 @operation()

@@ -7,7 +7,7 @@ hosts in the same run carry on.
 
 Example::
 
-    plan = preflight.look(host)
+    plan = preflight.start(host, config)
     if isinstance(plan, preflight.Refusal):
         preflight.refuse(plan, name="Refuse host")
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pyinfra.api import operation
 
-from .facts import CACHE_DIR, HostProfile
+from .facts import CACHE_DIR, HostProfile, LoginAccess
 from .platforms import POSTGRES_MAJOR, Platform, UnsupportedHost, detect_platform
 from .settings import Settings, SettingsError, load_settings
 from .shell import fail
@@ -149,7 +149,47 @@ def make_plan(settings: Settings, profile: dict, *, ec2_architecture: str | None
         raise UnsupportedHost(f"{platform.label} without {tool}: found {profile['package_tools'] or 'no package tool'}.")
     check_binaries(profile, platform)
     check_port(profile, platform, POSTGRES_PORT)
+    check_disk_space(profile, platform)
     return Plan(settings=settings, platform=platform, profile=profile)
+
+
+# Free space a run may need: a pgvector build in /var/tmp, and (on a host without PostgreSQL
+# 15 yet) the server, headers and compiler under /usr, with apt/dnf's downloads.
+BUILD_SPACE_MB = 200
+INSTALL_SPACE_MB = 1500
+
+
+def check_disk_space(profile: dict, platform: Platform) -> None:
+    """Refuse a host too full to build or install, before anything is written."""
+    needs = {"/var/tmp": BUILD_SPACE_MB}
+    if not any(binary["path"].startswith(platform.bindir + "/") for binary in profile["postgres_binaries"]):
+        needs["/usr"] = INSTALL_SPACE_MB
+    for path, wanted in needs.items():
+        free = profile.get("free_mb", {}).get(path)
+        if free is not None and free < wanted:
+            what = "a pgvector build" if path == "/var/tmp" else "installing PostgreSQL 15, its headers and a compiler"
+            raise UnsupportedHost(
+                f"only {free} MB free on the file system of {path}; {what} needs {wanted} MB. "
+                f"Fix: free space there (or grow the volume), then run again."
+            )
+
+
+def start(host, config) -> Plan | Refusal:
+    """How every recipe begins: check the login can become root, then ``look``.
+
+    Sets ``config.SUDO`` for this host (pyinfra's config is per host while a deploy file
+    loads): sudo when the login user is not root. A login that cannot sudo without a password
+    is refused without sudo, so that the refusal itself can run.
+    """
+    access = host.get_fact(LoginAccess)
+    config.SUDO = access["uid"] != 0
+    if not access["sudo"]:
+        config.SUDO = False
+        return Refusal(
+            f"the login user (uid {access['uid']}) cannot run sudo without a password. Fix: connect as a user "
+            "with passwordless sudo (EC2 images: admin, ubuntu, ec2-user), or as root."
+        )
+    return look(host)
 
 
 def look(host) -> Plan | Refusal:

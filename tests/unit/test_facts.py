@@ -12,7 +12,7 @@ from pgvector_deploy.facts import (
     HostProfile,
     InstalledPackages,
     PgvectorState,
-    RemoteUid,
+    LoginAccess,
     RepositoryChecks,
     parse_host_profile,
     parse_installed,
@@ -274,9 +274,9 @@ def test_pgvector_state_command_uses_the_absolute_pg_config(debian12):
 
 
 def test_remote_uid():
-    assert RemoteUid().command() == "id -u"
-    assert RemoteUid().process(["0\n"]) == 0
-    assert RemoteUid().process(["1000"]) == 1000
+    assert LoginAccess().process(["0\n"]) == {"uid": 0, "sudo": True}
+    assert LoginAccess().process(["1000", "sudo=yes"]) == {"uid": 1000, "sudo": True}
+    assert LoginAccess().process(["1000", "sudo=no"]) == {"uid": 1000, "sudo": False}
 
 
 def test_listener_under_qemu_user_emulation_is_identified_by_argv0():

@@ -255,3 +255,27 @@ def test_verify_and_store_prints_the_source_verbatim(tmp_path):
     result, _, _ = _run_verify(tmp_path, b"tampered\n", "d" * 64, source=source)
     assert result.returncode == 1
     assert source in result.stderr
+
+
+def test_a_tarball_that_is_not_the_requested_pgvector_is_removed_before_anything_is_installed(tmp_path, monkeypatch):
+    """Right digest, wrong content (say a mirror's repack): refused at fetch, nothing stored."""
+    import hashlib
+    import io
+    import tarfile
+
+    from pgvector_deploy import pgvector as module
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("something-else/README")
+        archive.addfile(info, io.BytesIO(b""))
+    candidate = tmp_path / "download.tar.gz"
+    candidate.write_bytes(buffer.getvalue())
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()
+    monkeypatch.setattr(module, "CACHE_DIR", str(tmp_path / "cache"))
+    dest = tmp_path / "cache" / "pgvector-0.9.0.tar.gz"
+    script = "set -eu\n" + module.verify_and_store_script(str(candidate), str(dest), digest, "http://mirror/x", "0.9.0")
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 1
+    assert "is not pgvector 0.9.0 (no pgvector-0.9.0/vector.control in it)" in result.stderr
+    assert not candidate.exists() and not dest.exists()

@@ -233,3 +233,54 @@ def test_look_turns_an_unsupported_host_into_a_refusal(fresh_profile):
     refusal = look(StubHost({}, with_changes(fresh_profile, arch="i686")))
     assert isinstance(refusal, Refusal)
     assert "architecture 'i686' is not supported" in refusal.message
+
+
+# --- disk space and sudo -------------------------------------------------------------------------
+
+
+def test_a_fresh_host_needs_install_space_under_usr(fresh_profile, debian12):
+    from pgvector_deploy.preflight import INSTALL_SPACE_MB, check_disk_space
+
+    enough = with_changes(fresh_profile, free_mb={"/var/tmp": 5000, "/usr": INSTALL_SPACE_MB})
+    assert check_disk_space(enough, debian12) is None
+    tight = with_changes(fresh_profile, free_mb={"/var/tmp": 5000, "/usr": 900})
+    with pytest.raises(UnsupportedHost, match=r"only 900 MB free on the file system of /usr; installing PostgreSQL 15.*needs 1500 MB\. Fix:"):
+        check_disk_space(tight, debian12)
+
+
+def test_a_provisioned_host_needs_only_build_space(provisioned_profile, debian12):
+    from pgvector_deploy.preflight import check_disk_space
+
+    assert check_disk_space(with_changes(provisioned_profile, free_mb={"/var/tmp": 300, "/usr": 10}), debian12) is None
+    with pytest.raises(UnsupportedHost, match=r"only 50 MB free on the file system of /var/tmp; a pgvector build needs 200 MB"):
+        check_disk_space(with_changes(provisioned_profile, free_mb={"/var/tmp": 50, "/usr": 10}), debian12)
+
+
+def test_host_profile_reads_free_space():
+    from pgvector_deploy.facts import parse_host_profile
+
+    profile = parse_host_profile(["arch=x86_64", "free_kb=/var/tmp|204800", "free_kb=/usr|", "free_kb=/x|abc"])
+    assert profile["free_mb"] == {"/var/tmp": 200}
+
+
+class _AccessHost:
+    def __init__(self, access):
+        self.access = access
+        self.data = {}
+
+    def get_fact(self, cls, **kwargs):
+        return self.access
+
+
+class _Config:
+    SUDO = None
+
+
+def test_start_refuses_a_login_that_cannot_sudo_and_runs_the_refusal_without_sudo():
+    from pgvector_deploy.preflight import start
+
+    config = _Config()
+    refusal = start(_AccessHost({"uid": 1000, "sudo": False}), config)
+    assert isinstance(refusal, Refusal)
+    assert "cannot run sudo without a password. Fix:" in refusal.message
+    assert config.SUDO is False
