@@ -102,13 +102,13 @@ command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters --no-header 2>/dev/nul
 if command -v ss >/dev/null 2>&1; then
   ss -Hltnp 'sport = :{int(port)}' 2>/dev/null | while read -r line; do
     pid=$(echo "$line" | sed -n 's/.*pid=\\([0-9]*\\).*/\\1/p' | head -n1)
-    echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|$line|argv0=$(tr '\\0' '\\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n1)"
+    echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|$line|argv=$(tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | cut -c1-300)"
   done
 else
   # No ss (minimal images): find the listening socket's inode, then the process holding it.
   for inode in $(awk '$2 ~ /:{int(port):04X}$/ && $4 == "0A" {{print $10}}' /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
     pid=$(find /proc/[0-9]*/fd -lname "socket:\\[$inode\\]" 2>/dev/null | head -n1 | cut -d/ -f3)
-    echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|pid $pid, found without ss|argv0=$(tr '\\0' '\\n' < "/proc/$pid/cmdline" 2>/dev/null | head -n1)"
+    echo "listener=$(readlink "/proc/$pid/exe" 2>/dev/null)|pid $pid, found without ss|argv=$(tr '\\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | cut -c1-300)"
   done
 fi
 ip -o -4 addr show 2>/dev/null | sed -e 's/^/address=/'
@@ -145,10 +145,11 @@ def parse_host_profile(lines: list[str]) -> dict:
     listeners = []
     for entry in values.get("listener", []):
         exe, _, line = entry.partition("|")
-        line, _, argv0 = line.partition("|argv0=")
-        if "qemu" in exe and argv0:
-            # Under qemu-user emulation /proc/PID/exe is the emulator; argv[0] is the program.
-            exe = argv0
+        line, _, argv = line.partition("|argv=")
+        if "qemu" in exe:
+            # Under qemu-user emulation /proc/PID/exe is the emulator (and binfmt's wrapper may
+            # lead argv): the program is the first argument that is not the emulator.
+            exe = next((arg for arg in argv.split() if "qemu" not in arg), exe)
         process = re.search(r'users:\(\("([^"]+)"', line)
         listeners.append({"exe": exe, "process": process.group(1) if process else "", "line": line.strip()})
     return {

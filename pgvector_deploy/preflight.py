@@ -75,6 +75,11 @@ def check_port(profile: dict, platform: Platform, port: int) -> None:
                 f"port {port} belongs to PostgreSQL {cluster['major']} (cluster {cluster['major']}/{cluster['name']}, "
                 f"{cluster['status']}). Fix: move or remove that cluster, so PostgreSQL {POSTGRES_MAJOR} can use port {port}."
             )
+    if any(
+        cluster["major"] == POSTGRES_MAJOR and cluster["port"] == port and cluster["status"] == "online"
+        for cluster in profile["clusters"]
+    ):
+        return  # the distribution's cluster tool says our own cluster serves the port
     for listener in profile["listeners"]:
         exe = listener["exe"]
         if exe.startswith(platform.bindir + "/"):

@@ -63,6 +63,10 @@ CASES = {
         {"pg_app_user": "app", "pg_app_password": "secret", "pg_app_database": "my-app;drop"},
         ["pg_app_database: 'my-app;drop' is not a valid name", "Fix:"],
     ),
+    "a boolean that is not true or false": (
+        {"pgvector_portable": "maybe"},
+        ["pgvector_portable: 'maybe' is not true or false. Fix:"],
+    ),
     "SSM parameter that does not exist": (
         {"pg_app_user": "app", "pg_app_password_ssm": "/pgvector-deploy/missing"},
         ["pg_app_password_ssm: SSM parameter '/pgvector-deploy/missing' does not exist", "Fix:"],
@@ -99,11 +103,66 @@ def test_port_taken_by_another_program_is_refused(fresh, tarball, provision):
 def test_unsupported_distribution_is_refused(fresh, tarball, provision):
     """A host whose os-release says Amazon Linux 2 (end of life, no PostgreSQL 15)."""
     fresh.sudo(f"rm /etc/os-release && printf '%s' '{AMAZON_LINUX_2}' > /etc/os-release")
+    try:
+        before = fresh.snapshot()
+
+        run = provision(fresh, **tarball)
+
+        assert run.returncode != 0
+        assert "unsupported host: found Amazon Linux 2 on x86_64" in run.output, run.output
+        assert "supported: Debian 12 (bookworm)" in run.output
+        assert fresh.snapshot() == before
+    finally:
+        fresh.sudo("ln -sf ../usr/lib/os-release /etc/os-release")
+
+
+def test_a_tarball_that_is_not_pgvector_is_refused_before_any_change(fresh, lab, provision, tmp_path):
+    """The digest matches what the user pinned, but the content is not pgvector 0.9.1."""
+    import io
+    import tarfile
+
+    from tests.hosts.tarballs import sha256
+
+    path = tmp_path / "v0.9.1.tar.gz"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.addfile(tarfile.TarInfo("not-pgvector/README"), io.BytesIO(b""))
+    path.write_bytes(buffer.getvalue())
     before = fresh.snapshot()
-
-    run = provision(fresh, **tarball)
-
+    run = provision(fresh, pgvector_version="0.9.1", pgvector_sha256=sha256(path), pgvector_url=lab.serve(path))
     assert run.returncode != 0
-    assert "unsupported host: found Amazon Linux 2 on x86_64" in run.output, run.output
-    assert "supported: Debian 12 (bookworm)" in run.output
+    assert "is not pgvector 0.9.1 (no pgvector-0.9.1/vector.control in it)" in run.output, run.output
     assert fresh.snapshot() == before
+
+
+def test_a_login_without_passwordless_sudo_is_refused(fresh, tarball, provision):
+    fresh.sudo("id nosudo >/dev/null 2>&1 || { useradd -m nosudo && install -d -m 700 -o nosudo -g nosudo ~nosudo/.ssh "
+               "&& install -m 600 -o nosudo -g nosudo ~admin/.ssh/authorized_keys ~nosudo/.ssh/; }")  # fmt: skip
+    before = fresh.snapshot()
+    run = provision(fresh, ssh_user="nosudo", **tarball)
+    assert run.returncode != 0
+    assert "cannot run sudo without a password. Fix:" in run.output, run.output
+    assert fresh.snapshot() == before
+
+
+def test_a_disk_too_full_to_build_is_refused(fresh, tarball, provision):
+    fresh.sudo("mount -t tmpfs -o size=50m tmpfs /var/tmp")
+    try:
+        before = fresh.snapshot()
+        run = provision(fresh, **tarball)
+        assert run.returncode != 0
+        assert "MB free on the file system of /var/tmp; a pgvector build needs 200 MB. Fix:" in run.output, run.output
+        assert fresh.snapshot() == before
+    finally:
+        fresh.sudo("umount /var/tmp")
+
+
+def test_an_unreachable_host_is_named_and_the_others_still_run(fresh, tarball, tmp_path):
+    """10.231.250.2 is on the lab network but nothing answers there."""
+    from tests.e2e.conftest import run_deploy
+
+    ghost = ("ghost", {"ssh_hostname": "10.231.250.2", "ssh_user": "admin", "ssh_connect_timeout": 3})
+    run = run_deploy(tmp_path, [ghost, fresh.inventory_entry(**tarball, pgvector_version="latest")])
+    assert run.returncode != 0
+    assert "[ghost] Could not connect" in run.output, run.output
+    assert "[bad-input]" in run.output and "pgvector_version 'latest' is not a version" in run.output

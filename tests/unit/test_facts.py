@@ -286,7 +286,8 @@ def test_listener_under_qemu_user_emulation_is_identified_by_argv0():
 
     line = (
         "listener=/usr/bin/qemu-aarch64-static|LISTEN 0 244 127.0.0.1:5432 0.0.0.0:* "
-        'users:(("postgres",pid=51,fd=6))|argv0=/usr/lib/postgresql/15/bin/postgres'
+        'users:(("postgres",pid=51,fd=6))|argv=/usr/libexec/qemu-binfmt/aarch64-binfmt-P '
+        "/usr/lib/postgresql/15/bin/postgres /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main "
     )
     listener = parse_host_profile([line])["listeners"][0]
     assert listener["exe"] == "/usr/lib/postgresql/15/bin/postgres"
@@ -297,5 +298,5 @@ def test_listener_under_qemu_user_emulation_is_identified_by_argv0():
 def test_listener_argv0_is_ignored_without_emulation():
     from pgvector_deploy.facts import parse_host_profile
 
-    line = "listener=/usr/sbin/nginx|LISTEN 0 511 0.0.0.0:5432 0.0.0.0:*|argv0=/usr/lib/postgresql/15/bin/postgres"
+    line = "listener=/usr/sbin/nginx|LISTEN 0 511 0.0.0.0:5432 0.0.0.0:*|argv=/usr/lib/postgresql/15/bin/postgres"
     assert parse_host_profile([line])["listeners"][0]["exe"] == "/usr/sbin/nginx"

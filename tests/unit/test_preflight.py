@@ -98,7 +98,9 @@ def test_port_check_passes_for_our_own_cluster_on_a_host_without_ss(provisioned_
 
 
 def test_port_check_refuses_an_unidentified_listener(provisioned_profile, debian12):
-    profile = with_changes(provisioned_profile, listeners=[{"exe": "", "process": "", "line": "pid , found without ss"}])
+    profile = with_changes(
+        provisioned_profile, clusters=[], listeners=[{"exe": "", "process": "", "line": "pid , found without ss"}]
+    )
     with pytest.raises(UnsupportedHost, match="port 5432 is taken by an unknown process"):
         check_port(profile, debian12, 5432)
 
@@ -284,3 +286,12 @@ def test_start_refuses_a_login_that_cannot_sudo_and_runs_the_refusal_without_sud
     assert isinstance(refusal, Refusal)
     assert "cannot run sudo without a password. Fix:" in refusal.message
     assert config.SUDO is False
+
+
+def test_our_online_cluster_owns_the_port_whatever_the_listener_looks_like(provisioned_profile, debian12):
+    """pg_lsclusters is authoritative on Debian/Ubuntu (under emulation /proc/PID/exe misleads)."""
+    odd = [{"exe": "/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "process": "postgres", "line": "LISTEN ..."}]
+    assert check_port(with_changes(provisioned_profile, listeners=odd), debian12, 5432) is None
+    down = [dict(cluster, status="down") for cluster in provisioned_profile["clusters"]]
+    with pytest.raises(UnsupportedHost, match="port 5432 is taken by another PostgreSQL"):
+        check_port(with_changes(provisioned_profile, listeners=odd, clusters=down), debian12, 5432)
