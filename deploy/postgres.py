@@ -8,7 +8,7 @@ Host data keys and their defaults: pgvector_deploy/settings.py (and the README).
 
 from pyinfra import config, host
 
-from pgvector_deploy import apps, networking, pgvector, postgres, preflight, smoke
+from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, smoke
 
 # Stage 0, look: validate host data and inspect the host. Nothing changes yet.
 plan = preflight.start(host, config)
@@ -39,6 +39,10 @@ else:
     if plan.settings.app:
         apps.role(plan, name="App role exists with its password")
         apps.database(plan, name="App database exists, owned by the app, with vector")
+        # The app's SQL migrations (pg_migrations_dir), each once, in its own transaction, as
+        # the app role; then how its containers connect (printed; pg_app_env_file on the host).
+        migrations.apply(plan, name="App SQL migrations are applied")
+        appenv.env_file(plan, name="App connection details for containers are current")
 
     # Stage 6, proof: the vector smoke suite (a fact: it reports no change when it passes).
     smoke.verify(

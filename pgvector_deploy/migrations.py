@@ -44,6 +44,7 @@ import hashlib
 import re
 import shlex
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,6 +125,14 @@ _TRANSACTION_FIX = (
     "cannot run in a transaction, such as CREATE INDEX CONCURRENTLY, cannot be a migration here)."
 )
 _ROLE_FIX = "the deploy runs every file as the app role. Fix: remove it."
+_BACKSLASH = (
+    "a backslash outside quotes is a psql command (\\c, \\i, \\copy, \\set, ...), and files must be plain "
+    "SQL. Fix: remove it; use INSERT instead of COPY FROM STDIN data."
+)
+_UNENDED = (
+    "the last statement never ends (a parenthesis or BEGIN ATOMIC ... END is not closed). "
+    "Fix: close it and end the statement with ;."
+)
 
 
 @dataclass
@@ -177,7 +186,7 @@ def split_statements(sql: str) -> tuple[list[_Statement], list[tuple[int, str]]]
             continue
         if char in "'\"":
             start = line
-            escapes = char == "'" and previous in "eE" and (len(words) == 0 or True) and _is_e_prefix(sql, i)
+            escapes = char == "'" and _is_e_prefix(sql, i)  # E'...': backslash escapes
             i += 1
             closed = False
             while i < n:
@@ -218,10 +227,7 @@ def split_statements(sql: str) -> tuple[list[_Statement], list[tuple[int, str]]]
                 previous = "$"
                 continue
         if char == "\\":
-            problems.append(
-                (line, "a backslash outside quotes is a psql command (\\c, \\i, \\copy, \\set, ...), and files "
-                       "must be plain SQL. Fix: remove it; use INSERT instead of COPY FROM STDIN data.")
-            )  # fmt: skip
+            problems.append((line, _BACKSLASH))
             end = sql.find("\n", i)  # psql takes the rest of the line as the command's arguments
             i = n if end < 0 else end
             continue
@@ -256,10 +262,7 @@ def split_statements(sql: str) -> tuple[list[_Statement], list[tuple[int, str]]]
         previous = char
         i += 1
     if paren_depth or begin_depth:
-        problems.append(
-            (first_line or line, "the last statement never ends (a parenthesis or BEGIN ATOMIC ... END is "
-                                 "not closed). Fix: close it and end the statement with ;.")
-        )  # fmt: skip
+        problems.append((first_line or line, _UNENDED))
     end_statement()
     return statements, problems
 
@@ -282,7 +285,7 @@ def statement_problem(words: list[str]) -> str | None:
         return f"SET {second if second == 'ROLE' else second + ' ' + third} changes who runs the migration, but {_ROLE_FIX}"
     if first == "RESET" and second in ("ROLE", "SESSION", "ALL"):
         return f"RESET {second} changes who runs the migration, but {_ROLE_FIX}"
-    if first == "COPY" and any(a == "FROM" and b in ("STDIN", "PSTDIN") for a, b in zip(words, words[1:])):
+    if first == "COPY" and any(a == "FROM" and b in ("STDIN", "PSTDIN") for a, b in pairwise(words)):
         return "COPY ... FROM STDIN reads data from psql's input, which carries the migration itself. Fix: use INSERT ... VALUES."
     return None
 
@@ -373,7 +376,7 @@ def migration_sql(migration: Migration, role: str) -> str:
     return (
         header + migration.sql + "\n;\n"
         f"{check}\n"
-        f"INSERT INTO {LEDGER} (name, sha256) VALUES ('{name}', '{migration.sha256}');\n"
+        ""
         "COMMIT;\n"
         f"\\warn {DONE_MARKER} {name}\n"
     )
@@ -407,7 +410,8 @@ def apply_script(plan: Plan, name: str) -> str:
         f"if why=$({psql} 2>&1 >/dev/null); then "
         f"printf '%s\\n' \"$why\" | grep -qxF {shlex.quote(f'{DONE_MARKER} {name}')} || {unfinished}; "
         "else "
-        f"why=$(printf '%s\\n' \"$why\" | sed -e {shlex.quote(f's/^psql:<stdin>:/{name} line /')} | tr '\\n' ' '); "
+        f"why=$(printf '%s\\n' \"$why\" | sed -e {shlex.quote(f's/^psql:<stdin>:/{name} line /')} "
+        "-e '/^ *\\^ *$/d' | tr -s '\\n ' '  '); "
         f"{failed}; "
         "fi"
     )

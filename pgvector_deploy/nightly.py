@@ -45,14 +45,14 @@ def summarise(results: dict, dry: bool) -> dict[str, dict]:
             for name in operation.get("hosts_with_change", []):
                 entry(name)["changed"].append(operation["name"])
     else:
-        for operation in results.get("results", {}).get("operations", []):
+        for operation in (results.get("results") or {}).get("operations", []):
             for name in operation.get("success", []):
                 entry(name)["changed"].append(operation["name"])
             for name in operation.get("error", []):
                 entry(name)["failed"].append(operation["name"])
             for name in operation.get("no_change", []):
                 entry(name)
-    for name in results.get("results", {}).get("failed_hosts", []):
+    for name in (results.get("results") or {}).get("failed_hosts", []):  # null with --dry
         entry(name).setdefault("failed", [])
         if not hosts[name]["failed"]:
             hosts[name]["failed"].append("(could not connect or prepare)")

@@ -23,6 +23,7 @@ from ipaddress import IPv4Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .migrations import Migration, MigrationError, read_folder
 from .releases import NEWEST_RELEASE, Release, ReleaseError, SECURITY_FLOOR, choose_release
 
 
@@ -90,6 +91,26 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "let the app role create databases (ORM shadow databases, e.g. Prisma migrate dev); they get vector from template1.",
     ),
+    Setting(
+        "pg_app_host",
+        None,
+        "host name or address app containers connect to, in the printed connection string and the env file; "
+        "default: the Docker bridge gateway (172.17.0.1 on docker0). host.docker.internal needs "
+        "--add-host host.docker.internal:host-gateway.",
+    ),
+    Setting(
+        "pg_app_env_file",
+        None,
+        "absolute path on the host of an env file for the app's containers (DATABASE_URL, PGHOST, ..., "
+        "PGPASSWORD; mode 0600 root:root), e.g. /etc/pgvector-deploy/app.env; unset: none is written.",
+    ),
+    Setting(
+        "pg_migrations_dir",
+        "files/migrations",
+        "folder on the control machine (relative to where pyinfra runs) whose .sql files are applied to "
+        "pg_app_database as the app role, in name order, each once; the default folder may be missing or empty, "
+        "a folder you set must exist.",
+    ),
     Setting("smoke_report_dir", "reports", "directory on the control machine for the smoke suite's JSON report per host."),
 )
 
@@ -109,6 +130,8 @@ class App:
     database: str
     password: Secret
     createdb: bool
+    host: str | None = None  # what containers connect to; None: the Docker bridge gateway
+    env_file: str | None = None  # absolute path on the host; None: no env file
 
 
 @dataclass(frozen=True)
@@ -122,6 +145,8 @@ class Settings:
     listen_addresses: tuple[str, ...] = ()
     app: App | None = None
     smoke_report_dir: Path = Path("reports")
+    migrations_dir: Path | None = None  # None: no migrations (no app, or no default folder)
+    migrations: tuple[Migration, ...] = ()
 
     @property
     def version(self) -> str:
@@ -202,6 +227,8 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
                 f"for pgvector {release.version}. Fix: use the genuine tarball, or correct pgvector_sha256."
             )
 
+    app = _app(value)
+    migrations_dir, migrations = _migrations(_optional_text(get("pg_migrations_dir")), app)  # type: ignore[operator]
     return Settings(
         release=release,
         url=url,
@@ -210,8 +237,10 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         portable=portable,
         docker_subnets=_subnets(value("pg_docker_subnets")),
         listen_addresses=_addresses(value("pg_listen_addresses")),
-        app=_app(value),
+        app=app,
         smoke_report_dir=Path(str(value("smoke_report_dir"))).expanduser(),
+        migrations_dir=migrations_dir,
+        migrations=migrations,
     )
 
 
@@ -287,7 +316,71 @@ def _app(value: Callable[[str], Any]) -> App | None:
         database=database,
         password=_password(value),
         createdb=_as_bool("pg_app_createdb", value("pg_app_createdb")),
+        host=_app_host(_optional_text(value("pg_app_host"))),
+        env_file=_env_file(_optional_text(value("pg_app_env_file"))),
     )
+
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def _app_host(text: str | None) -> str | None:
+    if text is None:
+        return None
+    fix = "Fix: give an IPv4 address or a host name, such as 172.17.0.1 or host.docker.internal."
+    try:
+        address = ip_address(text)
+    except ValueError:
+        labels = text.split(".")
+        if len(text) > 253 or not all(_HOST_LABEL.match(label) for label in labels) or text.replace(".", "").isdigit():
+            raise SettingsError(f"pg_app_host: {text!r} is not a host name or IPv4 address. {fix}") from None
+        return text
+    if address.version != 4 or address.is_unspecified:
+        raise SettingsError(f"pg_app_host: {text!r} is not an address containers can connect to. {fix}")
+    return str(address)
+
+
+_ENV_FILE = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+$")
+
+
+def _env_file(text: str | None) -> str | None:
+    if text is None:
+        return None
+    parts = text.split("/")
+    if not _ENV_FILE.match(text) or any(part in (".", "..") for part in parts) or text.startswith(("/proc/", "/sys/", "/dev/")):
+        raise SettingsError(
+            f"pg_app_env_file: {text!r} is not an absolute path we can write safely. Fix: give a plain absolute "
+            "path such as /etc/pgvector-deploy/app.env (letters, digits, and . _ - @ +)."
+        )
+    return text
+
+
+def _migrations(text: str | None, app: App | None) -> tuple[Path | None, tuple[Migration, ...]]:
+    """The migration folder and its checked files. The default folder may be missing or empty;
+    a folder set in host data must exist. Without an app there is no database to migrate."""
+    explicit = text is not None
+    if app is None:
+        if explicit:
+            raise SettingsError(
+                f"pg_migrations_dir is set ({text!r}) but pg_app_user is not: migrations run in the app's "
+                "database as the app role. Fix: set pg_app_user (and its password), or unset pg_migrations_dir."
+            )
+        return None, ()
+    folder = Path(text if explicit else DEFAULTS["pg_migrations_dir"]).expanduser()
+    if not folder.is_dir():
+        if explicit:
+            raise SettingsError(
+                f"pg_migrations_dir {text!r} is not a folder on the control machine (relative paths start at "
+                f"{Path.cwd()}). Fix: create it, or correct the path."
+            )
+        return None, ()
+    try:
+        migrations = read_folder(folder)
+    except MigrationError as error:
+        raise SettingsError(f"pg_migrations_dir: in {folder}: {error}") from None
+    except OSError as error:
+        raise SettingsError(f"pg_migrations_dir: cannot read {folder} ({error}). Fix: make it readable.") from None
+    return (folder, migrations) if migrations else (None, ())
 
 
 def _password(value: Callable[[str], Any]) -> Secret:

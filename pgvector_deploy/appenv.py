@@ -1,0 +1,207 @@
+"""The app's connection details for its containers: printed without the password and, with
+``pg_app_env_file``, written on the host as an env file for ``docker run --env-file`` and
+Compose's ``env_file`` (mode 0600, root:root).
+
+A container reaches the host at its bridge's gateway: ``172.17.0.1`` on docker0 (the
+default), or ``host.docker.internal`` when the container runs with ``--add-host
+host.docker.internal:host-gateway`` (``pg_app_host``). The file holds ``DATABASE_URL``
+(password percent-encoded) and libpq's ``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGPASSWORD``
+and ``PGDATABASE``.
+
+How the password travels: on the file's writer's standard input, never on a command line and
+never in pyinfra's output. pyinfra's own upload (``files.put``, ``FileUploadCommand``) is not
+used: with sudo it first writes, over SFTP as the login user, ``/tmp/pyinfra-<sha1 of the
+target path>``, created with the SFTP server's umask (usually 0644, so readable by every local
+user for a moment), then ``cp``s it, which creates a new target with that same mode. Here the
+content goes into a ``mktemp`` file (0600 from the start, umask 077) next to the target, which
+is then renamed over it.
+
+Whether the file is current is decided by a sha256 of the wanted content against the file's
+sha256, mode and owner, which is all the fact prints.
+
+Example::
+
+    appenv.env_file(plan, name="App env file for containers is current")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase, StringCommand, operation
+
+from .facts import parse_key_values
+from .networking import app_address
+from .shell import SAFE_PATH, fail, host_locked
+
+if TYPE_CHECKING:
+    from .preflight import Plan
+
+DOCKER0_GATEWAY = "172.17.0.1"  # Docker's default bridge, when the host has none (yet)
+FILE_MODE = "600"
+FILE_OWNER = "root:root"
+# Values that mean the same, unquoted, to Compose's env_file and to docker run --env-file
+# (printable ASCII without spaces, quotes, backslash, $ for Compose's interpolation, # and `).
+_PLAIN = re.compile(r"^[!%&(-\[\]-_a-z{-~]+$")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What a container needs to reach the app's database."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+    def url(self, password: str | None = None) -> str:
+        """``postgresql://user:password@host:port/database``, the password percent-encoded;
+        ``password="<password>"`` shows that placeholder instead, as is."""
+        shown = quote(self.password, safe="") if password is None else password
+        return f"postgresql://{quote(self.user, safe='')}:{shown}@{self.host}:{self.port}/{quote(self.database, safe='')}"
+
+    def __repr__(self) -> str:
+        return f"Connection({self.url('<password>')!r})"
+
+    __str__ = __repr__
+
+
+def connection(plan: Plan) -> Connection:
+    """The app's connection from a container: ``pg_app_host``, else the Docker bridge gateway
+    found on the host (docker0 first), else Docker's default 172.17.0.1."""
+    app = plan.settings.app
+    address = app.host or app_address(plan.profile["bridges"]) or DOCKER0_GATEWAY
+    return Connection(host=address, port=plan.port, user=app.user, password=str(app.password), database=app.database)
+
+
+def env_value(text: str) -> str | None:
+    """``text`` written so Compose's env_file reads it back unchanged: as is when that means the
+    same everywhere, else single-quoted (Compose takes those literally, ``\\'`` being a quote).
+    None when Compose cannot read it back (a backslash before a quote or at the end)."""
+    if _PLAIN.match(text):
+        return text
+    if "\\'" in text or text.endswith("\\"):
+        return None
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def render_env_file(conn: Connection) -> str:
+    lines = [
+        "# Managed by pgvector-deploy: rewritten by every run (edit the host data, not this file).",
+        "# How the app's containers reach its database: docker run --env-file, or Compose's env_file.",
+    ]
+    if conn.host == "host.docker.internal":
+        lines.append(
+            "# host.docker.internal needs: docker run --add-host host.docker.internal:host-gateway "
+            '(Compose: extra_hosts: ["host.docker.internal:host-gateway"])'
+        )
+    lines += [
+        f"DATABASE_URL={conn.url()}",
+        f"PGHOST={conn.host}",
+        f"PGPORT={conn.port}",
+        f"PGUSER={conn.user}",
+    ]
+    password = env_value(conn.password)
+    if password is None:
+        lines.append("# PGPASSWORD left out: Compose cannot read this password back from an env file; use DATABASE_URL.")
+    else:
+        if password != conn.password:
+            lines.append("# PGPASSWORD is quoted for Compose (docker run --env-file would keep the quotes; use DATABASE_URL there).")
+        lines.append(f"PGPASSWORD={password}")
+    lines.append(f"PGDATABASE={conn.database}")
+    return "\n".join(lines) + "\n"
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class EnvFileState(FactBase):
+    """The env file's sha256, mode and owner (never its content); nothing when it is missing."""
+
+    def command(self, path: str):
+        return f"""
+PATH={SAFE_PATH}
+file={shlex.quote(path)}
+if [ -f "$file" ]; then
+  echo "sha256=$(sha256sum < "$file" | cut -d' ' -f1)"
+  echo "mode=$(stat -c %a "$file")"
+  echo "owner=$(stat -c %U:%G "$file")"
+fi
+true
+"""
+
+    @staticmethod
+    def default():
+        return parse_env_file_state([])
+
+    def process(self, output):
+        return parse_env_file_state(output)
+
+
+def parse_env_file_state(lines: list[str]) -> dict:
+    values = parse_key_values(lines)
+    digest = values.get("sha256", [""])[0]
+    return {
+        "sha256": digest or None,
+        "mode": values.get("mode", [""])[0] or None,
+        "owner": values.get("owner", [""])[0] or None,
+    }
+
+
+def write_script(path: str) -> str:
+    """Shell: the content from standard input into ``path``, 0600 root:root, replaced in one
+    rename; the temporary file is private from its creation and removed on any failure."""
+    return f"""set -eu
+PATH={SAFE_PATH}
+file={shlex.quote(path)}
+dir=$(dirname "$file")
+[ ! -d "$file" ] || {fail(f"{path} is a directory. Fix: set pg_app_env_file to a file path, such as /etc/pgvector-deploy/app.env.")}
+[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
+umask 077
+tmp=$(mktemp "$dir/.pgvector-deploy-env.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+chown root:root "$tmp"
+chmod 0600 "$tmp"
+mv -f "$tmp" "$file"
+trap - EXIT
+"""
+
+
+def _executing() -> bool:
+    state = getattr(host, "state", None)
+    return bool(state is not None and state.is_executing)
+
+
+@operation()
+@host_locked
+def env_file(plan: Plan):
+    """Print the app's connection string (without the password) and, with ``pg_app_env_file``,
+    keep that env file current on the host (only written when it differs).
+
+    .. code:: python
+
+        appenv.env_file(plan, name="App env file for containers is current")
+    """
+    app = plan.settings.app
+    conn = connection(plan)
+    if _executing():  # once, when the deploy runs (not also while pyinfra looks for changes)
+        where = f"; env file on the host: {app.env_file}" if app.env_file else ""
+        logger.info(f"{host.print_prefix}App containers connect with {conn.url('<password>')}{where}")
+    if app.env_file is None:
+        host.noop("no env file (pg_app_env_file is not set)")
+        return
+    content = render_env_file(conn)
+    state = host.get_fact(EnvFileState, path=app.env_file)
+    if state == {"sha256": sha256_text(content), "mode": FILE_MODE, "owner": FILE_OWNER}:
+        host.noop(f"{app.env_file} is current")
+        return
+    yield StringCommand(write_script(app.env_file), _stdin=content)

@@ -1,0 +1,641 @@
+"""Ordered SQL migrations (pgvector_deploy.migrations): reading and checking the folder, the
+ledger logic, the SQL and shell we send, the MigrationLedger fact and the operation.
+
+The last section runs the generated commands for real (sh, psql, PostgreSQL 15) against a
+throwaway server in a temporary directory (Unix socket only), and the Alembic example
+project against it. It needs root and PostgreSQL 15's binaries (and pgvector for Alembic);
+without them those tests skip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from pgvector_deploy import migrations
+from pgvector_deploy.migrations import (
+    DONE_MARKER,
+    LEDGER,
+    Migration,
+    MigrationError,
+    MigrationLedger,
+    apply_command,
+    ledger_command,
+    migration_sql,
+    parse_ledger,
+    parse_migration,
+    pending,
+    read_folder,
+    sql_problems,
+)
+from pgvector_deploy.preflight import Plan
+from pgvector_deploy.settings import SettingsError, load_settings
+from pgvector_deploy.shell import SAFE_PATH, as_postgres
+
+from .conftest import FactHost, run_operation, sh_syntax_error
+
+REPO = Path(__file__).resolve().parents[2]
+APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
+PSQL = "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
+
+
+def migration(name: str, sql: str) -> Migration:
+    return parse_migration(name, sql.encode())
+
+
+def write(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+# --- reading the folder ----------------------------------------------------------------------------
+
+
+def test_folder_is_read_in_name_order_with_checksums_of_the_bytes(tmp_path):
+    write(tmp_path, {"0002_b.sql": "SELECT 2;\n", "0010_c.sql": "SELECT 10;\n", "0001_a.sql": "SELECT 1;\n"})
+    found = read_folder(tmp_path)
+    assert [m.name for m in found] == ["0001_a.sql", "0002_b.sql", "0010_c.sql"]
+    assert found[0].sha256 == hashlib.sha256(b"SELECT 1;\n").hexdigest()
+    assert found[0].sql == "SELECT 1;\n"
+
+
+def test_name_order_is_plain_string_order(tmp_path):
+    """Not numeric: 10_ sorts before 9_, which is why names should be zero-padded."""
+    write(tmp_path, {"9_a.sql": "SELECT 9;", "10_b.sql": "SELECT 10;"})
+    assert [m.name for m in read_folder(tmp_path)] == ["10_b.sql", "9_a.sql"]
+
+
+def test_other_files_hidden_files_and_subfolders_are_ignored(tmp_path):
+    write(tmp_path, {"0001_a.sql": "SELECT 1;", "README.md": "# notes", ".0002_swap.sql": "junk", "0003.sql.orig": "x"})
+    write(tmp_path / "example", {"0002_in_subfolder.sql": "SELECT 2;"})
+    assert [m.name for m in read_folder(tmp_path)] == ["0001_a.sql"]
+
+
+@pytest.mark.parametrize("name", ["0001 add table.sql", "0001_ä.sql", "-0001.sql", "0001;rm.sql", "x" * 130 + ".sql"])
+def test_names_outside_the_plain_set_are_refused(tmp_path, name):
+    write(tmp_path, {name: "SELECT 1;"})
+    with pytest.raises(MigrationError, match="Fix: rename it"):
+        read_folder(tmp_path)
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path):
+    (tmp_path / "0001_latin1.sql").write_bytes("SELECT 'é';".encode("latin-1"))
+    with pytest.raises(MigrationError, match=r"0001_latin1.sql: not UTF-8 .*Fix: save the file as UTF-8"):
+        read_folder(tmp_path)
+
+
+def test_a_bom_is_left_out_of_the_sql_but_counted_in_the_checksum():
+    raw = "\ufeffSELECT 1;\n".encode()
+    found = parse_migration("0001_bom.sql", raw)
+    assert found.sql == "SELECT 1;\n"
+    assert found.sha256 == hashlib.sha256(raw).hexdigest()
+
+
+def test_a_problem_names_the_file_and_line():
+    with pytest.raises(MigrationError) as error:
+        parse_migration("0004_x.sql", b"CREATE TABLE t (id int);\n\nCOMMIT;\n")
+    assert str(error.value).startswith("0004_x.sql line 3: COMMIT starts or ends a transaction")
+    assert "Fix:" in str(error.value)
+
+
+# --- what the deploy refuses inside a file -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql, line, start",
+    [
+        ("BEGIN;\nCREATE TABLE t (id int);\nCOMMIT;", 1, "BEGIN starts or ends a transaction"),
+        ("CREATE TABLE t (id int);\ncommit", 2, "COMMIT starts or ends"),
+        ("START TRANSACTION;", 1, "START starts or ends"),
+        ("SELECT 1;\n  END;", 2, "END starts or ends"),
+        ("rollback;", 1, "ROLLBACK starts or ends"),
+        ("ABORT;", 1, "ABORT starts or ends"),
+        ("PREPARE TRANSACTION 'x';", 1, "PREPARE TRANSACTION ends"),
+        ("SET ROLE postgres;", 1, "SET ROLE changes who runs the migration"),
+        ("set session authorization postgres;", 1, "SET SESSION AUTHORIZATION changes who"),
+        ("SET LOCAL ROLE postgres;", 1, "SET LOCAL ROLE changes who"),
+        ("RESET ROLE;", 1, "RESET ROLE changes who"),
+        ("RESET ALL;", 1, "RESET ALL changes who"),
+        ("COPY items (id) FROM stdin;\n1\n", 1, "COPY ... FROM STDIN reads data"),
+        ("SELECT 1;\n\\c postgres\n", 2, "a backslash outside quotes is a psql command"),
+        ("\\i /etc/passwd", 1, "a backslash outside quotes"),
+        ("SELECT 1 \\gexec", 1, "a backslash outside quotes"),
+        ("SELECT 'open;\nSELECT 2;", 1, "a quoted string is never closed"),
+        ('SELECT "open', 1, 'a quoted name (") is never closed'),
+        ("SELECT 1;\n/* open\n", 2, "a /* comment is never closed"),
+        ("DO $x$ BEGIN\nEND $y$;", 1, "a $x$ quoted string is never closed"),
+        ("CREATE TABLE t (\n  id int;\n", 1, "the last statement never ends"),
+    ],
+)
+def test_refused_sql(sql, line, start):
+    problems = sql_problems(sql)
+    assert problems, sql
+    assert problems[0][0] == line
+    assert problems[0][1].startswith(start), problems[0][1]
+    assert "Fix:" in problems[0][1]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TABLE documents (id bigserial PRIMARY KEY, embedding vector(3));",
+        "CREATE INDEX ON documents USING hnsw (embedding vector_l2_ops);",
+        "DO $$ BEGIN RAISE NOTICE 'x'; COMMIT; END $$;",  # inside a dollar quote
+        "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$\nBEGIN\n  RETURN 1;\nEND;\n$body$;",
+        "CREATE FUNCTION g() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT 1;\nEND;",  # psql's rule
+        "SELECT CASE WHEN true THEN 'begin' ELSE 'commit' END;",
+        "SELECT 'it''s; COMMIT;';",
+        "SELECT E'it\\'s \\\\ fine; COMMIT';",
+        'CREATE TABLE "commit" ("begin" int);',
+        "-- COMMIT; in a comment\nSELECT 1; /* ROLLBACK; /* nested */ still comment */",
+        "SAVEPOINT s; SELECT 1; ROLLBACK TO SAVEPOINT s; RELEASE s;",
+        "PREPARE q(int) AS SELECT $1; EXECUTE q(1);",
+        "SET LOCAL lock_timeout = '5s'; SET search_path TO public;",
+        "COPY items TO STDOUT;",
+        "SELECT 1",  # no final semicolon: the deploy ends the statement
+        "",
+        "-- only a comment",
+    ],
+)
+def test_accepted_sql(sql):
+    assert sql_problems(sql) == []
+
+
+def test_every_problem_is_reported_in_line_order():
+    problems = sql_problems("SET ROLE x;\nSELECT 1;\nCOMMIT;\n\\q\n")
+    assert [line for line, _ in problems] == [1, 3, 4]
+
+
+# --- the ledger and the folder --------------------------------------------------------------------
+
+A, B, C = migration("0001_a.sql", "SELECT 1;"), migration("0002_b.sql", "SELECT 2;"), migration("0003_c.sql", "SELECT 3;")
+
+
+def test_everything_is_pending_on_an_empty_ledger_in_name_order():
+    assert pending((C, A, B), {}) == [A, B, C]
+
+
+def test_files_recorded_with_the_same_checksum_are_not_pending():
+    assert pending((A, B, C), {A.name: A.sha256, B.name: B.sha256}) == [C]
+    assert pending((A, B, C), {m.name: m.sha256 for m in (A, B, C)}) == []
+
+
+def test_a_changed_file_stops_everything_naming_the_file_and_both_checksums():
+    changed = migration("0002_b.sql", "SELECT 22;")
+    with pytest.raises(MigrationError) as error:
+        pending((A, changed, C), {A.name: A.sha256, B.name: B.sha256})
+    message = str(error.value)
+    assert f"0002_b.sql was applied with sha256 {B.sha256}, and the file now has sha256 {changed.sha256}" in message
+    assert "nothing was applied" in message and "Fix:" in message
+    assert "0001_a.sql" not in message and "0003_c.sql" not in message
+
+
+def test_every_changed_file_is_named():
+    changed_a, changed_b = migration("0001_a.sql", "SELECT 11;"), migration("0002_b.sql", "SELECT 22;")
+    with pytest.raises(MigrationError) as error:
+        pending((changed_a, changed_b), {A.name: A.sha256, B.name: B.sha256})
+    assert "0001_a.sql was applied" in str(error.value) and "0002_b.sql was applied" in str(error.value)
+
+
+def test_a_new_file_that_sorts_before_an_applied_one_is_refused():
+    with pytest.raises(MigrationError) as error:
+        pending((A, B, C), {A.name: A.sha256, C.name: C.sha256})
+    assert str(error.value).startswith("0002_b.sql is new but sorts before 0003_c.sql, which is already applied")
+    assert "Fix: rename it" in str(error.value)
+
+
+def test_files_gone_from_the_folder_are_left_in_the_ledger():
+    assert pending((B, C), {A.name: A.sha256, B.name: B.sha256}) == [C]
+
+
+# --- the SQL and the commands ---------------------------------------------------------------------
+
+
+def test_migration_sql_is_one_transaction_as_the_app_role_with_the_ledger_row_inside():
+    sql = migration_sql(B, "app")
+    first_line = sql.splitlines()[0]
+    assert first_line.startswith("BEGIN; SET LOCAL ROLE app; ")
+    assert first_line.endswith("SELECT 2;"), "the file must start on line 1, so psql's line numbers are the file's"
+    insert = f"INSERT INTO {LEDGER} (name, sha256) VALUES ('0002_b.sql', '{B.sha256}');"
+    assert sql.count("BEGIN;") == 1 and sql.count("COMMIT;") == 1
+    assert sql.index("SELECT 2;") < sql.index(insert) < sql.index("COMMIT;") < sql.index(f"\\warn {DONE_MARKER} 0002_b.sql")
+    assert "current_user <> 'app'" in sql  # still our transaction and role before recording
+    assert f"IF EXISTS (SELECT FROM {LEDGER} WHERE name = '0002_b.sql')" in sql
+
+
+def test_the_file_is_ended_even_without_a_final_semicolon():
+    sql = migration_sql(migration("0001_x.sql", "SELECT 1 -- no semicolon"), "app")
+    assert "SELECT 1 -- no semicolon\n;\n" in sql
+
+
+def test_ledger_sql_creates_the_table_as_the_app_role():
+    sql = migrations.ledger_sql("app")
+    assert sql.startswith("BEGIN;\nSET LOCAL ROLE app;\nCREATE SCHEMA IF NOT EXISTS pgvector_deploy;\n")
+    assert f"CREATE TABLE IF NOT EXISTS {LEDGER} (\n    name text PRIMARY KEY," in sql
+    assert "sha256 text NOT NULL" in sql and "applied_at timestamptz NOT NULL DEFAULT now()" in sql
+    assert sql.endswith("COMMIT;\n")
+
+
+def plan_with(debian12, profile, tmp_path, files: dict[str, str], **data) -> Plan:
+    folder = write(tmp_path / "migrations", files)
+    settings = load_settings({**APP, "pg_migrations_dir": str(folder), **data})
+    return Plan(settings, debian12, profile)
+
+
+def test_apply_command_sends_the_sql_on_stdin_to_psql_with_on_error_stop(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, {"0001_secret_table.sql": "CREATE TABLE very_visible (id int);"})
+    command = apply_command(plan, plan.settings.migrations[0])
+    text = str(command)
+    assert set(command.connector_arguments) == {"_stdin"}
+    assert command.connector_arguments["_stdin"] == migration_sql(plan.settings.migrations[0], "app")
+    assert f"{PSQL} -d app -f -" in text and "ON_ERROR_STOP=1" in text
+    assert "very_visible" not in text and "CREATE TABLE" not in text
+    assert text.startswith(f"PATH={SAFE_PATH}; ")
+    assert sh_syntax_error(text) == ""
+
+
+def test_ledger_command_sends_the_table_sql_on_stdin(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, {"0001_a.sql": "SELECT 1;"})
+    command = ledger_command(plan)
+    assert str(command) == f"PATH={SAFE_PATH}; {PSQL} -d app -f - > /dev/null"
+    assert command.connector_arguments == {"_stdin": migrations.ledger_sql("app")}
+
+
+# --- the fact ---------------------------------------------------------------------------------------
+
+
+def test_parse_ledger():
+    digest = "a" * 64
+    assert parse_ledger(["database=yes", "ledger=yes", f"applied=0001_a.sql|{digest}", f"applied=0002_b.sql|{'b' * 64}"]) == {
+        "database": True,
+        "ledger": True,
+        "applied": {"0001_a.sql": digest, "0002_b.sql": "b" * 64},
+    }
+
+
+def test_parse_ledger_without_database_or_table():
+    assert parse_ledger([]) == {"database": False, "ledger": False, "applied": {}}
+    assert parse_ledger(["database=yes"]) == {"database": True, "ledger": False, "applied": {}}
+    assert MigrationLedger.default() == {"database": False, "ledger": False, "applied": {}}
+
+
+def test_ledger_fact_command_is_valid_sh_and_reads_the_app_database(debian12):
+    command = MigrationLedger().command(platform=debian12, port=5432, database="vectors")
+    assert sh_syntax_error(command) == ""
+    assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_database WHERE datname = 'vectors'") in command
+    assert as_postgres(debian12, 5432, "vectors", f"SELECT name || '|' || sha256 FROM {LEDGER} ORDER BY name") in command
+    assert command.rstrip().endswith("true"), "a fresh host (no server yet) must not fail the fact"
+
+
+# --- the operation ----------------------------------------------------------------------------------
+
+
+def ledger_lines(*recorded: Migration, table: bool = True) -> list[str]:
+    lines = ["database=yes"] + (["ledger=yes"] if table else [])
+    return lines + [f"applied={m.name}|{m.sha256}" for m in recorded]
+
+
+def run_apply(plan, lines) -> tuple[list, FactHost]:
+    host = FactHost({MigrationLedger: lines})
+    return run_operation(migrations.apply, plan, host), host
+
+
+FILES = {"0001_documents.sql": "CREATE TABLE documents (id int, embedding vector(3));", "0002_index.sql": "SELECT 2;"}
+
+
+def test_fresh_database_gets_the_ledger_then_every_file_in_order(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, FILES)
+    commands, host = run_apply(plan, ["database=yes"])
+    assert [c.connector_arguments["_stdin"] for c in commands] == [
+        migrations.ledger_sql("app"),
+        migration_sql(plan.settings.migrations[0], "app"),
+        migration_sql(plan.settings.migrations[1], "app"),
+    ]
+    [(fact, kwargs, _)] = host.asked
+    assert fact is MigrationLedger and kwargs == {"platform": debian12, "port": 5432, "database": "app"}
+
+
+def test_converged_database_yields_nothing(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, FILES)
+    commands, host = run_apply(plan, ledger_lines(*plan.settings.migrations))
+    assert commands == []
+    assert host.noops == [f"all 2 migrations in {plan.settings.migrations_dir} are applied"]
+
+
+def test_only_new_files_are_applied(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, FILES)
+    [command] = run_apply(plan, ledger_lines(plan.settings.migrations[0]))[0]
+    assert command.connector_arguments["_stdin"] == migration_sql(plan.settings.migrations[1], "app")
+
+
+def test_a_changed_file_yields_one_failure_and_applies_nothing(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, {**FILES, "0003_new.sql": "SELECT 3;"})
+    recorded = dataclasses.replace(plan.settings.migrations[0], sha256="0" * 64)
+    [command] = run_apply(plan, ledger_lines(recorded, plan.settings.migrations[1]))[0]
+    text = str(command)
+    assert "_stdin" not in getattr(command, "connector_arguments", {})
+    assert text.startswith("{ echo ") and text.rstrip().endswith("exit 1; }")
+    words = " ".join(shlex.split(text))
+    assert f"0001_documents.sql was applied with sha256 {'0' * 64}, and the file now has sha256 {plan.settings.migrations[0].sha256}" in words
+    assert str(plan.settings.migrations_dir) in words
+
+
+def test_out_of_order_file_yields_one_failure(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, {**FILES, "0000_early.sql": "SELECT 0;"})
+    [command] = run_apply(plan, ledger_lines(*plan.settings.migrations[1:]))[0]
+    assert "0000_early.sql is new but sorts before 0002_index.sql" in " ".join(shlex.split(str(command)))
+
+
+def test_no_migrations_asks_nothing_and_yields_nothing(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, {})
+    commands, host = run_apply(plan, [])
+    assert commands == [] and host.asked == []
+    plan = Plan(load_settings({}), debian12, provisioned_profile)  # no app at all
+    assert run_apply(plan, [])[0] == []
+
+
+# --- host data ----------------------------------------------------------------------------------------
+
+
+def test_default_folder_missing_means_no_migrations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(APP)
+    assert (settings.migrations_dir, settings.migrations) == (None, ())
+
+
+def test_default_folder_with_files_is_used(tmp_path, monkeypatch):
+    write(tmp_path / "files" / "migrations", {"0001_a.sql": "SELECT 1;"})
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(APP)
+    assert settings.migrations_dir == Path("files/migrations")
+    assert [m.name for m in settings.migrations] == ["0001_a.sql"]
+
+
+def test_default_folder_with_files_but_no_app_means_no_migrations(tmp_path, monkeypatch):
+    write(tmp_path / "files" / "migrations", {"0001_a.sql": "SELECT 1;"})
+    monkeypatch.chdir(tmp_path)
+    assert load_settings({}).migrations == ()
+
+
+def test_a_folder_set_in_host_data_must_exist(tmp_path):
+    with pytest.raises(SettingsError) as error:
+        load_settings({**APP, "pg_migrations_dir": str(tmp_path / "nope")})
+    assert f"pg_migrations_dir '{tmp_path / 'nope'}' is not a folder on the control machine" in str(error.value)
+    assert "Fix: create it, or correct the path" in str(error.value)
+
+
+def test_a_folder_set_without_an_app_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="pg_migrations_dir is set .* but pg_app_user is not.*Fix:"):
+        load_settings({"pg_migrations_dir": str(tmp_path)})
+
+
+def test_an_empty_folder_set_in_host_data_means_no_migrations(tmp_path):
+    assert load_settings({**APP, "pg_migrations_dir": str(tmp_path)}).migrations == ()
+
+
+def test_a_bad_file_refuses_the_host_data_naming_it(tmp_path):
+    folder = write(tmp_path / "m", {"0001_a.sql": "SELECT 1;", "0002_b.sql": "SELECT 1;\nBEGIN;\n"})
+    with pytest.raises(SettingsError) as error:
+        load_settings({**APP, "pg_migrations_dir": str(folder)})
+    assert str(error.value).startswith(f"pg_migrations_dir: in {folder}: 0002_b.sql line 2: BEGIN starts or ends")
+
+
+def test_the_repository_ships_no_migration_to_apply_by_default():
+    """files/migrations/ holds a README and an example subfolder only: a deploy from this
+    checkout applies nothing until you add files."""
+    assert read_folder(REPO / "files" / "migrations") == ()
+    examples = read_folder(REPO / "files" / "migrations" / "example")
+    assert [m.name for m in examples] == ["0001_documents.sql", "0002_documents_hnsw.sql"]
+
+
+# --- for real: sh, psql and PostgreSQL 15 on a throwaway server -------------------------------------
+
+BINDIR = "/usr/lib/postgresql/15/bin"
+
+
+def _server_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (runuser -u postgres)"
+    if not all(Path(BINDIR, tool).exists() for tool in ("initdb", "pg_ctl", "psql")):
+        return f"PostgreSQL 15 binaries not found in {BINDIR}"
+    if subprocess.run(["id", "postgres"], check=False, capture_output=True).returncode != 0:
+        return "no postgres OS user"
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(debian12_module):
+    """A throwaway PostgreSQL 15 in a temporary directory, reachable only through its Unix
+    socket there; the app role owns database app (made from template1, as the deploy does)."""
+    missing = _server_missing()
+    if missing:
+        pytest.skip(missing)
+    base = Path(tempfile.mkdtemp(prefix="pgvd-migrations-"))
+    base.chmod(0o755)
+    shutil.chown(base, "postgres")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_pg, f"{BINDIR}/initdb", "-D", f"{base}/data", "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-c listen_addresses='' -c unix_socket_directories={base} -p 5432"
+    subprocess.run([*as_pg, f"{BINDIR}/pg_ctl", "-D", f"{base}/data", "-o", options, "-l", f"{base}/log", "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    platform = dataclasses.replace(debian12_module, socket_dir=str(base))
+    try:
+        psql = lambda database, sql: subprocess.run(
+            [*as_pg, f"{BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-d", database, "-c", sql],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        vector = (Path(subprocess.run([f"{BINDIR}/pg_config", "--sharedir"], check=False, capture_output=True, text=True).stdout.strip())
+                  / "extension" / "vector.control").exists()  # fmt: skip
+        if vector:
+            psql("template1", "CREATE EXTENSION vector")
+        psql("postgres", "CREATE ROLE app LOGIN")
+        psql("postgres", "CREATE DATABASE app OWNER app")
+        yield {"base": base, "platform": platform, "psql": psql, "vector": vector}
+    finally:
+        subprocess.run([*as_pg, f"{BINDIR}/pg_ctl", "-D", f"{base}/data", "-m", "immediate", "stop"], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def debian12_module():
+    from pgvector_deploy.platforms import PLATFORMS
+
+    return next(p for p in PLATFORMS if p.key == "debian-12")
+
+
+def run_command(command) -> subprocess.CompletedProcess:
+    """Run a yielded command as pyinfra would (sh -c, its _stdin on standard input)."""
+    stdin = getattr(command, "connector_arguments", {}).get("_stdin")
+    return subprocess.run(["sh", "-c", str(command)], input=stdin, check=False, capture_output=True, text=True, timeout=60)
+
+
+def deploy_once(server, tmp_path, files: dict[str, str], folder: str = "migrations") -> tuple[list, list]:
+    """One run of the operation against the server: the fact for real, then its commands."""
+    plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / folder, files))}), server["platform"], {})
+    fact = MigrationLedger().command(platform=server["platform"], port=5432, database="app")
+    lines = subprocess.run(["sh", "-c", fact], check=False, capture_output=True, text=True).stdout.splitlines()
+    commands = run_operation(migrations.apply, plan, FactHost({MigrationLedger: lines}))
+    results = []
+    for command in commands:
+        results.append(run_command(command))
+        if results[-1].returncode:
+            break
+    return commands, results
+
+
+def ledger_rows(server) -> list[str]:
+    if server["psql"]("app", f"SELECT to_regclass('{LEDGER}') IS NOT NULL") != "t":
+        return []
+    return server["psql"]("app", f"SELECT name || ' ' || sha256 FROM {LEDGER} ORDER BY name").splitlines()
+
+
+def test_real_server_applies_in_order_records_and_converges(server, tmp_path):
+    files = {
+        "0001_items.sql": "CREATE TABLE items (id bigserial PRIMARY KEY, body text);\n",
+        "0002_items_rows.sql": "INSERT INTO items (body) VALUES ('one'), ('two');\nSELECT count(*) FROM items;\n",
+    }
+    commands, results = deploy_once(server, tmp_path, files)
+    assert len(commands) == 3 and all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert ledger_rows(server) == [f"{name} {hashlib.sha256(text.encode()).hexdigest()}" for name, text in files.items()]
+    assert server["psql"]("app", "SELECT tableowner FROM pg_tables WHERE tablename = 'items'") == "app"
+    assert server["psql"]("app", "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'pgvector_deploy'") == "app"
+    assert server["psql"]("app", "SELECT count(*) FROM items") == "2"
+    commands, _ = deploy_once(server, tmp_path, files)
+    assert commands == [], "a second run must change nothing"
+    assert server["psql"]("app", "SELECT count(*) FROM items") == "2"
+
+
+def test_real_server_rolls_back_a_failing_file_and_names_it(server, tmp_path):
+    before = ledger_rows(server)
+    files = {"0101_half.sql": "CREATE TABLE half_done (id int);\nINSERT INTO half_done VALUES (1);\n\nSELECT\n  no_such_column\nFROM half_done;\n",
+             "0102_after.sql": "CREATE TABLE after_the_failure (id int);"}  # fmt: skip
+    _, results = deploy_once(server, tmp_path, files)
+    failed = results[-1]
+    assert failed.returncode != 0
+    assert "migration 0101_half.sql failed and was rolled back" in failed.stderr
+    assert '0101_half.sql line 6: ERROR: column "no_such_column" does not exist' in failed.stderr
+    assert server["psql"]("app", "SELECT to_regclass('half_done') IS NULL AND to_regclass('after_the_failure') IS NULL") == "t"
+    assert ledger_rows(server) == before
+
+
+def test_real_server_applies_a_file_only_once_even_if_asked_twice(server, tmp_path):
+    plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "m", {"0201_once.sql": "CREATE TABLE once (id int);"}))}),
+                server["platform"], {})  # fmt: skip
+    command = apply_command(plan, plan.settings.migrations[0])
+    assert run_command(command).returncode == 0
+    again = run_command(command)  # as a second run would, had it read the ledger before the first ended
+    assert again.returncode != 0
+    assert "0201_once.sql is already in the ledger (another run applied it meanwhile)" in again.stderr
+
+
+def test_real_server_never_records_a_file_that_ends_the_transaction(server, tmp_path):
+    """The folder check refuses COMMIT; this is the guard behind it, with the check bypassed."""
+    plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "m", {"0301_x.sql": "SELECT 1;"}))}), server["platform"], {})
+    sneaky = Migration("0301_x.sql", "COMMIT; CREATE TABLE sneaky (id int);", hashlib.sha256(b"x").hexdigest())
+    result = run_command(apply_command(plan, sneaky))
+    assert result.returncode != 0
+    assert "0301_x.sql ended the transaction or changed the role; it was not recorded" in result.stderr
+    assert "0301_x.sql" not in " ".join(ledger_rows(server))
+
+
+def test_real_server_does_not_record_a_file_that_swallows_the_end(server, tmp_path):
+    """An unterminated comment would swallow the ledger row and the COMMIT (also refused by the
+    folder check): psql fails at the end of its input, nothing is recorded."""
+    plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "m", {"0401_x.sql": "SELECT 1;"}))}), server["platform"], {})
+    result = run_command(apply_command(plan, Migration("0401_x.sql", "CREATE TABLE swallowed (id int); /* open", "1" * 64)))
+    assert result.returncode != 0 and "migration 0401_x.sql failed" in result.stderr
+    assert server["psql"]("app", "SELECT to_regclass('swallowed') IS NULL") == "t"
+
+
+def test_real_server_refuses_a_changed_file_before_any_change(server, tmp_path):
+    files = {"0501_t.sql": "CREATE TABLE t501 (id int);"}
+    _, results = deploy_once(server, tmp_path, files, "changed")
+    assert all(r.returncode == 0 for r in results)
+    changed = {"0501_t.sql": "CREATE TABLE t501 (id bigint);", "0502_more.sql": "CREATE TABLE t502 (id int);"}
+    [_], [result] = deploy_once(server, tmp_path, changed, "changed")
+    assert result.returncode != 0
+    assert f"0501_t.sql was applied with sha256 {hashlib.sha256(files['0501_t.sql'].encode()).hexdigest()}" in result.stderr
+    assert server["psql"]("app", "SELECT to_regclass('t502') IS NULL") == "t"
+
+
+# --- the Alembic example project ---------------------------------------------------------------------
+
+ALEMBIC_EXAMPLE = REPO / "files" / "examples" / "alembic"
+
+
+def test_alembic_example_imports_and_its_revision_template_imports_pgvector():
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import models; "
+        "print(type(models.Item.__table__.c.embedding.type).__module__, models.Item.__table__.c.embedding.type.dim)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(ALEMBIC_EXAMPLE)], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["pgvector.sqlalchemy.vector", "3"]
+    template = (ALEMBIC_EXAMPLE / "migrations" / "script.py.mako").read_text()
+    assert re.search(r"^import pgvector\.sqlalchemy\b", template, re.MULTILINE)
+    shipped = (ALEMBIC_EXAMPLE / "migrations" / "versions" / "0001_items_with_embeddings.py").read_text()
+    assert "import pgvector.sqlalchemy" in shipped and "pgvector.sqlalchemy.vector.VECTOR(dim=3)" in shipped
+
+
+def alembic(project: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": url}
+    return subprocess.run([sys.executable, "-m", "alembic", "-c", str(project / "alembic.ini"), *args],
+                          check=False, capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+
+
+@pytest.fixture
+def alembic_database(server):
+    if not server["vector"]:
+        pytest.skip("pgvector is not installed for PostgreSQL 15 here")
+    name = f"alembic_{os.getpid()}_{len(os.listdir(server['base']))}"
+    server["psql"]("postgres", f"CREATE DATABASE {name} OWNER app")
+    yield f"postgresql://app:p%40ss%3Aword@localhost/{name}?host={server['base']}&port=5432"
+    server["psql"]("postgres", f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_alembic_autogenerates_a_vector_column_that_upgrades_and_queries(alembic_database, tmp_path):
+    project = tmp_path / "alembic"
+    shutil.copytree(ALEMBIC_EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__"))
+    for revision in (project / "migrations" / "versions").glob("*.py"):
+        revision.unlink()
+    made = alembic(project, alembic_database, "revision", "--autogenerate", "-m", "init", "--rev-id", "aaaa")
+    assert made.returncode == 0, made.stderr
+    text = (project / "migrations" / "versions" / "aaaa_init.py").read_text()
+    assert "import pgvector.sqlalchemy" in text
+    assert "sa.Column('embedding', pgvector.sqlalchemy.vector.VECTOR(dim=3), nullable=True)" in text
+    upgraded = alembic(project, alembic_database, "upgrade", "head")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert alembic(project, alembic_database, "check").returncode == 0  # the models and the database agree
+    env = {**os.environ, "DATABASE_URL": alembic_database}
+    nearest = subprocess.run([sys.executable, str(project / "nearest.py")], check=False, capture_output=True, text=True, env=env, timeout=60)
+    assert nearest.returncode == 0, nearest.stderr
+    assert nearest.stdout.splitlines() == ["near 1", "middle 3.4641"]
+
+
+def test_alembics_stock_template_fails_with_the_nameerror_this_example_avoids(alembic_database, tmp_path):
+    """The control: with Alembic's own script.py.mako, the autogenerated revision cannot even load."""
+    import alembic as alembic_package
+
+    project = tmp_path / "alembic"
+    shutil.copytree(ALEMBIC_EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__"))
+    for revision in (project / "migrations" / "versions").glob("*.py"):
+        revision.unlink()
+    stock = Path(alembic_package.__file__).parent / "templates" / "generic" / "script.py.mako"
+    shutil.copyfile(stock, project / "migrations" / "script.py.mako")
+    assert alembic(project, alembic_database, "revision", "--autogenerate", "-m", "init").returncode == 0
+    upgraded = alembic(project, alembic_database, "upgrade", "head")
+    assert upgraded.returncode != 0
+    assert "NameError: name 'pgvector' is not defined" in upgraded.stderr
