@@ -47,8 +47,11 @@ def test_exit_status_failure_wins_over_drift():
 
 
 def test_pyinfra_command_uses_dry_without_yes():
-    assert "--dry" in nightly.pyinfra_command("inv.py", True, []) and "-y" not in nightly.pyinfra_command("inv.py", True, [])
-    assert "-y" in nightly.pyinfra_command("inv.py", False, ["--limit", "db-1"])[-4:] or "-y" in nightly.pyinfra_command("inv.py", False, [])
+    dry = nightly.pyinfra_command("inv.py", True, [])
+    assert "--dry" in dry and "-y" not in dry
+    apply = nightly.pyinfra_command("inv.py", False, ["--limit", "db-1"])
+    assert "-y" in apply and "--dry" not in apply
+    assert apply[-2:] == ["--limit", "db-1"] and apply[apply.index("inv.py") + 1] == "deploy/postgres.py"
 
 
 def test_report_is_written_private_and_as_latest(tmp_path):
