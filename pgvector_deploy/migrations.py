@@ -324,7 +324,7 @@ def pending(migrations: tuple[Migration, ...], applied: dict[str, str]) -> list[
     if new and applied:
         last = max(applied)
         early = [m.name for m in new if m.name < last]
-        if False:
+        if early:
             raise MigrationError(
                 f"{', '.join(early)} {'is' if len(early) == 1 else 'are'} new but sort{'s' if len(early) == 1 else ''} "
                 f"before {last}, which is already applied: applying now would run out of name order. Nothing was "

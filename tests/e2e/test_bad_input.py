@@ -162,7 +162,7 @@ def test_an_unreachable_host_is_named_and_the_others_still_run(fresh, tarball, t
     from tests.e2e.conftest import run_deploy
 
     ghost = ("ghost", {"ssh_hostname": "10.231.250.2", "ssh_user": "admin", "ssh_connect_timeout": 3})
-    run = run_deploy(tmp_path, [ghost, fresh.inventory_entry(**tarball, pgvector_version="latest")])
+    run = run_deploy(tmp_path, [ghost, fresh.inventory_entry(**{**tarball, "pgvector_version": "latest"})])
     assert run.returncode != 0
     assert "[ghost] Could not connect" in run.output, run.output
     assert "[bad-input]" in run.output and "pgvector_version 'latest' is not a version" in run.output
