@@ -12,13 +12,11 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from tests.hosts.lab import Lab, prerequisites_missing
+from tests.benchmarks.common import fresh_hosts, print_table
 from tests.hosts.runner import REPO, deploy, write_inventory
-from tests.hosts.tarballs import REAL_VERSION, real_tarball
 
 REPEATS = 3
 
@@ -37,17 +35,7 @@ def nightly_seconds(inventory: Path, reports: Path) -> float:
 
 def main() -> int:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 4
-    missing = prerequisites_missing()
-    if missing:
-        print(f"cannot run: {missing}", file=sys.stderr)
-        return 2
-    work = Path(tempfile.mkdtemp(prefix="pgv-fleet-bench-"))
-    lab = Lab(work).start()
-    made = []
-    try:
-        url = lab.serve(real_tarball(), f"v{REAL_VERSION}.tar.gz")
-        data = {"pgvector_version": REAL_VERSION, "pgvector_allow_insecure": True, "pgvector_url": url}
-        made = [lab.host(f"bench-{n}", 210 + n).create().boot() for n in range(count)]
+    with fresh_hosts([(f"bench-{n}", 210 + n) for n in range(count)]) as (data, made, work):
         entries = [host.inventory_entry(**data) for host in made]
         everyone = write_inventory(work / "all.py", entries)
         single = write_inventory(work / "one.py", entries[:1])
@@ -57,16 +45,15 @@ def main() -> int:
         one = statistics.median(nightly_seconds(single, work / "reports") for _ in range(REPEATS))
         many = statistics.median(nightly_seconds(everyone, work / "reports") for _ in range(REPEATS))
 
-        print(f"\n{'measurement':<52} {'seconds':>8}")
-        print(f"{f'fresh provision of {count} hosts in parallel':<52} {fresh.seconds:>8.1f}")
-        print(f"{'nightly no-op, 1 host (median of 3)':<52} {one:>8.1f}")
-        print(f"{f'nightly no-op, {count} hosts in parallel (median of 3)':<52} {many:>8.1f}")
-        print(f"\n{count} hosts / 1 host: {many / one:.2f}")
+        print_table(
+            [
+                (f"fresh provision of {count} hosts in parallel", fresh.seconds),
+                ("nightly no-op, 1 host (median of 3)", one),
+                (f"nightly no-op, {count} hosts in parallel (median of 3)", many),
+            ]
+        )
+        print(f"{count} hosts / 1 host: {many / one:.2f}")
         return 0
-    finally:
-        for host in made:
-            host.destroy()
-        lab.stop()
 
 
 if __name__ == "__main__":

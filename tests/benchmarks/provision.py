@@ -14,14 +14,13 @@ cached .debs, so downloads weigh the same on both) and measures:
 
 from __future__ import annotations
 
+import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from tests.hosts.lab import Lab, prerequisites_missing
+from tests.benchmarks.common import fresh_hosts, print_table
 from tests.hosts.runner import deploy, write_inventory
-from tests.hosts.tarballs import REAL_VERSION, real_tarball
+from tests.hosts.tarballs import REAL_VERSION
 
 RAW_COMMANDS = """set -e
 sudo DEBIAN_FRONTEND=noninteractive apt-get -q update
@@ -40,53 +39,34 @@ def timed(action):
 
 
 def main() -> int:
-    missing = prerequisites_missing()
-    if missing:
-        print(f"cannot run: {missing}", file=sys.stderr)
-        return 2
-    work = Path(tempfile.mkdtemp(prefix="pgv-bench-"))
-    lab = Lab(work).start()
-    made = []
-    try:
-        url = lab.serve(real_tarball(), f"v{REAL_VERSION}.tar.gz")
-        raw_host = lab.host("bench-raw", 201).create().boot()
-        made.append(raw_host)
-        deploy_host = lab.host("bench-deploy", 202).create().boot()
-        made.append(deploy_host)
-        data = {"pgvector_version": REAL_VERSION, "pgvector_allow_insecure": True, "pgvector_url": url}
+    with fresh_hosts([("bench-raw", 201), ("bench-deploy", 202)]) as (data, (raw_host, deploy_host), work):
         inventory = write_inventory(work / "inventory.py", [deploy_host.inventory_entry(**data)])
         empty = work / "empty_deploy.py"
         empty.write_text("# no operations: what any pyinfra run costs\n")
 
-        raw_seconds, _ = timed(lambda: raw_host.ssh(RAW_COMMANDS.format(version=REAL_VERSION, url=url)))
+        commands = RAW_COMMANDS.format(version=REAL_VERSION, url=data["pgvector_url"])
+        raw_seconds, _ = timed(lambda: raw_host.ssh(commands))
         fresh = deploy(inventory)
         assert fresh.returncode == 0, fresh.output
         noop = deploy(inventory)
         assert noop.returncode == 0 and noop.changed(deploy_host.name) == [], noop.output
         empty_seconds, empty_run = timed(
-            lambda: __import__("subprocess").run(
-                [sys.executable, "-m", "pyinfra", str(inventory), str(empty), "-y"], capture_output=True
-            )
+            lambda: subprocess.run([sys.executable, "-m", "pyinfra", str(inventory), str(empty), "-y"], capture_output=True)
         )
         assert empty_run.returncode == 0
 
-        rows = [
-            ("raw commands by hand, fresh host", raw_seconds),
-            ("deploy/postgres.py, fresh host", fresh.seconds),
-            ("deploy/postgres.py, no-op re-run", noop.seconds),
-            ("pyinfra empty deploy, same host", empty_seconds),
-        ]
-        print(f"\n{'measurement':<40} {'seconds':>8}")
-        for label, seconds in rows:
-            print(f"{label:<40} {seconds:>8.1f}")
-        print(f"\nfresh provision / raw commands: {fresh.seconds / raw_seconds:.2f}")
+        print_table(
+            [
+                ("raw commands by hand, fresh host", raw_seconds),
+                ("deploy/postgres.py, fresh host", fresh.seconds),
+                ("deploy/postgres.py, no-op re-run", noop.seconds),
+                ("pyinfra empty deploy, same host", empty_seconds),
+            ]
+        )
+        print(f"fresh provision / raw commands: {fresh.seconds / raw_seconds:.2f}")
         print(f"no-op re-run / empty deploy:    {noop.seconds / empty_seconds:.2f}")
         print(f"no-op re-run changed operations: {len(noop.changed(deploy_host.name))}")
         return 0
-    finally:
-        for host in made:
-            host.destroy()
-        lab.stop()
 
 
 if __name__ == "__main__":
