@@ -10,7 +10,9 @@ from pyinfra import config, host
 
 from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, smoke
 
-# Stage 0, look: validate host data and inspect the host. Nothing changes yet.
+# Stage 0, look: the login can become root, the host data is valid, the host is one we
+# provision (one round trip of facts). Nothing changes yet; a refused host gets one
+# failing operation and the other hosts carry on.
 plan = preflight.start(host, config)
 
 if isinstance(plan, preflight.Refusal):
