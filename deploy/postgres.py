@@ -11,7 +11,7 @@ from pyinfra import config, host
 from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, smoke
 
 # Stage 0, look: the login can become root, the host data is valid, the host is one we
-# provision (one round trip of facts). Nothing changes yet; a refused host gets one
+# provision (two round trips of facts). Nothing changes yet; a refused host gets one
 # failing operation and the other hosts carry on.
 plan = preflight.start(host, config)
 
