@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get -q update
 apt-get -q -y install --no-install-recommends \
     python3 python3-venv python3-pip debootstrap systemd-container tinyproxy iproute2 \
-    openssh-client ca-certificates tar qemu-user-static binfmt-support
+    openssh-client ca-certificates tar procps util-linux qemu-user-static binfmt-support
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from tests.hosts.tarballs import REAL_VERSION
 
 AMAZON_LINUX_2 = """NAME="Amazon Linux"
 VERSION="2"
@@ -19,6 +18,18 @@ ANSI_COLOR="0;33"
 CPE_NAME="cpe:2.3:o:amazon:amazon_linux:2"
 HOME_URL="https://amazonlinux.com/"
 """
+
+
+def refused_without_change(host, deploy, *expected: str):
+    """Run ``deploy()``: it must fail, print every ``expected`` text, and leave the host's files
+    exactly as they were."""
+    before = host.snapshot()
+    run = deploy()
+    assert run.returncode != 0
+    for text in expected:
+        assert text in run.output, run.output
+    assert host.snapshot() == before
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -79,25 +90,15 @@ CASES = {
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_bad_input_is_refused_before_any_change(case, fresh, tarball, provision, aws):
     data, expected = CASES[case]
-    before = fresh.snapshot()
-
-    run = provision(fresh, env=aws, **{**tarball, **data})
-
-    assert run.returncode != 0
-    for text in expected:
-        assert text in run.output, run.output
-    assert fresh.snapshot() == before
+    refused_without_change(fresh, lambda: provision(fresh, env=aws, **{**tarball, **data}), *expected)
 
 
 def test_port_taken_by_another_program_is_refused(fresh, tarball, provision):
     fresh.sudo("nohup python3 -m http.server 5432 >/dev/null 2>&1 & echo $! > /run/port-blocker.pid; sleep 1")
     try:
-        before = fresh.snapshot()
-        run = provision(fresh, **tarball)
-        assert run.returncode != 0
-        assert "port 5432 is taken by /usr/bin/python3" in run.output, run.output
-        assert "Fix:" in run.output
-        assert fresh.snapshot() == before
+        refused_without_change(
+            fresh, lambda: provision(fresh, **tarball), "port 5432 is taken by /usr/bin/python3", "Fix:"
+        )
     finally:
         fresh.sudo("kill $(cat /run/port-blocker.pid)")
 
@@ -106,14 +107,12 @@ def test_unsupported_distribution_is_refused(fresh, tarball, provision):
     """A host whose os-release says Amazon Linux 2 (end of life, no PostgreSQL 15)."""
     fresh.sudo(f"rm /etc/os-release && printf '%s' '{AMAZON_LINUX_2}' > /etc/os-release")
     try:
-        before = fresh.snapshot()
-
-        run = provision(fresh, **tarball)
-
-        assert run.returncode != 0
-        assert "unsupported host: found Amazon Linux 2 on x86_64" in run.output, run.output
-        assert "supported: Debian 12 (bookworm)" in run.output
-        assert fresh.snapshot() == before
+        refused_without_change(
+            fresh,
+            lambda: provision(fresh, **tarball),
+            "unsupported host: found Amazon Linux 2 on x86_64",
+            "supported: Debian 12 (bookworm)",
+        )
     finally:
         fresh.sudo("ln -sf ../usr/lib/os-release /etc/os-release")
 
@@ -130,31 +129,30 @@ def test_a_tarball_that_is_not_pgvector_is_refused_before_any_change(fresh, lab,
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         archive.addfile(tarfile.TarInfo("not-pgvector/README"), io.BytesIO(b""))
     path.write_bytes(buffer.getvalue())
-    before = fresh.snapshot()
-    run = provision(fresh, pgvector_version="0.9.1", pgvector_sha256=sha256(path), pgvector_url=lab.serve(path))
-    assert run.returncode != 0
-    assert "is not pgvector 0.9.1 (no pgvector-0.9.1/vector.control in it)" in run.output, run.output
-    assert fresh.snapshot() == before
+    url = lab.serve(path)
+    refused_without_change(
+        fresh,
+        lambda: provision(fresh, pgvector_version="0.9.1", pgvector_sha256=sha256(path), pgvector_url=url),
+        "is not pgvector 0.9.1 (no pgvector-0.9.1/vector.control in it)",
+    )
 
 
 def test_a_login_without_passwordless_sudo_is_refused(fresh, tarball, provision):
     fresh.sudo("id nosudo >/dev/null 2>&1 || { useradd -m nosudo && install -d -m 700 -o nosudo -g nosudo ~nosudo/.ssh "
                "&& install -m 600 -o nosudo -g nosudo ~admin/.ssh/authorized_keys ~nosudo/.ssh/; }")  # fmt: skip
-    before = fresh.snapshot()
-    run = provision(fresh, ssh_user="nosudo", **tarball)
-    assert run.returncode != 0
-    assert "cannot run sudo without a password. Fix:" in run.output, run.output
-    assert fresh.snapshot() == before
+    refused_without_change(
+        fresh, lambda: provision(fresh, ssh_user="nosudo", **tarball), "cannot run sudo without a password. Fix:"
+    )
 
 
 def test_a_disk_too_full_to_build_is_refused(fresh, tarball, provision):
     fresh.sudo("mount -t tmpfs -o size=50m tmpfs /var/tmp")
     try:
-        before = fresh.snapshot()
-        run = provision(fresh, **tarball)
-        assert run.returncode != 0
-        assert "MB free on the file system of /var/tmp; a pgvector build needs 200 MB. Fix:" in run.output, run.output
-        assert fresh.snapshot() == before
+        refused_without_change(
+            fresh,
+            lambda: provision(fresh, **tarball),
+            "MB free on the file system of /var/tmp; a pgvector build needs 200 MB. Fix:",
+        )
     finally:
         fresh.sudo("umount /var/tmp")
 
