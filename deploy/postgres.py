@@ -8,7 +8,7 @@ Host data keys and their defaults: pgvector_deploy/settings.py (and the README).
 
 from pyinfra import config, host
 
-from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, smoke
+from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, smoke, tuning
 
 # Stage 0, look: the login can become root, the host data is valid, the host is one we
 # provision (two round trips of facts). Nothing changes yet; a refused host gets one
@@ -37,7 +37,11 @@ else:
     networking.listen(plan, name="PostgreSQL listens on localhost and the Docker bridge gateways")
     networking.client_access(plan, name="pg_hba.conf admits the Docker bridges with scram-sha-256")
 
-    # Stage 5, the app: its login role and its own database (born with vector).
+    # Stage 5, size: memory and parallelism for vector work from this host's memory and CPUs
+    # (conf.d/80-pgvector-tuning.conf; a restart only when shared_buffers changes).
+    tuning.server_settings(plan, name="PostgreSQL is sized for this host's memory and CPUs")
+
+    # Stage 6, the app: its login role and its own database (born with vector).
     if plan.settings.app:
         apps.role(plan, name="App role exists with its password")
         apps.database(plan, name="App database exists, owned by the app, with vector")
@@ -46,7 +50,7 @@ else:
         migrations.apply(plan, name="App SQL migrations are applied")
         appenv.env_file(plan, name="App connection details for containers are current")
 
-    # Stage 6, proof: the vector smoke suite (a fact: it reports no change when it passes).
+    # Stage 7, proof: the vector smoke suite (a fact: it reports no change when it passes).
     smoke.verify(
         plan,
         app=smoke.app_login(plan),

@@ -200,7 +200,7 @@ def env_file(plan: Plan):
         host.noop("no env file (pg_app_env_file is not set)")
         return
     content = render_env_file(conn)
-    state = host.get_fact(EnvFileState, path=app.env_file)
+    state = plan.fact(EnvFileState, path=app.env_file)
     if state == {"sha256": sha256_text(content), "mode": FILE_MODE, "owner": FILE_OWNER}:
         host.noop(f"{app.env_file} is current")
         return

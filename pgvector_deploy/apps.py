@@ -90,7 +90,7 @@ def role(plan: Plan):
         apps.role(plan)
     """
     app = plan.settings.app
-    state = host.get_fact(AppState, platform=plan.platform, port=plan.port, user=app.user, database=app.database)
+    state = plan.fact(AppState, platform=plan.platform, port=plan.port, user=app.user, database=app.database)
     createdb = "CREATEDB" if app.createdb else "NOCREATEDB"
     if not state["role_exists"]:
         verifier = scram_verifier(app.password, os.urandom(16))
@@ -114,7 +114,7 @@ def database(plan: Plan):
         apps.database(plan)
     """
     app = plan.settings.app
-    state = host.get_fact(AppState, platform=plan.platform, port=plan.port, user=app.user, database=app.database)
+    state = plan.fact(AppState, platform=plan.platform, port=plan.port, user=app.user, database=app.database)
     if state["database_owner"] is None:
         yield _sql_on_stdin(plan, "postgres", f"CREATE DATABASE {app.database} OWNER {app.user};\n")
         return

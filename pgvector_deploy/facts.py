@@ -31,6 +31,7 @@ STATE_DIR = "/var/lib/pgvector-deploy"
 BUILD_STAMP = f"{STATE_DIR}/build.json"
 # Configuration files it manages (beside the packaged ones, never instead of them).
 SETTINGS_FILE_NAME = "90-pgvector-deploy.conf"
+TUNING_FILE_NAME = "80-pgvector-tuning.conf"
 SYSCTL_FILE = "/etc/sysctl.d/60-pgvector-deploy.conf"
 _BRIDGE = re.compile(r"^(docker0|br-[0-9a-f]+)$")
 # Errors PostgreSQL finds in the configuration files on disk. "setting could not be applied"
@@ -113,6 +114,12 @@ else
 fi
 ip -o -4 addr show 2>/dev/null | sed -e 's/^/address=/'
 for dir in /var/tmp /usr; do echo "free_kb=$dir|$(df -Pk "$dir" 2>/dev/null | awk 'NR==2 {{print $4}}')"; done
+echo "mem_total_kb=$(awk '/^MemTotal:/ {{print $2}}' /proc/meminfo 2>/dev/null)"
+for limit in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes; do
+  [ -r "$limit" ] && echo "cgroup_memory_bytes=$(cat "$limit")"
+done
+echo "cpus=$(nproc 2>/dev/null)"
+echo "shm_kb=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {{print $2}}')"
 [ -f {shlex.quote(cached_tarball)} ] && echo "cached_tarball_sha256=$(sha256sum {shlex.quote(cached_tarball)} | cut -d' ' -f1)"
 true
 """
@@ -163,12 +170,35 @@ def parse_host_profile(lines: list[str]) -> dict:
         "listeners": listeners,
         "cached_tarball_sha256": _first(values, "cached_tarball_sha256") or None,
         "bridges": parse_bridges(values.get("address", [])),
+        "memory_mb": _memory_mb(values),
+        "cpus": _int_or_none(_first(values, "cpus")),
+        "shm_mb": _kb_to_mb(_first(values, "shm_kb")),
         "free_mb": {
             path: int(kb) // 1024
             for path, _, kb in (entry.partition("|") for entry in values.get("free_kb", []))
             if kb.isdigit()
         },
     }
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.strip().isdigit() else None
+
+
+def _kb_to_mb(text: str) -> int | None:
+    kb = _int_or_none(text)
+    return None if kb is None else kb // 1024
+
+
+def _memory_mb(values: dict[str, list[str]]) -> int | None:
+    """MemTotal, or a container's cgroup memory limit when that is lower (``max`` or
+    cgroup v1's huge number mean no limit)."""
+    memory = _kb_to_mb(_first(values, "mem_total_kb"))
+    for limit in values.get("cgroup_memory_bytes", []):
+        limit_bytes = _int_or_none(limit)
+        if limit_bytes is not None and memory is not None and limit_bytes // (1 << 20) < memory:
+            memory = limit_bytes // (1 << 20)
+    return memory
 
 
 class InstalledPackages(FactBase):
@@ -231,15 +261,58 @@ true
 
 class PgvectorState(FactBase):
     """What pgvector the host has: the build stamp, the installed control file's version, the
-    library, the server's ``pg_config --version``, and ``extversion`` in every database."""
+    library, the server's ``pg_config --version``, and ``extversion`` in every database.
+
+    Every database's ``extversion`` costs two psql processes, however many databases there
+    are: the first prints a psql script (per database a ``\\connect`` and one query, the name
+    quoted by the server itself), the second runs it. psql ends at the first database it
+    cannot connect to (a pg_hba.conf ``reject``, a database dropped meanwhile): then each
+    database is asked on its own, one psql each, as before. A name holding a line break cannot
+    be one ``database=`` line, so such a database is left out.
+    """
+
+    # The databases to read: those that take connections, with a name on one line.
+    DATABASES = "FROM pg_database WHERE datallowconn AND strpos(datname, chr(10)) = 0 AND strpos(datname, chr(13)) = 0"
+    EXTVERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+
+    @staticmethod
+    def _psql_word(sql: str) -> str:
+        """SQL for the text ``sql`` as one single-quoted psql meta-command argument (quotes
+        doubled, backslashes escaped): psql interpolates nothing in it (``:name``, backquotes)."""
+        return f"'''' || replace(replace({sql}, chr(92), chr(92) || chr(92)), '''', '''''') || ''''"
+
+    @staticmethod
+    def _conninfo_value(sql: str) -> str:
+        """SQL for the text ``sql`` as a single-quoted libpq connection-string value."""
+        return f"'''' || replace(replace({sql}, chr(92), chr(92) || chr(92)), '''', chr(92) || '''') || ''''"
+
+    @classmethod
+    def script_sql(cls, platform: Platform, port: int) -> str:
+        """SQL printing, per database, the psql lines that print ``database=<name>|<extversion>``.
+
+        The connection string names the socket and port (nothing is reused from the previous
+        connection, and a name with ``=`` stays a name); the ``\\echo`` prints the quoted
+        ``database=<name>|`` joined to ``:v``, the version the query set (empty: no vector).
+        """
+        socket_dir = "'" + platform.socket_dir.replace("'", "''") + "'"
+        conninfo = (
+            f"'host=' || {cls._conninfo_value(socket_dir)} || ' port={int(port)} dbname=' || "
+            f"{cls._conninfo_value('datname')}"
+        )
+        echo_word = cls._psql_word("'database=' || datname || '|'")
+        lines = [
+            r"$q$\set v ''$q$",
+            rf"$q$\connect $q$ || {cls._psql_word(conninfo)}",
+            rf"$q$SELECT coalesce(({cls.EXTVERSION}), '') AS v \gset$q$",
+            rf"$q$\echo $q$ || {echo_word} || ':v'",
+        ]
+        return f"SELECT {' || chr(10) || '.join(lines)} {cls.DATABASES} ORDER BY datname"
 
     def command(self, platform: Platform, port: int):
-        list_dbs = as_postgres(
-            platform, port, "postgres", "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1"
-        )
-        ext_version = as_postgres(
-            platform, port, None, "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
-        )
+        script = as_postgres(platform, port, "postgres", self.script_sql(platform, port))
+        run_script = as_postgres(platform, port, "postgres")  # ON_ERROR_STOP: any error means the fallback
+        list_dbs = as_postgres(platform, port, "postgres", f"SELECT datname {self.DATABASES} ORDER BY 1")
+        ext_version = as_postgres(platform, port, None, self.EXTVERSION)
         return f"""
 PATH={SAFE_PATH}
 if [ -x {platform.pg_config} ]; then
@@ -251,9 +324,13 @@ if [ -x {platform.pg_config} ]; then
 fi
 [ -f {BUILD_STAMP} ] && echo "stamp=$(tr -d '\\n' < {BUILD_STAMP})"
 if [ -x {platform.bindir}/pg_isready ] && {platform.bindir}/pg_isready -q -h {platform.socket_dir} -p {int(port)}; then
-  {list_dbs} 2>/dev/null | while IFS= read -r db; do
-    echo "database=$db|$(PGDATABASE="$db" {ext_version} 2>/dev/null)"
-  done
+  if versions=$({script} 2>/dev/null | {run_script} 2>/dev/null); then
+    [ -z "$versions" ] || printf '%s\\n' "$versions"
+  else
+    {list_dbs} 2>/dev/null | while IFS= read -r db; do
+      printf 'database=%s|%s\\n' "$db" "$(PGDATABASE="$db" {ext_version} 2>/dev/null)"
+    done
+  fi
 fi
 true
 """
@@ -317,6 +394,10 @@ def settings_path(platform: Platform) -> str:
     return f"{platform.config_dir}/conf.d/{SETTINGS_FILE_NAME}"
 
 
+def tuning_path(platform: Platform) -> str:
+    return f"{platform.config_dir}/conf.d/{TUNING_FILE_NAME}"
+
+
 def main_conf(platform: Platform) -> str:
     return f"{platform.config_dir}/postgresql.conf"
 
@@ -330,12 +411,17 @@ class ServerConfig(FactBase):
     finds in the files on disk, the nonlocal-bind sysctl and the host's IPv4 addresses."""
 
     def command(self, platform: Platform, port: int):
-        files = " ".join(shlex.quote(path) for path in (hba_path(platform), settings_path(platform), SYSCTL_FILE))
+        managed = (hba_path(platform), settings_path(platform), tuning_path(platform), SYSCTL_FILE)
+        files = " ".join(shlex.quote(path) for path in managed)
         hba_errors = "SELECT line_number || '|' || error FROM pg_hba_file_rules WHERE error IS NOT NULL"
+        # Settings in the files on disk that only a restart applies (shared_buffers, listen_addresses).
+        pending = "SELECT sourcefile || '|' || name FROM pg_file_settings WHERE error = 'setting could not be applied'"
         return f"""
 PATH={SAFE_PATH}
 for file in {files}; do [ -f "$file" ] && echo "file=$file|$(base64 -w0 < "$file")"; done
 echo "running_listen=$({as_postgres(platform, port, 'postgres', 'SHOW listen_addresses')} 2>/dev/null)"
+echo "max_connections=$({as_postgres(platform, port, 'postgres', 'SHOW max_connections')} 2>/dev/null)"
+{as_postgres(platform, port, 'postgres', pending)} 2>/dev/null | sed -e 's/^/pending_restart=/'
 {as_postgres(platform, port, 'postgres', hba_errors)} 2>/dev/null | sed -e 's/^/hba_error=/'
 {as_postgres(platform, port, 'postgres', SETTINGS_ERRORS_SQL)} 2>/dev/null | sed -e 's/^/settings_error=/'
 grep -Eqs "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf[.]d'" {shlex.quote(main_conf(platform))} && echo includes_conf_d=yes
@@ -357,6 +443,8 @@ def parse_server_config(lines: list[str]) -> dict:
     return {
         "files": files,
         "running_listen": values.get("running_listen", [""])[0],
+        "max_connections": _int_or_none(_first(values, "max_connections")) or 100,
+        "pending_restart": values.get("pending_restart", []),
         "hba_errors": values.get("hba_error", []),
         "settings_errors": values.get("settings_error", []),
         "nonlocal_bind": values.get("nonlocal_bind", [""])[0] == "1",

@@ -481,7 +481,7 @@ def apply(plan: Plan):
     if app is None or not settings.migrations:
         host.noop(f"no SQL migrations in {settings.migrations_dir or 'pg_migrations_dir'}")
         return
-    state = host.get_fact(MigrationLedger, platform=plan.platform, port=plan.port, database=app.database)
+    state = plan.fact(MigrationLedger, platform=plan.platform, port=plan.port, database=app.database)
     try:
         todo = pending(settings.migrations, state["applied"])
     except MigrationError as error:

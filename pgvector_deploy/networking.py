@@ -176,14 +176,14 @@ fi
 """
 
 
-def _restart(plan: Plan) -> str:
+def restart_command(plan: Plan) -> str:
     platform = plan.platform
     if plan.profile["systemd"]:
         return f"systemctl restart {platform.service}"
     return f"PATH={SAFE_PATH}; {platform.restart_without_systemd}"
 
 
-def _reload(plan: Plan) -> str:
+def reload_command(plan: Plan) -> str:
     return f"PATH={SAFE_PATH}; {as_postgres(plan.platform, plan.port, 'postgres', 'SELECT pg_reload_conf()')} >/dev/null"
 
 
@@ -197,7 +197,7 @@ def listen(plan: Plan):
 
         networking.listen(plan)
     """
-    state = host.get_fact(ServerConfig, platform=plan.platform, port=plan.port)
+    state = plan.fact(ServerConfig, platform=plan.platform, port=plan.port)
     addresses = listen_addresses(state["bridges"], plan.settings)
     # Boot order matters only where an init system starts things at boot; containers
     # without systemd often cannot write /proc/sys anyway.
@@ -214,9 +214,9 @@ def listen(plan: Plan):
     wanted = render_settings(plan.platform, addresses)
     if state["files"].get(path) != wanted:
         yield replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "server settings")
-        yield _reload(plan)
+        yield reload_command(plan)
     if state["running_listen"] != ",".join(addresses):
-        yield _restart(plan)
+        yield restart_command(plan)
 
 
 @operation()
@@ -228,7 +228,7 @@ def client_access(plan: Plan):
 
         networking.client_access(plan)
     """
-    state = host.get_fact(ServerConfig, platform=plan.platform, port=plan.port)
+    state = plan.fact(ServerConfig, platform=plan.platform, port=plan.port)
     path = hba_path(plan.platform)
     current = state["files"].get(path)
     rules = user_rules(current)
@@ -250,4 +250,4 @@ def client_access(plan: Plan):
         return
     check_sql = "SELECT 'line ' || line_number || ': ' || error FROM pg_hba_file_rules WHERE error IS NOT NULL"
     yield replace_file_script(path, wanted, "0640", check_sql, plan.platform, plan.port, "pg_hba.conf")
-    yield _reload(plan)
+    yield reload_command(plan)

@@ -196,7 +196,7 @@ def build(plan: Plan):
 
         pgvector.build(plan)
     """
-    state = host.get_fact(PgvectorState, platform=plan.platform, port=plan.port)
+    state = plan.fact(PgvectorState, platform=plan.platform, port=plan.port)
     stamp = desired_stamp(plan.settings, plan.profile["arch"], state["pg_version"])
     if is_current(state, stamp):
         host.noop(f"pgvector {plan.settings.version} already built for {state['pg_version']}")
@@ -230,7 +230,7 @@ def extension(plan: Plan):
 
         pgvector.extension(plan)
     """
-    state = host.get_fact(PgvectorState, platform=plan.platform, port=plan.port)
+    state = plan.fact(PgvectorState, platform=plan.platform, port=plan.port)
     version = plan.settings.version
     changed = False
     for database, installed in sorted(state["databases"].items()):

@@ -38,7 +38,7 @@ def repository(plan: Plan):
     if not steps:
         host.noop(f"{platform.label} ships PostgreSQL {POSTGRES_MAJOR} in its own repositories")
         return
-    done = host.get_fact(RepositoryChecks, checks=tuple(step.check for step in steps))
+    done = plan.fact(RepositoryChecks, checks=tuple(step.check for step in steps))
     if len(done) == len(steps):
         host.noop(f"PostgreSQL {POSTGRES_MAJOR} repositories already set up")
         return
@@ -57,7 +57,7 @@ def packages(plan: Plan):
         postgres.packages(plan)
     """
     platform = plan.platform
-    installed = host.get_fact(InstalledPackages, platform=platform)
+    installed = plan.fact(InstalledPackages, platform=platform)
     missing = [name for name in platform.packages if name not in installed]
     if not missing:
         host.noop(f"{', '.join(platform.packages)} already installed")
@@ -74,7 +74,7 @@ def cluster(plan: Plan):
 
         postgres.cluster(plan)
     """
-    state = host.get_fact(ClusterState, platform=plan.platform, port=plan.port)
+    state = plan.fact(ClusterState, platform=plan.platform, port=plan.port)
     if state["initialised"]:
         host.noop(f"cluster in {plan.platform.data_dir} exists, adopted")
         return
@@ -95,7 +95,7 @@ def running(plan: Plan):
         postgres.running(plan)
     """
     platform = plan.platform
-    state = host.get_fact(ClusterState, platform=platform, port=plan.port)
+    state = plan.fact(ClusterState, platform=platform, port=plan.port)
     systemd = plan.profile["systemd"]
     if systemd and not state["enabled_at_boot"]:
         yield f"systemctl enable {platform.boot_unit}"

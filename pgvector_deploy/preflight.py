@@ -14,8 +14,10 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
+from pyinfra import host as current_host
 from pyinfra.api import operation
 
 from .facts import CACHE_DIR, HostProfile, LoginAccess
@@ -32,6 +34,51 @@ class Plan:
     platform: Platform
     profile: dict
     port: int = POSTGRES_PORT
+    # Facts already gathered for this plan: (fact class, arguments) -> result. See ``fact``.
+    _facts: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def fact(self, cls, **kwargs):
+        """``host.get_fact(cls, **kwargs)``, gathered once while nothing may have changed the host.
+
+        pyinfra 3 caches no facts, and it runs each operation's generator twice: while it plans
+        (up to the first command, to tell whether the operation changes anything) and again
+        when it executes. So two operations asking the same fact ask the host four times.
+
+        Why a remembered fact is never stale: only commands change the host, and a command
+        reaches the host only when an operation yields it and pyinfra executes it (in
+        ``run_host_op``, right after the yield; while planning, nothing is executed at all).
+        Every operation of ours that yields a command is ``shell.host_locked``, which calls
+        ``forget_facts`` on the plan before each command leaves the generator and again when
+        the generator resumes. So from a command's execution on, every fact is gathered
+        anew; and a fact remembered before it (while planning, or earlier in the run)
+        describes a host no command has changed since. An operation that is not ours (say a
+        ``server.shell`` added to the recipe) would not forget: keep every operation that
+        runs commands between ours ``host_locked``.
+
+        The key holds the host's name too: a plan is made for one host, but it never answers
+        for another.
+        """
+        key = (cls, getattr(current_host, "name", None), self._arguments_key(kwargs))
+        if key not in self._facts:
+            self._facts[key] = current_host.get_fact(cls, **kwargs)
+        return copy.deepcopy(self._facts[key])  # one operation's edits never reach the next
+
+    def forget_facts(self) -> None:
+        """Gather every fact anew from now on (a command may have changed the host)."""
+        self._facts.clear()
+
+    @staticmethod
+    def _arguments_key(kwargs: dict) -> tuple:
+        """A fact's arguments as a memo key: hashable values as they are (compared by
+        equality), others (a dict, a list) by type and repr."""
+        key = []
+        for name, value in sorted(kwargs.items()):
+            try:
+                hash(value)
+            except TypeError:
+                value = (type(value).__qualname__, repr(value))
+            key.append((name, value))
+        return tuple(key)
 
     @property
     def cached_tarball(self) -> str:
@@ -155,6 +202,9 @@ def make_plan(settings: Settings, profile: dict, *, ec2_architecture: str | None
     check_binaries(profile, platform)
     check_port(profile, platform, POSTGRES_PORT)
     check_disk_space(profile, platform)
+    from .tuning import check_overrides  # tuning's operations import Plan from here
+
+    check_overrides(settings.tuning, profile)
     return Plan(settings=settings, platform=platform, profile=profile)
 
 

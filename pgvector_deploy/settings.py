@@ -112,6 +112,28 @@ SETTINGS: tuple[Setting, ...] = (
         "a folder you set must exist.",
     ),
     Setting("smoke_report_dir", "reports", "directory on the control machine for the smoke suite's JSON report per host."),
+    Setting(
+        "pg_tuning",
+        True,
+        "write the tuning include file (conf.d/80-pgvector-tuning.conf) sized from the host's memory and CPUs; "
+        "False: none (an existing one is set aside as a .bak copy).",
+    ),
+    Setting("pg_shared_buffers", "auto", "PostgreSQL's own page cache (restart to change); auto: 25% of memory, at least 128MB."),
+    Setting("pg_effective_cache_size", "auto", "the planner's estimate of memory caching data (allocates nothing); auto: 75% of memory."),
+    Setting(
+        "pg_maintenance_work_mem",
+        "auto",
+        "memory one index build may use; auto: room for the HNSW graph of pg_hnsw_expected_vectors x "
+        "pg_hnsw_expected_dimensions, at least 64MB, at most 25% of memory and 80% of /dev/shm.",
+    ),
+    Setting("pg_max_parallel_maintenance_workers", "auto", "extra processes one index build may use; auto: CPUs - 1, at most 8."),
+    Setting(
+        "pg_work_mem",
+        "auto",
+        "memory per sort or hash step of a query; auto: (memory - shared_buffers) / (4 x max_connections), within 4MB..256MB.",
+    ),
+    Setting("pg_hnsw_expected_vectors", 1_000_000, "rows in the largest HNSW index you expect to build (sizes maintenance_work_mem)."),
+    Setting("pg_hnsw_expected_dimensions", 1536, "dimensions of those vectors (1536: OpenAI text-embedding-3-small)."),
 )
 
 DEFAULTS = {setting.key: setting.default for setting in SETTINGS}
@@ -135,6 +157,20 @@ class App:
 
 
 @dataclass(frozen=True)
+class TuningSettings:
+    """The tuning keys: None means auto (sized from the host); sizes in MB."""
+
+    enabled: bool = True
+    shared_buffers_mb: int | None = None
+    effective_cache_size_mb: int | None = None
+    maintenance_work_mem_mb: int | None = None
+    max_parallel_maintenance_workers: int | None = None
+    work_mem_mb: int | None = None
+    hnsw_vectors: int = 1_000_000
+    hnsw_dimensions: int = 1536
+
+
+@dataclass(frozen=True)
 class Settings:
     release: Release
     url: str
@@ -147,6 +183,7 @@ class Settings:
     smoke_report_dir: Path = Path("reports")
     migrations_dir: Path | None = None  # None: no migrations (no app, or no default folder)
     migrations: tuple[Migration, ...] = ()
+    tuning: TuningSettings = TuningSettings()
 
     @property
     def version(self) -> str:
@@ -241,6 +278,51 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         smoke_report_dir=Path(str(value("smoke_report_dir"))).expanduser(),
         migrations_dir=migrations_dir,
         migrations=migrations,
+        tuning=_tuning(value),
+    )
+
+
+_SIZE = re.compile(r"^(\d+)\s*(kB|MB|GB|TB)?$")
+_SIZE_UNITS_MB = {"kB": 1 / 1024, "MB": 1, "GB": 1024, "TB": 1024 * 1024}
+
+
+def _size_mb(key: str, value: Any) -> int | None:
+    """'auto' -> None; 512 (MB), '512MB', '2GB' -> MB. PostgreSQL's units, case as it wants them."""
+    text = str(value).strip()
+    if text == "auto":
+        return None
+    match = _SIZE.match(text)
+    size = int(int(match.group(1)) * _SIZE_UNITS_MB[match.group(2) or "MB"]) if match else 0
+    if size < 1:
+        raise SettingsError(
+            f"{key}: {value!r} is not a size of at least 1MB. Fix: give 'auto', a number of MB, "
+            "or a PostgreSQL size such as '512MB' or '2GB' (units kB, MB, GB, TB as written)."
+        )
+    return size
+
+
+def _count(key: str, value: Any, low: int, high: int, auto: bool = False) -> int | None:
+    if auto and str(value).strip() == "auto":
+        return None
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or not low <= int(text) <= high:
+        allowed = "'auto' or " if auto else ""
+        raise SettingsError(f"{key}: {value!r} is not a whole number from {low} to {high}. Fix: give {allowed}such a number.")
+    return int(text)
+
+
+def _tuning(value: Callable[[str], Any]) -> TuningSettings:
+    return TuningSettings(
+        enabled=_as_bool("pg_tuning", value("pg_tuning")),
+        shared_buffers_mb=_size_mb("pg_shared_buffers", value("pg_shared_buffers")),
+        effective_cache_size_mb=_size_mb("pg_effective_cache_size", value("pg_effective_cache_size")),
+        maintenance_work_mem_mb=_size_mb("pg_maintenance_work_mem", value("pg_maintenance_work_mem")),
+        max_parallel_maintenance_workers=_count(
+            "pg_max_parallel_maintenance_workers", value("pg_max_parallel_maintenance_workers"), 0, 64, auto=True
+        ),
+        work_mem_mb=_size_mb("pg_work_mem", value("pg_work_mem")),
+        hnsw_vectors=_count("pg_hnsw_expected_vectors", value("pg_hnsw_expected_vectors"), 1, 10**10),  # type: ignore[arg-type]
+        hnsw_dimensions=_count("pg_hnsw_expected_dimensions", value("pg_hnsw_expected_dimensions"), 1, 16000),  # type: ignore[arg-type]
     )
 
 

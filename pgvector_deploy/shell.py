@@ -81,7 +81,13 @@ def with_host_lock(command):
 
 
 def host_locked(operation_function):
-    """Decorator for an operation's generator: every command it yields takes the host lock.
+    """Decorator for an operation's generator: every command it yields takes the host lock,
+    and makes the plan (the first argument) forget the facts it remembers (``Plan.fact``).
+
+    pyinfra executes a yielded command right after the yield returns, and, while planning,
+    stops at the first one. So the plan forgets before the command leaves the generator
+    (nothing runs between that and its execution) and again when the generator resumes
+    after it: no fact remembered from before a command is ever used after it.
 
     .. code:: python
 
@@ -92,7 +98,28 @@ def host_locked(operation_function):
 
     @wraps(operation_function)
     def locked(*args, **kwargs):
+        forget = _fact_forgetters(args, kwargs)
         for command in operation_function(*args, **kwargs):
-            yield with_host_lock(command)
+            _forget_facts(forget)
+            try:
+                yield with_host_lock(command)
+            finally:
+                _forget_facts(forget)
 
     return locked
+
+
+def _fact_forgetters(args: tuple, kwargs: dict) -> list:
+    """``forget_facts`` of each argument that remembers facts: the plan, first by convention,
+    wherever it is passed; nothing for an operation without one."""
+    forgetters = []
+    for value in (*args, *kwargs.values()):
+        forget = getattr(value, "forget_facts", None)
+        if callable(forget):
+            forgetters.append(forget)
+    return forgetters
+
+
+def _forget_facts(forgetters: list) -> None:
+    for forget in forgetters:
+        forget()

@@ -6,25 +6,32 @@ on standard input), each reported by name as pass, fail or skip (with the reason
 ==================== ================================================================
 extension_files      vector.control and vector.so where the platform's pg_config puts
                      them, and the server on the port is PostgreSQL 15
-create_extension     ``CREATE EXTENSION vector`` in a scratch database made from template0
+template1_has_vector the scratch database, made from template1, has vector without
+                     CREATE EXTENSION (and at the requested version)
+create_extension     ``DROP EXTENSION IF EXISTS vector CASCADE; CREATE EXTENSION vector``
+                     in the scratch database, in one transaction
 extversion           its extversion is the requested pgvector version
 casts                vector, halfvec and sparsevec literals cast and print back unchanged
 distances            ``<->``, ``<=>`` and ``<#>`` give 5, 1 and -32 (compared numerically)
-hnsw_index           an HNSW index on 2,000 rows is built, and EXPLAIN of a nearest-
-                     neighbour query (enable_seqscan off) uses it by name
-ivfflat_index        the same with an IVFFlat index
-template1_has_vector a scratch database made from template1 has vector without CREATE
-                     EXTENSION (and at the requested version)
+hnsw_index           an HNSW index (m = 8, ef_construction = 32) on 500 rows of a temporary
+                     table is built, EXPLAIN of a nearest-neighbour query (enable_seqscan
+                     off) uses it by name, and the query returns 5 rows
+ivfflat_index        the same with an IVFFlat index (lists = 10, all of them probed)
 app_over_tcp         the app role logs in over TCP at the Docker bridge address with its
                      password (stored as SCRAM, refused without it) and runs a vector query
-cleanup              the scratch databases are gone afterwards
+cleanup              the scratch database is gone afterwards
 ==================== ================================================================
 
-Scratch databases have fixed names (``SCRATCH_DATABASES``) and carry the comment
-``SCRATCH_COMMENT`` from the moment they are made. A leftover from a killed run is dropped
-only when it carries that comment; a database of the same name without it is never touched,
-and the suite fails saying so. Nothing else on the host changes, so a facts-only round trip
-is honest: a converged host still reports zero changed operations.
+If the scratch database cannot be made, template1_has_vector and create_extension fail and
+the checks that need vector in it skip. extversion, casts and distances share one query, run
+in create_extension's psql session; should it fail, each runs its own and reports its own
+error.
+
+There is one scratch database, with a fixed name (``SCRATCH_DATABASE``); it carries the
+comment ``SCRATCH_COMMENT`` from the moment it is made. A leftover from a killed run is
+dropped only when it carries that comment; a database of the same name without it is never
+touched, and the suite fails saying so. Nothing else on the host changes, so a facts-only
+round trip is honest: a converged host still reports zero changed operations.
 
 The app's password travels only inside the script on standard input, never on a command
 line nor in pyinfra's output; on the host it goes into a ``mktemp`` PGPASSFILE (umask 077)
@@ -57,20 +64,18 @@ from .platforms import POSTGRES_MAJOR, Platform
 from .preflight import Plan
 from .shell import SAFE_PATH, as_postgres, fail, with_host_lock
 
-SCRATCH_DATABASE = "pgvector_deploy_smoke"  # made from template0
-SCRATCH_DATABASE_T1 = "pgvector_deploy_smoke_t1"  # made from template1
-SCRATCH_DATABASES = (SCRATCH_DATABASE, SCRATCH_DATABASE_T1)
+SCRATCH_DATABASE = "pgvector_deploy_smoke"  # made from template1
 SCRATCH_COMMENT = "pgvector-deploy smoke scratch"  # plain text: no quotes, $, ` or backslash
 
 CHECKS = (
     "extension_files",
+    "template1_has_vector",
     "create_extension",
     "extversion",
     "casts",
     "distances",
     "hnsw_index",
     "ivfflat_index",
-    "template1_has_vector",
     "app_over_tcp",
     "cleanup",
 )
@@ -78,7 +83,13 @@ STATUSES = ("pass", "fail", "skip")
 
 # What the casts check expects back: the literals, printed unchanged.
 CAST_LITERALS = (("vector", "[1,2,3]"), ("halfvec", "[1,2,3]"), ("sparsevec", "{1:1,3:2}/3"))
-INDEX_ROWS = 2000
+# The index checks: small, so the builds are quick (the defaults m = 16, ef_construction = 64
+# take several times as long), yet IVFFlat needs at least as many rows as lists.
+INDEX_ROWS = 500
+HNSW_OPTIONS = "WITH (m = 8, ef_construction = 32)"
+IVFFLAT_LISTS = 10
+IVFFLAT_OPTIONS = f"WITH (lists = {IVFFLAT_LISTS})"
+assert INDEX_ROWS >= IVFFLAT_LISTS
 
 
 @dataclass(frozen=True)
@@ -165,11 +176,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 SCRATCH=@SCRATCH@
-SCRATCH_T1=@SCRATCH_T1@
 WANT=@VERSION@
+scratch=
+scratch_err=
+created=
 ready=
-created_main=
-created_t1=
+basics=
 err=
 
 report() {
@@ -181,60 +193,58 @@ sql() {
   @AS_POSTGRES@ -d "$1" -c "$2" </dev/null 2>&1
 }
 
-# sql_stdin DATABASE: the same, with a script on standard input (a here-document).
+# sql_stdin DATABASE: the same, with a script on standard input (a here-document). psql
+# runs its statements one by one (each in its own transaction unless BEGIN) and stops at
+# the first error; \echo lines mark how far it got.
 sql_stdin() {
   @AS_POSTGRES@ -d "$1" 2>&1
 }
 
-# scratch_state NAME: sets state to absent, ours (has the comment) or foreign; 1 if unknown.
+# has_line TEXT LINE: whether TEXT has LINE as a whole line.
+has_line() {
+  printf '%s\n' "$1" | grep -qxF "$2"
+}
+
+# scratch_state: sets state to absent, ours (has the comment) or foreign; 1 if unknown.
 scratch_state() {
-  state=$(sql postgres "SELECT CASE WHEN shobj_description(oid, 'pg_database') = @COMMENT_SQL@ THEN 'ours' ELSE 'foreign' END FROM pg_database WHERE datname = '$1'") || {
-    err="cannot look for database $1: $state"
+  state=$(sql postgres "SELECT CASE WHEN shobj_description(oid, 'pg_database') = @COMMENT_SQL@ THEN 'ours' ELSE 'foreign' END FROM pg_database WHERE datname = '$SCRATCH'") || {
+    err="cannot look for database $SCRATCH: $state"
     return 1
   }
   [ -n "$state" ] || state=absent
 }
 
-# make_scratch NAME TEMPLATE: drop our own leftover, create, comment; sets err on failure.
+# make_scratch: drop our own leftover, create from template1 and comment in the same psql
+# session (nothing runs in between); sets created when it was created, err on failure.
 make_scratch() {
-  scratch_state "$1" || return 1
+  scratch_state || return 1
   case $state in
     absent) ;;
     ours)
-      out=$(sql postgres "DROP DATABASE IF EXISTS $1 WITH (FORCE)") || {
-        err="could not drop the leftover scratch database $1 of an earlier run: $out"
+      out=$(sql postgres "DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE)") || {
+        err="could not drop the leftover scratch database $SCRATCH of an earlier run: $out"
         return 1
       } ;;
     *)
-      err="a database named $1 exists that is not this suite's scratch database (no comment @COMMENT@); it was left untouched. Fix: rename or drop it yourself, then run again"
+      err="a database named $SCRATCH exists that is not this suite's scratch database (no comment @COMMENT@); it was left untouched. Fix: rename or drop it yourself, then run again"
       return 1 ;;
   esac
-  out=$(sql postgres "CREATE DATABASE $1 TEMPLATE $2") || {
-    err="CREATE DATABASE $1 TEMPLATE $2 failed: $out"
-    return 1
-  }
-  if [ "$1" = "$SCRATCH" ]; then created_main=1; else created_t1=1; fi
-  out=$(sql postgres "COMMENT ON DATABASE $1 IS @COMMENT_SQL@") || {
-    err="COMMENT ON DATABASE $1 failed: $out"
-    return 1
-  }
-}
-
-# drop_scratch NAME CREATED: drop it if this run created it or it carries the comment.
-drop_scratch() {
-  scratch_state "$1" || return 1
-  case $state in
-    absent) return 0 ;;
-    foreign)
-      if [ -z "$2" ]; then
-        kept="$kept $1"
-        return 0
-      fi ;;
-  esac
-  out=$(sql postgres "DROP DATABASE IF EXISTS $1 WITH (FORCE)") || {
-    err="DROP DATABASE $1 failed: $out"
-    return 1
-  }
+  out=$(sql_stdin postgres <<SQL
+CREATE DATABASE $SCRATCH TEMPLATE template1;
+\echo scratch_created
+COMMENT ON DATABASE $SCRATCH IS @COMMENT_SQL@;
+SQL
+  )
+  rc=$?
+  has_line "$out" scratch_created && created=1
+  [ $rc -eq 0 ] && return 0
+  out=$(printf '%s\n' "$out" | grep -vxF scratch_created)
+  if [ -n "$created" ]; then
+    err="COMMENT ON DATABASE $SCRATCH failed: $out"
+  else
+    err="CREATE DATABASE $SCRATCH TEMPLATE template1 failed: $out"
+  fi
+  return 1
 }
 
 check_extension_files() {
@@ -266,17 +276,54 @@ check_extension_files() {
   fi
 }
 
-check_create_extension() {
-  if ! make_scratch "$SCRATCH" template0; then
-    report create_extension fail "$err"
+# The scratch database is made here, from template1: before anything is created in it, it
+# shows what template1 gives every new database.
+check_template1_has_vector() {
+  if ! make_scratch; then
+    scratch_err=$err
+    report template1_has_vector fail "$err"
     return
   fi
-  out=$(sql "$SCRATCH" 'CREATE EXTENSION vector') || {
-    report create_extension fail "CREATE EXTENSION vector in $SCRATCH failed: $out"
+  scratch=1
+  got=$(sql "$SCRATCH" "SELECT extversion FROM pg_extension WHERE extname = 'vector'") || {
+    report template1_has_vector fail "$got"
     return
   }
+  if [ -z "$got" ]; then
+    report template1_has_vector fail "a database made from template1 has no vector extension. Fix: CREATE EXTENSION vector in template1 (deploy/postgres.py does)"
+  elif [ "$got" != "$WANT" ]; then
+    report template1_has_vector fail "template1 gives vector $got, requested $WANT. Fix: ALTER EXTENSION vector UPDATE in template1 (deploy/postgres.py does)"
+  else
+    report template1_has_vector pass "vector $got in $SCRATCH (from template1) without CREATE EXTENSION"
+  fi
+}
+
+# Drops what template1 gave and creates vector afresh, in one transaction. In the same psql
+# session, once that committed, one query gathers what extversion, casts and distances
+# check (basics); should it fail, each of them runs its own query and reports its own error.
+check_create_extension() {
+  if [ -z "$scratch" ]; then
+    report create_extension fail "no scratch database to run CREATE EXTENSION in: $scratch_err"
+    return
+  fi
+  out=$(sql_stdin "$SCRATCH" <<'SQL'
+SET client_min_messages = warning;
+BEGIN;
+DROP EXTENSION IF EXISTS vector CASCADE;
+CREATE EXTENSION vector;
+COMMIT;
+\echo vector_created
+@BASICS_SQL@;
+SQL
+  )
+  rc=$?
+  if ! has_line "$out" vector_created; then
+    report create_extension fail "DROP EXTENSION IF EXISTS vector CASCADE; CREATE EXTENSION vector in $SCRATCH failed: $out"
+    return
+  fi
   ready=1
-  report create_extension pass "CREATE EXTENSION vector in $SCRATCH (from template0)"
+  [ $rc -ne 0 ] || basics=$(printf '%s\n' "$out" | sed -n 's/^basics|//p')
+  report create_extension pass "CREATE EXTENSION vector in $SCRATCH (after DROP EXTENSION IF EXISTS, in one transaction)"
 }
 
 # needs_scratch CHECK: report skip when create_extension did not succeed.
@@ -286,12 +333,21 @@ needs_scratch() {
   return 1
 }
 
+# basic FIELD: field FIELD (1-5) of the basics row: extversion|casts|<->|<=>|<#> ok.
+basic() {
+  printf '%s\n' "$basics" | cut -d '|' -f "$1"
+}
+
 check_extversion() {
   needs_scratch extversion || return
-  got=$(sql "$SCRATCH" "SELECT extversion FROM pg_extension WHERE extname = 'vector'") || {
-    report extversion fail "$got"
-    return
-  }
+  if [ -n "$basics" ]; then
+    got=$(basic 1)
+  else
+    got=$(sql "$SCRATCH" "SELECT extversion FROM pg_extension WHERE extname = 'vector'") || {
+      report extversion fail "$got"
+      return
+    }
+  fi
   if [ "$got" = "$WANT" ]; then
     report extversion pass "vector $got"
   else
@@ -301,7 +357,11 @@ check_extversion() {
 
 check_casts() {
   needs_scratch casts || return
-  got=$(sql "$SCRATCH" @CASTS_SQL@) || { report casts fail "$got"; return; }
+  if [ -n "$basics" ]; then
+    got=$(basic 2)
+  else
+    got=$(sql "$SCRATCH" @CASTS_SQL@) || { report casts fail "$got"; return; }
+  fi
   if [ "$got" = @CASTS_WANT@ ]; then
     report casts pass @CASTS_DETAIL@
   else
@@ -311,7 +371,11 @@ check_casts() {
 
 check_distances() {
   needs_scratch distances || return
-  got=$(sql "$SCRATCH" @DISTANCES_SQL@) || { report distances fail "$got"; return; }
+  if [ -n "$basics" ]; then
+    got=$(basic 3-)
+  else
+    got=$(sql "$SCRATCH" @DISTANCES_SQL@) || { report distances fail "$got"; return; }
+  fi
   values=${got%|*}
   case $got in
     *'|t') report distances pass "<-> $(echo "$values" | sed 's/|/, <=> /; s/|/, <#> /')" ;;
@@ -319,21 +383,21 @@ check_distances() {
   esac
 }
 
-# check_index CHECK METHOD INDEX-OPTIONS
+# check_index CHECK METHOD INDEX-OPTIONS: on a temporary table, gone with the session.
 check_index() {
   needs_scratch "$1" || return
   table=smoke_$2
   index=smoke_$2_idx
   out=$(sql_stdin "$SCRATCH" <<SQL
 SET client_min_messages = warning;
-CREATE TABLE $table (id integer PRIMARY KEY, embedding vector(3) NOT NULL);
+CREATE TEMPORARY TABLE $table (id integer PRIMARY KEY, embedding vector(3) NOT NULL);
 INSERT INTO $table
   SELECT i, ARRAY[i % 97, (i * 7) % 89, (i * 13) % 83]::real[]::vector
   FROM generate_series(1, @ROWS@) AS i;
 CREATE INDEX $index ON $table USING $2 (embedding vector_l2_ops) $3;
 ANALYZE $table;
 SET enable_seqscan = off;
-SET ivfflat.probes = 10;
+SET ivfflat.probes = @IVFFLAT_LISTS@;
 EXPLAIN (COSTS OFF) SELECT id FROM $table ORDER BY embedding <-> '[10,20,30]' LIMIT 5;
 SELECT 'rows=' || count(*) FROM (SELECT id FROM $table ORDER BY embedding <-> '[10,20,30]' LIMIT 5) AS nearest;
 SQL
@@ -345,60 +409,53 @@ SQL
   elif [ "$rows" != 5 ]; then
     report "$1" fail "EXPLAIN uses $index, but the query returned '$rows' rows, expected 5"
   else
-    report "$1" pass "$2 index $index on @ROWS@ rows; EXPLAIN: $(printf '%s\n' "$plan" | grep "Index Scan using $index " | sed 's/^[ >-]*//'); 5 rows"
-  fi
-}
-
-check_template1_has_vector() {
-  if ! make_scratch "$SCRATCH_T1" template1; then
-    report template1_has_vector fail "$err"
-    return
-  fi
-  got=$(sql "$SCRATCH_T1" "SELECT extversion FROM pg_extension WHERE extname = 'vector'") || {
-    report template1_has_vector fail "$got"
-    return
-  }
-  if [ -z "$got" ]; then
-    report template1_has_vector fail "a database made from template1 has no vector extension. Fix: CREATE EXTENSION vector in template1 (deploy/postgres.py does)"
-  elif [ "$got" != "$WANT" ]; then
-    report template1_has_vector fail "template1 gives vector $got, requested $WANT. Fix: ALTER EXTENSION vector UPDATE in template1 (deploy/postgres.py does)"
-  else
-    report template1_has_vector pass "vector $got in $SCRATCH_T1 (from template1) without CREATE EXTENSION"
+    report "$1" pass "$2 index $index $3 on @ROWS@ rows; EXPLAIN: $(printf '%s\n' "$plan" | grep "Index Scan using $index " | sed 's/^[ >-]*//'); 5 rows"
   fi
 }
 
 @APP_CHECK@
 
+# Drops the scratch database if this run created it (even should its comment have failed)
+# or it carries the comment; a foreign one is left untouched.
 check_cleanup() {
-  problems=
-  kept=
-  drop_scratch "$SCRATCH" "$created_main" || problems="$problems $err;"
-  drop_scratch "$SCRATCH_T1" "$created_t1" || problems="$problems $err;"
-  if [ -z "$problems" ]; then
-    if left=$(sql postgres "SELECT string_agg(datname, ', ') FROM pg_database WHERE datname IN ('$SCRATCH', '$SCRATCH_T1') AND shobj_description(oid, 'pg_database') = @COMMENT_SQL@"); then
-      [ -z "$left" ] || problems=" still there: $left"
-    else
-      problems=" cannot list databases: $left"
-    fi
+  if [ -n "$created" ]; then
+    state=ours
+  elif ! scratch_state; then
+    report cleanup fail "scratch database not cleaned up: $err"
+    return
   fi
-  if [ -n "$problems" ]; then
-    report cleanup fail "scratch databases not cleaned up:$problems"
-  elif [ -n "$kept" ]; then
-    report cleanup pass "no scratch database left; not ours, left untouched:$kept"
+  case $state in
+    absent)
+      report cleanup pass "$SCRATCH is gone"
+      return ;;
+    foreign)
+      report cleanup pass "no scratch database left; $SCRATCH is not ours, left untouched"
+      return ;;
+  esac
+  left=$(sql_stdin postgres <<SQL
+DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE);
+SELECT count(*) FROM pg_database WHERE datname = '$SCRATCH' AND shobj_description(oid, 'pg_database') = @COMMENT_SQL@;
+SQL
+  ) || {
+    report cleanup fail "scratch database not cleaned up: DROP DATABASE $SCRATCH failed: $left"
+    return
+  }
+  if [ "$left" = 0 ]; then
+    report cleanup pass "$SCRATCH is gone"
   else
-    report cleanup pass "$SCRATCH and $SCRATCH_T1 are gone"
+    report cleanup fail "scratch database not cleaned up: $SCRATCH still there ($left)"
   fi
 }
 
 main() {
   check_extension_files
+  check_template1_has_vector
   check_create_extension
   check_extversion
   check_casts
   check_distances
-  check_index hnsw_index hnsw ''
-  check_index ivfflat_index ivfflat 'WITH (lists = 10)'
-  check_template1_has_vector
+  check_index hnsw_index hnsw @HNSW_OPTIONS@
+  check_index ivfflat_index ivfflat @IVFFLAT_OPTIONS@
   check_app_over_tcp
   check_cleanup
 }
@@ -485,22 +542,24 @@ def smoke_script(platform: Platform, port: int, version: str, app: SmokeApp | No
     Pure: the same inputs give the same script. The app's password, when there is an app
     with an address, appears exactly once: in the PGPASSFILE line a shell builtin writes.
     """
-    casts_sql = "SELECT " + " || ' ' || ".join(f"{_sql_literal(text)}::{kind}::text" for kind, text in CAST_LITERALS)
+    extversion_sql = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+    casts = " || ' ' || ".join(f"{_sql_literal(text)}::{kind}::text" for kind, text in CAST_LITERALS)
     casts_want = " ".join(text for _, text in CAST_LITERALS)
     casts_detail = ", ".join(f"{text}::{kind}" for kind, text in CAST_LITERALS) + " print back unchanged"
-    distances_sql = (
-        "SELECT d1, d2, d3, abs(d1 - 5) < 1e-9 AND abs(d2 - 1) < 1e-9 AND abs(d3 + 32) < 1e-9 FROM ("
-        "SELECT '[1,2,3]'::vector <-> '[4,6,3]'::vector AS d1, "
+    distances = "d1, d2, d3, abs(d1 - 5) < 1e-9 AND abs(d2 - 1) < 1e-9 AND abs(d3 + 32) < 1e-9"
+    distances_from = (
+        " FROM (SELECT '[1,2,3]'::vector <-> '[4,6,3]'::vector AS d1, "
         "'[1,0]'::vector <=> '[0,1]'::vector AS d2, "
         "'[1,2,3]'::vector <#> '[4,5,6]'::vector AS d3) AS distances"
     )
+    # One row for extversion, casts and distances: basics|<extversion>|<casts>|<->|<=>|<#>|ok
+    basics_sql = f"SELECT 'basics', ({extversion_sql}), {casts}, {distances}{distances_from}"
     script = _fill(
         _TEMPLATE,
         {
             "APP_CHECK": _app_check(platform, app, port),
             "SAFE_PATH": SAFE_PATH,
             "SCRATCH": SCRATCH_DATABASE,
-            "SCRATCH_T1": SCRATCH_DATABASE_T1,
             "VERSION": shlex.quote(version),
             "AS_POSTGRES": as_postgres(platform, port, None),
             "PG_CONFIG": shlex.quote(platform.pg_config),
@@ -508,11 +567,15 @@ def smoke_script(platform: Platform, port: int, version: str, app: SmokeApp | No
             "PORT": str(int(port)),
             "COMMENT": f"'{SCRATCH_COMMENT}'",  # inside a double-quoted message
             "COMMENT_SQL": _sql_literal(SCRATCH_COMMENT),
-            "CASTS_SQL": shlex.quote(casts_sql),
+            "BASICS_SQL": basics_sql,  # in a quoted here-document: taken as it is
+            "CASTS_SQL": shlex.quote(f"SELECT {casts}"),
             "CASTS_WANT": shlex.quote(casts_want),
             "CASTS_DETAIL": shlex.quote(casts_detail),
-            "DISTANCES_SQL": shlex.quote(distances_sql),
+            "DISTANCES_SQL": shlex.quote(f"SELECT {distances}{distances_from}"),
             "ROWS": str(INDEX_ROWS),
+            "HNSW_OPTIONS": shlex.quote(HNSW_OPTIONS),
+            "IVFFLAT_OPTIONS": shlex.quote(IVFFLAT_OPTIONS),
+            "IVFFLAT_LISTS": str(IVFFLAT_LISTS),
         },
     )
     return script
@@ -527,7 +590,7 @@ def parse_smoke(lines: Iterable[str]) -> list[CheckResult]:
     A check that printed no line (the script was cut short) is a fail; an unknown status is a
     fail naming it; other lines are ignored; a name's first line counts.
 
-    >>> parse_smoke(["check=casts|pass|ok"])[3]
+    >>> parse_smoke(["check=casts|pass|ok"])[4]
     CheckResult(name='casts', status='pass', detail='ok')
     """
     found: dict[str, CheckResult] = {}

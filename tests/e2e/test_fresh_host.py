@@ -69,6 +69,26 @@ def test_build_stamp_records_what_was_built_on_this_host(provisioned):
     assert host.sudo("test -f /usr/lib/postgresql/15/lib/vector.so && echo yes").strip() == "yes"
 
 
+def test_running_server_uses_the_tuning_sized_from_this_host(provisioned):
+    """The include file's values are the server's own (shared_buffers needed the restart), and
+    they are what plan_tuning makes of the host's memory and CPUs as the host reports them."""
+    from pgvector_deploy.facts import HostProfile, parse_host_profile
+    from pgvector_deploy.settings import TuningSettings
+    from pgvector_deploy.tuning import plan_tuning
+
+    host, _ = provisioned
+    text = host.sudo("cat /etc/postgresql/15/main/conf.d/80-pgvector-tuning.conf")
+    written = dict(line.replace("'", "").split(" = ") for line in text.splitlines() if line and not line.startswith("#"))
+    profile = parse_host_profile(host.ssh(HostProfile().command(port=5432, cached_tarball="/nonexistent")).stdout.splitlines())
+    assert written == {tuned.name: tuned.value for tuned in plan_tuning(TuningSettings(), profile)}
+    for name, value in written.items():
+        unit_bytes = "pg_size_bytes(CASE WHEN unit ~ '^[0-9]' THEN unit ELSE '1' || unit END)"  # '8kB', 'kB'
+        running = host.psql(f"SELECT setting::bigint * coalesce({unit_bytes}, 1) FROM pg_settings WHERE name = '{name}'")
+        expected = value if value.isdigit() else str(int(value.removesuffix("MB")) << 20)
+        assert running == expected, name
+    assert host.psql("SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL") == "0"
+
+
 def test_cluster_starts_at_boot_where_systemd_is_init(provisioned):
     host, _ = provisioned
     if not host.systemd:

@@ -300,3 +300,125 @@ def test_listener_argv0_is_ignored_without_emulation():
 
     line = "listener=/usr/sbin/nginx|LISTEN 0 511 0.0.0.0:5432 0.0.0.0:*|argv=/usr/lib/postgresql/15/bin/postgres"
     assert parse_host_profile([line])["listeners"][0]["exe"] == "/usr/sbin/nginx"
+
+
+# --- PgvectorState against a real PostgreSQL 15: two psql processes for every database ----------
+
+PG_BINDIR = "/usr/lib/postgresql/15/bin"
+# Names a careless script would mangle, split, interpolate (:v) or run (backquotes).
+AWKWARD_DATABASES = ("we'ird \\ na=me|x", ":v -d", "a`touch {marker}`b", "-d x", "ünï cödé\ttab", "dbname=postgres")
+
+
+def _no_server() -> str | None:
+    import os
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        return "needs root (runuser -u postgres)"
+    if not all(Path(PG_BINDIR, tool).exists() for tool in ("initdb", "pg_ctl", "psql", "pg_isready")):
+        return f"PostgreSQL 15 binaries not found in {PG_BINDIR}"
+    if subprocess.run(["id", "postgres"], check=False, capture_output=True).returncode != 0:
+        return "no postgres OS user"
+    return None
+
+
+@pytest.fixture(scope="module")
+def pg_server():
+    """A throwaway PostgreSQL 15 on a Unix socket in a temporary directory, with databases
+    named awkwardly, one with vector, one that pg_hba.conf can reject, one taking no
+    connections; ``bindir`` holds a psql that counts its runs."""
+    import dataclasses
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pgvector_deploy.platforms import PLATFORMS
+
+    missing = _no_server()
+    if missing:
+        pytest.skip(missing)
+    base = Path(tempfile.mkdtemp(prefix="pgvd-state-"))
+    base.chmod(0o755)
+    shutil.chown(base, "postgres")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_pg, f"{PG_BINDIR}/initdb", "-D", f"{base}/data", "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-c listen_addresses='' -c unix_socket_directories={base} -p 5432"
+    subprocess.run([*as_pg, f"{PG_BINDIR}/pg_ctl", "-D", f"{base}/data", "-o", options, "-l", f"{base}/log", "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    bindir = base / "bin"
+    bindir.mkdir(mode=0o755)
+    log = base / "psql-runs"
+    log.touch(mode=0o666)
+    log.chmod(0o666)
+    (bindir / "psql").write_text(f'#!/bin/sh\necho run >> {log}\nexec {PG_BINDIR}/psql "$@"\n')
+    (bindir / "psql").chmod(0o755)
+    for tool in ("pg_isready", "pg_config"):
+        (bindir / tool).symlink_to(f"{PG_BINDIR}/{tool}")
+    psql = lambda database, sql: subprocess.run(  # noqa: E731
+        [*as_pg, f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-d", database, "-c", sql],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    marker = base / "backquote-ran"
+    try:
+        names = [name.replace("{marker}", str(marker)) for name in AWKWARD_DATABASES]
+        for name in (*names, "app", "rejected", "closed", "two\nlines"):
+            psql("postgres", 'CREATE DATABASE "' + name.replace('"', '""') + '"')
+        psql("postgres", "ALTER DATABASE closed ALLOW_CONNECTIONS false")
+        vector = subprocess.run(  # where pgvector is installed here, app gets it
+            [*as_pg, f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base), "-d", "app", "-c", "CREATE EXTENSION vector"],
+            check=False, capture_output=True,
+        ).returncode == 0  # fmt: skip
+        platform = dataclasses.replace(next(p for p in PLATFORMS if p.key == "debian-12"), socket_dir=str(base), bindir=str(bindir))
+        yield {"base": base, "platform": platform, "psql": psql, "log": log, "names": names, "marker": marker,
+               "vector": psql("app", "SELECT extversion FROM pg_extension WHERE extname = 'vector'").strip() if vector else None}  # fmt: skip
+    finally:
+        subprocess.run([*as_pg, f"{PG_BINDIR}/pg_ctl", "-D", f"{base}/data", "-m", "immediate", "stop"], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _gather_state(server) -> tuple[dict, int]:
+    """Run PgvectorState's real command as pyinfra would (sh -c); the parsed state and how
+    many psql processes it started."""
+    server["log"].write_text("")
+    command = PgvectorState().command(platform=server["platform"], port=5432)
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return PgvectorState().process(result.stdout.splitlines()), server["log"].read_text().count("run")
+
+
+def _expected_databases(server) -> dict:
+    return {
+        **{name: None for name in (*server["names"], "postgres", "template1", "rejected")},
+        "app": server["vector"],
+    }  # template0 and closed take no connections; "two\nlines" cannot be one line
+
+
+def test_pgvector_state_reads_every_database_with_two_psql(pg_server):
+    state, psql_runs = _gather_state(pg_server)
+    assert state["databases"] == _expected_databases(pg_server)
+    assert psql_runs == 2
+    assert not pg_server["marker"].exists()  # the backquoted name was never run
+
+
+def test_pgvector_state_falls_back_to_one_psql_per_database_when_one_refuses(pg_server):
+    hba = pg_server["base"] / "data" / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text("local rejected all reject\n" + original)
+    pg_server["psql"]("postgres", "SELECT pg_reload_conf()")
+    try:
+        state, psql_runs = _gather_state(pg_server)
+    finally:
+        hba.write_text(original)
+        pg_server["psql"]("postgres", "SELECT pg_reload_conf()")
+    assert state["databases"] == _expected_databases(pg_server)  # the same answer, names intact
+    assert psql_runs == 2 + 1 + len(_expected_databases(pg_server))
+    assert not pg_server["marker"].exists()
+
+
+def test_pgvector_state_command_starts_two_psql_before_any_fallback(debian12):
+    command = PgvectorState().command(platform=debian12, port=5432)
+    batch = command.split("if versions=$(", 1)[1].split("\n", 1)[0]
+    assert batch.count("runuser -u postgres -- /usr/lib/postgresql/15/bin/psql ") == 2
+    assert "while IFS= read -r db" not in command.split("if versions=$(", 1)[0]

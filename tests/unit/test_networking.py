@@ -119,6 +119,8 @@ def test_parse_server_config_decodes_files_and_reads_every_key():
         file_line(HBA, hba),
         file_line(SYSCTL_FILE, networking.SYSCTL_TEXT),
         "running_listen=localhost,172.17.0.1",
+        "max_connections=250",
+        f"pending_restart={SETTINGS_FILE}|listen_addresses",
         'hba_error=14|invalid authentication method "scram-sha265"',
         'hba_error=15|invalid IP mask "172.20.0.0/33": Name or service not known',
         f"settings_error={SETTINGS_FILE}:9 listen_addresses: invalid value",
@@ -129,6 +131,8 @@ def test_parse_server_config_decodes_files_and_reads_every_key():
     assert parse_server_config(lines) == {
         "files": {HBA: hba, SYSCTL_FILE: networking.SYSCTL_TEXT},
         "running_listen": "localhost,172.17.0.1",
+        "max_connections": 250,
+        "pending_restart": [f"{SETTINGS_FILE}|listen_addresses"],
         "hba_errors": ['14|invalid authentication method "scram-sha265"', '15|invalid IP mask "172.20.0.0/33": Name or service not known'],
         "settings_errors": [f"{SETTINGS_FILE}:9 listen_addresses: invalid value"],
         "nonlocal_bind": True,
@@ -142,6 +146,8 @@ def test_parse_server_config_of_a_stopped_server_without_our_files():
     assert state == {
         "files": {},
         "running_listen": "",
+        "max_connections": 100,  # PostgreSQL's default, when the server cannot say
+        "pending_restart": [],
         "hba_errors": [],
         "settings_errors": [],
         "nonlocal_bind": False,
@@ -476,7 +482,8 @@ def run_both(plan, lines) -> tuple[list, list, FactHost]:
 def test_converged_docker_host_yields_nothing(plan):
     listen, access, host = run_both(plan, docker_state())
     assert (listen, access) == ([], [])
-    assert [kwargs for _, kwargs, _ in host.asked] == [{"platform": plan.platform, "port": 5432}] * 2
+    # one round trip: client_access reuses what listen asked (Plan.fact; nothing was yielded)
+    assert [kwargs for _, kwargs, _ in host.asked] == [{"platform": plan.platform, "port": 5432}]
 
 
 def test_converged_docker_host_keeps_user_rules_and_yields_nothing(plan):

@@ -10,14 +10,33 @@ Only Debian 12 facts were captured on real hosts; the rest are reconstructed
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import subprocess
 from dataclasses import dataclass
+from ipaddress import IPv4Interface
 from typing import Callable
 
 import pytest
 
-from pgvector_deploy import pgvector, postgres, preflight
-from pgvector_deploy.facts import ClusterState, HostProfile, InstalledPackages, PgvectorState, RepositoryChecks
+from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, tuning
+from pgvector_deploy.appenv import EnvFileState, connection, render_env_file, sha256_text
+from pgvector_deploy.apps import scram_verifier
+from pgvector_deploy.facts import (
+    tuning_path,
+    SYSCTL_FILE,
+    AppState,
+    Bridge,
+    ClusterState,
+    HostProfile,
+    InstalledPackages,
+    PgvectorState,
+    RepositoryChecks,
+    ServerConfig,
+    hba_path,
+    settings_path,
+)
+from pgvector_deploy.migrations import MigrationLedger
 from pgvector_deploy.preflight import Plan
 from pgvector_deploy.shell import SAFE_PATH
 
@@ -58,7 +77,7 @@ class FakeHost:
     def get_fact(self, cls, **kwargs):
         fact = cls()
         self.asked.append((cls, kwargs, fact.command(**kwargs)))
-        lines = self.outputs.get(cls, recorded_output(self.recorded, self.state, FACT_FILES[cls]))
+        lines = self.outputs[cls] if cls in self.outputs else recorded_output(self.recorded, self.state, FACT_FILES[cls])
         return fact.process(lines) if lines else fact.default()
 
     def noop(self, description: str) -> None:
@@ -372,3 +391,117 @@ def test_a_platform_without_repository_steps_adds_no_round_trip():
     assert run(postgres.repository, plan, host) == []
     assert len(host.asked) == asked_before
     assert host.noops == ["Debian 12 (bookworm) ships PostgreSQL 15 in its own repositories"]
+
+
+# --- a no-op run asks each fact once (Plan.fact) -------------------------------------------------
+
+APP_PASSWORD = "s3cret-Pässword"
+APP_ENV_FILE = "/etc/pgvector-deploy/app.env"
+MIGRATIONS = {"0001_documents.sql": "CREATE TABLE documents (id int, embedding vector(3));", "0002_more.sql": "SELECT 2;"}
+WHOLE_RECIPE = (
+    *RECIPE,
+    networking.listen,
+    networking.client_access,
+    tuning.server_settings,
+    apps.role,
+    apps.database,
+    migrations.apply,
+    appenv.env_file,
+)
+
+
+def converged_outputs(plan: Plan) -> dict:
+    """What the facts the recorded host has no recording of print once the whole recipe ran:
+    the managed files as rendered, the app role with its password, every migration applied,
+    the env file current (one Docker bridge, docker0)."""
+    settings, platform = plan.settings, plan.platform
+    docker0 = Bridge("docker0", IPv4Interface("172.17.0.1/16"))
+    addresses = networking.listen_addresses([docker0], settings)
+    encoded = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    verifier = scram_verifier(APP_PASSWORD, bytes(range(16)))
+    return {
+        ServerConfig: [
+            f"file={hba_path(platform)}|{encoded(networking.render_hba([docker0], settings, ''))}",
+            f"file={settings_path(platform)}|{encoded(networking.render_settings(platform, addresses))}",
+            f"file={SYSCTL_FILE}|{encoded(networking.SYSCTL_TEXT)}",
+            f"file={tuning_path(platform)}|{encoded(tuning.render(tuning.plan_tuning(settings.tuning, plan.profile), plan.profile))}",
+            f"running_listen={','.join(addresses)}",
+            "includes_conf_d=yes",
+            "nonlocal_bind=1",
+            "address=5: docker0    inet 172.17.0.1/16 brd 172.17.255.255 scope global docker0\\       valid_lft forever",
+        ],
+        AppState: [
+            f"role=true|false|{verifier.split('$')[1]}|{hashlib.sha256(verifier.encode()).hexdigest()}",
+            "database_owner=app",
+            f"database_vector={settings.version}",
+        ],
+        MigrationLedger: ["database=yes", "ledger=yes", *(f"applied={m.name}|{m.sha256}" for m in settings.migrations)],
+        EnvFileState: [f"sha256={sha256_text(render_env_file(connection(plan)))}", "mode=600", "owner=root:root"],
+    }
+
+
+def whole_recipe_data(tmp_path, data: dict) -> dict:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for name, sql in MIGRATIONS.items():
+        (folder / name).write_text(sql)
+    return {
+        **data,
+        "pg_app_user": "app",
+        "pg_app_password": APP_PASSWORD,
+        "pg_migrations_dir": str(folder),
+        "pg_app_env_file": APP_ENV_FILE,
+    }
+
+
+def run_as_pyinfra_does(operation, plan: Plan, host, planning: bool) -> list:
+    """The operation's generator as pyinfra runs it, host lock (``host_locked``) included:
+    while planning only up to the first command (``check_for_changes``), else to the end."""
+    from pyinfra.context import ctx_host
+
+    previous = ctx_host.get()
+    ctx_host.set(host)
+    try:
+        commands = []
+        for command in operation._inner(plan):
+            commands.append(command)
+            if planning:
+                break
+        return commands
+    finally:
+        ctx_host.set(previous)
+
+
+@pytest.mark.parametrize(
+    "recorded, data",
+    [
+        ("debian12-x86_64", {"pgvector_version": "0.8.0", "pgvector_allow_insecure": True}),
+        ("rocky9-aarch64", {}),  # has repository steps: RepositoryChecks too
+    ],
+)
+def test_a_no_op_run_of_the_whole_recipe_asks_each_fact_once(recorded, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(appenv, "_executing", lambda: False)  # FakeHost.state is the recording's
+    host = FakeHost(recorded, state="provisioned", data=whole_recipe_data(tmp_path, data))
+    plan = plan_for(host)
+    host.outputs.update(converged_outputs(plan))
+    host.asked.clear()  # the host profile (preflight) is not an operation's fact
+    for planning in (True, False):  # pyinfra plans every operation, then executes them all
+        for operation in WHOLE_RECIPE:
+            assert run_as_pyinfra_does(operation, plan, host, planning) == [], operation.__name__
+    asked = [(cls.__name__, repr(sorted(kwargs.items()))) for cls, kwargs, _ in host.asked]
+    assert len(asked) == len(set(asked)), asked  # nothing asked twice
+    expected = {"InstalledPackages", "ClusterState", "PgvectorState", "ServerConfig", "AppState", "MigrationLedger", "EnvFileState"}
+    if plan.platform.repository_steps(plan.os_id, plan.arch):
+        expected.add("RepositoryChecks")
+    assert {name for name, _ in asked} == expected
+
+
+def test_a_fact_is_asked_again_after_an_operation_yielded_a_command():
+    """A fresh host: ``cluster`` yields pg_createcluster, so ``running`` asks ClusterState anew."""
+    host = FakeHost("debian12-x86_64")
+    plan = plan_for(host)
+    host.asked.clear()
+    for planning in (True, False):
+        for operation in (postgres.cluster, postgres.running):
+            assert run_as_pyinfra_does(operation, plan, host, planning)
+    assert [cls for cls, _, _ in host.asked] == [ClusterState] * 4  # never from before a command

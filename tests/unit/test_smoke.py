@@ -1,9 +1,11 @@
 """The vector smoke suite (pgvector_deploy.smoke): its script, its parser, its report.
 
 The script is also run for real here, against a fake ``psql``/``pg_config``/``runuser`` that
-keep the scratch databases as files: that proves the shell's own logic (a leftover is
+keep the scratch database as files: that proves the shell's own logic (a leftover is
 dropped only with the comment, a failing check never stops the others, cleanup always runs,
-the password reaches psql only through a PGPASSFILE) without a PostgreSQL server.
+the password reaches psql only through a PGPASSFILE) without a PostgreSQL server. The fake
+psql runs a script statement by statement as psql does (ON_ERROR_STOP, BEGIN/COMMIT,
+``\\echo``) and logs each statement with its session.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from pgvector_deploy.smoke import (
     CHECKS,
     SCRATCH_COMMENT,
     SCRATCH_DATABASE,
-    SCRATCH_DATABASE_T1,
     CheckResult,
     SmokeApp,
     SmokeChecks,
@@ -134,26 +135,63 @@ def test_without_app_or_address_the_password_is_absent_and_the_check_skips(debia
     assert re.search(r"report app_over_tcp skip '[^']+'", script)
 
 
+def function(script, name):
+    return script.split(f"\n{name}() {{\n", 1)[1].split("\n}\n", 1)[0]
+
+
 def test_every_drop_is_guarded_by_the_comment_or_this_runs_creation(debian12):
     script = smoke_script(debian12, 5432, "0.8.0", None)
-    drops = [line for line in script.splitlines() if 'sql postgres "DROP DATABASE' in line]
-    assert len(drops) == 2
-    make = script.split("make_scratch() {", 1)[1].split("\n}\n", 1)[0]
+    assert script.count("DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE)") == 2
+    assert script.count("DROP DATABASE") == 2 + script.count("DROP DATABASE $SCRATCH failed")
     # In make_scratch the only DROP is in the "ours" branch (the comment matched).
-    assert re.search(r"ours\)\n\s+out=\$\(sql postgres \"DROP DATABASE", make)
-    assert f"shobj_description(oid, 'pg_database') = '{SCRATCH_COMMENT}'" in script
-    drop = script.split("drop_scratch() {", 1)[1].split("\n}\n", 1)[0]
-    assert re.search(r'foreign\)\n\s+if \[ -z "\$2" \]; then\n\s+kept=', drop)
+    make = function(script, "make_scratch")
+    assert re.search(r"ours\)\n\s+out=\$\(sql postgres \"DROP DATABASE IF EXISTS \$SCRATCH", make)
+    assert f"shobj_description(oid, 'pg_database') = '{SCRATCH_COMMENT}'" in function(script, "scratch_state")
+    # In cleanup: state is "ours" only when this run created it or the lookup found the
+    # comment; absent and foreign return before the DROP.
+    cleanup = function(script, "check_cleanup")
+    assert cleanup.index('if [ -n "$created" ]; then\n    state=ours\n  elif ! scratch_state; then') < cleanup.index("DROP")
+    foreign = cleanup.index("    foreign)\n")
+    assert cleanup.index("return ;;", foreign) < cleanup.index("DROP")
+    assert "created=1" in make and script.count("created=1") == 1
 
 
-def test_scratch_databases_are_commented_right_after_creation(debian12):
+def test_the_scratch_database_is_made_from_template1_and_commented_right_after_creation(debian12):
     script = smoke_script(debian12, 5432, "0.8.0", None)
-    make = script.split("make_scratch() {", 1)[1].split("\n}\n", 1)[0]
-    create = make.index('CREATE DATABASE $1 TEMPLATE $2')
-    comment = make.index(f"COMMENT ON DATABASE $1 IS '{SCRATCH_COMMENT}'")
-    assert create < comment
-    assert make[create:comment].count("$(sql ") == 1  # nothing runs in between
-    assert f"SCRATCH={SCRATCH_DATABASE}\n" in script and f"SCRATCH_T1={SCRATCH_DATABASE_T1}\n" in script
+    make = function(script, "make_scratch")
+    # One psql session (ON_ERROR_STOP): nothing runs between CREATE and COMMENT.
+    assert (
+        "sql_stdin postgres <<SQL\n"
+        "CREATE DATABASE $SCRATCH TEMPLATE template1;\n"
+        "\\echo scratch_created\n"
+        f"COMMENT ON DATABASE $SCRATCH IS '{SCRATCH_COMMENT}';\n"
+        "SQL\n"
+    ) in make
+    assert script.count("CREATE DATABASE $SCRATCH TEMPLATE template1;") == 1
+    assert len(re.findall(r"^CREATE DATABASE", script, re.M)) == 1
+    assert f"SCRATCH={SCRATCH_DATABASE}\n" in script
+    assert "template0" not in script and "_t1" not in script and "SCRATCH_T1" not in script
+
+
+def test_template1_is_read_before_create_extension_runs(debian12):
+    script = smoke_script(debian12, 5432, "0.8.0", None)
+    template1 = function(script, "check_template1_has_vector")
+    assert re.findall(r"\$\(sql\w* [^\n]*", template1) == [
+        '$(sql "$SCRATCH" "SELECT extversion FROM pg_extension WHERE extname = \'vector\'") || {'
+    ]
+    create = function(script, "check_create_extension")
+    assert "BEGIN;\nDROP EXTENSION IF EXISTS vector CASCADE;\nCREATE EXTENSION vector;\nCOMMIT;\n" in create
+    assert list(CHECKS).index("template1_has_vector") < list(CHECKS).index("create_extension")
+
+
+def test_index_checks_are_small_and_name_their_build_parameters(debian12):
+    script = smoke_script(debian12, 5432, "0.8.0", None)
+    assert smoke.INDEX_ROWS <= 500 and smoke.INDEX_ROWS >= smoke.IVFFLAT_LISTS
+    assert "check_index hnsw_index hnsw 'WITH (m = 8, ef_construction = 32)'\n" in script
+    assert f"check_index ivfflat_index ivfflat 'WITH (lists = {smoke.IVFFLAT_LISTS})'\n" in script
+    assert f"SET ivfflat.probes = {smoke.IVFFLAT_LISTS};" in script
+    assert f"generate_series(1, {smoke.INDEX_ROWS})" in script
+    assert "CREATE TEMPORARY TABLE $table" in script
 
 
 def test_script_uses_the_platform_binaries_and_port(debian12):
@@ -177,44 +215,92 @@ FAKE_PSQL = r'''
 import os, sys
 state = os.environ["FAKE_PG"]
 args = sys.argv[1:]
-log = open(os.path.join(state, "log"), "a")
-sql = args[args.index("-c") + 1] if "-c" in args else sys.stdin.read()
 db = args[args.index("-d") + 1] if "-d" in args else ""
-log.write(f"{db}\t{' '.join(sql.split())}\n")
-def path(name): return os.path.join(state, "db_" + name)
+if "-c" in args:  # one query string: several statements in it are one transaction
+    commands = [args[args.index("-c") + 1]]
+else:  # a script: backslash commands on their own line, SQL up to a line ending in ";"
+    commands, pending = [], []
+    for line in sys.stdin.read().splitlines():
+        if not pending and line.startswith("\\"):
+            commands.append(line)
+            continue
+        pending.append(line)
+        if line.rstrip().endswith(";"):
+            commands.append(" ".join(" ".join(pending).split()).rstrip(";"))
+            pending = []
+log = open(os.path.join(state, "log"), "a")
+def path(kind, name): return os.path.join(state, f"{kind}_{name}")
+def read(kind, name, default=""):
+    return open(path(kind, name)).read() if os.path.exists(path(kind, name)) else default
+def error(text):
+    print(f"ERROR:  {text}\nLINE 1: ...", file=sys.stderr); sys.exit(3)  # ON_ERROR_STOP
 def fail_if(key):
-    if os.path.exists(os.path.join(state, "fail_" + key)):
-        print(f"ERROR:  fake failure of {key}\nLINE 1: ...", file=sys.stderr); sys.exit(1)
+    if os.path.exists(path("fail", key)): error(f"fake failure of {key}")
 if "-U" in args:  # the app, over TCP
     pgpass = os.environ.get("PGPASSFILE", "")
     if not os.path.exists(pgpass):
         print("psql: error: fe_sendauth: no password supplied", file=sys.stderr); sys.exit(2)
     mode = oct(os.stat(pgpass).st_mode & 0o777)
-    open(os.path.join(state, "pgpass_seen"), "w").write(f"{pgpass}\n{mode}\n{open(pgpass).read()}")
+    open(path("pgpass", "seen"), "w").write(f"{pgpass}\n{mode}\n{open(pgpass).read()}")
     print("172.17.0.1|t"); sys.exit(0)
-words = sql.split()
-if sql.startswith("SHOW server_version_num"): print("150020")
-elif "FROM pg_database WHERE datname = '" in sql:
-    name = sql.split("datname = '")[1].split("'")[0]
-    if os.path.exists(path(name)): print(open(path(name)).read())
-elif sql.startswith("DROP DATABASE"):
-    fail_if("drop"); os.remove(path(words[4]))
-elif sql.startswith("CREATE DATABASE"):
-    open(path(words[2]), "w").write("foreign")
-elif sql.startswith("COMMENT ON DATABASE"):
-    fail_if("comment"); open(path(words[3]), "w").write("ours")
-elif sql == "CREATE EXTENSION vector": fail_if("create_extension")
-elif "extversion" in sql: print("0.8.0")
-elif "::sparsevec" in sql: print("[1,2,3] [1,2,3] {1:1,3:2}/3")
-elif "<#>" in sql: print("5|1|-32|t")
-elif "CREATE INDEX" in sql:
-    index = sql.split("CREATE INDEX ")[1].split()[0]
-    print(f"Limit\n  ->  Index Scan using {index} on x\n        Order By: (embedding <-> '[10,20,30]'::vector)\nrows=5")
-elif "rolpassword" in sql: print("scram")
-elif "string_agg" in sql:
-    print(", ".join(sorted(n[3:] for n in os.listdir(state) if n.startswith("db_") and open(os.path.join(state, n)).read() == "ours")))
-else:
-    print(f"fake psql: unexpected SQL {sql!r}", file=sys.stderr); sys.exit(3)
+extension = read("ext", db, None)  # this database's vector version; None: not created
+in_transaction = False
+index = None
+for sql in commands:
+    log.write(f"{os.getpid()}\t{db}\t{sql}\n"); log.flush()
+    words = sql.split()
+    if ("DATABASE" in words[:2]) and ("-c" in args and ";" in sql.rstrip(";") or in_transaction):
+        error(f"{' '.join(words[:2])} cannot run inside a transaction block")
+    if sql.startswith("\\echo "): print(sql[len("\\echo "):])
+    elif sql == "BEGIN": in_transaction = True
+    elif sql == "COMMIT":
+        in_transaction = False
+        if extension is None:
+            if os.path.exists(path("ext", db)): os.remove(path("ext", db))
+        else: open(path("ext", db), "w").write(extension)
+    elif sql.startswith("SET "): pass
+    elif sql.startswith("SHOW server_version_num"): print("150020")
+    elif "FROM pg_database WHERE datname = '" in sql and "CASE WHEN" in sql:
+        name = sql.split("datname = '")[1].split("'")[0]
+        if os.path.exists(path("db", name)): print(read("db", name))
+    elif sql.startswith("DROP DATABASE"):
+        fail_if("drop")
+        for kind in ("db", "ext"):
+            if os.path.exists(path(kind, words[4])): os.remove(path(kind, words[4]))
+    elif sql.startswith("CREATE DATABASE"):
+        fail_if("create_database")
+        if os.path.exists(path("db", words[2])): error(f'database "{words[2]}" already exists')
+        assert words[3:] == ["TEMPLATE", "template1"], words
+        open(path("db", words[2]), "w").write("foreign")  # no comment yet
+        template1 = read("ext", "template1", None)
+        if template1 is not None: open(path("ext", words[2]), "w").write(template1)
+    elif sql.startswith("COMMENT ON DATABASE"):
+        fail_if("comment"); open(path("db", words[3]), "w").write("ours")
+    elif sql == "DROP EXTENSION IF EXISTS vector CASCADE": extension = None
+    elif sql == "CREATE EXTENSION vector":
+        fail_if("create_extension")
+        if extension is not None: error('extension "vector" already exists')
+        extension = read("control", "default_version")
+    elif sql.startswith("SELECT 'basics', "):
+        fail_if("casts")
+        print(f"basics|{extension}|[1,2,3] [1,2,3] {{1:1,3:2}}/3|5|1|-32|t")
+    elif sql == "SELECT extversion FROM pg_extension WHERE extname = 'vector'":
+        if extension is not None: print(extension)
+    elif "::sparsevec" in sql: fail_if("casts"); print("[1,2,3] [1,2,3] {1:1,3:2}/3")
+    elif "<#>" in sql: print("5|1|-32|t")
+    elif sql.startswith(("CREATE TEMPORARY TABLE", "INSERT INTO", "ANALYZE")): pass
+    elif sql.startswith("CREATE INDEX"):
+        index, method = words[2], words[6]
+        fail_if(method)
+    elif sql.startswith("EXPLAIN"):
+        print(f"Limit\n  ->  Index Scan using {index} on x\n        Order By: (embedding <-> '[10,20,30]'::vector)")
+    elif sql.startswith("SELECT 'rows='"): print("rows=5")
+    elif "rolpassword" in sql: print("scram")
+    elif sql.startswith("SELECT count(*) FROM pg_database"):
+        name = sql.split("datname = '")[1].split("'")[0]
+        print(1 if read("db", name) == "ours" else 0)
+    else:
+        print(f"fake psql: unexpected SQL {sql!r}", file=sys.stderr); sys.exit(3)
 '''
 
 
@@ -225,6 +311,8 @@ def fake_host(tmp_path, debian12):
     share, lib, state = tmp_path / "share", tmp_path / "lib", tmp_path / "state"
     for directory in (bindir, share / "extension", lib, state):
         directory.mkdir(parents=True)
+    (state / "ext_template1").write_text("0.8.0")  # what template1 gives a new database
+    (state / "control_default_version").write_text("0.8.0")  # what CREATE EXTENSION gives
     (share / "extension" / "vector.control").write_text("default_version = '0.8.0'\n")
     (lib / "vector.so").write_text("")
     scripts = {
@@ -252,6 +340,13 @@ def fake_host(tmp_path, debian12):
         def database(self, name, comment):
             (state / f"db_{name}").write_text(comment)
 
+        def extension(self, database, version):
+            """vector at this version in the database (None: not created there)."""
+            if version is None:
+                (state / f"ext_{database}").unlink()
+            else:
+                (state / f"ext_{database}").write_text(version)
+
         def databases(self):
             return {p.name[3:]: p.read_text() for p in state.glob("db_*")}
 
@@ -259,8 +354,12 @@ def fake_host(tmp_path, debian12):
             (state / f"fail_{what}").write_text("")
 
         def log(self):
+            """(session, database, statement) per statement the fake psql ran."""
             path = state / "log"
-            return path.read_text().splitlines() if path.exists() else []
+            return [tuple(line.split("\t", 2)) for line in path.read_text().splitlines()] if path.exists() else []
+
+        def statements(self):
+            return [sql for _session, _db, sql in self.log()]
 
         def run(self, app=None, version="0.8.0"):
             script = smoke_script(platform, 5432, version, app)
@@ -273,19 +372,57 @@ def fake_host(tmp_path, debian12):
     return Host()
 
 
+DEPENDENT = ("extversion", "casts", "distances", "hnsw_index", "ivfflat_index")
+CREATE = f"CREATE DATABASE {SCRATCH_DATABASE} TEMPLATE template1"
+COMMENT = f"COMMENT ON DATABASE {SCRATCH_DATABASE} IS '{SCRATCH_COMMENT}'"
+DROP = f"DROP DATABASE IF EXISTS {SCRATCH_DATABASE} WITH (FORCE)"
+READ_EXTVERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+
+
+def statuses(results):
+    return {name: r.status for name, r in results.items()}
+
+
 def test_fake_run_all_checks_pass_and_scratch_is_gone(fake_host):
     results, done = fake_host.run(APP)
-    assert {name: r.status for name, r in results.items()} == {name: "pass" for name in CHECKS}
+    assert statuses(results) == {name: "pass" for name in CHECKS}
     assert done.stderr == ""
     assert fake_host.databases() == {}
     assert "Index Scan using smoke_hnsw_idx" in results["hnsw_index"].detail
     assert "Index Scan using smoke_ivfflat_idx" in results["ivfflat_index"].detail
     assert results["distances"].detail == "<-> 5, <=> 1, <#> -32"
-    # Each scratch database was commented right after it was created.
-    log = [line.split("\t", 1)[1] for line in fake_host.log()]
-    for name, template in ((SCRATCH_DATABASE, "template0"), (SCRATCH_DATABASE_T1, "template1")):
-        create = log.index(f"CREATE DATABASE {name} TEMPLATE {template}")
-        assert log[create + 1] == f"COMMENT ON DATABASE {name} IS '{SCRATCH_COMMENT}'"
+    assert results["extversion"].detail == "vector 0.8.0"
+    assert results["template1_has_vector"].detail == f"vector 0.8.0 in {SCRATCH_DATABASE} (from template1) without CREATE EXTENSION"
+    assert results["cleanup"].detail == f"{SCRATCH_DATABASE} is gone"
+    log = fake_host.log()
+    statements = fake_host.statements()
+    # One scratch database, made from template1, commented in the same session right after.
+    assert [sql for sql in statements if sql.startswith("CREATE DATABASE")] == [CREATE]
+    create = statements.index(CREATE)
+    assert statements[create + 1 : create + 3] == ["\\echo scratch_created", COMMENT]
+    assert log[create][0] == log[create + 2][0]
+    # template1's extversion is read before CREATE EXTENSION, which follows DROP EXTENSION
+    # in one transaction in the scratch database.
+    extension = statements.index("CREATE EXTENSION vector")
+    assert statements.index(READ_EXTVERSION) < extension
+    assert statements[extension - 3 : extension + 2] == [
+        "SET client_min_messages = warning", "BEGIN", "DROP EXTENSION IF EXISTS vector CASCADE",
+        "CREATE EXTENSION vector", "COMMIT",
+    ]
+    assert log[extension][1] == SCRATCH_DATABASE
+    # extversion, casts and distances came from one query in that same session.
+    (basics,) = [i for i, sql in enumerate(statements) if sql.startswith("SELECT 'basics'")]
+    assert log[basics][0] == log[extension][0]
+    assert statements.count(READ_EXTVERSION) == 1 and not [sql for sql in statements if sql.startswith("SELECT '[1,2,3]'")]
+    # Cleanup dropped it (this run made it: no lookup first) and checked it was gone.
+    assert statements[-2:] == [DROP, f"SELECT count(*) FROM pg_database WHERE datname = '{SCRATCH_DATABASE}' "
+                               f"AND shobj_description(oid, 'pg_database') = '{SCRATCH_COMMENT}'"]
+
+
+def test_fake_run_costs_eight_psql_sessions_without_the_app(fake_host):
+    results, _ = fake_host.run()
+    assert results["app_over_tcp"].status == "skip"
+    assert len({session for session, _db, _sql in fake_host.log()}) == 8
 
 
 def test_fake_run_the_password_reaches_psql_only_through_a_private_pgpassfile(fake_host, tmp_path):
@@ -295,33 +432,34 @@ def test_fake_run_the_password_reaches_psql_only_through_a_private_pgpassfile(fa
     assert mode == "0o600"
     assert content == pgpass_line(APP, 5432) + "\n"
     assert not Path(pgpass).exists()  # removed after use
-    assert PASSWORD not in "\n".join(fake_host.log())
+    assert PASSWORD not in "\n".join(fake_host.statements())
     assert list(tmp_path.glob("tmp.*")) == []
 
 
 def test_fake_run_drops_a_leftover_that_carries_the_comment(fake_host):
     fake_host.database(SCRATCH_DATABASE, "ours")
+    fake_host.extension(SCRATCH_DATABASE, "0.7.0")
     results, _ = fake_host.run()
-    assert results["create_extension"].status == "pass"
-    log = [line.split("\t", 1)[1] for line in fake_host.log()]
-    assert log.index(f"DROP DATABASE IF EXISTS {SCRATCH_DATABASE} WITH (FORCE)") < log.index(
-        f"CREATE DATABASE {SCRATCH_DATABASE} TEMPLATE template0"
-    )
+    assert statuses(results) == {name: "skip" if name == "app_over_tcp" else "pass" for name in CHECKS}
+    statements = fake_host.statements()
+    assert statements.index(DROP) < statements.index(CREATE)
+    assert statements.count(DROP) == 2  # the leftover, then cleanup
     assert fake_host.databases() == {}
 
 
 def test_fake_run_never_drops_a_database_without_the_comment(fake_host):
     fake_host.database(SCRATCH_DATABASE, "foreign")
-    fake_host.database(SCRATCH_DATABASE_T1, "foreign")
     results, _ = fake_host.run(APP)
-    assert not [line for line in fake_host.log() if "DROP DATABASE" in line]
-    assert fake_host.databases() == {SCRATCH_DATABASE: "foreign", SCRATCH_DATABASE_T1: "foreign"}
-    for name in ("create_extension", "template1_has_vector"):
+    assert not [sql for sql in fake_host.statements() if "DROP DATABASE" in sql or "CREATE DATABASE" in sql]
+    assert not [db for _session, db, _sql in fake_host.log() if db == SCRATCH_DATABASE]  # never even connected
+    assert fake_host.databases() == {SCRATCH_DATABASE: "foreign"}
+    for name in ("template1_has_vector", "create_extension"):
         assert results[name].status == "fail"
         assert "not this suite's scratch database" in results[name].detail
         assert "left untouched" in results[name].detail
-    for name in ("extversion", "casts", "distances", "hnsw_index", "ivfflat_index"):
+    for name in DEPENDENT:
         assert results[name].status == "skip"
+        assert "create_extension failed" in results[name].detail
     # The other checks still ran.
     assert results["extension_files"].status == "pass"
     assert results["app_over_tcp"].status == "pass"
@@ -331,20 +469,67 @@ def test_fake_run_never_drops_a_database_without_the_comment(fake_host):
 
 def test_fake_run_a_failing_check_does_not_stop_the_others_and_cleanup_runs(fake_host):
     fake_host.fail("create_extension")
-    results, _ = fake_host.run()
+    results, _ = fake_host.run(APP)
     assert results["create_extension"].status == "fail"
     assert "fake failure of create_extension" in results["create_extension"].detail
     assert results["template1_has_vector"].status == "pass"
+    assert all(results[name].status == "skip" for name in DEPENDENT)
+    assert results["app_over_tcp"].status == "pass"
     assert results["cleanup"].status == "pass"
     assert fake_host.databases() == {}
+
+
+def test_fake_run_a_failing_index_check_does_not_stop_the_next(fake_host):
+    fake_host.fail("hnsw")
+    results, _ = fake_host.run()
+    assert results["hnsw_index"].status == "fail"
+    assert "fake failure of hnsw" in results["hnsw_index"].detail
+    assert results["ivfflat_index"].status == "pass"
+    assert results["cleanup"].status == "pass"
+    assert fake_host.databases() == {}
+
+
+def test_fake_run_when_the_shared_query_fails_each_check_runs_its_own(fake_host):
+    fake_host.fail("casts")  # a cast error fails the shared query too
+    results, _ = fake_host.run()
+    assert results["create_extension"].status == "pass"
+    assert results["extversion"].status == "pass" and results["extversion"].detail == "vector 0.8.0"
+    assert results["casts"].status == "fail"
+    assert "fake failure of casts" in results["casts"].detail
+    assert results["distances"].status == "pass" and results["distances"].detail == "<-> 5, <=> 1, <#> -32"
+    assert results["hnsw_index"].status == "pass"
+    statements = fake_host.statements()
+    assert statements.count(READ_EXTVERSION) == 2  # template1_has_vector's and extversion's own
+
+
+def test_fake_run_template1_without_vector_fails_only_that_check(fake_host):
+    fake_host.extension("template1", None)
+    results, _ = fake_host.run()
+    assert results["template1_has_vector"].status == "fail"
+    assert "has no vector extension" in results["template1_has_vector"].detail
+    assert all(results[name].status == "pass" for name in ("create_extension", *DEPENDENT, "cleanup"))
 
 
 def test_fake_run_cleanup_drops_what_it_created_even_when_the_comment_failed(fake_host):
     fake_host.fail("comment")
     results, _ = fake_host.run()
+    assert results["template1_has_vector"].status == "fail"
+    assert results["template1_has_vector"].detail.startswith(f"COMMENT ON DATABASE {SCRATCH_DATABASE} failed: ERROR:")
+    assert results["create_extension"].status == "fail"
+    assert all(results[name].status == "skip" for name in DEPENDENT)
+    assert results["cleanup"].status == "pass"
+    assert DROP in fake_host.statements()
+    assert fake_host.databases() == {}
+
+
+def test_fake_run_when_create_database_fails_nothing_is_dropped(fake_host):
+    fake_host.fail("create_database")
+    results, _ = fake_host.run()
+    assert results["template1_has_vector"].detail.startswith(f"{CREATE} failed: ERROR: fake failure")
+    assert "scratch_created" not in results["template1_has_vector"].detail
     assert results["create_extension"].status == "fail"
     assert results["cleanup"].status == "pass"
-    assert fake_host.databases() == {}
+    assert not [sql for sql in fake_host.statements() if "DROP DATABASE" in sql]
 
 
 def test_fake_run_reports_a_cleanup_failure(fake_host):
@@ -352,6 +537,18 @@ def test_fake_run_reports_a_cleanup_failure(fake_host):
     results, _ = fake_host.run()
     assert results["cleanup"].status == "fail"
     assert "fake failure of drop" in results["cleanup"].detail
+    assert fake_host.databases() == {SCRATCH_DATABASE: "ours"}
+
+
+def test_fake_run_a_leftover_that_cannot_be_dropped_fails_the_scratch_checks(fake_host):
+    fake_host.database(SCRATCH_DATABASE, "ours")
+    fake_host.fail("drop")
+    results, _ = fake_host.run()
+    assert "could not drop the leftover scratch database" in results["template1_has_vector"].detail
+    assert results["create_extension"].status == "fail"
+    assert results["cleanup"].status == "fail"  # it tried again
+    assert fake_host.statements().count(DROP) == 2
+    assert CREATE not in fake_host.statements()
 
 
 def test_fake_run_wrong_version_fails_extversion(fake_host):
@@ -359,6 +556,8 @@ def test_fake_run_wrong_version_fails_extversion(fake_host):
     assert results["extversion"].status == "fail"
     assert "requested 0.8.6" in results["extversion"].detail
     assert results["template1_has_vector"].status == "fail"
+    assert "requested 0.8.6" in results["template1_has_vector"].detail
+    assert results["create_extension"].status == "pass"
 
 
 def test_fake_run_missing_library_fails_extension_files(fake_host, tmp_path):
