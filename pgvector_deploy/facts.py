@@ -316,8 +316,12 @@ class PgvectorState(FactBase):
         return f"""
 PATH={SAFE_PATH}
 if [ -x {platform.pg_config} ]; then
-  echo "pg_version=$({platform.pg_config} --version)"
-  lib=$({platform.pg_config} --pkglibdir); share=$({platform.pg_config} --sharedir)
+  # One call for the three answers, one per line in the order asked.
+  answers=$({platform.pg_config} --version --pkglibdir --sharedir)
+  nl='
+'
+  echo "pg_version=${{answers%%"$nl"*}}"
+  rest=${{answers#*"$nl"}}; lib=${{rest%%"$nl"*}}; share=${{rest#*"$nl"}}
   [ -f "$lib/vector.so" ] && echo "library=$lib/vector.so"
   [ -f "$share/extension/vector.control" ] && \
     echo "control_version=$(sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" "$share/extension/vector.control")"
@@ -413,17 +417,21 @@ class ServerConfig(FactBase):
     def command(self, platform: Platform, port: int):
         managed = (hba_path(platform), settings_path(platform), tuning_path(platform), SYSCTL_FILE)
         files = " ".join(shlex.quote(path) for path in managed)
-        hba_errors = "SELECT line_number || '|' || error FROM pg_hba_file_rules WHERE error IS NOT NULL"
-        # Settings in the files on disk that only a restart applies (shared_buffers, listen_addresses).
-        pending = "SELECT sourcefile || '|' || name FROM pg_file_settings WHERE error = 'setting could not be applied'"
+        # One psql, one query per -c, each printing its own key= lines (a stopped server: none).
+        queries = (
+            "SELECT 'running_listen=' || current_setting('listen_addresses')",
+            "SELECT 'max_connections=' || current_setting('max_connections')",
+            # Settings in the files on disk that only a restart applies (shared_buffers, listen_addresses).
+            "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_file_settings "
+            "WHERE error = 'setting could not be applied'",
+            "SELECT 'hba_error=' || line_number || '|' || error FROM pg_hba_file_rules WHERE error IS NOT NULL",
+            f"SELECT 'settings_error=' || found FROM ({SETTINGS_ERRORS_SQL}) AS errors(found)",
+        )
+        server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
         return f"""
 PATH={SAFE_PATH}
 for file in {files}; do [ -f "$file" ] && echo "file=$file|$(base64 -w0 < "$file")"; done
-echo "running_listen=$({as_postgres(platform, port, 'postgres', 'SHOW listen_addresses')} 2>/dev/null)"
-echo "max_connections=$({as_postgres(platform, port, 'postgres', 'SHOW max_connections')} 2>/dev/null)"
-{as_postgres(platform, port, 'postgres', pending)} 2>/dev/null | sed -e 's/^/pending_restart=/'
-{as_postgres(platform, port, 'postgres', hba_errors)} 2>/dev/null | sed -e 's/^/hba_error=/'
-{as_postgres(platform, port, 'postgres', SETTINGS_ERRORS_SQL)} 2>/dev/null | sed -e 's/^/settings_error=/'
+{server} </dev/null 2>/dev/null
 grep -Eqs "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf[.]d'" {shlex.quote(main_conf(platform))} && echo includes_conf_d=yes
 echo "nonlocal_bind=$(cat /proc/sys/net/ipv4/ip_nonlocal_bind 2>/dev/null)"
 ip -o -4 addr show 2>/dev/null | sed -e 's/^/address=/'

@@ -266,7 +266,7 @@ def test_database_without_the_extension_maps_to_none_and_keeps_pipes_in_names():
 
 def test_pgvector_state_command_uses_the_absolute_pg_config(debian12):
     command = PgvectorState().command(platform=debian12, port=5432)
-    assert "/usr/lib/postgresql/15/bin/pg_config --version" in command
+    assert "/usr/lib/postgresql/15/bin/pg_config --version --pkglibdir --sharedir" in command
     assert "$(pg_config" not in command and " pg_config " not in command
     assert f"[ -f {BUILD_STAMP} ]" in command
     assert "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql" in command
