@@ -8,7 +8,10 @@ were captured on real Debian 12 hosts and which are reconstructed for the other 
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,46 @@ def run_operation(operation, plan, host) -> list:
         return list(generator(plan))
     finally:
         ctx_host.set(previous)
+
+
+# --- a throwaway PostgreSQL 15 (tests that need the real server and psql) ---------------------
+
+PG_BINDIR = "/usr/lib/postgresql/15/bin"
+AS_POSTGRES = ["runuser", "-u", "postgres", "--"]
+
+
+def throwaway_server_missing() -> str | None:
+    """Why a throwaway PostgreSQL 15 cannot run here, or None."""
+    import os
+
+    if os.geteuid() != 0:
+        return "needs root (runuser -u postgres)"
+    if not all(Path(PG_BINDIR, tool).exists() for tool in ("initdb", "pg_ctl", "psql", "pg_isready")):
+        return f"PostgreSQL 15 binaries not found in {PG_BINDIR}"
+    if subprocess.run(["id", "postgres"], check=False, capture_output=True).returncode != 0:
+        return "no postgres OS user"
+    return None
+
+
+@contextmanager
+def throwaway_server(prefix: str):
+    """A PostgreSQL 15 in a temporary directory, reachable only through its Unix socket there
+    (trust for the OS user postgres); yields that directory; stopped and removed after.
+    Skips the test where it cannot run."""
+    missing = throwaway_server_missing()
+    if missing:
+        pytest.skip(missing)
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    shutil.chown(base, "postgres")
+    subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/initdb", "-D", f"{base}/data", "-A", "trust", "-U", "postgres", "-E", "UTF8"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-c listen_addresses='' -c unix_socket_directories={base} -p 5432"
+    subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/pg_ctl", "-D", f"{base}/data", "-o", options, "-l", f"{base}/log", "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        yield base
+    finally:
+        subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/pg_ctl", "-D", f"{base}/data", "-m", "immediate", "stop"],
+                       check=False, capture_output=True)  # fmt: skip
+        shutil.rmtree(base, ignore_errors=True)

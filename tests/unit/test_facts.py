@@ -23,7 +23,7 @@ from pgvector_deploy.facts import (
 
 from pgvector_deploy.platforms import PACKAGE_MANAGERS
 
-from .conftest import recorded_lines, sh_syntax_error
+from .conftest import AS_POSTGRES, PG_BINDIR, recorded_lines, sh_syntax_error, throwaway_server
 
 PROVISIONED_SHA = "867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0"
 
@@ -304,22 +304,8 @@ def test_listener_argv0_is_ignored_without_emulation():
 
 # --- PgvectorState against a real PostgreSQL 15: two psql processes for every database ----------
 
-PG_BINDIR = "/usr/lib/postgresql/15/bin"
 # Names a careless script would mangle, split, interpolate (:v) or run (backquotes).
 AWKWARD_DATABASES = ("we'ird \\ na=me|x", ":v -d", "a`touch {marker}`b", "-d x", "ünï cödé\ttab", "dbname=postgres")
-
-
-def _no_server() -> str | None:
-    import os
-    from pathlib import Path
-
-    if os.geteuid() != 0:
-        return "needs root (runuser -u postgres)"
-    if not all(Path(PG_BINDIR, tool).exists() for tool in ("initdb", "pg_ctl", "psql", "pg_isready")):
-        return f"PostgreSQL 15 binaries not found in {PG_BINDIR}"
-    if subprocess.run(["id", "postgres"], check=False, capture_output=True).returncode != 0:
-        return "no postgres OS user"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -328,54 +314,35 @@ def pg_server():
     named awkwardly, one with vector, one that pg_hba.conf can reject, one taking no
     connections; ``bindir`` holds a psql that counts its runs."""
     import dataclasses
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
 
     from pgvector_deploy.platforms import PLATFORMS
 
-    missing = _no_server()
-    if missing:
-        pytest.skip(missing)
-    base = Path(tempfile.mkdtemp(prefix="pgvd-state-"))
-    base.chmod(0o755)
-    shutil.chown(base, "postgres")
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, f"{PG_BINDIR}/initdb", "-D", f"{base}/data", "-A", "trust", "-U", "postgres", "-E", "UTF8"],
-                   check=True, capture_output=True)  # fmt: skip
-    options = f"-c listen_addresses='' -c unix_socket_directories={base} -p 5432"
-    subprocess.run([*as_pg, f"{PG_BINDIR}/pg_ctl", "-D", f"{base}/data", "-o", options, "-l", f"{base}/log", "-w", "start"],
-                   check=True, capture_output=True)  # fmt: skip
-    bindir = base / "bin"
-    bindir.mkdir(mode=0o755)
-    log = base / "psql-runs"
-    log.touch(mode=0o666)
-    log.chmod(0o666)
-    (bindir / "psql").write_text(f'#!/bin/sh\necho run >> {log}\nexec {PG_BINDIR}/psql "$@"\n')
-    (bindir / "psql").chmod(0o755)
-    for tool in ("pg_isready", "pg_config"):
-        (bindir / tool).symlink_to(f"{PG_BINDIR}/{tool}")
-    psql = lambda database, sql: subprocess.run(  # noqa: E731
-        [*as_pg, f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-d", database, "-c", sql],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    marker = base / "backquote-ran"
-    try:
+    with throwaway_server("pgvd-state-") as base:
+        bindir = base / "bin"
+        bindir.mkdir(mode=0o755)
+        log = base / "psql-runs"
+        log.touch(mode=0o666)
+        log.chmod(0o666)
+        (bindir / "psql").write_text(f'#!/bin/sh\necho run >> {log}\nexec {PG_BINDIR}/psql "$@"\n')
+        (bindir / "psql").chmod(0o755)
+        for tool in ("pg_isready", "pg_config"):
+            (bindir / tool).symlink_to(f"{PG_BINDIR}/{tool}")
+        psql = lambda database, sql: subprocess.run(  # noqa: E731
+            [*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-d", database, "-c", sql],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        marker = base / "backquote-ran"
         names = [name.replace("{marker}", str(marker)) for name in AWKWARD_DATABASES]
         for name in (*names, "app", "rejected", "closed", "two\nlines"):
             psql("postgres", 'CREATE DATABASE "' + name.replace('"', '""') + '"')
         psql("postgres", "ALTER DATABASE closed ALLOW_CONNECTIONS false")
         vector = subprocess.run(  # where pgvector is installed here, app gets it
-            [*as_pg, f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base), "-d", "app", "-c", "CREATE EXTENSION vector"],
+            [*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base), "-d", "app", "-c", "CREATE EXTENSION vector"],
             check=False, capture_output=True,
         ).returncode == 0  # fmt: skip
         platform = dataclasses.replace(next(p for p in PLATFORMS if p.key == "debian-12"), socket_dir=str(base), bindir=str(bindir))
         yield {"base": base, "platform": platform, "psql": psql, "log": log, "names": names, "marker": marker,
                "vector": psql("app", "SELECT extversion FROM pg_extension WHERE extname = 'vector'").strip() if vector else None}  # fmt: skip
-    finally:
-        subprocess.run([*as_pg, f"{PG_BINDIR}/pg_ctl", "-D", f"{base}/data", "-m", "immediate", "stop"], check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _gather_state(server) -> tuple[dict, int]:

@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,7 +41,7 @@ from pgvector_deploy.preflight import Plan
 from pgvector_deploy.settings import SettingsError, load_settings
 from pgvector_deploy.shell import SAFE_PATH, as_postgres
 
-from .conftest import FactHost, run_operation, sh_syntax_error
+from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax_error, throwaway_server
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
@@ -422,51 +421,22 @@ def test_the_repository_ships_no_migration_to_apply_by_default():
 
 # --- for real: sh, psql and PostgreSQL 15 on a throwaway server -------------------------------------
 
-BINDIR = "/usr/lib/postgresql/15/bin"
-
-
-def _server_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (runuser -u postgres)"
-    if not all(Path(BINDIR, tool).exists() for tool in ("initdb", "pg_ctl", "psql")):
-        return f"PostgreSQL 15 binaries not found in {BINDIR}"
-    if subprocess.run(["id", "postgres"], check=False, capture_output=True).returncode != 0:
-        return "no postgres OS user"
-    return None
-
-
 @pytest.fixture(scope="module")
 def server(debian12_module):
     """A throwaway PostgreSQL 15 in a temporary directory, reachable only through its Unix
     socket there; the app role owns database app (made from template1, as the deploy does)."""
-    missing = _server_missing()
-    if missing:
-        pytest.skip(missing)
-    base = Path(tempfile.mkdtemp(prefix="pgvd-migrations-"))
-    base.chmod(0o755)
-    shutil.chown(base, "postgres")
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, f"{BINDIR}/initdb", "-D", f"{base}/data", "-A", "trust", "-U", "postgres", "-E", "UTF8"],
-                   check=True, capture_output=True)  # fmt: skip
-    options = f"-c listen_addresses='' -c unix_socket_directories={base} -p 5432"
-    subprocess.run([*as_pg, f"{BINDIR}/pg_ctl", "-D", f"{base}/data", "-o", options, "-l", f"{base}/log", "-w", "start"],
-                   check=True, capture_output=True)  # fmt: skip
-    platform = dataclasses.replace(debian12_module, socket_dir=str(base))
-    try:
-        psql = lambda database, sql: subprocess.run(
-            [*as_pg, f"{BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-d", database, "-c", sql],
+    with throwaway_server("pgvd-migrations-") as base:
+        psql = lambda database, sql: subprocess.run(  # noqa: E731
+            [*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-d", database, "-c", sql],
             check=True, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
-        vector = (Path(subprocess.run([f"{BINDIR}/pg_config", "--sharedir"], check=False, capture_output=True, text=True).stdout.strip())
-                  / "extension" / "vector.control").exists()  # fmt: skip
+        sharedir = subprocess.run([f"{PG_BINDIR}/pg_config", "--sharedir"], check=False, capture_output=True, text=True).stdout.strip()
+        vector = (Path(sharedir) / "extension" / "vector.control").exists()
         if vector:
             psql("template1", "CREATE EXTENSION vector")
         psql("postgres", "CREATE ROLE app LOGIN")
         psql("postgres", "CREATE DATABASE app OWNER app")
-        yield {"base": base, "platform": platform, "psql": psql, "vector": vector}
-    finally:
-        subprocess.run([*as_pg, f"{BINDIR}/pg_ctl", "-D", f"{base}/data", "-m", "immediate", "stop"], check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        yield {"base": base, "platform": dataclasses.replace(debian12_module, socket_dir=str(base)), "psql": psql, "vector": vector}
 
 
 @pytest.fixture(scope="module")
