@@ -367,6 +367,51 @@ def parse_pgvector_state(lines: list[str]) -> dict:
     }
 
 
+class FactBundle(FactBase):
+    """Several facts' commands in one round trip, run side by side on the host (each in its own
+    subshell, reading nothing); per fact, a marker line with its index and exit status, then
+    its output. ``parse_bundle`` splits it; ``Plan.prefetch`` hands each part to its fact.
+
+    .. code:: python
+
+        host.get_fact(FactBundle, commands=("echo a=1", "echo b=2"))  # [(0, ["a=1"]), (0, ["b=2"])]
+    """
+
+    MARKER = "@@pgvector-deploy-fact"
+
+    def command(self, commands: tuple[str, ...]):
+        started = "\n".join(
+            f'( {command}\n) >"$dir/{index}" 2>/dev/null </dev/null &\npid{index}=$!' for index, command in enumerate(commands)
+        )
+        # In order: the marker with the exit status, the output, a line end if it lacked one.
+        collected = "\n".join(
+            f'wait $pid{index}; echo "{self.MARKER} {index} $?"; cat "$dir/{index}"; '
+            f'[ -z "$(tail -c1 "$dir/{index}")" ] || echo'
+            for index in range(len(commands))
+        )
+        return f"""PATH={SAFE_PATH}
+dir=$(mktemp -d) || exit 1
+trap 'rm -rf "$dir"' EXIT
+{started}
+{collected}
+"""
+
+    def process(self, output):
+        return parse_bundle(output)
+
+
+def parse_bundle(lines: list[str]) -> list[tuple[int, list[str]]]:
+    """Marker-separated output -> ``[(exit status, lines), ...]`` in the order the commands were given."""
+    parts: list[tuple[int, list[str]]] = []
+    for line in lines:
+        if line.startswith(FactBundle.MARKER + " "):
+            _, _, status = line.split(" ")
+            parts.append((int(status), []))
+        elif parts:
+            parts[-1][1].append(line)
+    return parts
+
+
 # -- networking and the app ----------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pyinfra import host as current_host
 from pyinfra.api import operation
 
-from .facts import CACHE_DIR, HostProfile, LoginAccess
+from .facts import CACHE_DIR, FactBundle, HostProfile, LoginAccess
 from .platforms import POSTGRES_MAJOR, Platform, UnsupportedHost, detect_platform
 from .settings import Settings, SettingsError, load_settings
 from .shell import fail
@@ -58,10 +58,32 @@ class Plan:
         The key holds the host's name too: a plan is made for one host, but it never answers
         for another.
         """
-        key = (cls, getattr(current_host, "name", None), self._arguments_key(kwargs))
+        key = self._key(cls, kwargs)
         if key not in self._facts:
             self._facts[key] = current_host.get_fact(cls, **kwargs)
         return copy.deepcopy(self._facts[key])  # one operation's edits never reach the next
+
+    def prefetch(self, *requests: tuple[type, dict]) -> None:
+        """Gather several facts in one round trip, their commands side by side on the host, and
+        remember each as if ``fact`` had asked it alone (same class and arguments). A fact
+        whose command failed is not remembered: ``fact`` asks it again, alone.
+
+        Nothing has run on the host yet when the recipe prefetches, so these are as fresh
+        as any fact ``fact`` gathers; the first command an operation yields forgets them.
+        """
+        wanted = [(cls, kwargs) for cls, kwargs in requests if self._key(cls, kwargs) not in self._facts]
+        if not wanted:
+            return
+        commands = tuple(cls().command(**kwargs) for cls, kwargs in wanted)
+        parts = current_host.get_fact(FactBundle, commands=commands)
+        for (cls, kwargs), (status, lines) in zip(wanted, parts):
+            if status == 0:
+                fact = cls()
+                self._facts[self._key(cls, kwargs)] = fact.process(lines) if lines else fact.default()
+
+    @classmethod
+    def _key(cls_, fact_cls, kwargs: dict) -> tuple:
+        return (fact_cls, getattr(current_host, "name", None), cls_._arguments_key(kwargs))
 
     def forget_facts(self) -> None:
         """Gather every fact anew from now on (a command may have changed the host)."""
@@ -244,7 +266,38 @@ def start(host, config) -> Plan | Refusal:
             f"the login user (uid {access['uid']}) cannot run sudo without a password. Fix: connect as a user "
             "with passwordless sudo (EC2 images: admin, ubuntu, ec2-user), or as root."
         )
-    return look(host)
+    plan = look(host)
+    if isinstance(plan, Plan):
+        plan.prefetch(*expected_facts(plan))
+    return plan
+
+
+def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
+    """The facts the recipe's operations ask, with the very arguments they ask them with (a
+    mismatch costs only a round trip: the operation then asks alone)."""
+    from .appenv import EnvFileState  # these modules' operations import Plan from here
+    from .facts import AppState, ClusterState, InstalledPackages, PgvectorState, RepositoryChecks, ServerConfig
+    from .migrations import MigrationLedger
+
+    platform, port, settings = plan.platform, plan.port, plan.settings
+    facts: list[tuple[type, dict]] = []
+    steps = platform.repository_steps(plan.os_id, plan.arch)
+    if steps:
+        facts.append((RepositoryChecks, {"checks": tuple(step.check for step in steps)}))
+    facts += [
+        (InstalledPackages, {"platform": platform}),
+        (ClusterState, {"platform": platform, "port": port}),
+        (PgvectorState, {"platform": platform, "port": port}),
+        (ServerConfig, {"platform": platform, "port": port}),
+    ]
+    app = settings.app
+    if app is not None:
+        facts.append((AppState, {"platform": platform, "port": port, "user": app.user, "database": app.database}))
+        if settings.migrations:
+            facts.append((MigrationLedger, {"platform": platform, "port": port, "database": app.database}))
+        if app.env_file is not None:
+            facts.append((EnvFileState, {"path": app.env_file}))
+    return facts
 
 
 def look(host) -> Plan | Refusal:

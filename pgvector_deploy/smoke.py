@@ -170,7 +170,8 @@ PGOPTIONS='-c statement_timeout=300s -c lock_timeout=30s'
 PGCONNECT_TIMEOUT=10
 export PGOPTIONS PGCONNECT_TIMEOUT
 pgpass=
-trap '[ -z "$pgpass" ] || rm -f "$pgpass"' EXIT
+results=
+trap '[ -z "$pgpass" ] || rm -f "$pgpass"; [ -z "$results" ] || rm -rf "$results"' EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -447,16 +448,44 @@ SQL
   fi
 }
 
+# beside NAME CHECK [ARGS]: run a check that shares nothing with the ones after it in the
+# background, its report lines kept in $results/NAME until collect prints them; inline when
+# there is no $results folder.
+beside() {
+  name=$1
+  shift
+  if [ -z "$results" ]; then
+    "$@"
+    return
+  fi
+  ( trap '[ -z "$pgpass" ] || rm -f "$pgpass"' EXIT; "$@" ) > "$results/$name" &
+}
+
+# collect: wait for the checks run beside, then print their lines.
+collect() {
+  [ -n "$results" ] || return 0
+  wait
+  for name in extension_files app_over_tcp hnsw_index; do
+    cat "$results/$name" 2>/dev/null
+  done
+}
+
+# The scratch database's chain runs in order; the checks that do not need it (and the HNSW
+# check, beside the IVFFlat one) run beside it. They start once the scratch database exists:
+# CREATE DATABASE waits (in 100 ms steps) while a new session may still be starting.
+# Cleanup comes after all of them.
 main() {
-  check_extension_files
+  results=$(mktemp -d) || results=
   check_template1_has_vector
+  beside extension_files check_extension_files
+  beside app_over_tcp check_app_over_tcp
   check_create_extension
   check_extversion
   check_casts
   check_distances
-  check_index hnsw_index hnsw @HNSW_OPTIONS@
+  beside hnsw_index check_index hnsw_index hnsw @HNSW_OPTIONS@
   check_index ivfflat_index ivfflat @IVFFLAT_OPTIONS@
-  check_app_over_tcp
+  collect
   check_cleanup
 }
 

@@ -97,11 +97,24 @@ def test_script_is_pure(debian12):
     assert smoke_script(debian12, 5432, "0.8.0", APP) == smoke_script(debian12, 5432, "0.8.0", APP)
 
 
-def test_script_reports_every_check_in_order(debian12):
+def test_script_runs_every_check_once_and_cleanup_last(debian12):
     script = smoke_script(debian12, 5432, "0.8.0", None)
-    calls = re.findall(r"^  (check_\w+)(?: (\w+))?", script.split("main() {", 1)[1], re.M)
+    calls = re.findall(r"^  (?:beside \w+ )?(check_\w+)(?: (\w+))?", script.split("main() {", 1)[1], re.M)
     names = [arg if fn == "check_index" else fn[len("check_"):] for fn, arg in calls]
-    assert names == list(CHECKS)
+    assert sorted(names) == sorted(CHECKS)
+    assert names[-1] == "cleanup"
+    main = script.split("main() {", 1)[1]
+    assert main.index("  collect\n") < main.index("  check_cleanup")  # nothing runs beside the cleanup
+
+
+def test_checks_run_beside_the_chain_only_when_they_need_no_scratch_database(debian12):
+    main = smoke_script(debian12, 5432, "0.8.0", None).split("main() {", 1)[1]
+    beside = re.findall(r"^  beside (\w+) check_", main, re.M)
+    assert beside == ["extension_files", "app_over_tcp", "hnsw_index"]
+    # The HNSW check starts only once vector exists in the scratch database, and nothing runs
+    # beside CREATE DATABASE (it waits while other sessions start).
+    assert main.index("  check_create_extension") < main.index("  beside hnsw_index")
+    assert main.index("  check_template1_has_vector") < main.index("  beside ")
 
 
 def test_password_appears_once_only_in_the_pgpassfile_line(debian12):
@@ -121,7 +134,8 @@ def test_pgpassfile_is_private_and_removed(debian12):
     script = smoke_script(debian12, 5432, "0.8.0", APP)
     head = script.split("report() {", 1)[0]
     assert "umask 077" in head
-    assert "trap '[ -z \"$pgpass\" ] || rm -f \"$pgpass\"' EXIT" in head
+    assert "trap '[ -z \"$pgpass\" ] || rm -f \"$pgpass\"; [ -z \"$results\" ] || rm -rf \"$results\"' EXIT" in head
+    assert "( trap '[ -z \"$pgpass\" ] || rm -f \"$pgpass\"' EXIT; \"$@\" )" in script  # a check run beside
     assert 'pgpass=$(mktemp)' in script
     assert 'PGPASSFILE="$pgpass"' in script
     assert not re.search(r"^\s*set -\w*e", script, re.M)
@@ -131,7 +145,7 @@ def test_pgpassfile_is_private_and_removed(debian12):
 def test_without_app_or_address_the_password_is_absent_and_the_check_skips(debian12, app):
     script = smoke_script(debian12, 5432, "0.8.0", app)
     assert PASSWORD not in script
-    assert "mktemp" not in script and "PGPASSFILE=" not in script
+    assert "pgpass=$(mktemp)" not in script and "PGPASSFILE=" not in script
     assert re.search(r"report app_over_tcp skip '[^']+'", script)
 
 
