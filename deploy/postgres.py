@@ -11,8 +11,9 @@ from pyinfra import config, host
 from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, smoke, tuning
 
 # Stage 0, look: the login can become root, the host data is valid, the host is one we
-# provision (two round trips of facts). Nothing changes yet; a refused host gets one
-# failing operation and the other hosts carry on.
+# provision; then the facts every later stage asks, side by side on the host (three round
+# trips in all). Nothing changes yet; a refused host gets one failing operation and the
+# other hosts carry on.
 plan = preflight.start(host, config)
 
 if isinstance(plan, preflight.Refusal):
