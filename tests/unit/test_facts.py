@@ -389,3 +389,25 @@ def test_pgvector_state_command_starts_two_psql_before_any_fallback(debian12):
     batch = command.split("if versions=$(", 1)[1].split("\n", 1)[0]
     assert batch.count("runuser -u postgres -- /usr/lib/postgresql/15/bin/psql ") == 2
     assert "while IFS= read -r db" not in command.split("if versions=$(", 1)[0]
+
+
+# --- FactBundle: several facts in one round trip ------------------------------------------------
+
+
+def test_fact_bundle_runs_commands_side_by_side_and_keeps_each_output_apart(tmp_path):
+    from pgvector_deploy.facts import FactBundle, parse_bundle
+
+    go = tmp_path / "go"
+    # The first command can only see "go" if the fourth runs while it waits (5 s at most).
+    waits = f"for i in $(seq 50); do [ -f {go} ] && break; sleep 0.1; done; [ -f {go} ] && echo saw=go; printf a=2"
+    commands = (waits, "echo b=1; exit 3", "true", f"touch {go}; echo 'c=x y'")
+    result = subprocess.run(["sh", "-c", FactBundle().command(commands=commands)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert parse_bundle(result.stdout.splitlines()) == [(0, ["saw=go", "a=2"]), (3, ["b=1"]), (0, []), (0, ["c=x y"])]
+    assert sh_syntax_error(FactBundle().command(commands=commands)) == ""
+
+
+def test_parse_bundle_ignores_lines_before_the_first_marker():
+    from pgvector_deploy.facts import FactBundle, parse_bundle
+
+    assert parse_bundle(["noise", f"{FactBundle.MARKER} 0 0", "x=1", f"{FactBundle.MARKER} 1 1"]) == [(0, ["x=1"]), (1, [])]

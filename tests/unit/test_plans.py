@@ -505,3 +505,46 @@ def test_a_fact_is_asked_again_after_an_operation_yielded_a_command():
         for operation in (postgres.cluster, postgres.running):
             assert run_as_pyinfra_does(operation, plan, host, planning)
     assert [cls for cls, _, _ in host.asked] == [ClusterState] * 4  # never from before a command
+
+
+@pytest.mark.parametrize(
+    "recorded, data",
+    [
+        ("debian12-x86_64", {"pgvector_version": "0.8.0", "pgvector_allow_insecure": True}),
+        ("rocky9-aarch64", {}),  # has repository steps: RepositoryChecks too
+    ],
+)
+def test_after_the_prefetch_a_no_op_run_asks_the_host_nothing_more(recorded, data, tmp_path, monkeypatch):
+    """``preflight.start`` prefetches ``expected_facts`` in one bundle: each with the very
+    arguments its operation asks it with, so the whole recipe is then served from the plan."""
+    from pyinfra.context import ctx_host
+
+    from pgvector_deploy.facts import FactBundle
+
+    monkeypatch.setattr(appenv, "_executing", lambda: False)
+    host = FakeHost(recorded, state="provisioned", data=whole_recipe_data(tmp_path, data))
+    plan = plan_for(host)
+    host.outputs.update(converged_outputs(plan))
+    wanted = preflight.expected_facts(plan)
+    answers = {cls: host.outputs.get(cls) or recorded_output(recorded, "provisioned", FACT_FILES[cls]) for cls, _ in wanted}
+    bundle_asks = []
+
+    def get_fact(cls, **kwargs):
+        if cls is FactBundle:  # the bundle's own command is sh; here each part is the recording
+            bundle_asks.append(kwargs["commands"])
+            return [(0, answers[fact]) for fact, _ in wanted]
+        return FakeHost.get_fact(host, cls, **kwargs)
+
+    host.get_fact = get_fact
+    host.asked.clear()
+    previous = ctx_host.get()
+    ctx_host.set(host)
+    try:
+        plan.prefetch(*wanted)
+    finally:
+        ctx_host.set(previous)
+    assert len(bundle_asks) == 1 and len(bundle_asks[0]) == len(wanted)
+    for planning in (True, False):
+        for operation in WHOLE_RECIPE:
+            assert run_as_pyinfra_does(operation, plan, host, planning) == [], operation.__name__
+    assert host.asked == []  # every operation's fact came from the bundle
