@@ -11,14 +11,16 @@ from pyinfra import config, host
 from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, smoke, tuning
 
 # Stage 0, look: the login can become root, the host data is valid, the host is one we
-# provision; then the facts every later stage asks, side by side on the host (three round
-# trips in all). Nothing changes yet; a refused host gets one failing operation and the
-# other hosts carry on.
+# provision (two round trips of facts). Nothing changes yet; a refused host gets one
+# failing operation and the other hosts carry on.
 plan = preflight.start(host, config)
 
 if isinstance(plan, preflight.Refusal):
     preflight.refuse(plan, name="Refuse this host (nothing changed)")
 else:
+    # The facts every stage below asks, in one more round trip, side by side on the host.
+    plan.prefetch(*preflight.expected_facts(plan))
+
     # Stage 1, fetch: the tarball's checksum is verified before anything is installed.
     pgvector.fetch(plan, name="pgvector tarball is on the host, sha256 verified")
 

@@ -266,10 +266,7 @@ def start(host, config) -> Plan | Refusal:
             f"the login user (uid {access['uid']}) cannot run sudo without a password. Fix: connect as a user "
             "with passwordless sudo (EC2 images: admin, ubuntu, ec2-user), or as root."
         )
-    plan = look(host)
-    if isinstance(plan, Plan):
-        plan.prefetch(*expected_facts(plan))
-    return plan
+    return look(host)
 
 
 def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
