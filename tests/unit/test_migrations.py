@@ -41,7 +41,7 @@ from pgvector_deploy.preflight import Plan
 from pgvector_deploy.settings import SettingsError, load_settings
 from pgvector_deploy.shell import SAFE_PATH, as_postgres
 
-from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax_error, throwaway_server
+from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax_error, skip_or_fail, throwaway_server
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
@@ -569,7 +569,7 @@ def alembic(project: Path, url: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def alembic_database(server):
     if not server["vector"]:
-        pytest.skip("pgvector is not installed for PostgreSQL 15 here")
+        skip_or_fail("pgvector is not installed for PostgreSQL 15 here (tests/bootstrap.sh builds it)")
     name = f"alembic_{os.getpid()}_{len(os.listdir(server['base']))}"
     server["psql"]("postgres", f"CREATE DATABASE {name} OWNER app")
     # A table the models do not have (as pgvector-deploy's SQL migrations make): left alone.
