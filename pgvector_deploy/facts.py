@@ -34,11 +34,13 @@ SETTINGS_FILE_NAME = "90-pgvector-deploy.conf"
 TUNING_FILE_NAME = "80-pgvector-tuning.conf"
 SYSCTL_FILE = "/etc/sysctl.d/60-pgvector-deploy.conf"
 _BRIDGE = re.compile(r"^(docker0|br-[0-9a-f]+)$")
-# Errors PostgreSQL finds in the configuration files on disk. "setting could not be applied"
-# only means a restart is needed (listen_addresses): that is not an error in the file.
+# What pg_file_settings says of a file's restart-only setting (listen_addresses,
+# shared_buffers) whose value the running server does not have yet: a restart is needed.
+PENDING_RESTART = "setting could not be applied"
+# Errors PostgreSQL finds in the configuration files on disk; a pending restart is not one.
 SETTINGS_ERRORS_SQL = (
     "SELECT sourcefile || ':' || sourceline || ' ' || coalesce(name, '') || ': ' || error "
-    "FROM pg_file_settings WHERE error IS NOT NULL AND error <> 'setting could not be applied'"
+    f"FROM pg_file_settings WHERE error IS NOT NULL AND error <> '{PENDING_RESTART}'"
 )
 
 
@@ -468,7 +470,7 @@ class ServerConfig(FactBase):
             "SELECT 'max_connections=' || current_setting('max_connections')",
             # Settings in the files on disk that only a restart applies (shared_buffers, listen_addresses).
             "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_file_settings "
-            "WHERE error = 'setting could not be applied'",
+            f"WHERE error = '{PENDING_RESTART}'",
             "SELECT 'hba_error=' || line_number || '|' || error FROM pg_hba_file_rules WHERE error IS NOT NULL",
             f"SELECT 'settings_error=' || found FROM ({SETTINGS_ERRORS_SQL}) AS errors(found)",
         )

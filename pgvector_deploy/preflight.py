@@ -40,9 +40,10 @@ class Plan:
     def fact(self, cls, **kwargs):
         """``host.get_fact(cls, **kwargs)``, gathered once while nothing may have changed the host.
 
-        pyinfra 3 caches no facts, and it runs each operation's generator twice: while it plans
-        (up to the first command, to tell whether the operation changes anything) and again
-        when it executes. So two operations asking the same fact ask the host four times.
+        pyinfra 3 caches no facts: two operations asking the same fact ask the host twice.
+        Without ``-y`` (and with ``--dry``) it also runs each operation's generator while it
+        plans (up to the first command, to tell whether the operation changes anything) and
+        again when it executes: four times.
 
         Why a remembered fact is never stale: only commands change the host, and a command
         reaches the host only when an operation yields it and pyinfra executes it (in
@@ -81,9 +82,8 @@ class Plan:
                 fact = cls()
                 self._facts[self._key(cls, kwargs)] = fact.process(lines) if lines else fact.default()
 
-    @classmethod
-    def _key(cls_, fact_cls, kwargs: dict) -> tuple:
-        return (fact_cls, getattr(current_host, "name", None), cls_._arguments_key(kwargs))
+    def _key(self, fact: type, kwargs: dict) -> tuple:
+        return (fact, getattr(current_host, "name", None), self._arguments_key(kwargs))
 
     def forget_facts(self) -> None:
         """Gather every fact anew from now on (a command may have changed the host)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pyinfra.api import operation
 
-from .facts import SETTINGS_ERRORS_SQL, TUNING_FILE_NAME, ServerConfig, tuning_path
+from .facts import PENDING_RESTART, SETTINGS_ERRORS_SQL, TUNING_FILE_NAME, ServerConfig, tuning_path
 from .networking import reload_command, replace_file_script, restart_command
 from .platforms import UnsupportedHost
 from .preflight import Plan
@@ -35,8 +35,6 @@ from .shell import SAFE_PATH, as_postgres, fail, host_locked
 HNSW_M = 16  # pgvector's default m; the graph estimate assumes it
 STOCK_MAINTENANCE_WORK_MEM_MB = 64
 MAX_AUTO_WORKERS = 8  # the default max_worker_processes and max_parallel_workers: no restart needed
-# Restart-only settings a file may change; pg_file_settings says "could not be applied" for them.
-PENDING_RESTART = "setting could not be applied"
 
 
 @dataclass(frozen=True)

@@ -234,13 +234,19 @@ def test_tag_filters_from_the_environment_must_all_match(client):
     assert set(hosts_of(ec2.discover({}))) == {"prod-db", "staging-db", "untagged-db"}
 
 
+def recording_session(operation: str) -> tuple[boto3.Session, list[dict]]:
+    """A boto3 session, and the parameters of every EC2 ``operation`` call it makes."""
+    session = boto3.Session()
+    calls: list[dict] = []
+    session.events.register(f"before-parameter-build.ec2.{operation}", lambda params, **kwargs: calls.append(params))
+    return session, calls
+
+
 def test_every_page_of_describe_instances_is_read(client, aws_env):
     image = register_ami(client, DEBIAN)
     for number in range(25):
         launch(client, image, f"db-{number:02d}")
-    session = boto3.Session()
-    calls = []
-    session.events.register("before-parameter-build.ec2.DescribeInstances", lambda params, **kwargs: calls.append(params))
+    session, calls = recording_session("DescribeInstances")
     hosts = hosts_of(ec2.discover({}, session=session, page_size=10))
     assert sorted(hosts) == [f"db-{number:02d}" for number in range(25)]
     assert [call.get("MaxResults") for call in calls] == [10, 10, 10]
@@ -251,9 +257,7 @@ def test_images_are_described_once_for_all_instances(client):
     image = register_ami(client, DEBIAN)
     for number in range(3):
         launch(client, image, f"db-{number}")
-    session = boto3.Session()
-    calls = []
-    session.events.register("before-parameter-build.ec2.DescribeImages", lambda params, **kwargs: calls.append(params))
+    session, calls = recording_session("DescribeImages")
     ec2.discover({}, session=session)
     assert len(calls) == 1
     assert calls[0]["Filters"] == [{"Name": "image-id", "Values": [image]}]
