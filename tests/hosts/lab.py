@@ -34,6 +34,7 @@ PROXY_PORT = 8899
 FILES_PORT = 8081
 HOSTS_DIR = Path(os.environ.get("PGV_TEST_HOSTS", "/var/lib/pgv-test/hosts"))
 APT_ARCHIVES = CACHE / "apt-archives"
+LAB_WAIT = int(os.environ.get("PGV_TEST_LAB_WAIT", "3600"))
 
 
 def run(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -74,12 +75,18 @@ class Lab:
         self._files: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> "Lab":
-        # One lab per machine: a second one would tear down the first one's hosts.
+        # One lab per machine: a second one would tear down the first one's hosts. A second
+        # test run waits its turn (up to LAB_WAIT seconds) instead of failing at once.
         self._lock = open("/run/pgv-test-lab.lock", "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError("another test lab is running on this machine; wait for it to finish") from None
+        deadline = time.monotonic() + LAB_WAIT
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another test lab ran on this machine for over {LAB_WAIT}s; wait for it to finish") from None
+                time.sleep(2)
         cleanup_stale()
         run("ip", "link", "add", BRIDGE, "type", "bridge")
         run("ip", "addr", "add", f"{GATEWAY}/16", "dev", BRIDGE)
