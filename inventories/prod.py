@@ -15,7 +15,7 @@ Environment variables (all optional):
                            boto3's own configuration, read by boto3 as usual
 
 Each host is named after its Name tag (else its instance id; clashing names get the id
-appended) and logs in as its image's default user (Debian admin, Ubuntu ubuntu, Rocky rocky,
+appended until every name is unique; two instances sharing an address are refused) and logs in as its image's default user (Debian admin, Ubuntu ubuntu, Rocky rocky,
 Amazon Linux, RHEL and AlmaLinux ec2-user); an SSHUser tag on the instance overrides it.
 Groups: postgres_hosts (all), ec2_x86_64 and ec2_arm64. Host data from EC2: ssh_hostname,
 ssh_user, ec2_instance_id, ec2_image_id, ec2_architecture (checked against `uname -m` before

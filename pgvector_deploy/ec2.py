@@ -282,10 +282,14 @@ def tag(instance: Mapping, key: str) -> str:
 
 
 def host_names(instances: list[Mapping]) -> dict[str, str]:
-    """Instance id -> pyinfra host name: the Name tag, else the id; clashing names get the id.
+    """Instance id -> pyinfra host name, unique by construction: the Name tag, else the id;
+    every instance whose name is shared (with another's tag or with a name made here) gets
+    ``<name>-<id>``, until no two names are the same.
 
-    Every instance sharing a name gets ``<name>-<id>``, not just the second one, so a name
-    never depends on the order EC2 listed them in.
+    Every instance sharing a name gets the suffix, not just the second one, so a name never
+    depends on the order EC2 listed them in. Instance ids are unique, so each round makes the
+    clashing names longer and distinct; a tag that happens to equal a made name
+    (``db-i-1`` beside two ``db``) clashes in the next round and gets its own id too.
 
     >>> host_names([{"InstanceId": "i-1", "Tags": [{"Key": "Name", "Value": "db"}]},
     ...             {"InstanceId": "i-2", "Tags": [{"Key": "Name", "Value": "db"}]},
@@ -297,8 +301,12 @@ def host_names(instances: list[Mapping]) -> dict[str, str]:
     for instance in instances:
         name = tag(instance, "Name")
         names[instance["InstanceId"]] = name if name and not name.startswith("@") else instance["InstanceId"]
-    counts = Counter(names.values())
-    return {iid: (f"{name}-{iid}" if counts[name] > 1 else name) for iid, name in names.items()}
+    for _ in range(len(names) + 1):  # each round settles at least one clash for good
+        counts = Counter(names.values())
+        if all(count == 1 for count in counts.values()):
+            return names
+        names = {iid: (f"{name}-{iid}" if counts[name] > 1 else name) for iid, name in names.items()}
+    raise AssertionError(f"host names did not become unique: {names}")  # unreachable: ids are unique
 
 
 def address_of(instance: Mapping, address: str) -> str | None:
@@ -321,6 +329,30 @@ def check_addresses(instances: list[Mapping], names: Mapping[str, str], options:
     raise Ec2InventoryError(
         f"PGVECTOR_EC2_ADDRESS={options.address}, but these instances have no {options.address} IPv4 address: "
         f"{', '.join(missing)}. {fix}"
+    )
+
+
+def check_unique_addresses(instances: list[Mapping], names: Mapping[str, str], options: Options) -> None:
+    """Fail naming the instances that share the address pyinfra would connect to.
+
+    Overlapping VPC CIDRs give two instances the same private IP: pyinfra would reach one of
+    them twice and the other never. No address can tell them apart from here, so refuse.
+    """
+    by_address: dict[str, list[Mapping]] = {}
+    for instance in instances:
+        by_address.setdefault(address_of(instance, options.address), []).append(instance)
+    shared = {address: group for address, group in by_address.items() if len(group) > 1}
+    if not shared:
+        return
+    details = "; ".join(
+        f"{address}: " + ", ".join(f"{names[i['InstanceId']]} ({i['InstanceId']}, {i.get('VpcId') or 'no VPC'})" for i in group)
+        for address, group in sorted(shared.items())
+    )
+    raise Ec2InventoryError(
+        f"PGVECTOR_EC2_ADDRESS={options.address}: several instances share one address, so one of them "
+        f"would be provisioned twice and the others never: {details}. Fix: narrow PGVECTOR_EC2_FILTERS to "
+        "the instances of one VPC (e.g. a tag per VPC: Role=postgres,Env=prod), or use "
+        "PGVECTOR_EC2_ADDRESS=public, and run once per VPC."
     )
 
 
@@ -354,6 +386,7 @@ def make_hosts(instances: list[Mapping], images: Mapping[str, Mapping], options:
     """(name, data) for every instance, sorted by name."""
     names = host_names(instances)
     check_addresses(instances, names, options)
+    check_unique_addresses(instances, names, options)
     hosts = [
         (names[i["InstanceId"]], host_data(i, images.get(i.get("ImageId", "")), names[i["InstanceId"]], options))
         for i in instances
@@ -548,5 +581,8 @@ def discover(
         path = write_ssh_config(text, cache_dir or default_cache_dir(environ))
         for _, data in hosts:
             data["ssh_config_file"] = path
-    logger.info(f"EC2 inventory: {len(hosts)} running instance(s) ({where(session)})")
+    # Every instance found becomes a host (names are unique, addresses checked): say both.
+    logger.info(
+        f"EC2 inventory: {len(instances)} running instance(s) found, {len(hosts)} kept as hosts ({where(session)})"
+    )
     return inventory_groups(hosts)

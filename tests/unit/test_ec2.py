@@ -177,6 +177,58 @@ def test_hosts_are_named_by_the_name_tag_else_the_id_and_twins_get_their_id(flee
     }
 
 
+def test_a_name_tag_equal_to_a_made_name_still_gives_every_instance_its_own_host(client):
+    # Two instances called db and one called db-<first id>: the first would become db-<id> too,
+    # and pyinfra would keep one of the two hosts of that name: an instance never provisioned.
+    image = register_ami(client, DEBIAN)
+    first = launch(client, image, "db")["InstanceId"]
+    second = launch(client, image, "db")["InstanceId"]
+    third = launch(client, image, f"db-{first}")["InstanceId"]
+    hosts = hosts_of(ec2.discover({}))
+    assert len(hosts) == 3
+    assert {data["ec2_instance_id"] for data in hosts.values()} == {first, second, third}
+    assert set(hosts) == {f"db-{first}-{first}", f"db-{second}", f"db-{first}-{third}"}
+
+
+def test_host_names_are_unique_for_any_pile_up_of_clashing_tags():
+    # Each round of suffixes makes a name that another tag already holds; the last one has no Name.
+    ids = [f"i-{n}" for n in range(6)]
+    tags = ["db", "db", "db-i-0", "db-i-0-i-2", "i-5", None]
+    instances = [
+        {"InstanceId": iid, "Tags": [{"Key": "Name", "Value": name}] if name else []} for iid, name in zip(ids, tags)
+    ]
+    names = ec2.host_names(instances)
+    assert sorted(names) == ids
+    assert len(set(names.values())) == len(ids)
+
+
+def test_two_instances_with_one_private_ip_in_two_vpcs_are_refused_naming_both(client):
+    image = register_ami(client, DEBIAN)
+    made = []
+    for name in ("db-a", "db-b"):
+        vpc = client.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+        subnet = client.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+        instance = client.run_instances(
+            ImageId=image, MinCount=1, MaxCount=1, SubnetId=subnet, PrivateIpAddress="10.9.1.10",
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Role", "Value": "postgres"},
+                                                                     {"Key": "Name", "Value": name}]}],
+        )["Instances"][0]
+        made.append((instance["InstanceId"], vpc))
+    with pytest.raises(ec2.Ec2InventoryError) as raised:
+        ec2.discover({})
+    message = str(raised.value)
+    assert "10.9.1.10" in message and "provisioned twice" in message
+    for iid, vpc in made:
+        assert iid in message and vpc in message
+    assert "Fix: narrow PGVECTOR_EC2_FILTERS" in message
+
+
+def test_the_inventory_says_how_many_instances_it_found_and_kept(fleet, caplog):
+    with caplog.at_level("INFO", logger="pyinfra"):
+        hosts = hosts_of(ec2.discover({}))
+    assert f"EC2 inventory: {len(hosts)} running instance(s) found, {len(hosts)} kept as hosts" in caplog.text
+
+
 def test_ssh_user_comes_from_the_image_and_the_sshuser_tag_wins(fleet):
     users = {name: data["ssh_user"] for name, data in hosts_of(ec2.discover({})).items()}
     assert users == {
