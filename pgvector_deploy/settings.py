@@ -352,6 +352,10 @@ def _subnets(value: Any) -> tuple[IPv4Network, ...]:
     return tuple(subnets)
 
 
+# What an address looks like once ipaddress has normalised it: digits, hex, dots and colons.
+_PLAIN_ADDRESS = re.compile(r"^[0-9a-f.:]+$")
+
+
 def _addresses(value: Any) -> tuple[str, ...]:
     addresses = []
     for text in _as_list("pg_listen_addresses", value):
@@ -362,6 +366,10 @@ def _addresses(value: Any) -> tuple[str, ...]:
             raise SettingsError(f"pg_listen_addresses: {text!r} is not an IP address. {fix}") from None
         if address.is_unspecified:  # 0.0.0.0 and :: mean every interface, like '*'
             raise SettingsError(f"pg_listen_addresses: {text!r} means every interface. {fix}")
+        if getattr(address, "scope_id", None) is not None or not _PLAIN_ADDRESS.match(str(address)):
+            # ip_address accepts an IPv6 zone id ("fe80::1%eth0") whose text is anything,
+            # quotes and line breaks included; PostgreSQL's listen_addresses takes none.
+            raise SettingsError(f"pg_listen_addresses: {text!r} has a zone id (%...) or characters an address has not. {fix}")
         addresses.append(str(address))
     return tuple(addresses)
 
@@ -491,6 +499,15 @@ def _password(value: Callable[[str], Any]) -> Secret:
         password = _ssm_parameter(str(sources[key]).strip())
     if not password:
         raise SettingsError(f"{key}: the password is empty. Fix: give the app role a non-empty password.")
+    if any(char in password for char in "\r\n\0"):
+        # A SecureString stored from a file keeps its last line break; libpq and env files
+        # cannot carry one. Refused (for this host) rather than stripped: a stripped password
+        # would silently differ from the one the app's other clients were given.
+        raise SettingsError(
+            f"{key}: the password contains a line break or NUL (an SSM value or variable set from a file "
+            "keeps the file's last newline). Fix: store the password without it (e.g. aws ssm put-parameter "
+            "--value \"$(tr -d '\\n' < file)\"), or choose one without control characters."
+        )
     return Secret(password)
 
 

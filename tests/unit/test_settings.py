@@ -212,6 +212,15 @@ def test_wildcard_listen_address_is_refused_like_star(value):
     assert f"pg_listen_addresses: {value!r}" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "value", ["fe80::1%eth0", "fe80::1%eth0'\nshared_preload_libraries = 'evil", "fe80::1%'", "fd00::2%1"]
+)
+def test_listen_address_with_a_zone_id_is_refused_before_it_reaches_a_config_file(value):
+    with pytest.raises(SettingsError, match="Fix:") as error:
+        load_settings({"pg_listen_addresses": ["10.0.1.10", value]})
+    assert f"pg_listen_addresses: {value!r} has a zone id" in str(error.value)
+
+
 @pytest.mark.parametrize("user", ["app", "my_app", "_app", "a" * 63, "app2"])
 def test_valid_app_user(user):
     app = load_settings({**APP, "pg_app_user": user}).app
@@ -267,6 +276,20 @@ def test_empty_literal_password_is_refused():
     with pytest.raises(SettingsError, match="Fix:") as error:
         load_settings({"pg_app_user": "app", "pg_app_password": ""})
     assert "pg_app_password" in str(error.value)
+
+
+@pytest.mark.parametrize("password", ["secret\n", "sec\nret", "secret\r\n", "sec\0ret"])
+def test_a_password_with_a_line_break_is_a_clear_error_for_that_host(password):
+    with pytest.raises(SettingsError, match="Fix: store the password without it") as error:
+        load_settings({"pg_app_user": "app", "pg_app_password": password})
+    assert "pg_app_password: the password contains a line break" in str(error.value)
+    assert "sec" not in str(error.value)
+
+
+def test_a_password_from_a_file_in_an_environment_variable_is_refused_too(monkeypatch):
+    monkeypatch.setenv("PGV_TEST_PASSWORD", "from-a-file\n")
+    with pytest.raises(SettingsError, match="pg_app_password_env: the password contains a line break"):
+        load_settings({"pg_app_user": "app", "pg_app_password_env": "PGV_TEST_PASSWORD"})
 
 
 def test_password_from_the_environment(monkeypatch):
