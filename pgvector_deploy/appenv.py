@@ -169,6 +169,8 @@ umask 077
 tmp=$(mktemp "$dir/.pgvector-deploy-env.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
 cat > "$tmp"
+# Already so (another run wrote it while this one waited for the lock): leave it alone.
+if cmp -s "$tmp" "$file" && [ "$(stat -c %a:%U:%G "$file")" = {FILE_MODE}:{FILE_OWNER} ]; then exit 0; fi
 chown root:root "$tmp"
 chmod 0600 "$tmp"
 mv -f "$tmp" "$file"

@@ -94,7 +94,15 @@ def role(plan: Plan):
     createdb = "CREATEDB" if app.createdb else "NOCREATEDB"
     if not state["role_exists"]:
         verifier = scram_verifier(app.password, os.urandom(16))
-        yield _sql_on_stdin(plan, "postgres", f"CREATE ROLE {app.user} WITH LOGIN {createdb} PASSWORD '{verifier}';\n")
+        # Only if it is still missing (another run may have created it while this one waited for
+        # the lock); an error's context must not echo the statement, which holds the verifier.
+        create = (
+            "\\set SHOW_CONTEXT never\n"
+            "DO $pgvector_deploy$ BEGIN IF NOT EXISTS "
+            f"(SELECT FROM pg_catalog.pg_roles WHERE rolname = '{app.user}') THEN "
+            f"CREATE ROLE {app.user} WITH LOGIN {createdb} PASSWORD '{verifier}'; END IF; END $pgvector_deploy$;\n"
+        )
+        yield _sql_on_stdin(plan, "postgres", create)
         return
     if not state["can_login"] or state["createdb"] != app.createdb:
         yield _sql_on_stdin(plan, "postgres", f"ALTER ROLE {app.user} WITH LOGIN {createdb};\n")
@@ -116,7 +124,13 @@ def database(plan: Plan):
     app = plan.settings.app
     state = plan.fact(AppState, platform=plan.platform, port=plan.port, user=app.user, database=app.database)
     if state["database_owner"] is None:
-        yield _sql_on_stdin(plan, "postgres", f"CREATE DATABASE {app.database} OWNER {app.user};\n")
+        # CREATE DATABASE cannot run in a DO block: psql's \gexec runs it only if the database
+        # is still missing (another run may have created it while this one waited for the lock).
+        create = (
+            f"SELECT 'CREATE DATABASE {app.database} OWNER {app.user}' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_catalog.pg_database WHERE datname = '{app.database}') \\gexec\n"
+        )
+        yield _sql_on_stdin(plan, "postgres", create)
         return
     if state["database_owner"] != app.user:
         yield _sql_on_stdin(plan, "postgres", f"ALTER DATABASE {app.database} OWNER TO {app.user};\n")

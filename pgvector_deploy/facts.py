@@ -33,6 +33,8 @@ BUILD_STAMP = f"{STATE_DIR}/build.json"
 SETTINGS_FILE_NAME = "90-pgvector-deploy.conf"
 TUNING_FILE_NAME = "80-pgvector-tuning.conf"
 SYSCTL_FILE = "/etc/sysctl.d/60-pgvector-deploy.conf"
+# A postgresql.conf line that reads conf.d/ (grep -E).
+INCLUDES_CONF_D = "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf[.]d'"
 _BRIDGE = re.compile(r"^(docker0|br-[0-9a-f]+)$")
 # What pg_file_settings says of a file's restart-only setting (listen_addresses,
 # shared_buffers) whose value the running server does not have yet: a restart is needed.
@@ -479,7 +481,7 @@ class ServerConfig(FactBase):
 PATH={SAFE_PATH}
 for file in {files}; do [ -f "$file" ] && echo "file=$file|$(base64 -w0 < "$file")"; done
 {server} </dev/null 2>/dev/null
-grep -Eqs "^[[:space:]]*include_dir[[:space:]]*=[[:space:]]*'conf[.]d'" {shlex.quote(main_conf(platform))} && echo includes_conf_d=yes
+grep -Eqs {shlex.quote(INCLUDES_CONF_D)} {shlex.quote(main_conf(platform))} && echo includes_conf_d=yes
 echo "nonlocal_bind=$(cat /proc/sys/net/ipv4/ip_nonlocal_bind 2>/dev/null)"
 ip -o -4 addr show 2>/dev/null | sed -e 's/^/address=/'
 true

@@ -63,6 +63,9 @@ LEDGER = f"{LEDGER_SCHEMA}.schema_migrations"
 # Plain names only: they go into SQL literals, shell words and fact output unquoted.
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,123}\.sql$")
 DONE_MARKER = "pgvector-deploy applied"  # psql prints it (\warn) after the COMMIT
+# The error a migration's transaction raises, before the file runs, when the ledger has it
+# already (another run applied it while this one waited for the host lock): a success.
+ALREADY_APPLIED = "pgvector-deploy: already in the ledger (another run applied it meanwhile), skipped:"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -364,8 +367,7 @@ def migration_sql(migration: Migration, role: str) -> str:
         f"SELECT pg_catalog.set_config('pgvector_deploy.migration', '{name}', true); "
         f"LOCK TABLE {LEDGER} IN SHARE ROW EXCLUSIVE MODE; "
         f"DO $pgvector_deploy$ BEGIN IF EXISTS (SELECT FROM {LEDGER} WHERE name = '{name}') THEN "
-        f"RAISE EXCEPTION 'pgvector-deploy: {name} is already in the ledger (another run applied it meanwhile); "
-        "nothing was done'; END IF; END $pgvector_deploy$; "
+        f"RAISE EXCEPTION '{ALREADY_APPLIED} {name}'; END IF; END $pgvector_deploy$; "
     )
     check = (
         "DO $pgvector_deploy$ BEGIN IF current_user <> "
@@ -409,6 +411,8 @@ def apply_script(plan: Plan, name: str) -> str:
         f"PATH={SAFE_PATH}; "
         f"if why=$({psql} 2>&1 >/dev/null); then "
         f"printf '%s\\n' \"$why\" | grep -qxF {shlex.quote(f'{DONE_MARKER} {name}')} || {unfinished}; "
+        f"elif printf '%s\\n' \"$why\" | grep -qF {shlex.quote(f'{ALREADY_APPLIED} {name}')}; then "
+        f"echo {shlex.quote(f'{name} was applied by another run meanwhile; skipped')}; "
         "else "
         f"why=$(printf '%s\\n' \"$why\" | sed -e {shlex.quote(f's/^psql:<stdin>:/{name} line /')} "
         "-e '/^ *\\^ *$/d' | tr -s '\\n ' '  '); "

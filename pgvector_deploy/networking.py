@@ -31,6 +31,7 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from .facts import (
+    INCLUDES_CONF_D,
     SETTINGS_ERRORS_SQL,
     SETTINGS_FILE_NAME,
     SYSCTL_FILE,
@@ -157,9 +158,10 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 # Create conf.d if missing, but never touch an existing directory's mode: on Amazon Linux and
 # the RHEL family the configuration lives in the data directory, which must stay 0700.
 [ -d "$(dirname "$file")" ] || install -d -o postgres -g postgres -m 0755 "$(dirname "$file")"
-if [ -f "$file" ]; then cp -p "$file" "$file.bak-$stamp"; fi
 cat > "$file.pgvector-new" <<'{marker}'
 {content}{marker}
+if cmp -s "$file.pgvector-new" "$file"; then rm -f "$file.pgvector-new"; exit 0; fi  # already so (another run wrote it)
+if [ -f "$file" ]; then cp -p "$file" "$file.bak-$stamp"; fi
 chown postgres:postgres "$file.pgvector-new"
 chmod {mode} "$file.pgvector-new"
 mv -f "$file.pgvector-new" "$file"
@@ -207,8 +209,9 @@ def listen(plan: Plan):
         # initdb's postgresql.conf (Amazon Linux, RHEL family) does not read conf.d/ yet.
         conf = shlex.quote(main_conf(plan.platform))
         yield (
+            f"grep -Eqs {shlex.quote(INCLUDES_CONF_D)} {conf} || {{ "
             f"cp -p {conf} {conf}.bak-$(date -u +%Y%m%dT%H%M%SZ) && "
-            f"printf '%s\\n' \"include_dir = 'conf.d'  # added by pgvector-deploy\" >> {conf}"
+            f"printf '%s\\n' \"include_dir = 'conf.d'  # added by pgvector-deploy\" >> {conf}; }}"
         )
     path = settings_path(plan.platform)
     wanted = render_settings(plan.platform, addresses)
@@ -216,7 +219,15 @@ def listen(plan: Plan):
         yield replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "server settings")
         yield reload_command(plan)
     if state["running_listen"] != ",".join(addresses):
-        yield restart_command(plan)
+        yield restart_unless_listening(plan, addresses)
+
+
+def restart_unless_listening(plan: Plan, addresses: list[str]) -> str:
+    """Shell: restart, unless the running server already listens on ``addresses`` (asked now,
+    under the lock: another run may have restarted it while this one waited)."""
+    running = as_postgres(plan.platform, plan.port, "postgres", "SELECT current_setting('listen_addresses')")
+    wanted = shlex.quote(",".join(addresses))
+    return f'PATH={SAFE_PATH}; [ "$({running} 2>/dev/null)" = {wanted} ] || {{ {restart_command(plan)}; }}'
 
 
 @operation()

@@ -84,6 +84,13 @@ mv -f {candidate} {shlex.quote(dest)}
 """
 
 
+def _cached_guard(dest: str, expected: str) -> str:
+    """Shell: stop here (success) when ``dest`` already has the ``expected`` sha256 (another
+    run stored it while this one waited for the lock)."""
+    quoted = shlex.quote(dest)
+    return f'[ -f {quoted} ] && [ "$(sha256sum < {quoted} | cut -d" " -f1)" = {expected} ] && exit 0'
+
+
 def download_script(url: str, dest: str, expected: str, version: str | None = None) -> str:
     """Shell: download ``url`` to a temporary file, verify, then store it at ``dest``."""
     quoted_url = shlex.quote(url)
@@ -94,6 +101,7 @@ def download_script(url: str, dest: str, expected: str, version: str | None = No
     )
     return f"""set -eu
 PATH={SAFE_PATH}
+{_cached_guard(dest, expected)}
 tmp=$(mktemp /var/tmp/pgvector-download.XXXXXX)
 trap 'rm -f "$tmp"' EXIT
 if command -v curl >/dev/null 2>&1; then
@@ -126,6 +134,14 @@ def build_script(platform: Platform, settings: Settings, tarball: str, stamp: di
     stamp_json = json.dumps(stamp, sort_keys=True)
     return f"""set -eu
 PATH={SAFE_PATH}
+# Another run may have made this very build while this one waited for the lock: the stamp on
+# disk, the library and the control file say so, read now.
+sharedir=$({platform.pg_config} --sharedir)
+if [ "$(cat {BUILD_STAMP} 2>/dev/null)" = {shlex.quote(stamp_json)} ] && [ -f "$({platform.pg_config} --pkglibdir)/vector.so" ] \\
+   && [ "$(sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" "$sharedir/extension/vector.control" 2>/dev/null)" = {version} ]; then
+  echo "pgvector {version} is already built for $({platform.pg_config} --version) (build stamp {BUILD_STAMP}); nothing to do"
+  exit 0
+fi
 tarball={shlex.quote(tarball)}
 [ -f "$tarball" ] || {fail(f"{tarball} is missing; the fetch step must run first.")}
 actual=$(sha256sum "$tarball" | cut -d' ' -f1)

@@ -44,7 +44,8 @@ def repository(plan: Plan):
         return
     for index, step in enumerate(steps):
         if index not in done:
-            yield f"PATH={SAFE_PATH}; {step.setup}"
+            # Checked again under the lock: a run that waited for another must not redo its step.
+            yield f"PATH={SAFE_PATH}; if ( {step.check} ) >/dev/null 2>&1; then :; else {step.setup}; fi"
 
 
 @operation()
@@ -74,11 +75,13 @@ def cluster(plan: Plan):
 
         postgres.cluster(plan)
     """
-    state = plan.fact(ClusterState, platform=plan.platform, port=plan.port)
+    platform = plan.platform
+    state = plan.fact(ClusterState, platform=platform, port=plan.port)
     if state["initialised"]:
-        host.noop(f"cluster in {plan.platform.data_dir} exists, adopted")
+        host.noop(f"cluster in {platform.data_dir} exists, adopted")
         return
-    yield f"PATH={SAFE_PATH}; {plan.platform.create_cluster}"
+    # PG_VERSION is looked at again under the lock: another run may have made the cluster since.
+    yield f"PATH={SAFE_PATH}; [ -s {platform.data_dir}/PG_VERSION ] || {platform.create_cluster}"
 
 
 @operation()
@@ -103,6 +106,8 @@ def running(plan: Plan):
         if systemd:
             yield f"systemctl start {platform.service}"
         else:
-            yield f"PATH={SAFE_PATH}; {platform.start_without_systemd}"
+            # pg_ctlcluster and pg_ctl fail on a server another run started meanwhile: ask first.
+            ready = f"{platform.bindir}/pg_isready -q -h {platform.socket_dir} -p {int(plan.port)}"
+            yield f"PATH={SAFE_PATH}; {ready} || {platform.start_without_systemd}"
     if state["running"] and (state["enabled_at_boot"] or not systemd):
         host.noop("PostgreSQL is running")

@@ -57,15 +57,28 @@ def fail(*parts: str) -> str:
 # configuration at the same time. flock releases it when the command ends or dies, so a
 # killed run never leaves a stale lock behind. -o: a daemon the command starts (pg_ctlcluster
 # on a host without systemd) must not inherit, and so hold, the lock.
-HOST_LOCK = "/run/lock/pgvector-deploy.lock"
+# The lock lives in a directory only root can write (not /run/lock, which is 1777: any local
+# user could create the lock file, hold it, and stall every run; or plant a symlink there).
+HOST_LOCK_DIR = "/run/pgvector-deploy"
+HOST_LOCK = f"{HOST_LOCK_DIR}/lock"
 HOST_LOCK_WAIT = 1800  # seconds; a build under emulation can take minutes
 _LOCK_TIMEOUT_EXIT = 75
 
 
 def with_host_lock(command):
-    """``command`` run under the host lock; file uploads pass through unchanged."""
+    """``command`` run under the host lock; file uploads pass through unchanged.
+
+    The lock directory is made 0700 root if missing, and used only while it is a real
+    directory (not a symlink) owned by root that nobody else can write.
+    """
+    untrusted = fail(
+        f"{HOST_LOCK_DIR} (where pgvector-deploy keeps its host lock) is not a directory owned by root that only "
+        f"root can write (a symlink, or made by someone else). Nothing was changed. Fix: remove it "
+        f"(rm -rf {HOST_LOCK_DIR}; it holds only the lock), then run again."
+    )
     wrap = [
-        "mkdir -p /run/lock &&",
+        f"mkdir -p -m 0700 {HOST_LOCK_DIR} 2>/dev/null;",
+        f'[ -n "$(find {HOST_LOCK_DIR} -maxdepth 0 -type d -user 0 ! -perm /022 2>/dev/null)" ] || {untrusted};',
         f"flock -o -E {_LOCK_TIMEOUT_EXIT} -w {HOST_LOCK_WAIT} {HOST_LOCK} sh -c",
     ]
     after = [

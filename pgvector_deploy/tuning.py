@@ -205,19 +205,21 @@ def server_settings(plan: Plan):
     current = state["files"].get(path)
     if not plan.settings.tuning.enabled:
         if current is not None:
-            set_aside = f'stamp=$(date -u +%Y%m%dT%H%M%SZ)\nmv -f {shlex.quote(path)} "{path}.bak-$stamp"'
+            # Only if still there: another run may have set it aside while this one waited.
+            set_aside = f'stamp=$(date -u +%Y%m%dT%H%M%SZ)\n[ ! -f {shlex.quote(path)} ] || mv -f {shlex.quote(path)} "{path}.bak-$stamp"'
             # Restart only if shared_buffers (the one restart-only setting we write) now differs.
             pending = "name = 'shared_buffers'"
             yield f"set -eu\nPATH={SAFE_PATH}\n{set_aside}\n{reload_command(plan)}\n{_restart_if_pending(plan, path, pending)}"
         return
     wanted = render(plan_tuning(plan.settings.tuning, plan.profile, state["max_connections"]), plan.profile)
+    ours = f"sourcefile = '{path}'"
     if current != wanted:
         write = replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "tuning settings")
-        ours = f"sourcefile = '{path}'"
         yield f"{write}\n{reload_command(plan)}\n{_restart_if_pending(plan, path, ours)}"
     elif any(entry.startswith(f"{path}|") for entry in state["pending_restart"]):
-        # Written by an earlier run that did not get to restart (killed, or PostgreSQL was down).
-        yield f"set -eu\nPATH={SAFE_PATH}\n{restart_or_roll_back(plan, path)}"
+        # Written by an earlier run that did not get to restart (killed, or PostgreSQL was down);
+        # still pending is asked again under the lock (another run may have restarted since).
+        yield f"set -eu\nPATH={SAFE_PATH}\n{_restart_if_pending(plan, path, ours)}"
 
 
 def _restart_if_pending(plan: Plan, path: str, where: str) -> str:

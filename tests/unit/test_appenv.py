@@ -268,6 +268,10 @@ def test_write_script_writes_0600_root_atomically_and_leaves_no_temporary_file(t
     target.chmod(0o644)
     assert subprocess.run(["sh", "-c", write_script(str(target))], input="X=1\n", check=False, capture_output=True, text=True).returncode == 0
     assert target.read_text() == "X=1\n" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    # the same content again (another run wrote it meanwhile): the file is left as it is
+    inode = target.stat().st_ino
+    assert subprocess.run(["sh", "-c", write_script(str(target))], input="X=1\n", check=False, capture_output=True, text=True).returncode == 0
+    assert target.stat().st_ino == inode and sorted(p.name for p in target.parent.iterdir()) == ["app.env"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown root:root needs root")

@@ -216,7 +216,11 @@ def test_new_role_sends_the_verifier_on_stdin_only(debian12, provisioned_profile
     [command] = commands
     sql = check_sql_command(command, "postgres")
     verifier = verifier_in(sql)
-    assert sql == f"CREATE ROLE app WITH LOGIN NOCREATEDB PASSWORD '{verifier}';\n"
+    assert sql == (
+        "\\set SHOW_CONTEXT never\nDO $pgvector_deploy$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles "
+        f"WHERE rolname = 'app') THEN CREATE ROLE app WITH LOGIN NOCREATEDB PASSWORD '{verifier}'; END IF; "
+        "END $pgvector_deploy$;\n"
+    )
     assert password_matches(PASSWORD, *stored(verifier))
     text = command.get_raw_value()
     assert PASSWORD not in text and verifier not in text and "SCRAM" not in text
@@ -227,7 +231,7 @@ def test_new_role_sends_the_verifier_on_stdin_only(debian12, provisioned_profile
 
 def test_new_role_with_createdb(debian12, provisioned_profile):
     [command] = run_app(apps.role, app_plan(debian12, provisioned_profile, pg_app_createdb=True), state_lines(None))[0]
-    assert command.connector_arguments["_stdin"].startswith("CREATE ROLE app WITH LOGIN CREATEDB PASSWORD 'SCRAM-SHA-256$4096:")
+    assert "THEN CREATE ROLE app WITH LOGIN CREATEDB PASSWORD 'SCRAM-SHA-256$4096:" in command.connector_arguments["_stdin"]
 
 
 def test_new_salt_every_time(debian12, provisioned_profile):
@@ -274,7 +278,10 @@ def test_role_that_cannot_log_in_and_has_another_password(debian12, provisioned_
 def test_missing_database_is_created_owned_by_the_app(debian12, provisioned_profile):
     plan = app_plan(debian12, provisioned_profile, pg_app_database="vectors")
     [command], host = run_app(apps.database, plan, state_lines(role_row(PASSWORD), owner=None))
-    assert check_sql_command(command, "postgres") == "CREATE DATABASE vectors OWNER app;\n"
+    assert check_sql_command(command, "postgres") == (
+        "SELECT 'CREATE DATABASE vectors OWNER app' WHERE NOT EXISTS "
+        "(SELECT FROM pg_catalog.pg_database WHERE datname = 'vectors') \\gexec\n"
+    )
     assert host.asked[0][1]["database"] == "vectors"
 
 
@@ -299,3 +306,32 @@ def test_database_wrong_owner_and_no_vector(debian12, provisioned_profile):
 
 def test_converged_database_yields_nothing(debian12, provisioned_profile):
     assert run_app(apps.database, app_plan(debian12, provisioned_profile), state_lines(role_row(PASSWORD)))[0] == []
+
+
+def test_creating_the_role_and_database_twice_succeeds_and_changes_nothing_the_second_time(debian12, provisioned_profile):
+    """A run that waited for the host lock while another created them sends the same SQL on
+    stale facts: on a real server the second time is a no-op, not an "already exists" error,
+    and the first password stays."""
+    import subprocess
+
+    from .conftest import AS_POSTGRES, PG_BINDIR, throwaway_server
+
+    plan = app_plan(debian12, provisioned_profile, pg_app_createdb=True)
+    role_sql = run_app(apps.role, plan, state_lines(None, owner=None))[0][0].connector_arguments["_stdin"]
+    database_sql = run_app(apps.database, plan, state_lines(role_row(PASSWORD), owner=None))[0][0].connector_arguments["_stdin"]
+    again_sql = run_app(apps.role, plan, state_lines(None, owner=None))[0][0].connector_arguments["_stdin"]
+    with throwaway_server("pgvd-apps-") as base:
+        psql = [*AS_POSTGRES, f"{PG_BINDIR}/psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-d", "postgres"]
+
+        def run(sql):
+            return subprocess.run(psql, input=sql, text=True, capture_output=True, timeout=30)
+
+        for sql in (role_sql, database_sql):
+            first = run(sql)
+            assert first.returncode == 0, first.stderr
+        verifier = run("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'").stdout
+        for sql in (again_sql, database_sql):
+            second = run(sql)
+            assert second.returncode == 0 and second.stderr == "", second.stderr
+        assert run("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'").stdout == verifier
+        assert run("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'").stdout == "app\n"

@@ -130,7 +130,7 @@ def _asks_yields_asks(plan, commands=("touch /x",)):
 def test_a_yielded_command_makes_the_next_question_go_to_the_host(host, plan):
     commands = list(_asks_yields_asks(plan))
     assert len(host.asked) == 2  # asked again after "touch /x" was yielded
-    assert "echo 2 1" in commands[-1] and all(command.startswith("mkdir -p /run/lock && flock") for command in commands)
+    assert "echo 2 1" in commands[-1] and all(command.startswith("mkdir -p -m 0700 /run/pgvector-deploy") and "flock" in command for command in commands)
     plan.fact(Echo)
     assert len(host.asked) == 3  # and again after the last command
 
@@ -157,7 +157,7 @@ def test_forgotten_again_when_the_generator_resumes_after_the_command_ran(host, 
     next(generator)
     plan.fact(Echo)  # asked before "touch /x" ran
     resumed = next(generator)
-    assert resumed.startswith("mkdir -p /run/lock") and "echo 3 1" in resumed
+    assert resumed.startswith("mkdir -p -m 0700 /run/pgvector-deploy") and "echo 3 1" in resumed
     assert len(host.asked) == 3  # the operation's own question after the command went to the host
 
 
@@ -167,7 +167,7 @@ def test_host_locked_without_a_plan_still_locks_each_command(host):
         yield f"touch {path}"
 
     [command] = list(operation("/x", other=object()))
-    assert command.startswith("mkdir -p /run/lock && flock") and "touch /x" in command
+    assert command.startswith("mkdir -p -m 0700 /run/pgvector-deploy") and "flock" in command and "touch /x" in command
 
 
 def test_host_locked_forgets_a_plan_given_by_name(host, plan):

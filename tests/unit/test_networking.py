@@ -384,8 +384,18 @@ def test_replace_file_script_is_valid_sh_and_backs_up_before_writing(debian12):
         assert sh_syntax_error(script) == ""
         assert heredoc_body(script) == content
         backup = script.index('cp -p "$file" "$file.bak-$stamp"')
-        assert backup < script.index('cat > "$file.pgvector-new"') < script.index('mv -f "$file.pgvector-new" "$file"')
+        same = script.index('cmp -s "$file.pgvector-new" "$file"')
+        assert script.index('cat > "$file.pgvector-new"') < same < backup < script.index('mv -f "$file.pgvector-new" "$file"')
         assert script.index('mv -f "$file.pgvector-new" "$file"') < script.index("errors=$(")
+
+
+def test_replace_file_script_leaves_a_file_that_already_has_the_content_alone(tmp_path, debian12):
+    """Another run wrote the same file while this one waited for the lock: no backup, no
+    rewrite, nothing checked, success."""
+    result, target = run_replace(tmp_path, debian12, NEW, psql_output="line 1: planted error")
+    assert result.returncode == 0, result.stderr
+    assert target.read_text() == NEW
+    assert sorted(path.name for path in target.parent.iterdir()) == ["pg_hba.conf"]
 
 
 def test_replace_file_script_refuses_content_holding_the_heredoc_marker(debian12):
@@ -524,12 +534,13 @@ def test_new_bridge_rewrites_settings_reloads_and_restarts(plan):
     assert "pg_file_settings" in script and "chmod 0644 " in script
     assert sh_syntax_error(script) == ""
     assert reload == RELOAD
-    assert restart == "systemctl restart postgresql@15-main"
+    assert restart == restart_unless_running_listen("localhost,172.18.0.1,172.19.0.1,172.17.0.1", "systemctl restart postgresql@15-main")
 
 
 def test_new_bridge_without_systemd_restarts_with_pg_ctlcluster(no_systemd_plan):
     listen = run_operation(networking.listen, no_systemd_plan, FactHost({ServerConfig: new_bridge_state()}))
-    assert listen[1:] == [RELOAD, f"PATH={SAFE_PATH}; pg_ctlcluster 15 main restart"]
+    restart = restart_unless_running_listen("localhost,172.18.0.1,172.19.0.1,172.17.0.1", f"PATH={SAFE_PATH}; pg_ctlcluster 15 main restart")
+    assert listen[1:] == [RELOAD, restart]
     assert not [command for command in listen if "sysctl" in command.split("<<")[0]]
 
 
@@ -549,7 +560,29 @@ def test_new_bridge_rewrites_pg_hba_keeping_user_rules(plan):
 
 def test_a_listen_change_alone_restarts_without_rewriting(plan):
     lines = docker_state(drop=("running_listen",), extra=("running_listen=localhost",))
-    assert run_operation(networking.listen, plan, FactHost({ServerConfig: lines})) == ["systemctl restart postgresql@15-main"]
+    restart = restart_unless_running_listen("localhost,172.18.0.1,172.17.0.1", "systemctl restart postgresql@15-main")
+    assert run_operation(networking.listen, plan, FactHost({ServerConfig: lines})) == [restart]
+
+
+def restart_unless_running_listen(addresses: str, restart: str) -> str:
+    running = f"{PSQL} -d postgres -c 'SELECT current_setting('\"'\"'listen_addresses'\"'\"')'"
+    return f'PATH={SAFE_PATH}; [ "$({running} 2>/dev/null)" = {addresses} ] || {{ {restart}; }}'
+
+
+def test_the_listen_restart_is_skipped_when_the_server_already_listens_there(tmp_path, plan):
+    """Another run restarted it while this one waited for the lock: asked again, on the host."""
+    lines = docker_state(drop=("running_listen",), extra=("running_listen=localhost",))
+    [command] = run_operation(networking.listen, plan, FactHost({ServerConfig: lines}))
+    fake_runuser = tmp_path / "runuser"
+    fake_runuser.write_text('#!/bin/sh\ncat "$FAKE_PSQL_OUTPUT"\n')
+    fake_runuser.chmod(0o755)
+    faked = command.replace("runuser -u postgres --", str(fake_runuser)).replace("systemctl restart", "echo restarted")
+    for running, restarted in (("localhost,172.18.0.1,172.17.0.1", False), ("localhost", True)):
+        (tmp_path / "psql-output").write_text(running + "\n")
+        env = dict(os.environ, FAKE_PSQL_OUTPUT=str(tmp_path / "psql-output"))
+        result = subprocess.run(["sh", "-c", faked], capture_output=True, text=True, env=env, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert ("restarted" in result.stdout) == restarted, running
 
 
 def run_fail(command: str) -> subprocess.CompletedProcess:

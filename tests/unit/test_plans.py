@@ -238,9 +238,16 @@ def test_recorded_host_is_planned_on_its_platform(name, arch):
 @pytest.mark.parametrize("name, arch", HOSTS)
 def test_repository_setup_on_a_fresh_host(name, arch):
     host = FakeHost(f"{name}-{arch}")
-    commands = run(postgres.repository, plan_for(host), host)
+    plan = plan_for(host)
+    commands = run(postgres.repository, plan, host)
     expected = EXPECTED[name].repository(arch)
-    assert commands == [SAFE + command for command in expected]
+    # Each setup runs only if its check fails again on the host, under the lock.
+    steps = plan.platform.repository_steps(plan.os_id, arch)
+    assert len(commands) == len(steps) == len(expected)
+    for command, step, setup in zip(commands, steps, expected):
+        guard = f"{SAFE}if ( {step.check} ) >/dev/null 2>&1; then :; else "
+        assert command.startswith(guard) and command.endswith("; fi")
+        assert command[len(guard) : -len("; fi")] == setup
     checks = host.facts_asked(RepositoryChecks)
     if expected:
         assert len(checks) == 1 and len(checks[0]["checks"]) == len(expected)  # one round trip
@@ -256,7 +263,8 @@ def test_packages_on_a_fresh_host(name, arch):
 @pytest.mark.parametrize("name, arch", HOSTS)
 def test_cluster_is_created_on_a_fresh_host(name, arch):
     host = FakeHost(f"{name}-{arch}")
-    assert run(postgres.cluster, plan_for(host), host) == [SAFE + EXPECTED[name].create]
+    expected = EXPECTED[name]
+    assert run(postgres.cluster, plan_for(host), host) == [f"{SAFE}[ -s {expected.data_dir}/PG_VERSION ] || {expected.create}"]
     [(_, _, command)] = [asked for asked in host.asked if asked[0] is ClusterState]
     assert f"[ -s {EXPECTED[name].data_dir}/PG_VERSION ]" in command
 
@@ -278,7 +286,9 @@ def test_cluster_is_started_without_systemd(name, arch):
     host = FakeHost(f"{name}-{arch}")
     plan = plan_for(host)
     no_init = Plan(plan.settings, plan.platform, with_changes(plan.profile, systemd=False, pid1="sleep"))
-    assert run(postgres.running, no_init, host) == [SAFE + EXPECTED[name].start_without_systemd]
+    expected = EXPECTED[name]
+    ready = f"{expected.bindir}/pg_isready -q -h {expected.socket_dir} -p 5432"
+    assert run(postgres.running, no_init, host) == [f"{SAFE}{ready} || {expected.start_without_systemd}"]
 
 
 @pytest.mark.parametrize("name, arch", HOSTS)
@@ -312,14 +322,20 @@ def test_every_command_and_fact_is_valid_sh(name, arch):
 # --- details that differ between hosts of one platform -----------------------------------------
 
 
+def setup_of(command: str) -> str:
+    """The setup a repository command runs when its check fails again on the host."""
+    assert command.startswith(SAFE + "if ( ") and command.endswith("; fi"), command
+    return command.split(" ) >/dev/null 2>&1; then :; else ", 1)[1].removesuffix("; fi")
+
+
 def test_crb_is_enabled_differently_on_rhel_than_on_rocky_and_alma():
-    crb = {name: run_fresh(postgres.repository, f"{name}-aarch64")[-1] for name in ("rhel9", "rocky9", "almalinux9")}
-    assert crb["rocky9"] == crb["almalinux9"] == SAFE + rocky_alma_crb("aarch64")
-    assert crb["rhel9"].startswith(SAFE + "subscription-manager repos --enable codeready-builder-for-rhel-9-aarch64-rpms")
+    crb = {name: setup_of(run_fresh(postgres.repository, f"{name}-aarch64")[-1]) for name in ("rhel9", "rocky9", "almalinux9")}
+    assert crb["rocky9"] == crb["almalinux9"] == rocky_alma_crb("aarch64")
+    assert crb["rhel9"].startswith("subscription-manager repos --enable codeready-builder-for-rhel-9-aarch64-rpms")
 
 
 def test_rhel_crb_failure_names_the_rhui_fix():
-    crb = run_fresh(postgres.repository, "rhel9-x86_64")[-1]
+    crb = setup_of(run_fresh(postgres.repository, "rhel9-x86_64")[-1])
     failure = crb.split(" || ", 1)[1]
     result = subprocess.run(["sh", "-c", failure], capture_output=True, text=True, timeout=10)
     assert result.returncode == 1
@@ -329,10 +345,25 @@ def test_rhel_crb_failure_names_the_rhui_fix():
 
 def test_only_the_repository_steps_not_done_yet_run():
     # The PGDG repo RPM is installed (check 0 passes); the module and CRB are not done yet.
-    assert run_fresh(postgres.repository, "rocky9-x86_64", outputs={RepositoryChecks: ["passed=0"]}) == [
-        SAFE + "dnf -qy module disable postgresql",
-        SAFE + rocky_alma_crb("x86_64"),
+    commands = run_fresh(postgres.repository, "rocky9-x86_64", outputs={RepositoryChecks: ["passed=0"]})
+    assert [setup_of(command) for command in commands] == [
+        "dnf -qy module disable postgresql",
+        rocky_alma_crb("x86_64"),
     ]
+
+
+def test_a_repository_step_done_meanwhile_is_not_done_again(tmp_path):
+    """The fact said the step was missing, but another run did it while this one waited for
+    the lock: the check runs again on the host and the setup does not."""
+    [first, _] = run_fresh(postgres.repository, "ubuntu2204-x86_64")
+    keyring = tmp_path / "postgresql.asc"
+    keyring.write_text("key")
+    command = first.replace("/etc/apt/keyrings/postgresql.asc", str(keyring)).replace("curl ", "echo downloaded; false ")
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0 and "downloaded" not in result.stdout, result.stderr
+    keyring.unlink()
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
+    assert "downloaded" in result.stdout
 
 
 def test_repository_checks_name_the_codename_and_arch():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 import subprocess
 
+import pytest
+
 from pgvector_deploy.shell import SAFE_PATH, as_postgres, fail
 
 
@@ -59,9 +61,9 @@ def test_every_changing_operation_takes_the_host_lock():
 def test_host_lock_wraps_a_command_and_keeps_its_exit_status(tmp_path):
     import subprocess
 
-    from pgvector_deploy.shell import with_host_lock
+    from pgvector_deploy.shell import HOST_LOCK_DIR, with_host_lock
 
-    command = with_host_lock("echo inside; exit 3").replace("/run/lock", str(tmp_path))
+    command = with_host_lock("echo inside; exit 3").replace(HOST_LOCK_DIR, str(tmp_path / "locks"))
     result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
     assert result.stdout == "inside\n"
     assert result.returncode == 3
@@ -70,10 +72,11 @@ def test_host_lock_wraps_a_command_and_keeps_its_exit_status(tmp_path):
 def test_host_lock_timeout_names_the_other_run(tmp_path):
     import subprocess
 
-    from pgvector_deploy.shell import with_host_lock
+    from pgvector_deploy.shell import HOST_LOCK_DIR, with_host_lock
 
-    lock = tmp_path / "pgvector-deploy.lock"
-    command = with_host_lock("echo never").replace("/run/lock", str(tmp_path)).replace("-w 1800", "-w 1")
+    (tmp_path / "locks").mkdir(mode=0o700)
+    lock = tmp_path / "locks" / "lock"
+    command = with_host_lock("echo never").replace(HOST_LOCK_DIR, str(tmp_path / "locks")).replace("-w 1800", "-w 1")
     holder = subprocess.Popen(["flock", str(lock), "sleep", "5"])
     try:
         import time
@@ -90,7 +93,7 @@ def test_host_lock_timeout_names_the_other_run(tmp_path):
 def test_host_lock_keeps_stdin_on_string_commands():
     from pyinfra.api import StringCommand
 
-    from pgvector_deploy.shell import with_host_lock
+    from pgvector_deploy.shell import HOST_LOCK_DIR, with_host_lock
 
     locked = with_host_lock(StringCommand("psql", "-d", "postgres", _stdin="SELECT 1;\n"))
     assert locked.connector_arguments == {"_stdin": "SELECT 1;\n"}
@@ -102,12 +105,54 @@ def test_a_daemon_started_under_the_host_lock_does_not_keep_it(tmp_path):
     server must not inherit the lock (seen on the emulated aarch64 host: the next command hung)."""
     import subprocess
 
-    from pgvector_deploy.shell import with_host_lock
+    from pgvector_deploy.shell import HOST_LOCK_DIR, with_host_lock
 
-    command = with_host_lock("sleep 30 >/dev/null 2>&1 &").replace("/run/lock", str(tmp_path))
+    command = with_host_lock("sleep 30 >/dev/null 2>&1 &").replace(HOST_LOCK_DIR, str(tmp_path / "locks"))
     subprocess.run(["sh", "-c", command], check=True, timeout=10)
     try:
-        free = subprocess.run(["flock", "-n", str(tmp_path / "pgvector-deploy.lock"), "true"], timeout=10)
+        free = subprocess.run(["flock", "-n", str(tmp_path / "locks" / "lock"), "true"], timeout=10)
         assert free.returncode == 0
     finally:
         subprocess.run(["pkill", "-f", "^sleep 30$"])
+
+
+def test_host_lock_directory_is_made_private_to_root(tmp_path):
+    import os
+    import stat
+    import subprocess
+
+    from pgvector_deploy.shell import HOST_LOCK_DIR, with_host_lock
+
+    locks = tmp_path / "locks"
+    result = subprocess.run(["sh", "-c", with_host_lock("echo ran").replace(HOST_LOCK_DIR, str(locks))], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0 and result.stdout == "ran\n", result.stderr
+    info = os.lstat(locks)
+    assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == 0
+
+
+@pytest.mark.parametrize("planted", ["symlink", "other owner", "group writable"])
+def test_host_lock_refuses_a_lock_directory_someone_else_could_control(tmp_path, planted):
+    """A lock directory another user made (or a symlink to one) could be held or redirected by
+    them: the command does not run, and the message names the fix."""
+    import os
+    import subprocess
+
+    from pgvector_deploy.shell import HOST_LOCK_DIR, with_host_lock
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to plant a directory owned by another user")
+    locks = tmp_path / "locks"
+    if planted == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        locks.symlink_to(tmp_path / "elsewhere")
+    else:
+        locks.mkdir(mode=0o700)
+        if planted == "other owner":
+            os.chown(locks, 65534, 65534)
+        else:
+            locks.chmod(0o770)
+    result = subprocess.run(["sh", "-c", with_host_lock("echo ran").replace(HOST_LOCK_DIR, str(locks))], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 1
+    assert "ran" not in result.stdout
+    assert f"{locks} (where pgvector-deploy keeps its host lock) is not a directory owned by root" in result.stderr
+    assert f"rm -rf {locks}" in result.stderr
