@@ -22,13 +22,14 @@ from ipaddress import IPv4Interface, IPv4Network
 
 from pyinfra.api import FactBase
 
-from .platforms import Platform, parse_os_release
+from .platforms import PLATFORMS, Platform, parse_os_release
 from .shell import SAFE_PATH, as_postgres
 
 # Where the toolkit keeps its own state on a host.
 CACHE_DIR = "/var/cache/pgvector-deploy"
 STATE_DIR = "/var/lib/pgvector-deploy"
 BUILD_STAMP = f"{STATE_DIR}/build.json"
+BUILD_LOG = f"{STATE_DIR}/build.log"  # one line per build that ran: when, what, for which server
 # Configuration files it manages (beside the packaged ones, never instead of them).
 SETTINGS_FILE_NAME = "90-pgvector-deploy.conf"
 TUNING_FILE_NAME = "80-pgvector-tuning.conf"
@@ -84,6 +85,21 @@ class LoginAccess(FactBase):
         return {"uid": int(output[0].strip()), "sudo": output[0].strip() == "0" or "sudo=yes" in output[1:]}
 
 
+# Where each platform keeps a cluster (its data directory, and its configuration where that is
+# elsewhere): the preflight, which runs before the platform is known, looks at all of them.
+_DATA_DIRS = " ".join(sorted({platform.data_dir for platform in PLATFORMS}))
+_CONFIG_DIRS = " ".join(sorted({p.config_dir for p in PLATFORMS if p.config_dir != p.data_dir}))
+# Traces of a cluster that is expected on the host, and what is (to be) mounted: which data
+# directories hold a cluster (PG_VERSION), which configuration directories exist, the build
+# stamp, /etc/fstab's entries (source|mount point|type|options) and the mount points in use.
+_CLUSTER_TRACES = f"""echo data_dirs_checked=yes
+for dir in {_DATA_DIRS}; do [ -s "$dir/PG_VERSION" ] && echo "pg_version_file=$dir"; done
+for dir in {_CONFIG_DIRS}; do [ -d "$dir" ] && echo "config_dir=$dir"; done
+[ -e {BUILD_STAMP} ] && echo build_stamp=yes
+[ -r /etc/fstab ] && awk '$1 !~ /^#/ && NF >= 3 {{print "fstab=" $1 "|" $2 "|" $3 "|" $4}}' /etc/fstab
+awk '{{print "mounted=" $5}}' /proc/self/mountinfo 2>/dev/null"""
+
+
 class HostProfile(FactBase):
     """Everything the preflight needs, before any change: architecture, os-release, package
     tools, init system, PostgreSQL binaries and clusters already there, what owns the port,
@@ -125,6 +141,7 @@ done
 echo "cpus=$(nproc 2>/dev/null)"
 echo "shm_kb=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {{print $2}}')"
 [ -f {shlex.quote(cached_tarball)} ] && echo "cached_tarball_sha256=$(sha256sum {shlex.quote(cached_tarball)} | cut -d' ' -f1)"
+{_CLUSTER_TRACES}
 true
 """
 
@@ -173,6 +190,12 @@ def parse_host_profile(lines: list[str]) -> dict:
         "clusters": clusters,
         "listeners": listeners,
         "cached_tarball_sha256": _first(values, "cached_tarball_sha256") or None,
+        # None: not looked at (a profile recorded before these lines existed).
+        "initialised_data_dirs": values.get("pg_version_file", []) if "data_dirs_checked" in values else None,
+        "config_dirs": values.get("config_dir", []),
+        "build_stamp": _first(values, "build_stamp") == "yes",
+        "fstab": parse_fstab(values.get("fstab", [])),
+        "mounts": [_unescape_mount(point) for point in values.get("mounted", [])],
         "bridges": parse_bridges(values.get("address", [])),
         "memory_mb": _memory_mb(values),
         "cpus": _int_or_none(_first(values, "cpus")),
@@ -183,6 +206,24 @@ def parse_host_profile(lines: list[str]) -> dict:
             if kb.isdigit()
         },
     }
+
+
+def _unescape_mount(text: str) -> str:
+    r"""fstab and mountinfo write a space in a path as ``\040`` (octal escapes): ``/mnt/a\040b`` -> ``/mnt/a b``."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
+
+
+def parse_fstab(entries: list[str]) -> list[dict]:
+    """``source|mount point|type|options`` lines -> dicts; swap and ``none`` entries left out
+    (they mount nothing a data directory could be under)."""
+    parsed = []
+    for entry in entries:
+        source, point, kind, options = (entry.split("|") + ["", "", "", ""])[:4]
+        point = _unescape_mount(point).rstrip("/") or "/"
+        if kind == "swap" or not point.startswith("/"):
+            continue
+        parsed.append({"source": _unescape_mount(source), "mount_point": point, "type": kind, "options": options})
+    return parsed
 
 
 def _int_or_none(text: str) -> int | None:

@@ -24,7 +24,7 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
-from .facts import BUILD_STAMP, CACHE_DIR, STATE_DIR, PgvectorState
+from .facts import BUILD_LOG, BUILD_STAMP, CACHE_DIR, STATE_DIR, PgvectorState
 from .platforms import Platform
 from .preflight import Plan
 from .releases import parse_version
@@ -166,7 +166,9 @@ installed=$(sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" "$({platform.pg_con
 mkdir -p -m 0755 {STATE_DIR}
 printf '%s\\n' {shlex.quote(stamp_json)} > {BUILD_STAMP}.new
 mv -f {BUILD_STAMP}.new {BUILD_STAMP}
-echo "pgvector {version} built and installed for $({platform.pg_config} --version)"
+built="pgvector {version} built and installed for $({platform.pg_config} --version)"
+printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$built" >> {BUILD_LOG}
+echo "$built"
 """
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pyinfra import host as current_host
 from pyinfra.api import operation
 
-from .facts import CACHE_DIR, FactBundle, HostProfile, LoginAccess
+from .facts import BUILD_STAMP, CACHE_DIR, FactBundle, HostProfile, LoginAccess
 from .platforms import POSTGRES_MAJOR, Platform, UnsupportedHost, detect_platform
 from .settings import Settings, SettingsError, load_settings
 from .shell import fail
@@ -182,6 +182,71 @@ def check_binaries(profile: dict, platform: Platform) -> None:
             )
 
 
+def _under(path: str, mount_point: str) -> bool:
+    """Is ``path`` the directory ``mount_point`` or inside it?"""
+    return mount_point == "/" or path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+
+
+def check_data_directory(profile: dict, platform: Platform, data_mount: str | None) -> None:
+    """Refuse to create (or adopt) a cluster where one is expected but its data is not there.
+
+    A data volume that failed to mount (an EBS volume not attached, a typo in /etc/fstab)
+    leaves an empty directory on the root disk; a cluster made there would be a second,
+    empty database the app then writes to. So: ``pg_data_mount`` must be mounted and hold the
+    data directory; a mount in /etc/fstab at the data directory or above it must be mounted;
+    and a cluster that something still expects (pg_lsclusters, its configuration directory,
+    our build stamp) must have its PG_VERSION.
+    """
+    data_dir = platform.data_dir
+    mounts = set(profile.get("mounts", []))
+    if data_mount is not None:
+        if not _under(data_dir, data_mount):
+            raise UnsupportedHost(
+                f"pg_data_mount is {data_mount}, but {platform.label} keeps the cluster in {data_dir}, which is not "
+                f"under it. Nothing was changed. Fix: set pg_data_mount to the mount point of the volume that holds "
+                f"{data_dir} (such as {'/'.join(data_dir.split('/')[:4])}), or unset it."
+            )
+        if data_mount not in mounts:
+            raise UnsupportedHost(
+                f"pg_data_mount {data_mount} is not mounted: the volume that holds the cluster ({data_dir}) is "
+                "missing, and a run now would create a new, empty cluster on the disk underneath. Nothing was "
+                f"changed. Fix: attach the volume and mount it at {data_mount} (mount {data_mount}; check "
+                "/etc/fstab), then run again."
+            )
+    for entry in profile.get("fstab", []):
+        point = entry["mount_point"]
+        if point != "/" and _under(data_dir, point) and point not in mounts:
+            raise UnsupportedHost(
+                f"/etc/fstab mounts {entry['source']} at {point}, which holds the cluster's data directory "
+                f"{data_dir}, but nothing is mounted there: a run now would create a new, empty cluster on the "
+                f"disk underneath. Nothing was changed. Fix: mount it (mount {point}; an EBS volume must be "
+                "attached first), then run again; if that volume is gone for good, remove its line from /etc/fstab."
+            )
+    initialised = profile.get("initialised_data_dirs")
+    if initialised is None or data_dir in initialised:
+        return  # not looked at (an old recording), or the cluster's data is there
+    expected, undo = [], []
+    for cluster in profile["clusters"]:
+        if cluster["data_dir"].rstrip("/") == data_dir:
+            expected.append(f"pg_lsclusters lists cluster {cluster['major']}/{cluster['name']} there")
+            undo.append(f"pg_dropcluster {cluster['major']} {cluster['name']}")
+    if platform.config_dir != data_dir and platform.config_dir in profile.get("config_dirs", []):
+        if not undo:
+            expected.append(f"its configuration directory {platform.config_dir} exists")
+            undo.append(f"remove {platform.config_dir}")
+    if profile.get("build_stamp"):
+        expected.append(f"pgvector-deploy's build stamp {BUILD_STAMP} says it provisioned this host")
+        undo.append(f"rm {BUILD_STAMP}")
+    if expected:
+        raise UnsupportedHost(
+            f"a PostgreSQL {POSTGRES_MAJOR} cluster is expected in {data_dir} ({'; '.join(expected)}), but it has no "
+            "PG_VERSION: its volume may not be mounted, or the directory was emptied. A run now would initialise a "
+            "new, empty cluster there. Nothing was changed. Fix: mount the volume that holds the cluster's data at "
+            f"its place, then run again; only if that data is gone for good and a new empty cluster is wanted, "
+            f"first: {'; '.join(undo)}."
+        )
+
+
 # --- EC2 architecture (inventories/prod.py) ---------------------------------------------------
 
 # EC2's architecture names, and what `uname -m` says on such an instance.
@@ -222,6 +287,8 @@ def make_plan(settings: Settings, profile: dict, *, ec2_architecture: str | None
     if tool not in profile["package_tools"]:
         raise UnsupportedHost(f"{platform.label} without {tool}: found {profile['package_tools'] or 'no package tool'}.")
     check_binaries(profile, platform)
+    # Before anything is installed: on Debian, installing postgresql-15 itself creates a cluster.
+    check_data_directory(profile, platform, settings.data_mount)
     check_port(profile, platform, POSTGRES_PORT)
     check_disk_space(profile, platform)
     from .tuning import check_overrides  # tuning's operations import Plan from here

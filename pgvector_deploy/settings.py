@@ -111,6 +111,13 @@ SETTINGS: tuple[Setting, ...] = (
         "pg_app_database as the app role, in name order, each once; the default folder may be missing or empty, "
         "a folder you set must exist.",
     ),
+    Setting(
+        "pg_data_mount",
+        None,
+        "mount point of the volume that holds the cluster's data directory (e.g. /var/lib/postgresql on its own EBS "
+        "volume): the host is refused, before anything changes, unless it is mounted and the data directory is under "
+        "it; unset: no such check (a data directory or parent listed in /etc/fstab must still be mounted).",
+    ),
     Setting("smoke_report_dir", "reports", "directory on the control machine for the smoke suite's JSON report per host."),
     Setting(
         "pg_tuning",
@@ -184,6 +191,7 @@ class Settings:
     migrations_dir: Path | None = None  # None: no migrations (no app, or no default folder)
     migrations: tuple[Migration, ...] = ()
     tuning: TuningSettings = TuningSettings()
+    data_mount: str | None = None  # pg_data_mount: must be mounted before a cluster is made or adopted
 
     @property
     def version(self) -> str:
@@ -279,7 +287,23 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         migrations_dir=migrations_dir,
         migrations=migrations,
         tuning=_tuning(value),
+        data_mount=_data_mount(_optional_text(value("pg_data_mount"))),
     )
+
+
+def _data_mount(text: str | None) -> str | None:
+    """An absolute, plain path (no ``.``/``..``, no trailing slash), not ``/`` itself."""
+    if text is None:
+        return None
+    parts = text.rstrip("/").split("/")
+    if not text.startswith("/") or text.rstrip("/") == "" or any(part in ("", ".", "..") for part in parts[1:]) or any(
+        char.isspace() or char in "'\"\\" for char in text
+    ):
+        raise SettingsError(
+            f"pg_data_mount: {text!r} is not the absolute path of a mount point. Fix: give the directory the data "
+            "volume is mounted at, such as /var/lib/postgresql (not /, no spaces or quotes)."
+        )
+    return text.rstrip("/")
 
 
 _SIZE = re.compile(r"^(\d+)\s*(kB|MB|GB|TB)?$")

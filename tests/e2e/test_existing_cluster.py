@@ -57,3 +57,95 @@ def test_rerun_changes_nothing(adopted, tarball, provision):
     run = provision(host, **tarball)
     assert run.returncode == 0, run.output
     assert run.changed(host.name) == []
+
+
+# --- the data directory on its own volume (pg_data_mount; a volume that did not mount) ------------
+#
+# A tmpfs at /srv/pgvol stands in for the EBS volume, bind-mounted at /var/lib/postgresql as its
+# mount point; unmounting the bind is the volume failing to mount at boot (the tmpfs keeps the
+# data, so mounting it again brings the very same cluster back).
+
+DATA_MOUNT = "/var/lib/postgresql"
+DATA_DIR = "/var/lib/postgresql/15/main"
+
+
+def _configuration(host) -> str:
+    return host.sudo("cd /etc/postgresql/15/main && find . -type f | sort | xargs sha256sum")
+
+
+def _has_pg_version(host) -> bool:
+    return host.sudo(f"test -e {DATA_DIR}/PG_VERSION && echo yes || echo no").strip() == "yes"
+
+
+@pytest.fixture(scope="module")
+def volume_host(hosts, tarball):
+    host = hosts.boot("volume")
+    host.sudo(f"mkdir -p /srv/pgvol {DATA_MOUNT}")
+    return host
+
+
+def test_pg_data_mount_not_mounted_refuses_a_fresh_host_and_installs_nothing(volume_host, tarball, provision):
+    host = volume_host
+    run = provision(host, **tarball, pg_data_mount=DATA_MOUNT)
+    assert run.returncode != 0
+    assert "REFUSED, nothing was changed on this host: pg_data_mount /var/lib/postgresql is not mounted" in run.output, run.output
+    assert f"Fix: attach the volume and mount it at {DATA_MOUNT}" in run.output
+    assert host.sudo("dpkg-query -W -f='${db:Status-Status}' postgresql-15 2>/dev/null || echo none").strip() in ("none", "not-installed")
+    assert host.sudo(f"ls -A {DATA_MOUNT}").strip() == ""
+
+
+def test_pg_data_mount_mounted_provisions_the_cluster_on_that_volume(volume_host, tarball, provision):
+    host = volume_host
+    # nspawn gives the host CAP_SYS_ADMIN in its own mount namespace: a real mount inside it.
+    host.sudo(f"mount -t tmpfs -o size=1g,mode=0755 pgvol /srv/pgvol && mount --bind /srv/pgvol {DATA_MOUNT}")
+    run = provision(host, **tarball, pg_data_mount=DATA_MOUNT)
+    assert run.returncode == 0, run.output
+    assert _has_pg_version(host)
+    assert host.sudo(f"findmnt -n -o FSTYPE --target {DATA_DIR}").strip() == "tmpfs"
+    assert host.psql("SELECT current_setting('data_directory')") == DATA_DIR
+    host.psql("CREATE TABLE kept (id int); INSERT INTO kept VALUES (42)")
+
+
+def test_a_data_volume_in_fstab_that_did_not_mount_is_refused_and_nothing_is_initialised(volume_host, tarball, provision):
+    from pgvector_deploy.facts import HostProfile, parse_host_profile
+
+    host = volume_host
+    system_id = _system_identifier(host)
+    host.sudo("systemctl stop postgresql@15-main")
+    host.sudo(f"printf '%s\\n' '/srv/pgvol {DATA_MOUNT} none bind 0 0' >> /etc/fstab && umount {DATA_MOUNT}")
+    assert not _has_pg_version(host)  # the root disk's empty directory shows through
+    profile = parse_host_profile(host.sudo(HostProfile().command(port=5432, cached_tarball="/nonexistent")).splitlines())
+    assert {"source": "/srv/pgvol", "mount_point": DATA_MOUNT, "type": "none", "options": "bind"} in profile["fstab"]
+    assert DATA_MOUNT not in profile["mounts"] and profile["initialised_data_dirs"] == [] and profile["build_stamp"]
+    configuration = _configuration(host)
+
+    run = provision(host, **tarball)
+
+    assert run.returncode != 0
+    assert (
+        f"REFUSED, nothing was changed on this host: /etc/fstab mounts /srv/pgvol at {DATA_MOUNT}, which holds "
+        f"the cluster's data directory {DATA_DIR}, but nothing is mounted there"
+    ) in run.output, run.output
+    assert not _has_pg_version(host)
+    assert _configuration(host) == configuration
+    assert host.ssh("systemctl is-active postgresql@15-main", check=False).stdout.strip() != "active"
+
+    # Without the fstab line (the volume simply missing): pg_lsclusters still lists the cluster.
+    host.sudo(f"sed -i '\\#^/srv/pgvol #d' /etc/fstab")
+    run = provision(host, **tarball)
+    assert run.returncode != 0
+    assert (
+        f"a PostgreSQL 15 cluster is expected in {DATA_DIR} (pg_lsclusters lists cluster 15/main there; "
+        "pgvector-deploy's build stamp /var/lib/pgvector-deploy/build.json says it provisioned this host), "
+        "but it has no PG_VERSION"
+    ) in run.output, run.output
+    assert not _has_pg_version(host)
+    assert _configuration(host) == configuration
+
+    # The volume back: the same cluster (same system identifier, same rows) is adopted again.
+    host.sudo(f"mount --bind /srv/pgvol {DATA_MOUNT}")
+    run = provision(host, **tarball, pg_data_mount=DATA_MOUNT)
+    assert run.returncode == 0, run.output
+    assert "PostgreSQL 15 cluster exists" not in run.changed(host.name)
+    assert _system_identifier(host) == system_id
+    assert host.psql("SELECT id FROM kept") == "42"

@@ -111,3 +111,77 @@ def test_second_deploy_changes_nothing_downloads_nothing_restarts_nothing(provis
     assert len(lab.requests) == downloads
     assert host.sudo(f"stat -c %Y {BUILD_STAMP}") == stamp
     assert host.psql("SELECT pg_postmaster_start_time()") == started
+
+
+# --- two deploys at the same moment on one fresh host ---------------------------------------
+
+OVERLAP_ENV = {"PGV_TEST_OVERLAP_PASSWORD": "overlap-Pässword-1"}
+
+
+@pytest.fixture(scope="module")
+def overlapping(hosts, lab, tarball, tmp_path_factory):
+    """A fresh host, two deploys of it started at the same moment (two pyinfra processes, the
+    same inventory entry, with an app, a migration and an env file): (host, data, runs, downloads)."""
+    from tests.hosts.runner import deploy_together, write_inventory
+
+    host = hosts.boot("overlap")
+    workdir = tmp_path_factory.mktemp("overlap")
+    (workdir / "migrations").mkdir()
+    (workdir / "migrations" / "0001_documents.sql").write_text("CREATE TABLE documents (id int PRIMARY KEY, embedding vector(3));\n")
+    data = {
+        **tarball,
+        "pg_app_user": "app",
+        "pg_app_password_env": "PGV_TEST_OVERLAP_PASSWORD",
+        "pg_migrations_dir": str(workdir / "migrations"),
+        "pg_app_env_file": "/etc/pgvector-deploy/app.env",
+    }
+    inventory = write_inventory(workdir / "inventory.py", [host.inventory_entry(**data)])
+    downloads = len(lab.requests)
+    runs = deploy_together(inventory, 2, env=OVERLAP_ENV)
+    return host, inventory, runs, len(lab.requests) - downloads
+
+
+def test_two_deploys_started_together_on_a_fresh_host_both_succeed_and_build_once(overlapping):
+    host, _, runs, downloads = overlapping
+    for run in runs:
+        assert run.returncode == 0, run.output
+        assert "already exists" not in run.output, run.output
+    # The host's own record of builds (one line per build that ran), and the one download.
+    assert host.sudo("cat /var/lib/pgvector-deploy/build.log").count("pgvector 0.8.0 built and installed for") == 1
+    assert downloads == 1
+    assert host.psql("SELECT rolname FROM pg_roles WHERE rolname = 'app'") == "app"
+    assert host.psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'") == "app"
+    assert host.psql("SELECT name FROM pgvector_deploy.schema_migrations", "app") == "0001_documents.sql"
+    assert host.psql("SELECT count(*) FROM pg_extension WHERE extname = 'vector'", "app") == "1"
+
+
+def test_a_third_deploy_after_the_overlap_changes_nothing(overlapping):
+    from tests.hosts.runner import deploy
+
+    host, inventory, _, _ = overlapping
+    run = deploy(inventory, env=OVERLAP_ENV)
+    assert run.returncode == 0, run.output
+    assert run.changed(host.name) == []
+
+
+def test_a_lock_file_an_unprivileged_user_holds_cannot_stall_a_run(overlapping):
+    """/run/lock is world-writable: a local user creates and holds the lock file the toolkit
+    used to use there (and plants a symlink beside it). A run still goes straight through: the
+    lock lives in /run/pgvector-deploy, 0700 root, where that user cannot create anything."""
+    from tests.hosts.runner import deploy
+
+    host, inventory, _, _ = overlapping
+    holder = host.sudo("install -d -m 1777 /run/lock && "
+                       "runuser -u nobody -- flock /run/lock/pgvector-deploy.lock sleep 900 >/dev/null 2>&1 < /dev/null & "
+                       "echo $!; runuser -u nobody -- ln -sf /etc/shadow /run/lock/pgvector-deploy.lock.new; sleep 1").split()[0]  # fmt: skip
+    try:
+        assert host.sudo("runuser -u nobody -- flock -n /run/lock/pgvector-deploy.lock true; echo $?").strip() == "1"  # held
+        assert host.sudo("runuser -u nobody -- mkdir /run/pgvector-deploy/planted 2>/dev/null; echo $?").strip() != "0"
+        assert host.sudo("stat -c %U:%a /run/pgvector-deploy").strip() == "root:700"
+        run = deploy(inventory, env=OVERLAP_ENV, timeout=600)
+        assert run.returncode == 0, run.output
+        assert run.changed(host.name) == []
+        # well under the 30-minute wait a held lock would cost
+        assert run.seconds < 300, run.seconds
+    finally:
+        host.sudo(f"kill {int(holder)} || true")

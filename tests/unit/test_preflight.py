@@ -295,3 +295,142 @@ def test_our_online_cluster_owns_the_port_whatever_the_listener_looks_like(provi
     down = [dict(cluster, status="down") for cluster in provisioned_profile["clusters"]]
     with pytest.raises(UnsupportedHost, match="port 5432 is taken by another PostgreSQL"):
         check_port(with_changes(provisioned_profile, listeners=odd, clusters=down), debian12, 5432)
+
+
+# --- a cluster expected where its data is missing (item: never initialise one where one is expected) ---
+
+
+def profile_of(state: str) -> dict:
+    return parse_host_profile(recorded_lines(state, "host-profile"))
+
+
+def data_refusal(state: str, **data) -> str:
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings(data), profile_of(state))
+    return str(error.value)
+
+
+def test_host_profile_parses_the_traces_of_an_expected_cluster_and_the_mounts():
+    profile = profile_of("volume-unmounted")
+    assert profile["initialised_data_dirs"] == []
+    assert profile["config_dirs"] == ["/etc/postgresql/15/main"]
+    assert profile["build_stamp"] is True
+    assert profile["fstab"] == [
+        {"source": "UUID=3f1c2b9e-8d4a-4c1e-9b7f-2a6d5e4c3b21", "mount_point": "/", "type": "ext4", "options": "rw,discard,errors=remount-ro"},
+        {"source": "UUID=c9a8e7d6-5b4a-4f3e-8d2c-1b0a9f8e7d6c", "mount_point": "/var/lib/postgresql", "type": "ext4", "options": "defaults,nofail"},
+    ]
+    assert "/" in profile["mounts"] and "/var/lib/postgresql" not in profile["mounts"]
+    assert profile["clusters"][0]["data_dir"] == "/var/lib/postgresql/15/main"
+
+
+def test_fstab_and_mountinfo_escapes_swap_and_trailing_slashes_are_read_as_paths():
+    from pgvector_deploy.facts import parse_fstab
+
+    profile = parse_host_profile(["data_dirs_checked=yes", r"mounted=/srv/pg\040data", "pg_version_file=/var/lib/pgsql/data"])
+    assert profile["mounts"] == ["/srv/pg data"] and profile["initialised_data_dirs"] == ["/var/lib/pgsql/data"]
+    assert parse_fstab([r"/dev/sdb1|/srv/pg\040data/|xfs|defaults", "/dev/sdc|none|swap|sw", "/dev/sdd|swap|swap|sw"]) == [
+        {"source": "/dev/sdb1", "mount_point": "/srv/pg data", "type": "xfs", "options": "defaults"}
+    ]
+
+
+def test_a_profile_recorded_before_the_data_directory_lines_is_not_judged_on_them(provisioned_profile):
+    assert provisioned_profile["initialised_data_dirs"] is None
+    assert make_plan(load_settings({}), provisioned_profile).platform.key == "debian-12"
+
+
+def test_an_fstab_data_volume_that_is_not_mounted_is_refused():
+    message = data_refusal("volume-unmounted")
+    assert message.startswith(
+        "/etc/fstab mounts UUID=c9a8e7d6-5b4a-4f3e-8d2c-1b0a9f8e7d6c at /var/lib/postgresql, which holds the "
+        "cluster's data directory /var/lib/postgresql/15/main, but nothing is mounted there"
+    )
+    assert "Nothing was changed. Fix: mount it (mount /var/lib/postgresql" in message
+
+
+def test_a_registered_cluster_whose_data_directory_was_emptied_is_refused():
+    message = data_refusal("data-emptied")
+    assert message.startswith(
+        "a PostgreSQL 15 cluster is expected in /var/lib/postgresql/15/main (pg_lsclusters lists cluster 15/main "
+        "there; pgvector-deploy's build stamp /var/lib/pgvector-deploy/build.json says it provisioned this host), "
+        "but it has no PG_VERSION"
+    )
+    assert "Nothing was changed. Fix: mount the volume" in message
+    assert "first: pg_dropcluster 15 main; rm /var/lib/pgvector-deploy/build.json." in message
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"clusters": [], "build_stamp": False}, "its configuration directory /etc/postgresql/15/main exists"),
+        ({"clusters": [], "config_dirs": []}, "pgvector-deploy's build stamp /var/lib/pgvector-deploy/build.json"),
+    ],
+)
+def test_each_trace_of_an_expected_cluster_alone_is_enough_to_refuse(changes, reason):
+    profile = with_changes(profile_of("data-emptied"), **changes)
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({}), profile)
+    assert reason in str(error.value)
+
+
+def test_the_same_host_with_its_data_in_place_is_planned():
+    profile = with_changes(profile_of("data-emptied"), initialised_data_dirs=["/var/lib/postgresql/15/main"])
+    assert make_plan(load_settings({}), profile).platform.key == "debian-12"
+    mounted = with_changes(profile_of("volume-unmounted"), initialised_data_dirs=["/var/lib/postgresql/15/main"])
+    mounted["mounts"].append("/var/lib/postgresql")
+    assert make_plan(load_settings({"pg_data_mount": "/var/lib/postgresql"}), mounted).platform.key == "debian-12"
+
+
+def test_a_fresh_host_with_nothing_expected_is_planned_and_makes_its_cluster():
+    assert make_plan(load_settings({}), profile_of("fresh-volume-unmounted")).platform.key == "debian-12"
+
+
+def test_pg_data_mount_not_mounted_on_a_fresh_host_is_refused():
+    message = data_refusal("fresh-volume-unmounted", pg_data_mount="/var/lib/postgresql")
+    assert message.startswith(
+        "pg_data_mount /var/lib/postgresql is not mounted: the volume that holds the cluster "
+        "(/var/lib/postgresql/15/main) is missing"
+    )
+    assert "Nothing was changed. Fix: attach the volume and mount it at /var/lib/postgresql" in message
+
+
+def test_pg_data_mount_mounted_on_a_fresh_host_is_planned():
+    plan = make_plan(load_settings({"pg_data_mount": "/var/lib/postgresql/"}), profile_of("fresh-volume-mounted"))
+    assert plan.settings.data_mount == "/var/lib/postgresql"
+
+
+def test_pg_data_mount_that_does_not_hold_the_data_directory_is_refused():
+    profile = profile_of("fresh-volume-mounted")
+    profile["mounts"].append("/var/lib/postgres")
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({"pg_data_mount": "/var/lib/postgres"}), profile)  # a typo, mounted or not
+    assert str(error.value).startswith(
+        "pg_data_mount is /var/lib/postgres, but Debian 12 (bookworm) keeps the cluster in /var/lib/postgresql/15/main, "
+        "which is not under it. Nothing was changed. Fix: set pg_data_mount to the mount point of the volume that "
+        "holds /var/lib/postgresql/15/main (such as /var/lib/postgresql), or unset it."
+    )
+
+
+@pytest.mark.parametrize("value", ["var/lib/postgresql", "/", "/var/lib/../tmp", "/var/lib/post gresql", "//x"])
+def test_pg_data_mount_must_be_a_plain_absolute_path(value):
+    from pgvector_deploy.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="pg_data_mount: .* is not the absolute path of a mount point. Fix:"):
+        load_settings({"pg_data_mount": value})
+
+
+def test_the_refusal_comes_from_the_host_profile_alone_before_any_other_fact():
+    """One round trip: look() asks the host profile and nothing else, so on Debian the refusal
+    comes before postgresql-15 (whose postinst makes a cluster) could be installed."""
+
+    class Host:
+        data = {"pg_data_mount": "/var/lib/postgresql"}
+        asked = []
+
+        def get_fact(self, cls, **kwargs):
+            self.asked.append(cls)
+            return profile_of("fresh-volume-unmounted")
+
+    host = Host()
+    result = look(host)
+    assert isinstance(result, Refusal) and "pg_data_mount /var/lib/postgresql is not mounted" in result.message
+    assert host.asked == [HostProfile]
