@@ -279,3 +279,48 @@ def test_a_tarball_that_is_not_the_requested_pgvector_is_removed_before_anything
     assert result.returncode == 1
     assert "is not pgvector 0.9.0 (no pgvector-0.9.0/vector.control in it)" in result.stderr
     assert not candidate.exists() and not dest.exists()
+
+
+def test_build_script_stops_when_the_stamp_on_disk_already_says_this_build(tmp_path, debian12):
+    """Another run built this very version while this one waited for the host lock: the stamp,
+    library and control file on disk say so, and nothing is unpacked or compiled."""
+    from pgvector_deploy.facts import BUILD_LOG
+
+    settings = load_settings({})
+    stamp = pgvector.desired_stamp(settings, "x86_64", "PostgreSQL 15.20")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "vector.so").write_bytes(b"\x7fELF")
+    (tmp_path / "share" / "extension").mkdir(parents=True)
+    (tmp_path / "share" / "extension" / "vector.control").write_text(f"default_version = '{settings.version}'\n")
+    fake = tmp_path / "pg_config"
+    fake.write_text(f'#!/bin/sh\ncase "$1" in --sharedir) echo {tmp_path}/share;; --pkglibdir) echo {tmp_path}/lib;; *) echo "PostgreSQL 15.20";; esac\n')
+    fake.chmod(0o755)
+    stamp_file = tmp_path / "build.json"
+    script = (
+        pgvector.build_script(debian12, settings, str(tmp_path / "missing.tar.gz"), stamp, 5432)
+        .replace(debian12.pg_config, str(fake))
+        .replace(BUILD_LOG, str(tmp_path / "build.log"))
+        .replace(BUILD_STAMP, str(stamp_file))
+    )
+    stamp_file.write_text(json.dumps(stamp, sort_keys=True) + "\n")
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"pgvector {settings.version} is already built for PostgreSQL 15.20 (build stamp {stamp_file}); nothing to do\n"
+    assert not (tmp_path / "build.log").exists()
+    # Any other stamp (here: another version's) and the build goes on (and stops at the missing tarball).
+    stamp_file.write_text(json.dumps({**stamp, "version": "0.8.5"}, sort_keys=True) + "\n")
+    building = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert building.returncode == 1 and "missing.tar.gz is missing; the fetch step must run first" in building.stderr
+    (tmp_path / "share" / "extension" / "vector.control").write_text("default_version = '0.8.5'\n")
+    stamp_file.write_text(json.dumps(stamp, sort_keys=True) + "\n")
+    assert "is missing" in subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30).stderr
+
+
+def test_download_stops_when_the_cache_already_holds_the_verified_tarball(tmp_path):
+    cached = tmp_path / "pgvector.tar.gz"
+    cached.write_bytes(b"tarball")
+    digest = hashlib.sha256(b"tarball").hexdigest()
+    script = pgvector.download_script("http://192.0.2.1/never.tar.gz", str(cached), digest).replace("curl ", "false ")
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert cached.read_bytes() == b"tarball"
