@@ -40,15 +40,16 @@ def write_inventory(path: Path, hosts: list[tuple[str, dict]]) -> Path:
 
 
 def deploy_together(
-    inventory: Path, copies: int = 2, *args: str, timeout: float = 1800, env: dict | None = None
+    inventory: Path, copies: int = 2, *args: str, timeout: float = 1800, env: dict | None = None, repo: Path = REPO
 ) -> list[DeployRun]:
     """``copies`` pyinfra processes of the deploy on the same inventory, started at the same
-    moment (each its own process, as two people or a cron job and a person would), then waited for."""
+    moment (each its own process, as two people or a cron job and a person would), then waited
+    for; ``repo``: the checkout whose deploy runs (another version of the toolkit, say)."""
     started = time.monotonic()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "pyinfra", str(inventory), DEPLOY, "-y", "--json", *args],
-            cwd=REPO, env={**os.environ, **(env or {})}, text=True,
+            cwd=repo, env={**os.environ, **(env or {})}, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         for _ in range(copies)
