@@ -1,7 +1,9 @@
 """The vector smoke suite: does this host's PostgreSQL 15 really serve pgvector?
 
-Ten checks, run on the host in one round trip (the ``SmokeChecks`` fact, a shell script sent
-on standard input), each reported by name as pass, fail or skip (with the reason):
+Ten checks, each reported by name as pass, fail or skip (with the reason). Nine run on the
+host in one round trip (the ``SmokeChecks`` fact, a shell script sent on standard input);
+``app_over_tcp`` runs on the control machine, with psycopg, through pyinfra's connection
+(``tunnel.reach``), so that the app's password never reaches the host:
 
 ==================== ================================================================
 extension_files      vector.control and vector.so where the platform's pg_config puts
@@ -18,7 +20,9 @@ hnsw_index           an HNSW index (m = 8, ef_construction = 32) on 500 rows of 
                      off) uses it by name, and the query returns 5 rows
 ivfflat_index        the same with an IVFFlat index (lists = 10, all of them probed)
 app_over_tcp         the app role logs in over TCP at the Docker bridge address with its
-                     password (stored as SCRAM, refused without it) and runs a vector query
+                     password (stored as SCRAM, refused without it) and runs a vector query:
+                     from the control machine, through a direct-tcpip channel of pyinfra's
+                     SSH connection (or directly with @local); skipped with another connector
 cleanup              the scratch database is gone afterwards
 ==================== ================================================================
 
@@ -33,9 +37,9 @@ dropped only when it carries that comment; a database of the same name without i
 touched, and the suite fails saying so. Nothing else on the host changes, so a facts-only
 round trip is honest: a converged host still reports zero changed operations.
 
-The app's password travels only inside the script on standard input, never on a command
-line nor in pyinfra's output; on the host it goes into a ``mktemp`` PGPASSFILE (umask 077)
-that a trap removes.
+The app's password stays on the control machine: the script only names the app role (the
+host reports how its password is stored: SCRAM, none, other, absent), and psycopg gets the
+password as a keyword, never in a conninfo string, a file or an environment variable.
 
 Example::
 
@@ -59,6 +63,10 @@ from typing import Iterable, Iterator
 from pyinfra import host, logger
 from pyinfra.api import FactBase, operation
 
+import psycopg
+from paramiko.ssh_exception import SSHException
+
+from . import tunnel
 from .networking import app_address
 from .platforms import POSTGRES_MAJOR, Platform
 from .preflight import Plan
@@ -80,6 +88,11 @@ CHECKS = (
     "cleanup",
 )
 STATUSES = ("pass", "fail", "skip")
+HOST_CHECKS = tuple(name for name in CHECKS if name != "app_over_tcp")  # the script's nine
+APP_ROLE = "app_role"  # the script's line app_role|<scram|none|other|absent|error>|<detail>
+APP_CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout for each of the app's logins
+_ANY_AUTH = "password,md5,gss,sspi,scram-sha-256,none"  # every method libpq 16 knows
+APP_SQL = "SELECT host(inet_server_addr()), ('[1,2,3]'::vector <-> '[4,6,3]'::vector) = 5"
 
 # What the casts check expects back: the literals, printed unchanged.
 CAST_LITERALS = (("vector", "[1,2,3]"), ("halfvec", "[1,2,3]"), ("sparsevec", "{1:1,3:2}/3"))
@@ -144,17 +157,6 @@ def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _pgpass_field(text: str) -> str:
-    return text.replace("\\", "\\\\").replace(":", "\\:")
-
-
-def pgpass_line(app: SmokeApp, port: int) -> str:
-    """The app's one PGPASSFILE line: ``address:port:database:user:password``, escaped."""
-    assert app.address is not None
-    fields = (app.address, str(int(port)), app.database, app.user, app.password)
-    return ":".join(_pgpass_field(field) for field in fields)
-
-
 # Written as plain text with @NAME@ placeholders (shell is full of braces); every value is
 # quoted by smoke_script before it is put in. Every psql and every function body run with
 # standard input from /dev/null or a here-document: the script itself arrives on sh's
@@ -169,9 +171,8 @@ unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE PGSERVICE
 PGOPTIONS='-c statement_timeout=300s -c lock_timeout=30s'
 PGCONNECT_TIMEOUT=10
 export PGOPTIONS PGCONNECT_TIMEOUT
-pgpass=
 results=
-trap '[ -z "$pgpass" ] || rm -f "$pgpass"; [ -z "$results" ] || rm -rf "$results"' EXIT
+trap '[ -z "$results" ] || rm -rf "$results"' EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -414,7 +415,7 @@ SQL
   fi
 }
 
-@APP_CHECK@
+@APP_ROLE@
 
 # Drops the scratch database if this run created it (even should its comment have failed)
 # or it carries the comment; a foreign one is left untouched.
@@ -458,14 +459,14 @@ beside() {
     "$@"
     return
   fi
-  ( trap '[ -z "$pgpass" ] || rm -f "$pgpass"' EXIT; "$@" ) > "$results/$name" &
+  ( "$@" ) > "$results/$name" &
 }
 
 # collect: wait for the checks run beside, then print their lines.
 collect() {
   [ -n "$results" ] || return 0
   wait
-  for name in extension_files app_over_tcp hnsw_index; do
+  for name in extension_files app_role hnsw_index; do
     cat "$results/$name" 2>/dev/null
   done
 }
@@ -478,7 +479,7 @@ main() {
   results=$(mktemp -d) || results=
   check_template1_has_vector
   beside extension_files check_extension_files
-  beside app_over_tcp check_app_over_tcp
+  beside app_role check_app_role
   check_create_extension
   check_extversion
   check_casts
@@ -493,38 +494,12 @@ main </dev/null
 exit 0
 """
 
-_APP_CHECK = r"""check_app_over_tcp() {
-  stored=$(sql postgres @STORED_SQL@) || { report app_over_tcp fail "cannot look up role "@USER@": $stored"; return; }
-  case $stored in
-    scram) ;;
-    absent) report app_over_tcp fail "role "@USER@" does not exist"; return ;;
-    none) report app_over_tcp fail "role "@USER@" has no password"; return ;;
-    *) report app_over_tcp fail "role "@USER@"'s password is not stored as SCRAM-SHA-256 (password_encryption was md5 when it was set)"; return ;;
-  esac
-  # Refused without the password: not trust, not peer.
-  if out=$(PGPASSFILE=/nonexistent/pgvector-deploy-smoke @APP_PSQL@ -c 'SELECT 1' </dev/null 2>&1); then
-    report app_over_tcp fail "role "@USER@" logged in at "@ADDRESS@" without a password; pg_hba.conf must ask for scram-sha-256 there"
-    return
-  fi
-  pgpass=$(mktemp) || { report app_over_tcp fail "mktemp failed"; return; }
-  printf '%s\n' @PGPASS_LINE@ > "$pgpass"
-  got=$(PGPASSFILE="$pgpass" @APP_PSQL@ -c @APP_SQL@ </dev/null 2>&1)
-  rc=$?
-  rm -f "$pgpass"
-  pgpass=
-  if [ $rc -ne 0 ]; then
-    report app_over_tcp fail "role "@USER@" at "@ADDRESS@":@PORT@ database "@DATABASE@": $got"
-  else
-    case $got in
-      *'|t') report app_over_tcp pass "role "@USER@" logged in over TCP to ${got%%|*}:@PORT@ with its password (SCRAM; refused without it), database "@DATABASE@": '[1,2,3]' <-> '[4,6,3]' = 5" ;;
-      *) report app_over_tcp fail "vector query in "@DATABASE@" gave '$got', expected the distance 5" ;;
-    esac
-  fi
+# How the app role's password is stored, for app_over_tcp (run on the control machine): the
+# role's name is all the script knows of the app.
+_APP_ROLE = r"""check_app_role() {
+  stored=$(sql postgres @STORED_SQL@) || { printf 'app_role|error|%s\n' "$(printf '%s' "$stored" | tr '\t\r\n' '   ')"; return; }
+  printf 'app_role|%s|\n' "$stored"
 }"""
-
-
-def _app_skip(reason: str) -> str:
-    return f"check_app_over_tcp() {{\n  report app_over_tcp skip {shlex.quote(reason)}\n}}"
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
@@ -535,41 +510,22 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return template
 
 
-def _app_check(platform: Platform, app: SmokeApp | None, port: int) -> str:
-    if app is None:
-        return _app_skip("no app role given to the smoke suite")
-    if not app.address:
-        return _app_skip(f"no Docker bridge address given for role {app.user}")
-    psql = (
-        f"{shlex.quote(platform.psql)} -X -A -t -w -v ON_ERROR_STOP=1 -h {shlex.quote(app.address)} -p {int(port)} "
-        f"-U {shlex.quote(app.user)} -d {shlex.quote(app.database)}"
-    )
+def _app_role(user: str | None) -> str:
+    if user is None:
+        return "check_app_role() {\n  :\n}"
     stored_sql = (
         "SELECT coalesce((SELECT CASE WHEN rolpassword IS NULL THEN 'none' "
         "WHEN rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'scram' ELSE 'other' END "
-        f"FROM pg_authid WHERE rolname = {_sql_literal(app.user)}), 'absent')"
+        f"FROM pg_catalog.pg_authid WHERE rolname = {_sql_literal(user)}), 'absent')"
     )
-    app_sql = "SELECT host(inet_server_addr()), ('[1,2,3]'::vector <-> '[4,6,3]'::vector) = 5"
-    return _fill(
-        _APP_CHECK,
-        {
-            "STORED_SQL": shlex.quote(stored_sql),
-            "APP_PSQL": psql,
-            "APP_SQL": shlex.quote(app_sql),
-            "PGPASS_LINE": shlex.quote(pgpass_line(app, port)),
-            "USER": shlex.quote(app.user),
-            "DATABASE": shlex.quote(app.database),
-            "ADDRESS": shlex.quote(app.address),
-            "PORT": str(int(port)),
-        },
-    )
+    return _fill(_APP_ROLE, {"STORED_SQL": shlex.quote(stored_sql)})
 
 
-def smoke_script(platform: Platform, port: int, version: str, app: SmokeApp | None = None) -> str:
-    """The suite as one POSIX shell script, run as root by ``sh -s`` on the host.
+def smoke_script(platform: Platform, port: int, version: str, app_user: str | None = None) -> str:
+    """The suite's nine host checks as one POSIX shell script, run as root by ``sh -s`` on
+    the host; with ``app_user``, it also reports how that role's password is stored.
 
-    Pure: the same inputs give the same script. The app's password, when there is an app
-    with an address, appears exactly once: in the PGPASSFILE line a shell builtin writes.
+    Pure: the same inputs give the same script. It never holds the app's password.
     """
     extversion_sql = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
     casts = " || ' ' || ".join(f"{_sql_literal(text)}::{kind}::text" for kind, text in CAST_LITERALS)
@@ -586,7 +542,7 @@ def smoke_script(platform: Platform, port: int, version: str, app: SmokeApp | No
     script = _fill(
         _TEMPLATE,
         {
-            "APP_CHECK": _app_check(platform, app, port),
+            "APP_ROLE": _app_role(app_user),
             "SAFE_PATH": SAFE_PATH,
             "SCRATCH": SCRATCH_DATABASE,
             "VERSION": shlex.quote(version),
@@ -613,8 +569,9 @@ def smoke_script(platform: Platform, port: int, version: str, app: SmokeApp | No
 # --- results -----------------------------------------------------------------------------
 
 
-def parse_smoke(lines: Iterable[str]) -> list[CheckResult]:
-    """``check=<name>|<status>|<detail>`` lines -> one ``CheckResult`` per check, in suite order.
+def parse_smoke(lines: Iterable[str], names: Iterable[str] = CHECKS) -> list[CheckResult]:
+    """``check=<name>|<status>|<detail>`` lines -> one ``CheckResult`` per check of ``names``
+    (the suite's, or the script's ``HOST_CHECKS``), in suite order.
 
     A check that printed no line (the script was cut short) is a fail; an unknown status is a
     fail naming it; other lines are ignored; a name's first line counts.
@@ -638,9 +595,135 @@ def parse_smoke(lines: Iterable[str]) -> list[CheckResult]:
         found[name] = CheckResult(name, status, detail)
     results = [
         found.pop(name, CheckResult(name, "fail", "no result: the suite stopped before this check"))
-        for name in CHECKS
+        for name in names
     ]
     return results + list(found.values())
+
+
+@dataclass(frozen=True)
+class HostChecks:
+    """What the script reports: its nine checks, and how the app role's password is stored
+    (``scram``, ``none``, ``other``, ``absent``, ``error``; ``None`` when not asked or not
+    reported) with the lookup's error text."""
+
+    results: list[CheckResult]
+    app_role: str | None = None
+    app_role_error: str = ""
+
+
+def parse_host_checks(lines: Iterable[str]) -> HostChecks:
+    """The script's output -> ``HostChecks``; the first ``app_role|<kind>|<error>`` line counts.
+
+    >>> parse_host_checks(["app_role|scram|"]).app_role
+    'scram'
+    """
+    lines = [line.rstrip("\r\n") for line in lines]
+    role = next((line.split("|", 2) for line in lines if line.startswith(f"{APP_ROLE}|")), None)
+    kind, error = (role[1], role[2] if len(role) > 2 else "") if role else (None, "")
+    return HostChecks(parse_smoke(lines, HOST_CHECKS), kind, " ".join(error.split()))
+
+
+def merge(host_results: list[CheckResult], app_result: CheckResult) -> list[CheckResult]:
+    """The host's results and ``app_over_tcp`` in the suite's order (``CHECKS``); a line
+    from the host never stands for ``app_over_tcp``; names the suite does not know come last."""
+    known = {r.name: r for r in host_results if r.name in HOST_CHECKS}
+    known[app_result.name] = app_result
+    return [known[name] for name in CHECKS if name in known] + [r for r in host_results if r.name not in CHECKS]
+
+
+# --- app_over_tcp, from the control machine -------------------------------------------------------
+
+
+def app_keywords(where: dict, app: SmokeApp, password: str | None) -> dict:
+    """libpq's keywords for the app's login at ``where`` (``host``/``port``): every one named,
+    so that nothing comes from the control machine's PG* variables, ~/.pgpass or a service
+    file's defaults; with a password, only SCRAM is accepted (libpq 16 and later)."""
+    keywords = {
+        **where,
+        "user": app.user,
+        "dbname": app.database,
+        "password": password or "",  # "": not PGPASSWORD's
+        "passfile": "/nonexistent/pgvector-deploy-smoke",  # never ~/.pgpass
+        "sslmode": "prefer",
+        "gssencmode": "disable",
+        "channel_binding": "prefer",
+        "connect_timeout": APP_CONNECT_TIMEOUT,
+        "application_name": "pgvector-deploy smoke",
+        "options": "-c statement_timeout=30s",
+    }
+    if psycopg.pq.version() >= 160000:  # explicit, not PGREQUIREAUTH's; without a password, any
+        keywords["require_auth"] = "scram-sha-256" if password else _ANY_AUTH  # (trust must show)
+    return keywords
+
+
+def _one_line(error: BaseException, password: str) -> str:
+    return " ".join(str(error).replace(password, "<hidden>").split()) or type(error).__name__
+
+
+def _login(way, app: SmokeApp, password: str | None) -> tuple | None:
+    """Log in at ``way`` as the app; with a password, run ``APP_SQL`` and return its row."""
+    with psycopg.connect(**app_keywords(way.keywords, app, password), autocommit=True) as conn:
+        return conn.execute(APP_SQL).fetchone() if password else None
+
+
+def login_over_tcp(way, app: SmokeApp, port: int) -> CheckResult:
+    """``app_over_tcp`` through ``way`` (``tunnel.reach``): refused without the password, in
+    with it, and the vector query right. A tunnel that could not connect is reported as such."""
+    role, address, database = shlex.quote(app.user), app.address, shlex.quote(app.database)
+    where = f"role {role} at {address}:{int(port)} database {database}"
+
+    def broken(error: BaseException) -> CheckResult:
+        if isinstance(way.error, tunnel.Unreachable):
+            return CheckResult("app_over_tcp", "skip", f"not run: {way.error}")
+        if way.error is not None:
+            return CheckResult("app_over_tcp", "fail", f"{where}: {way.error}")
+        return CheckResult("app_over_tcp", "fail", f"{where}: {way.describe(_one_line(error, app.password))}")
+
+    try:
+        _login(way, app, None)
+    except psycopg.OperationalError as error:
+        if "no password supplied" not in str(error):  # refused, but not because it lacked one
+            return broken(error)
+    else:
+        return CheckResult("app_over_tcp", "fail", f"role {role} logged in at {address} without a password; pg_hba.conf must ask for scram-sha-256 there")
+    try:
+        row = _login(way, app, app.password)
+    except psycopg.Error as error:
+        return broken(error)
+    got = f"{row[0]}|{'t' if row[1] else 'f'}" if row else ""
+    if not got.endswith("|t"):
+        return CheckResult("app_over_tcp", "fail", f"vector query in {database} gave '{got}', expected the distance 5")
+    return CheckResult(
+        "app_over_tcp", "pass",
+        f"role {role} logged in over TCP to {row[0]}:{int(port)} with its password (SCRAM; refused without it), "
+        f"database {database}: '[1,2,3]' <-> '[4,6,3]' = 5",
+    )  # fmt: skip
+
+
+def check_app_over_tcp(target, app: SmokeApp | None, port: int, checked: HostChecks) -> CheckResult:
+    """``app_over_tcp`` for pyinfra host ``target``: the stored password's kind as the host
+    reported it, then ``login_over_tcp`` through ``tunnel.reach``."""
+    if app is None:
+        return CheckResult("app_over_tcp", "skip", "no app role given to the smoke suite")
+    if not app.address:
+        return CheckResult("app_over_tcp", "skip", f"no Docker bridge address given for role {app.user}")
+    role = shlex.quote(app.user)
+    failed = {
+        None: "no result: the suite stopped before looking up role " + role,
+        "error": f"cannot look up role {role}: {checked.app_role_error}",
+        "absent": f"role {role} does not exist",
+        "none": f"role {role} has no password",
+    }
+    if checked.app_role != "scram":
+        reason = failed.get(checked.app_role, f"role {role}'s password is not stored as SCRAM-SHA-256 (password_encryption was md5 when it was set)")
+        return CheckResult("app_over_tcp", "fail", reason)
+    try:
+        with tunnel.reach(target, app.address, port) as way:
+            return login_over_tcp(way, app, port)
+    except tunnel.Unreachable as error:
+        return CheckResult("app_over_tcp", "skip", f"not run: {error}")
+    except (tunnel.TunnelFailed, SSHException, OSError) as error:
+        return CheckResult("app_over_tcp", "fail", f"role {role} at {app.address}:{int(port)}: {_one_line(error, app.password)}")
 
 
 def redact(results: Iterable[CheckResult], secret: str | None) -> list[CheckResult]:
@@ -724,12 +807,13 @@ class SmokeStdin:
 
 
 class SmokeChecks(FactBase):
-    """Runs the vector smoke suite: ``sh -s`` with the script on standard input, as one round
-    trip; a fact, so it never counts as a change. Parsed into ``CheckResult``s.
+    """Runs the vector smoke suite's host checks: ``sh -s`` with the script on standard
+    input, as one round trip; a fact, so it never counts as a change. Parsed into
+    ``HostChecks``.
 
     .. code:: python
 
-        host.get_fact(SmokeChecks, _stdin=SmokeStdin(smoke_script(platform, 5432, "0.8.0", None)))
+        host.get_fact(SmokeChecks, _stdin=SmokeStdin(smoke_script(platform, 5432, "0.8.0", "app")))
     """
 
     def command(self):
@@ -738,22 +822,23 @@ class SmokeChecks(FactBase):
 
     @staticmethod
     def default():
-        return parse_smoke([])
+        return parse_host_checks([])
 
     def process(self, output):
-        return parse_smoke(output)
+        return parse_host_checks(output)
 
 
 @operation()
 def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports"):
-    """Run the vector smoke suite on the host; fail the host naming the failed checks.
+    """Run the vector smoke suite on the host (``app_over_tcp`` from here, through pyinfra's
+    connection); fail the host naming the failed checks.
 
     + plan: the host's plan from ``preflight.look``
     + app: the application's role (``SmokeApp``) for ``app_over_tcp``; ``None`` skips that check
     + report_dir: where the JSON report ``smoke-<host>.json`` goes on the control machine
 
-    The checks run when the deploy executes (once, in one round trip), not while pyinfra
-    detects changes nor with ``--dry``. All passing or skipped: no change. A failure: one
+    The checks run when the deploy executes (the host's in one round trip, then the app's
+    login), not while pyinfra detects changes nor with ``--dry``. All passing or skipped: no change. A failure: one
     command that fails, naming the failed checks; the table in the log and the report say why.
 
     **Example:**
@@ -772,8 +857,9 @@ def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports")
         host.noop("the vector smoke suite runs on the host when the deploy executes")
         return
     version = plan.settings.version
-    script = smoke_script(plan.platform, plan.port, version, app)
-    results = host.get_fact(SmokeChecks, _stdin=SmokeStdin(script))
+    script = smoke_script(plan.platform, plan.port, version, app.user if app and app.address else None)
+    checked = host.get_fact(SmokeChecks, _stdin=SmokeStdin(script))
+    results = merge(checked.results, check_app_over_tcp(host, app, plan.port, checked))
     results = redact(results, app.password if app else None)
     path = write_report(report_dir, host.name, version, results)
     table = format_table(results)

@@ -9,6 +9,8 @@ namespaces, exactly as a containerised app does.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 
 APP = {"pg_app_user": "app", "pg_app_password_env": "PGV_TEST_APP_PASSWORD", "pg_app_createdb": True}
@@ -119,6 +121,186 @@ def test_rerun_changes_nothing(served, tarball, provision):
     run = provision(host, env=ENV, **tarball, **APP)
     assert run.returncode == 0, run.output
     assert run.changed(host.name) == []
+
+
+class HostWatch:
+    """While a ``with`` block runs, from this machine (nothing of it runs on the host): every
+    50 ms, the command line and environment of every process in the host's pid namespace;
+    every 100 ms, every file in the host's temporary places (its own tmpfs /tmp, /run,
+    /dev/shm, and /var/tmp, /root, /home), as the host sees them. ``found`` lists where a
+    secret showed up. Bounded: the threads stop when the block ends, or after ``limit`` s."""
+
+    PLACES = ("tmp", "var/tmp", "run", "dev/shm", "root", "home")
+
+    def __init__(self, host, secrets: list[str], limit: float = 900):
+        import os
+        import threading
+
+        self.init = host.init_pid()
+        self.namespace = os.readlink(f"/proc/{self.init}/ns/pid")
+        self.root = f"/proc/{self.init}/root"
+        self.secrets = [secret.encode() for secret in secrets]
+        self.limit = limit
+        self.found: set[str] = set()
+        self.samples = self.scans = 0
+        self.commands: set[bytes] = set()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._sample, daemon=True), threading.Thread(target=self._scan, daemon=True)]
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _until_stopped(self, interval: float):
+        import time
+
+        deadline = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            yield
+            self._stop.wait(interval)
+
+    def _sample(self):
+        import os
+
+        for _ in self._until_stopped(0.05):
+            for pid in [name for name in os.listdir("/proc") if name.isdigit()]:
+                try:
+                    if os.readlink(f"/proc/{pid}/ns/pid") != self.namespace:
+                        continue
+                    with open(f"/proc/{pid}/cmdline", "rb") as stream:
+                        command = stream.read()
+                    with open(f"/proc/{pid}/environ", "rb") as stream:
+                        environment = stream.read()
+                except OSError:  # gone meanwhile
+                    continue
+                self.commands.add(command)
+                for secret in self.secrets:
+                    if secret in command or secret in environment:
+                        self.found.add(f"process {pid}: {command.replace(secret, b'<secret>')!r}")
+            self.samples += 1
+
+    def _scan(self):
+        import os
+
+        for _ in self._until_stopped(0.1):
+            for place in self.PLACES:
+                for path in files_under(f"{self.root}/{place}"):
+                    if self.holds_secret(path):
+                        self.found.add("file " + path[len(self.root):])
+            self.scans += 1
+
+    def holds_secret(self, path: str, chunk: int = 1 << 20) -> bool:
+        """Whether the file's bytes contain a secret (read in chunks that overlap)."""
+        overlap = max(len(secret) for secret in self.secrets) - 1
+        try:
+            with open(path, "rb") as stream:
+                tail = b""
+                while block := stream.read(chunk):
+                    data = tail + block
+                    if any(secret in data for secret in self.secrets):
+                        return True
+                    tail = data[-overlap:]
+        except OSError:
+            pass
+        return False
+
+
+def files_under(top: str):
+    """Every regular file under ``top``, without following symbolic links."""
+    import os
+    import stat
+
+    for directory, dirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    yield path
+            except OSError:
+                continue
+
+
+@contextmanager
+def slow_tcp_logins(host, container):
+    """Every TCP login to the host's PostgreSQL waits about a second before authentication
+    (log_hostname on, and a resolver that never answers), so whatever a login's secret sits
+    in stays there long enough for HostWatch to see it. Undone afterwards."""
+    host.sudo("cp -p /etc/resolv.conf /etc/resolv.conf.pgvt-keep 2>/dev/null || touch /etc/resolv.conf.pgvt-keep.none; "
+              "printf 'nameserver 10.231.254.254\noptions timeout:1 attempts:1\n' > /etc/resolv.conf")  # fmt: skip
+    host.psql("ALTER SYSTEM SET log_hostname = on")
+    host.psql("SELECT pg_reload_conf()")
+    try:
+        import time
+
+        started = time.monotonic()
+        result = container.query(dsn("172.17.0.1"), "SELECT 1")
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started >= 0.9, "TCP logins were not slowed down"
+        yield
+    finally:
+        host.psql("ALTER SYSTEM RESET log_hostname")
+        host.psql("SELECT pg_reload_conf()")
+        host.sudo("if [ -e /etc/resolv.conf.pgvt-keep.none ]; then rm -f /etc/resolv.conf /etc/resolv.conf.pgvt-keep.none; "
+                  "else mv /etc/resolv.conf.pgvt-keep /etc/resolv.conf; fi")  # fmt: skip
+
+
+def test_the_app_password_never_reaches_the_host_during_deploy_smoke_suite_or_rotation(served, tarball, provision, tmp_path):
+    """A deploy, the standalone smoke suite and a password rotation (each with app_over_tcp
+    passing: SCRAM, refused without the password), watched by HostWatch; then every file on
+    the host, as the host sees it: neither the old nor the new password is anywhere."""
+    import json
+    import time
+
+    host, _, containers = served
+    rotated = "Rotated-Smoke-7b1e$pw"
+    reports = tmp_path / "reports"
+    data = {**tarball, **APP, "smoke_report_dir": str(reports)}
+    timings = {}
+    for attempt in (1, 2):  # the standalone suite at full speed, for the README's measurements
+        started = time.monotonic()
+        plain = provision(host, env=ENV, recipe="deploy/smoke.py", **data)
+        timings[f"smoke alone {attempt}"] = round(time.monotonic() - started, 1)
+        assert plain.returncode == 0, plain.output
+    with slow_tcp_logins(host, containers["docker0"]), HostWatch(host, [PASSWORD, rotated]) as watch:
+        runs = {}
+        for name, recipe, password in (
+            ("deploy", None, PASSWORD),
+            ("smoke", "deploy/smoke.py", PASSWORD),
+            ("rotation", None, rotated),
+        ):
+            started = time.monotonic()
+            options = {"recipe": recipe} if recipe else {}
+            runs[name] = provision(host, "-vvv", env={"PGV_TEST_APP_PASSWORD": password}, **options, **data)
+            timings[name] = round(time.monotonic() - started, 1)
+            report = json.loads((reports / f"smoke-{host.name}.json").read_text())
+            app_check = next(check for check in report["checks"] if check["name"] == "app_over_tcp")
+            runs[name].app_check = app_check
+    print(f"runs (s): {timings}")
+    # The watch really watched: it saw the smoke script's command under the host lock.
+    assert watch.samples > 100 and watch.scans > 50, (watch.samples, watch.scans)
+    assert any(b"pgvector-deploy.lock" in command and b"sh -s" in command for command in watch.commands)
+    assert sorted(watch.found) == []
+    scanned = 0
+    found = []
+    for top in [name for name in __import__("os").listdir(watch.root) if name not in ("proc", "sys")]:
+        for path in files_under(f"{watch.root}/{top}"):
+            scanned += 1
+            if watch.holds_secret(path):
+                found.append(path[len(watch.root):])
+    assert scanned > 10000, scanned
+    assert found == []
+    for name, run in runs.items():
+        assert run.returncode == 0, f"{name}: {run.output}"
+        assert PASSWORD not in run.output and rotated not in run.output
+        assert run.app_check["status"] == "pass", (name, run.app_check)
+        assert "logged in over TCP to 172.17.0.1:5432 with its password (SCRAM; refused without it)" in run.app_check["detail"]
+    assert runs["rotation"].changed(host.name) == ["App role exists with its password"]
 
 
 def test_the_password_appears_nowhere(served, tarball, provision):

@@ -341,6 +341,14 @@ class TestHost:
                     found[os.path.join(relative, name)] = (stat.st_size, stat.st_mtime_ns, stat.st_mode)
         return found
 
+    def init_pid(self) -> int:
+        """This machine's process id of the host's PID 1: its processes share that pid
+        namespace, and ``/proc/<it>/root`` is the host's filesystem as the host sees it
+        (with its own tmpfs /tmp, /run and /dev/shm, which ``root`` does not show)."""
+        assert self._process is not None and self._process.poll() is None, f"{self.name} is not running"
+        children = Path(f"/proc/{self._process.pid}/task/{self._process.pid}/children").read_text().split()
+        return int(children[0])
+
     def inventory_entry(self, **data) -> tuple[str, dict]:
         connection = {
             "ssh_hostname": self.address,

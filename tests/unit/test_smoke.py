@@ -3,7 +3,8 @@
 The script is also run for real here, against a fake ``psql``/``pg_config``/``runuser`` that
 keep the scratch database as files: that proves the shell's own logic (a leftover is
 dropped only with the comment, a failing check never stops the others, cleanup always runs,
-the password reaches psql only through a PGPASSFILE) without a PostgreSQL server. The fake
+the app role's password kind is reported and the password itself is never there) without a
+PostgreSQL server. app_over_tcp, run from the control machine, is tested in test_tunnel.py. The fake
 psql runs a script statement by statement as psql does (ON_ERROR_STOP, BEGIN/COMMIT,
 ``\\echo``) and logs each statement with its session.
 """
@@ -11,6 +12,7 @@ psql runs a script statement by statement as psql does (ON_ERROR_STOP, BEGIN/COM
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import json
 import os
@@ -32,15 +34,18 @@ from pgvector_deploy.settings import load_settings
 from pgvector_deploy.shell import SAFE_PATH
 from pgvector_deploy.smoke import (
     CHECKS,
+    HOST_CHECKS,
     SCRATCH_COMMENT,
     SCRATCH_DATABASE,
     CheckResult,
+    HostChecks,
     SmokeApp,
     SmokeChecks,
     SmokeStdin,
     format_table,
+    merge,
+    parse_host_checks,
     parse_smoke,
-    pgpass_line,
     redact,
     report_path,
     smoke_script,
@@ -53,8 +58,13 @@ PASSWORD = "s3cret:pa$$w0rd'\\with\"quotes"
 APP = SmokeApp(user="app", password=PASSWORD, database="appdb", address="172.17.0.1")
 
 
+def all_pass_results():
+    return [CheckResult(name, "pass", "fine") for name in CHECKS]
+
+
 def all_pass_lines():
-    return [f"check={name}|pass|fine" for name in CHECKS]
+    """What the script prints when everything passes: its nine checks and the app role's kind."""
+    return [f"check={name}|pass|fine" for name in HOST_CHECKS] + ["app_role|scram|"]
 
 
 # --- SmokeApp --------------------------------------------------------------------------------
@@ -80,28 +90,23 @@ def test_smoke_app_refuses_empty_or_multiline_fields(fields):
         SmokeApp(**fields)
 
 
-def test_pgpass_line_escapes_colons_and_backslashes():
-    app = SmokeApp("a:b", "p\\w:d", "db", "fe80::1")
-    assert pgpass_line(app, 5432) == "fe80\\:\\:1:5432:db:a\\:b:p\\\\w\\:d"
-
-
 # --- smoke_script: syntax, secrets, guards ---------------------------------------------------
 
 
-@pytest.mark.parametrize("app", [None, APP, dataclasses.replace(APP, address=None)], ids=["no-app", "app", "no-address"])
-def test_script_is_valid_posix_sh(debian12, app):
-    assert sh_syntax_error(smoke_script(debian12, 5432, "0.8.0", app)) == ""
+@pytest.mark.parametrize("app_user", [None, "app", "o'neil $x"], ids=["no-app", "app", "odd-name"])
+def test_script_is_valid_posix_sh(debian12, app_user):
+    assert sh_syntax_error(smoke_script(debian12, 5432, "0.8.0", app_user)) == ""
 
 
 def test_script_is_pure(debian12):
-    assert smoke_script(debian12, 5432, "0.8.0", APP) == smoke_script(debian12, 5432, "0.8.0", APP)
+    assert smoke_script(debian12, 5432, "0.8.0", "app") == smoke_script(debian12, 5432, "0.8.0", "app")
 
 
 def test_script_runs_every_check_once_and_cleanup_last(debian12):
     script = smoke_script(debian12, 5432, "0.8.0", None)
     calls = re.findall(r"^  (?:beside \w+ )?(check_\w+)(?: (\w+))?", script.split("main() {", 1)[1], re.M)
     names = [arg if fn == "check_index" else fn[len("check_"):] for fn, arg in calls]
-    assert sorted(names) == sorted(CHECKS)
+    assert sorted(names) == sorted([*HOST_CHECKS, "app_role"])  # app_over_tcp runs on the control machine
     assert names[-1] == "cleanup"
     main = script.split("main() {", 1)[1]
     assert main.index("  collect\n") < main.index("  check_cleanup")  # nothing runs beside the cleanup
@@ -110,43 +115,46 @@ def test_script_runs_every_check_once_and_cleanup_last(debian12):
 def test_checks_run_beside_the_chain_only_when_they_need_no_scratch_database(debian12):
     main = smoke_script(debian12, 5432, "0.8.0", None).split("main() {", 1)[1]
     beside = re.findall(r"^  beside (\w+) check_", main, re.M)
-    assert beside == ["extension_files", "app_over_tcp", "hnsw_index"]
+    assert beside == ["extension_files", "app_role", "hnsw_index"]
     # The HNSW check starts only once vector exists in the scratch database, and nothing runs
     # beside CREATE DATABASE (it waits while other sessions start).
     assert main.index("  check_create_extension") < main.index("  beside hnsw_index")
     assert main.index("  check_template1_has_vector") < main.index("  beside ")
 
 
-def test_password_appears_once_only_in_the_pgpassfile_line(debian12):
-    script = smoke_script(debian12, 5432, "0.8.0", APP)
-    quoted = shlex.quote(pgpass_line(APP, 5432))
-    assert script.count(quoted) == 1
-    assert script.count("s3cret") == 1  # no other copy of it, quoted or not
-    (line,) = [line for line in script.splitlines() if "s3cret" in line]
-    # A shell builtin writes it into the mktemp file: never a command's argument (ps).
-    assert line.strip() == f"printf '%s\\n' {quoted} > \"$pgpass\""
-    assert shlex.split(line)[2] == pgpass_line(APP, 5432)
-    before = script[: script.index(line)]
-    assert before.rstrip().endswith('pgpass=$(mktemp) || { report app_over_tcp fail "mktemp failed"; return; }')
+def test_the_script_never_holds_the_password_nor_logs_in_as_the_app(debian12):
+    assert list(inspect.signature(smoke_script).parameters) == ["platform", "port", "version", "app_user"]
+    script = smoke_script(debian12, 5432, "0.8.0", APP.user)
+    assert "s3cret" not in script and PASSWORD not in script
+    assert "PGPASSFILE=" not in script and "pgpass" not in script and "PGPASSWORD=" not in script
+    assert "-U " not in script and "-h 172.17.0.1" not in script  # no TCP login on the host
+    assert script.count("mktemp") == 1 and "results=$(mktemp -d)" in script  # the only temporary
 
 
-def test_pgpassfile_is_private_and_removed(debian12):
-    script = smoke_script(debian12, 5432, "0.8.0", APP)
+def test_the_script_names_the_role_and_reports_how_its_password_is_stored(debian12):
+    script = smoke_script(debian12, 5432, "0.8.0", "o'neil")
+    role = function(script, "check_app_role")
+    sql = (
+        "SELECT coalesce((SELECT CASE WHEN rolpassword IS NULL THEN 'none' "
+        "WHEN rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'scram' ELSE 'other' END "
+        "FROM pg_catalog.pg_authid WHERE rolname = 'o''neil'), 'absent')"
+    )
+    assert f"stored=$(sql postgres {shlex.quote(sql)}) ||" in role  # an SQL literal, shell-quoted
+    assert "printf 'app_role|%s|\\n' \"$stored\"" in role
+
+
+def test_script_is_private_and_removes_its_results(debian12):
+    script = smoke_script(debian12, 5432, "0.8.0", APP.user)
     head = script.split("report() {", 1)[0]
     assert "umask 077" in head
-    assert "trap '[ -z \"$pgpass\" ] || rm -f \"$pgpass\"; [ -z \"$results\" ] || rm -rf \"$results\"' EXIT" in head
-    assert "( trap '[ -z \"$pgpass\" ] || rm -f \"$pgpass\"' EXIT; \"$@\" )" in script  # a check run beside
-    assert 'pgpass=$(mktemp)' in script
-    assert 'PGPASSFILE="$pgpass"' in script
+    assert "trap '[ -z \"$results\" ] || rm -rf \"$results\"' EXIT" in head
     assert not re.search(r"^\s*set -\w*e", script, re.M)
 
 
-@pytest.mark.parametrize("app", [None, dataclasses.replace(APP, address=None)])
-def test_without_app_or_address_the_password_is_absent_and_the_check_skips(debian12, app):
-    script = smoke_script(debian12, 5432, "0.8.0", app)
-    assert PASSWORD not in script
-    assert "pgpass=$(mktemp)" not in script and "PGPASSFILE=" not in script
-    assert re.search(r"report app_over_tcp skip '[^']+'", script)
+def test_without_an_app_role_the_script_looks_up_none(debian12):
+    script = smoke_script(debian12, 5432, "0.8.0", None)
+    assert "rolpassword" not in script and "pg_authid" not in script
+    assert function(script, "check_app_role") == "  :"
 
 
 def function(script, name):
@@ -209,17 +217,16 @@ def test_index_checks_are_small_and_name_their_build_parameters(debian12):
 
 
 def test_script_uses_the_platform_binaries_and_port(debian12):
-    script = smoke_script(debian12, 5433, "0.8.6", APP)
+    script = smoke_script(debian12, 5433, "0.8.6", APP.user)
     assert "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql" in script
     assert "-h /var/run/postgresql -p 5433" in script
     assert "/usr/lib/postgresql/15/bin/pg_config --sharedir" in script
-    assert "/usr/lib/postgresql/15/bin/psql -X -A -t -w -v ON_ERROR_STOP=1 -h 172.17.0.1 -p 5433 -U app -d appdb" in script
     assert "WANT=0.8.6\n" in script
 
 
 def test_every_function_runs_with_stdin_from_dev_null(debian12):
     # The script arrives on sh's stdin: a command reading stdin would eat the rest of it.
-    script = smoke_script(debian12, 5432, "0.8.0", APP)
+    script = smoke_script(debian12, 5432, "0.8.0", APP.user)
     assert script.rstrip().endswith("main </dev/null\nexit 0")
 
 
@@ -250,13 +257,8 @@ def error(text):
     print(f"ERROR:  {text}\nLINE 1: ...", file=sys.stderr); sys.exit(3)  # ON_ERROR_STOP
 def fail_if(key):
     if os.path.exists(path("fail", key)): error(f"fake failure of {key}")
-if "-U" in args:  # the app, over TCP
-    pgpass = os.environ.get("PGPASSFILE", "")
-    if not os.path.exists(pgpass):
-        print("psql: error: fe_sendauth: no password supplied", file=sys.stderr); sys.exit(2)
-    mode = oct(os.stat(pgpass).st_mode & 0o777)
-    open(path("pgpass", "seen"), "w").write(f"{pgpass}\n{mode}\n{open(pgpass).read()}")
-    print("172.17.0.1|t"); sys.exit(0)
+if "-U" in args:  # nothing on the host logs in as the app
+    print("fake psql: a TCP login on the host", file=sys.stderr); sys.exit(2)
 extension = read("ext", db, None)  # this database's vector version; None: not created
 in_transaction = False
 index = None
@@ -309,7 +311,7 @@ for sql in commands:
     elif sql.startswith("EXPLAIN"):
         print(f"Limit\n  ->  Index Scan using {index} on x\n        Order By: (embedding <-> '[10,20,30]'::vector)")
     elif sql.startswith("SELECT 'rows='"): print("rows=5")
-    elif "rolpassword" in sql: print("scram")
+    elif "rolpassword" in sql: fail_if("role"); print(read("role", "kind", "scram"))
     elif sql.startswith("SELECT count(*) FROM pg_database"):
         name = sql.split("datname = '")[1].split("'")[0]
         print(1 if read("db", name) == "ours" else 0)
@@ -375,13 +377,17 @@ def fake_host(tmp_path, debian12):
         def statements(self):
             return [sql for _session, _db, sql in self.log()]
 
-        def run(self, app=None, version="0.8.0"):
-            script = smoke_script(platform, 5432, version, app)
+        def run(self, app_user=None, version="0.8.0"):
+            """(results of the nine checks by name, the script's process); ``app_role`` and
+            ``app_role_error`` hold what it said of the app role."""
+            script = smoke_script(platform, 5432, version, app_user)
             script = script.replace(f"PATH={SAFE_PATH}\n", f"PATH={bindir}:{SAFE_PATH}\n", 1)
             env = {"FAKE_PG": str(state), "PATH": os.environ["PATH"], "TMPDIR": str(tmp_path)}
             done = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, env=env, timeout=60)
             assert done.returncode == 0, done.stderr
-            return {r.name: r for r in parse_smoke(done.stdout.splitlines())}, done
+            checked = parse_host_checks(done.stdout.splitlines())
+            self.app_role, self.app_role_error = checked.app_role, checked.app_role_error
+            return {r.name: r for r in checked.results}, done
 
     return Host()
 
@@ -398,8 +404,9 @@ def statuses(results):
 
 
 def test_fake_run_all_checks_pass_and_scratch_is_gone(fake_host):
-    results, done = fake_host.run(APP)
-    assert statuses(results) == {name: "pass" for name in CHECKS}
+    results, done = fake_host.run(APP.user)
+    assert statuses(results) == {name: "pass" for name in HOST_CHECKS}
+    assert fake_host.app_role == "scram"
     assert done.stderr == ""
     assert fake_host.databases() == {}
     assert "Index Scan using smoke_hnsw_idx" in results["hnsw_index"].detail
@@ -433,28 +440,37 @@ def test_fake_run_all_checks_pass_and_scratch_is_gone(fake_host):
                                f"AND shobj_description(oid, 'pg_database') = '{SCRATCH_COMMENT}'"]
 
 
-def test_fake_run_costs_eight_psql_sessions_without_the_app(fake_host):
-    results, _ = fake_host.run()
-    assert results["app_over_tcp"].status == "skip"
+def test_fake_run_costs_eight_psql_sessions_without_the_app_and_nine_with_it(fake_host):
+    fake_host.run()
+    assert fake_host.app_role is None
     assert len({session for session, _db, _sql in fake_host.log()}) == 8
+    (fake_host.state / "log").unlink()
+    fake_host.run(APP.user)
+    assert len({session for session, _db, _sql in fake_host.log()}) == 9
 
 
-def test_fake_run_the_password_reaches_psql_only_through_a_private_pgpassfile(fake_host, tmp_path):
-    results, _ = fake_host.run(APP)
-    assert results["app_over_tcp"].status == "pass"
-    pgpass, mode, content = (fake_host.state / "pgpass_seen").read_text().split("\n", 2)
-    assert mode == "0o600"
-    assert content == pgpass_line(APP, 5432) + "\n"
-    assert not Path(pgpass).exists()  # removed after use
-    assert PASSWORD not in "\n".join(fake_host.statements())
-    assert list(tmp_path.glob("tmp.*")) == []
+@pytest.mark.parametrize("kind", ["scram", "none", "other", "absent"])
+def test_fake_run_reports_how_the_app_roles_password_is_stored(fake_host, tmp_path, kind):
+    (fake_host.state / "role_kind").write_text(kind)
+    results, _ = fake_host.run(APP.user)
+    assert fake_host.app_role == kind
+    assert statuses(results) == {name: "pass" for name in HOST_CHECKS}
+    assert list(tmp_path.glob("tmp.*")) == []  # no temporary left behind
+
+
+def test_fake_run_a_failed_role_lookup_is_reported_and_the_rest_runs(fake_host):
+    fake_host.fail("role")
+    results, _ = fake_host.run(APP.user)
+    assert fake_host.app_role == "error"
+    assert fake_host.app_role_error.startswith("ERROR: fake failure of role")
+    assert statuses(results) == {name: "pass" for name in HOST_CHECKS}
 
 
 def test_fake_run_drops_a_leftover_that_carries_the_comment(fake_host):
     fake_host.database(SCRATCH_DATABASE, "ours")
     fake_host.extension(SCRATCH_DATABASE, "0.7.0")
     results, _ = fake_host.run()
-    assert statuses(results) == {name: "skip" if name == "app_over_tcp" else "pass" for name in CHECKS}
+    assert statuses(results) == {name: "pass" for name in HOST_CHECKS}
     statements = fake_host.statements()
     assert statements.index(DROP) < statements.index(CREATE)
     assert statements.count(DROP) == 2  # the leftover, then cleanup
@@ -463,7 +479,7 @@ def test_fake_run_drops_a_leftover_that_carries_the_comment(fake_host):
 
 def test_fake_run_never_drops_a_database_without_the_comment(fake_host):
     fake_host.database(SCRATCH_DATABASE, "foreign")
-    results, _ = fake_host.run(APP)
+    results, _ = fake_host.run(APP.user)
     assert not [sql for sql in fake_host.statements() if "DROP DATABASE" in sql or "CREATE DATABASE" in sql]
     assert not [db for _session, db, _sql in fake_host.log() if db == SCRATCH_DATABASE]  # never even connected
     assert fake_host.databases() == {SCRATCH_DATABASE: "foreign"}
@@ -476,19 +492,19 @@ def test_fake_run_never_drops_a_database_without_the_comment(fake_host):
         assert "create_extension failed" in results[name].detail
     # The other checks still ran.
     assert results["extension_files"].status == "pass"
-    assert results["app_over_tcp"].status == "pass"
+    assert fake_host.app_role == "scram"
     assert results["cleanup"].status == "pass"
     assert "left untouched" in results["cleanup"].detail
 
 
 def test_fake_run_a_failing_check_does_not_stop_the_others_and_cleanup_runs(fake_host):
     fake_host.fail("create_extension")
-    results, _ = fake_host.run(APP)
+    results, _ = fake_host.run(APP.user)
     assert results["create_extension"].status == "fail"
     assert "fake failure of create_extension" in results["create_extension"].detail
     assert results["template1_has_vector"].status == "pass"
     assert all(results[name].status == "skip" for name in DEPENDENT)
-    assert results["app_over_tcp"].status == "pass"
+    assert fake_host.app_role == "scram"
     assert results["cleanup"].status == "pass"
     assert fake_host.databases() == {}
 
@@ -617,8 +633,25 @@ def test_fact_runs_sh_s_and_parses():
     fact = SmokeChecks()
     command = fact.command()
     assert "flock" in command and command.split("sh -c ", 1)[1].startswith("'sh -s'")
-    assert fact.process(all_pass_lines())[0] == CheckResult("extension_files", "pass", "fine")
-    assert [r.status for r in SmokeChecks.default()] == ["fail"] * len(CHECKS)
+    checked = fact.process(all_pass_lines())
+    assert checked == HostChecks([CheckResult(name, "pass", "fine") for name in HOST_CHECKS], "scram", "")
+    assert [r.status for r in SmokeChecks.default().results] == ["fail"] * len(HOST_CHECKS)
+    assert SmokeChecks.default().app_role is None
+
+
+def test_parse_host_checks_reads_the_role_line_and_only_the_nine_checks():
+    checked = parse_host_checks(["check=casts|pass|ok", "app_role|error|ERROR:  no\tsuch  thing\r", "app_role|scram|"])
+    assert [r.name for r in checked.results] == list(HOST_CHECKS)
+    assert (checked.app_role, checked.app_role_error) == ("error", "ERROR: no such thing")
+    assert "app_over_tcp" not in [r.name for r in checked.results]
+
+
+def test_merge_puts_app_over_tcp_in_suite_order_and_the_host_cannot_forge_it():
+    app_result = CheckResult("app_over_tcp", "fail", "from the control machine")
+    host_results = parse_smoke([*all_pass_lines(), "check=app_over_tcp|pass|forged", "check=extra|skip|x"], HOST_CHECKS)
+    merged = merge(host_results, app_result)
+    assert [r.name for r in merged] == [*CHECKS, "extra"]
+    assert merged[CHECKS.index("app_over_tcp")] == app_result
 
 
 def test_stdin_wrapper_hides_the_script_and_feeds_pyinfra():
@@ -643,7 +676,7 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
 def test_write_report_makes_a_private_dir_and_file(tmp_path):
-    results = parse_smoke(all_pass_lines())
+    results = all_pass_results()
     path = write_report(tmp_path / "reports", "db1.example.com", "0.8.0", results, now=NOW)
     assert path == tmp_path / "reports" / "smoke-db1.example.com.json"
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -661,7 +694,7 @@ def test_write_report_makes_a_private_dir_and_file(tmp_path):
 
 def test_write_report_replaces_the_previous_one_and_keeps_an_existing_dirs_mode(tmp_path):
     tmp_path.chmod(0o755)
-    write_report(tmp_path, "h", "0.8.0", parse_smoke(all_pass_lines()), now=NOW)
+    write_report(tmp_path, "h", "0.8.0", all_pass_results(), now=NOW)
     failing = parse_smoke(["check=casts|fail|bad"])
     path = write_report(tmp_path, "h", "0.8.0", failing, now=NOW)
     report = json.loads(path.read_text())
@@ -719,8 +752,17 @@ def plan(fresh_profile):
     return make_plan(load_settings({"pgvector_version": "0.8.0", "pgvector_allow_insecure": True}), fresh_profile)
 
 
-def run_verify(monkeypatch, stub, plan, tmp_path, app=None):
+def run_verify(monkeypatch, stub, plan, tmp_path, app=None, app_status="pass"):
+    """verify's commands; app_over_tcp (tested in test_tunnel.py) is recorded in
+    ``stub.app_checks`` and gives ``app_status``."""
+    stub.app_checks = []
+
+    def app_check(target, app, port, checked):
+        stub.app_checks.append((target, app, port, checked))
+        return CheckResult("app_over_tcp", app_status, f"over the tunnel, {PASSWORD}")
+
     monkeypatch.setattr(smoke, "host", stub)
+    monkeypatch.setattr(smoke, "check_app_over_tcp", app_check)
     return list(smoke.verify._inner(plan, app=app, report_dir=str(tmp_path / "reports")))
 
 
@@ -730,17 +772,37 @@ def test_verify_all_pass_yields_nothing_and_writes_the_report(monkeypatch, plan,
         assert run_verify(monkeypatch, stub, plan, tmp_path, app=APP) == []
     ((fact, kwargs),) = stub.asked
     assert fact is SmokeChecks and set(kwargs) == {"_stdin"}
-    assert kwargs["_stdin"].readlines() == smoke_script(plan.platform, 5432, "0.8.0", APP).splitlines(keepends=True)
+    assert kwargs["_stdin"].readlines() == smoke_script(plan.platform, 5432, "0.8.0", "app").splitlines(keepends=True)
+    assert "".join(kwargs["_stdin"].readlines()).count("s3cret") == 0  # the password stays here
+    # app_over_tcp ran here, after the host's checks, with what the host said of the role.
+    ((target, app, port, checked),) = stub.app_checks
+    assert (target, app, port, checked.app_role) == (stub, APP, 5432, "scram")
     report = json.loads((tmp_path / "reports" / "smoke-db1.json").read_text())
     assert report["passed"] is True and report["pgvector_version"] == "0.8.0"
-    assert PASSWORD not in caplog.text
+    assert [check["name"] for check in report["checks"]] == list(CHECKS)
+    assert report["checks"][CHECKS.index("app_over_tcp")]["detail"] == "over the tunnel, <hidden>"  # redacted
+    assert PASSWORD not in caplog.text and PASSWORD not in json.dumps(report)
     assert "10 passed, 0 failed, 0 skipped" in caplog.text
     assert "[db1]   hnsw_index" in caplog.text
 
 
 def test_verify_skips_count_as_success(monkeypatch, plan, tmp_path):
-    lines = [line.replace("|pass|", "|skip|") if "app_over_tcp" in line else line for line in all_pass_lines()]
-    assert run_verify(monkeypatch, StubHost(lines), plan, tmp_path) == []
+    lines = [line.replace("|pass|", "|skip|") if "hnsw_index" in line else line for line in all_pass_lines()]
+    assert run_verify(monkeypatch, StubHost(lines), plan, tmp_path, app=APP, app_status="skip") == []
+
+
+def test_verify_without_an_app_address_names_no_role_on_the_host(monkeypatch, plan, tmp_path):
+    stub = StubHost(all_pass_lines())
+    run_verify(monkeypatch, stub, plan, tmp_path, app=dataclasses.replace(APP, address=None))
+    ((_fact, kwargs),) = stub.asked
+    assert "rolpassword" not in "".join(kwargs["_stdin"].readlines())
+    assert len(stub.app_checks) == 1  # which reports the skip
+
+
+def test_verify_a_failing_app_over_tcp_fails_the_host(monkeypatch, plan, tmp_path):
+    (command,) = run_verify(monkeypatch, StubHost(all_pass_lines()), plan, tmp_path, app=APP, app_status="fail")
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
+    assert done.stderr.startswith("vector smoke suite failed: app_over_tcp.")
 
 
 def test_verify_failure_yields_one_failing_command_naming_the_checks(monkeypatch, plan, tmp_path):
