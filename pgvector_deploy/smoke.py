@@ -60,11 +60,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pyinfra import host, logger
-from pyinfra.api import FactBase, operation
-
 import psycopg
 from paramiko.ssh_exception import SSHException
+from pyinfra import host, logger
+from pyinfra.api import FactBase, operation
 
 from . import tunnel
 from .networking import app_address
@@ -459,7 +458,7 @@ beside() {
     "$@"
     return
   fi
-  ( "$@" ) > "$results/$name" &
+  "$@" > "$results/$name" &
 }
 
 # collect: wait for the checks run beside, then print their lines.

@@ -182,7 +182,9 @@ class Pipe:
             channel.close()
 
     def _pump(self, client: socket.socket, channel) -> None:
-        client.setblocking(True)
+        # A peer that stops reading makes a send time out instead of holding the thread.
+        client.settimeout(CHANNEL_TIMEOUT)
+        channel.settimeout(CHANNEL_TIMEOUT)
         deadline = time.monotonic() + LIFETIME
         while not self._stop.is_set() and time.monotonic() < deadline:
             readable, _, _ = select.select([client, channel], [], [], _TICK)
