@@ -267,7 +267,14 @@ def test_the_app_password_never_reaches_the_host_during_deploy_smoke_suite_or_ro
         plain = provision(host, env=ENV, recipe="deploy/smoke.py", **data)
         timings[f"smoke alone {attempt}"] = round(time.monotonic() - started, 1)
         assert plain.returncode == 0, plain.output
-    with slow_tcp_logins(host, containers["docker0"]), HostWatch(host, [PASSWORD, rotated]) as watch:
+    canary = "Canary-3c9a$like-a-password"
+    with slow_tcp_logins(host, containers["docker0"]), HostWatch(host, [PASSWORD, rotated, canary]) as watch:
+        # The watch can fail: what the suite used to do (a mktemp file in /tmp for about as
+        # long as one slowed login) and a secret in a process's environment are both seen.
+        host.sudo('f=$(mktemp); cat > "$f"; env PGPASSWORD="$(cat "$f")" sleep 1; rm -f "$f"', input=canary)
+        time.sleep(0.5)
+        canaries = sorted(watch.found)
+        watch.found.clear()
         runs = {}
         for name, recipe, password in (
             ("deploy", None, PASSWORD),
@@ -284,7 +291,11 @@ def test_the_app_password_never_reaches_the_host_during_deploy_smoke_suite_or_ro
     print(f"runs (s): {timings}")
     # The watch really watched: it saw the smoke script's command under the host lock.
     assert watch.samples > 100 and watch.scans > 50, (watch.samples, watch.scans)
-    assert any(b"pgvector-deploy.lock" in command and b"sh -s" in command for command in watch.commands)
+    from pgvector_deploy.shell import HOST_LOCK
+
+    assert any(HOST_LOCK.encode() in command and b"sh -s" in command for command in watch.commands)
+    assert any(where.startswith("file /tmp/tmp.") for where in canaries), canaries
+    assert any(where.startswith("process ") for where in canaries), canaries
     assert sorted(watch.found) == []
     scanned = 0
     found = []
