@@ -19,7 +19,8 @@ plan = preflight.start(host, config)
 if isinstance(plan, preflight.Refusal):
     preflight.refuse(plan, name="Refuse this host (nothing changed)")
 else:
-    # app_over_tcp logs in as the app role (host data) at the Docker bridge gateway.
+    # app_over_tcp logs in as the app role (host data) at the Docker bridge gateway, from
+    # this machine through pyinfra's SSH connection: the password never reaches the host.
     smoke.verify(
         plan,
         app=smoke.app_login(plan),
