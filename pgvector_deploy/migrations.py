@@ -362,8 +362,10 @@ def migration_sql(migration: Migration, role: str) -> str:
     transaction. The header shares the file's first line, so psql's line numbers are the file's."""
     name = migration.name
     assert FILE_NAME.match(name) and _HEX64.match(migration.sha256)
+    # The file is the app's SQL: PostgreSQL's default search_path for it (our sessions pin
+    # pg_catalog, pg_temp), then everything of ours is schema-qualified.
     header = (
-        f"BEGIN; SET LOCAL ROLE {role}; SET LOCAL client_encoding TO 'UTF8'; "
+        f"BEGIN; SET LOCAL ROLE {role}; SET LOCAL client_encoding TO 'UTF8'; SET LOCAL search_path TO \"$user\", public; "
         f"SELECT pg_catalog.set_config('pgvector_deploy.migration', '{name}', true); "
         f"LOCK TABLE {LEDGER} IN SHARE ROW EXCLUSIVE MODE; "
         f"DO $pgvector_deploy$ BEGIN IF EXISTS (SELECT FROM {LEDGER} WHERE name = '{name}') THEN "
@@ -428,22 +430,57 @@ def apply_command(plan: Plan, migration: Migration) -> StringCommand:
 # --- the fact and the operation ---------------------------------------------------------------------
 
 
+# What the ledger is, from pg_catalog alone: "none", "table" (the plain heap table we made,
+# name and sha256 of type pg_catalog.text), or what else it is. The app owns it, so it could
+# be a view, a foreign or partitioned table, or have columns of its own type whose casts or
+# output function run its code; only a plain table of text is read with superuser rights.
+LEDGER_SHAPE_SQL = (
+    "SELECT CASE WHEN c.oid IS NULL THEN 'none' "
+    "WHEN c.relkind <> 'r' THEN 'relkind ' || c.relkind::pg_catalog.text "
+    "WHEN c.relam IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'heap') THEN 'a table access method' "
+    "WHEN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND NOT a.attisdropped "
+    "AND a.attname IN ('name', 'sha256') AND a.atttypid = 'pg_catalog.text'::pg_catalog.regtype) <> 2 "
+    "THEN 'columns name, sha256 not both of type pg_catalog.text' ELSE 'table' END "
+    "FROM (SELECT) AS one LEFT JOIN pg_catalog.pg_class c ON c.relname = 'schema_migrations' "
+    f"AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = '{LEDGER_SCHEMA}')"
+)
+
+
 class MigrationLedger(FactBase):
-    """The app database's ledger: whether the database and the ledger table exist, and each
-    applied migration's name and sha256."""
+    """The app database's ledger: whether the database and the ledger table exist, each
+    applied migration's name and sha256, and what refuses it (``LEDGER_SHAPE_SQL``).
+
+    The rows are read in one transaction holding a lock on the table (so it cannot be swapped
+    meanwhile) that checks the shape again, with ``FROM ONLY`` (no child table is read).
+    """
 
     def command(self, platform: Platform, port: int, database: str):
-        exists_sql = f"SELECT 1 FROM pg_database WHERE datname = '{database}'"
-        table_sql = f"SELECT to_regclass('{LEDGER}') IS NOT NULL"
-        rows_sql = f"SELECT name || '|' || sha256 FROM {LEDGER} ORDER BY name"
+        exists_sql = f"SELECT 1 FROM pg_catalog.pg_database WHERE datname = '{database}'"
+        recheck = (
+            f"DO $pgvector_deploy$ BEGIN IF ({LEDGER_SHAPE_SQL}) <> 'table' THEN "
+            "RAISE EXCEPTION 'the ledger changed while it was read'; END IF; END $pgvector_deploy$"
+        )
+        rows_sql = f"SELECT name || '|' || sha256 FROM ONLY {LEDGER}"
+        read = " ".join(
+            [as_postgres(platform, port, database)]
+            + [f"-c {shlex.quote(sql)}" for sql in ("BEGIN", f"LOCK TABLE ONLY {LEDGER} IN ACCESS SHARE MODE", recheck, rows_sql, "COMMIT")]
+        )
         return f"""
 PATH={SAFE_PATH}
 if [ "$({as_postgres(platform, port, 'postgres', exists_sql)} 2>/dev/null)" = 1 ]; then
   echo database=yes
-  if [ "$({as_postgres(platform, port, database, table_sql)} 2>/dev/null)" = t ]; then
-    echo ledger=yes
-    {as_postgres(platform, port, database, rows_sql)} | sed -e 's/^/applied=/'
-  fi
+  shape=$({as_postgres(platform, port, database, LEDGER_SHAPE_SQL)} 2>/dev/null)
+  case $shape in
+    table)
+      echo ledger=yes
+      if rows=$({read} </dev/null 2>/dev/null); then
+        [ -z "$rows" ] || printf '%s\\n' "$rows" | sed -e 's/^/applied=/'
+      else
+        echo "ledger_refused=it changed while it was read"
+      fi ;;
+    none) ;;
+    *) echo "ledger_refused=${{shape:-unreadable}}" ;;
+  esac
 fi
 true
 """
@@ -463,10 +500,12 @@ def parse_ledger(lines: list[str]) -> dict:
         name, _, digest = entry.rpartition("|")
         if name:
             applied[name] = digest
+    refused = values.get("ledger_refused", [""])[0] or None
     return {
         "database": values.get("database", [""])[0] == "yes",
-        "ledger": values.get("ledger", [""])[0] == "yes",
-        "applied": applied,
+        "ledger": values.get("ledger", [""])[0] == "yes" or refused is not None,
+        "applied": {} if refused else applied,
+        "refused": refused,
     }
 
 
@@ -486,6 +525,14 @@ def apply(plan: Plan):
         host.noop(f"no SQL migrations in {settings.migrations_dir or 'pg_migrations_dir'}")
         return
     state = plan.fact(MigrationLedger, platform=plan.platform, port=plan.port, database=app.database)
+    if state["refused"]:
+        yield fail(
+            f"{LEDGER} in database {app.database} is not the plain table pgvector-deploy made ({state['refused']}); "
+            "it was not read, since reading it with superuser rights would run whatever the app role (its owner) "
+            "put there. Nothing was applied. Fix: find out who changed it, restore it as a plain table with text "
+            "columns name and sha256 listing the applied files, then run again."
+        )
+        return
     try:
         todo = pending(settings.migrations, state["applied"])
     except MigrationError as error:

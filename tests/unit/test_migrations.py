@@ -39,13 +39,13 @@ from pgvector_deploy.migrations import (
 )
 from pgvector_deploy.preflight import Plan
 from pgvector_deploy.settings import SettingsError, load_settings
-from pgvector_deploy.shell import SAFE_PATH, as_postgres
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, dbname_conninfo
 
 from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax_error, skip_or_fail, throwaway_server
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
-PSQL = "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
+PSQL = f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
 
 
 def migration(name: str, sql: str) -> Migration:
@@ -259,7 +259,7 @@ def test_apply_command_sends_the_sql_on_stdin_to_psql_with_on_error_stop(debian1
     text = str(command)
     assert set(command.connector_arguments) == {"_stdin"}
     assert command.connector_arguments["_stdin"] == migration_sql(plan.settings.migrations[0], "app")
-    assert f"{PSQL} -d app -f -" in text and "ON_ERROR_STOP=1" in text
+    assert f"{PSQL} -d {shlex.quote(dbname_conninfo('app'))} -f -" in text and "ON_ERROR_STOP=1" in text
     assert "very_visible" not in text and "CREATE TABLE" not in text
     assert text.startswith(f"PATH={SAFE_PATH}; ")
     assert sh_syntax_error(text) == ""
@@ -268,7 +268,7 @@ def test_apply_command_sends_the_sql_on_stdin_to_psql_with_on_error_stop(debian1
 def test_ledger_command_sends_the_table_sql_on_stdin(debian12, provisioned_profile, tmp_path):
     plan = plan_with(debian12, provisioned_profile, tmp_path, {"0001_a.sql": "SELECT 1;"})
     command = ledger_command(plan)
-    assert str(command) == f"PATH={SAFE_PATH}; {PSQL} -d app -f - > /dev/null"
+    assert str(command) == f"PATH={SAFE_PATH}; {PSQL} -d {shlex.quote(dbname_conninfo('app'))} -f - > /dev/null"
     assert command.connector_arguments == {"_stdin": migrations.ledger_sql("app")}
 
 
@@ -281,20 +281,28 @@ def test_parse_ledger():
         "database": True,
         "ledger": True,
         "applied": {"0001_a.sql": digest, "0002_b.sql": "b" * 64},
+        "refused": None,
+    }
+
+
+def test_parse_ledger_refused_reads_nothing():
+    assert parse_ledger(["database=yes", "ledger_refused=relkind v", "applied=x|y"]) == {
+        "database": True, "ledger": True, "applied": {}, "refused": "relkind v",
     }
 
 
 def test_parse_ledger_without_database_or_table():
-    assert parse_ledger([]) == {"database": False, "ledger": False, "applied": {}}
-    assert parse_ledger(["database=yes"]) == {"database": True, "ledger": False, "applied": {}}
-    assert MigrationLedger.default() == {"database": False, "ledger": False, "applied": {}}
+    assert parse_ledger([]) == {"database": False, "ledger": False, "applied": {}, "refused": None}
+    assert parse_ledger(["database=yes"]) == {"database": True, "ledger": False, "applied": {}, "refused": None}
+    assert MigrationLedger.default() == {"database": False, "ledger": False, "applied": {}, "refused": None}
 
 
 def test_ledger_fact_command_is_valid_sh_and_reads_the_app_database(debian12):
     command = MigrationLedger().command(platform=debian12, port=5432, database="vectors")
     assert sh_syntax_error(command) == ""
-    assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_database WHERE datname = 'vectors'") in command
-    assert as_postgres(debian12, 5432, "vectors", f"SELECT name || '|' || sha256 FROM {LEDGER} ORDER BY name") in command
+    assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'vectors'") in command
+    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_SHAPE_SQL) in command
+    assert shlex.quote(f"SELECT name || '|' || sha256 FROM ONLY {LEDGER}") in command
     assert command.rstrip().endswith("true"), "a fresh host (no server yet) must not fail the fact"
 
 
@@ -516,7 +524,7 @@ def test_real_server_applies_a_file_only_once_and_a_second_run_on_a_stale_ledger
 def test_real_server_never_records_a_file_that_ends_the_transaction(server, tmp_path):
     """The folder check refuses COMMIT; this is the guard behind it, with the check bypassed."""
     plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "m", {"0301_x.sql": "SELECT 1;"}))}), server["platform"], {})
-    sneaky = Migration("0301_x.sql", "COMMIT; CREATE TABLE sneaky (id int);", hashlib.sha256(b"x").hexdigest())
+    sneaky = Migration("0301_x.sql", "COMMIT; CREATE TABLE public.sneaky (id int);", hashlib.sha256(b"x").hexdigest())
     result = run_command(apply_command(plan, sneaky))
     assert result.returncode != 0
     assert "0301_x.sql ended the transaction or changed the role; it was not recorded" in result.stderr

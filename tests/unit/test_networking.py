@@ -47,15 +47,15 @@ from pgvector_deploy.networking import (
 from pgvector_deploy.platforms import PLATFORMS
 from pgvector_deploy.preflight import Plan
 from pgvector_deploy.settings import load_settings
-from pgvector_deploy.shell import SAFE_PATH
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, dbname_conninfo
 
 from .conftest import RECORDED, FactHost, recorded_lines, run_operation, sh_syntax_error, with_changes
 
 HBA = "/etc/postgresql/15/main/pg_hba.conf"
 SETTINGS_FILE = "/etc/postgresql/15/main/conf.d/90-pgvector-deploy.conf"
 MAIN_CONF = "/etc/postgresql/15/main/postgresql.conf"
-PSQL = "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
-RELOAD = f"PATH={SAFE_PATH}; {PSQL} -d postgres -c 'SELECT pg_reload_conf()' >/dev/null"
+PSQL = f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
+RELOAD = f"PATH={SAFE_PATH}; {PSQL} -d {shlex.quote(dbname_conninfo('postgres'))} -c 'SELECT pg_reload_conf()' >/dev/null"
 MARKER = "PGVECTOR_DEPLOY_EOF"
 
 IP_ADDR_LINES = [

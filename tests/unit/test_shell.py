@@ -7,22 +7,22 @@ import subprocess
 
 import pytest
 
-from pgvector_deploy.shell import SAFE_PATH, as_postgres, fail
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, fail
 
 
 def test_as_postgres_uses_the_platform_psql_over_the_socket(debian12):
     command = as_postgres(debian12, 5432, "app", "SELECT 1")
     assert shlex.split(command) == [
-        "runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql",
+        f"PGOPTIONS={SUPERUSER_OPTIONS}", "runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql",
         "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
-        "-h", "/var/run/postgresql", "-p", "5432", "-d", "app", "-c", "SELECT 1",
+        "-h", "/var/run/postgresql", "-p", "5432", "-d", "dbname='app'", "-c", "SELECT 1",
     ]
 
 
 def test_as_postgres_quotes_sql_and_database_names(debian12):
     sql = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
     words = shlex.split(as_postgres(debian12, 5432, "my db", sql))
-    assert words[-4:] == ["-d", "my db", "-c", sql]
+    assert words[-4:] == ["-d", "dbname='my db'", "-c", sql]
 
 
 def test_as_postgres_without_database_or_sql_reads_stdin(debian12):
