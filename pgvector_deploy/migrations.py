@@ -22,16 +22,23 @@ database, owned by the app role. Before applying anything the operation reads it
 Each file is sent on psql's standard input (never on a command line) as the ``postgres`` OS
 user over the local socket, wrapped as::
 
-    BEGIN; SET LOCAL ROLE app; ... <the file> ...
-    <check: still our transaction, still the app role>
-    INSERT INTO pgvector_deploy.schema_migrations (name, sha256) VALUES (...);
+    BEGIN; SET LOCAL ROLE app;
+    CREATE FUNCTION pg_temp.pgvector_deploy_migrate() ... SECURITY DEFINER AS $$
+      LOCK the ledger; EXECUTE '<the file>';
+      <check: still our transaction, still the app role>
+      INSERT INTO pgvector_deploy.schema_migrations (name, sha256) VALUES (...);
+      SET CONSTRAINTS ALL IMMEDIATE; $$;
+    SELECT pg_temp.pgvector_deploy_migrate();
+    <check: no deferrable trigger or constraint left to run at COMMIT>
     COMMIT;
 
 so whatever the file creates is owned by the app role, and the file and its ledger row commit
 together or not at all. A failing statement rolls the whole file back and the run stops naming
 the file, the line and PostgreSQL's error; later files are not run.
 
-``SET ROLE`` gives ownership, not a sandbox: the files are trusted like the deploy itself.
+``SET ROLE`` alone gives ownership, not a sandbox (the session user is postgres, so any code
+of the app's the file sets off could ``RESET ROLE``); inside the app-owned security-definer
+function PostgreSQL refuses any change of role or session authorization.
 
 Example::
 
@@ -357,30 +364,67 @@ def ledger_sql(role: str) -> str:
     )
 
 
+# Deferrable checks run at COMMIT, outside the security-definer function: a constraint
+# trigger or a deferrable unique/exclusion constraint (index expressions) could run the app's
+# code there, where it could still RESET ROLE. Foreign keys run as the table owner, safely;
+# a constraint trigger ('t') is listed as the trigger.
+DEFERRED_CODE_SQL = (
+    "SELECT pg_catalog.string_agg(what, ', ') FROM ("
+    "SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::pg_catalog.regclass::pg_catalog.text AS what "
+    "FROM pg_catalog.pg_trigger t WHERE t.tgdeferrable AND NOT t.tgisinternal "
+    "UNION ALL SELECT 'constraint ' || c.conname || ' on ' || c.conrelid::pg_catalog.regclass::pg_catalog.text "
+    "FROM pg_catalog.pg_constraint c WHERE c.condeferrable AND c.contype NOT IN ('f', 't')) AS found"
+)
+
+
+def _dollar_tag(base: str, *texts: str) -> str:
+    """A dollar-quote tag ``$base…$`` that occurs in none of ``texts``."""
+    for suffix in range(1000):
+        tag = f"${base}{suffix}$"
+        if not any(tag in text for text in texts):
+            return tag
+    raise ValueError("no free dollar-quote tag")  # 1000 tags in one file: not a real file
+
+
 def migration_sql(migration: Migration, role: str) -> str:
     """The file wrapped in its transaction, as the app role, with its ledger row inside the same
-    transaction. The header shares the file's first line, so psql's line numbers are the file's."""
+    transaction; the file runs inside a ``SECURITY DEFINER`` function owned by the app role.
+
+    ``SET ROLE`` alone is no sandbox: the session user is postgres, so any code of the app's
+    that the file sets off (a trigger, a function it replaced) could ``RESET ROLE``. Inside a
+    security-definer function PostgreSQL refuses to change role or session authorization, so
+    that code has the app's rights only. After it, and before COMMIT, the database must have
+    no deferrable check that could run the app's code at COMMIT (``DEFERRED_CODE_SQL``).
+    The file starts on line 1 of the text EXECUTE runs, so PostgreSQL's ``LINE n`` is the file's.
+    """
     name = migration.name
     assert FILE_NAME.match(name) and _HEX64.match(migration.sha256)
+    file_tag = _dollar_tag("pgvector_deploy_file", migration.sql)
+    body_tag = _dollar_tag("pgvector_deploy_body", migration.sql, file_tag)
     # The file is the app's SQL: PostgreSQL's default search_path for it (our sessions pin
-    # pg_catalog, pg_temp), then everything of ours is schema-qualified.
-    header = (
-        f"BEGIN; SET LOCAL ROLE {role}; SET LOCAL client_encoding TO 'UTF8'; SET LOCAL search_path TO \"$user\", public; "
-        f"SELECT pg_catalog.set_config('pgvector_deploy.migration', '{name}', true); "
-        f"LOCK TABLE {LEDGER} IN SHARE ROW EXCLUSIVE MODE; "
-        f"DO $pgvector_deploy$ BEGIN IF EXISTS (SELECT FROM {LEDGER} WHERE name = '{name}') THEN "
-        f"RAISE EXCEPTION '{ALREADY_APPLIED} {name}'; END IF; END $pgvector_deploy$; "
-    )
-    check = (
-        "DO $pgvector_deploy$ BEGIN IF current_user <> "
-        f"'{role}' OR pg_catalog.current_setting('pgvector_deploy.migration', true) IS DISTINCT FROM '{name}' THEN "
-        f"RAISE EXCEPTION 'pgvector-deploy: {name} ended the transaction or changed the role; it was not recorded'; "
-        "END IF; END $pgvector_deploy$;"
-    )
+    # pg_catalog, pg_temp); everything of ours is schema-qualified.
     return (
-        header + migration.sql + "\n;\n"
-        f"{check}\n"
+        f"BEGIN;\nSET LOCAL ROLE {role};\nSET LOCAL client_encoding TO 'UTF8';\n"
+        f"SELECT pg_catalog.set_config('pgvector_deploy.migration', '{name}', true);\n"
+        "CREATE FUNCTION pg_temp.pgvector_deploy_migrate() RETURNS void LANGUAGE plpgsql SECURITY DEFINER "
+        f"SET search_path TO \"$user\", public AS {body_tag}\nBEGIN\n"
+        f"LOCK TABLE {LEDGER} IN SHARE ROW EXCLUSIVE MODE;\n"
+        f"IF EXISTS (SELECT FROM {LEDGER} WHERE name = '{name}') THEN\n"
+        f"  RAISE EXCEPTION '{ALREADY_APPLIED} {name}';\nEND IF;\n"
+        f"EXECUTE {file_tag}{migration.sql}\n{file_tag};\n"
+        f"IF current_user <> '{role}' OR pg_catalog.current_setting('pgvector_deploy.migration', true) "
+        f"IS DISTINCT FROM '{name}' THEN\n"
+        f"  RAISE EXCEPTION 'pgvector-deploy: {name} ended the transaction or changed the role; it was not recorded';\n"
+        "END IF;\n"
         f"INSERT INTO {LEDGER} (name, sha256) VALUES ('{name}', '{migration.sha256}');\n"
+        f"SET CONSTRAINTS ALL IMMEDIATE;\nEND {body_tag};\n"
+        "SELECT pg_temp.pgvector_deploy_migrate();\n"
+        # Back as our own code: nothing of the app's on the path (it may have SET it).
+        "SET LOCAL search_path TO pg_catalog, pg_temp;\n"
+        f"DO $pgvector_deploy$ DECLARE found text := ({DEFERRED_CODE_SQL}); BEGIN IF found IS NOT NULL THEN "
+        f"RAISE EXCEPTION 'pgvector-deploy: {name} was rolled back: the database has deferrable checks (%), which "
+        "would run at COMMIT with more than the app role''s rights, so they must be NOT DEFERRABLE.', found; "
+        "END IF; END $pgvector_deploy$;\n"
         "COMMIT;\n"
         f"\\warn {DONE_MARKER} {name}\n"
     )
@@ -393,6 +437,20 @@ def _psql_stdin(plan: Plan, database: str) -> str:
 def ledger_command(plan: Plan) -> StringCommand:
     app = plan.settings.app
     return StringCommand(f"PATH={SAFE_PATH};", _psql_stdin(plan, app.database), "> /dev/null", _stdin=ledger_sql(app.user))
+
+
+# psql's error -> one line "<file> line <n>: ERROR: ... DETAIL: ... HINT: ...": the line is
+# PostgreSQL's LINE n (the file is line 1 of the text EXECUTE runs); the quoted statement,
+# the caret and the CONTEXT (our wrapper function) are left out.
+_ERROR_AWK = r"""
+/^psql:<stdin>:[0-9]+: / { sub(/^psql:<stdin>:[0-9]+: /, ""); msg = msg " " $0; skip = 0; next }
+/^LINE [0-9]+: / { if (line == "") { line = $2; sub(/:$/, "", line) } skip = 1; next }
+/^(QUERY|CONTEXT): / { skip = 1; next }
+/^(DETAIL|HINT): / { msg = msg " " $0; skip = 0; next }
+skip { next }
+{ msg = msg " " $0 }
+END { gsub(/[ \t]+/, " ", msg); sub(/^ /, "", msg); printf "%s%s: %s", name, (line == "" ? "" : " line " line), msg }
+"""
 
 
 def apply_script(plan: Plan, name: str) -> str:
@@ -416,8 +474,7 @@ def apply_script(plan: Plan, name: str) -> str:
         f"elif printf '%s\\n' \"$why\" | grep -qF {shlex.quote(f'{ALREADY_APPLIED} {name}')}; then "
         f"echo {shlex.quote(f'{name} was applied by another run meanwhile; skipped')}; "
         "else "
-        f"why=$(printf '%s\\n' \"$why\" | sed -e {shlex.quote(f's/^psql:<stdin>:/{name} line /')} "
-        "-e '/^ *\\^ *$/d' | tr -s '\\n ' '  '); "
+        f"why=$(printf '%s\\n' \"$why\" | awk -v name={name} {shlex.quote(_ERROR_AWK)}); "
         f"{failed}; "
         "fi"
     )

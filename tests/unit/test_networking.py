@@ -55,7 +55,7 @@ HBA = "/etc/postgresql/15/main/pg_hba.conf"
 SETTINGS_FILE = "/etc/postgresql/15/main/conf.d/90-pgvector-deploy.conf"
 MAIN_CONF = "/etc/postgresql/15/main/postgresql.conf"
 PSQL = f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
-RELOAD = f"PATH={SAFE_PATH}; {PSQL} -d {shlex.quote(dbname_conninfo('postgres'))} -c 'SELECT pg_reload_conf()' >/dev/null"
+RELOAD = f"PATH={SAFE_PATH}; {PSQL} -d {shlex.quote(dbname_conninfo('postgres'))} -c 'SELECT pg_catalog.pg_reload_conf()' >/dev/null"
 MARKER = "PGVECTOR_DEPLOY_EOF"
 
 IP_ADDR_LINES = [
