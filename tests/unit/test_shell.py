@@ -269,3 +269,39 @@ def test_the_ledger_is_read_only_when_it_is_a_plain_table_of_text(hostile_server
          "app", user="app")  # fmt: skip
     assert read() == {"database": True, "ledger": True, "applied": {}, "refused": "relkind v"}
     assert psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
+
+
+def test_create_extension_in_an_app_owned_public_runs_none_of_the_app_s_overloads(hostile_server):
+    """What apps.database does where vector is missing: CREATE EXTENSION vector SCHEMA public,
+    as superuser, in a public schema the app owns and filled with polymorphic look-alikes of
+    the functions the install script names. The script names functions by exact signature and
+    finds pg_catalog first: none of the app's functions runs, and the operators are pgvector's."""
+    from pathlib import Path
+
+    from tests.unit.conftest import PG_BINDIR
+
+    sharedir = subprocess.run([f"{PG_BINDIR}/pg_config", "--sharedir"], capture_output=True, text=True).stdout.strip()
+    if not (Path(sharedir) / "extension" / "vector.control").exists():
+        pytest.skip("pgvector is not installed for the local PostgreSQL 15")
+    psql = hostile_server["psql"]
+    psql('CREATE DATABASE "fresh"', user="app")
+    body = "LANGUAGE plpgsql AS $f$ BEGIN EXECUTE 'ALTER ROLE app SUPERUSER'; RETURN NULL; END $f$"
+    psql(
+        f"CREATE FUNCTION public.l2_distance(anyelement, anyelement) RETURNS float8 {body}; "
+        f"CREATE FUNCTION public.vector_accum(anyarray, anyelement) RETURNS float8[] {body}; "
+        f"CREATE FUNCTION public.array_to_vector(anyarray, integer, boolean) RETURNS text {body}; "
+        f"CREATE FUNCTION public.vector_avg(anyarray) RETURNS text {body}; "
+        "ALTER DATABASE fresh SET search_path = public, pg_catalog",
+        "fresh", user="app",
+    )  # fmt: skip
+    create = as_postgres(hostile_server["platform"], 5432, "fresh", "CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+    result = subprocess.run(["sh", "-c", create], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
+    check = (
+        "SELECT o.oprcode::pg_catalog.regprocedure::pg_catalog.text FROM pg_catalog.pg_operator o "
+        "WHERE o.oprname = '<->' AND o.oprleft = 'public.vector'::pg_catalog.regtype"
+    )
+    assert psql(check, "fresh") == "l2_distance(vector,vector)"
+    assert psql("SELECT public.avg(x) FROM (VALUES ('[1,3]'::public.vector)) AS v(x)", "fresh") == "[1,3]"
+    assert psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
