@@ -225,7 +225,7 @@ def listen(plan: Plan):
 def restart_unless_listening(plan: Plan, addresses: list[str]) -> str:
     """Shell: restart, unless the running server already listens on ``addresses`` (asked now,
     under the lock: another run may have restarted it while this one waited)."""
-    running = as_postgres(plan.platform, plan.port, "postgres", "SELECT current_setting('listen_addresses')")
+    running = as_postgres(plan.platform, plan.port, "postgres", "SELECT pg_catalog.current_setting('listen_addresses')")
     wanted = shlex.quote(",".join(addresses))
     return f'PATH={SAFE_PATH}; [ "$({running} 2>/dev/null)" = {wanted} ] || {{ {restart_command(plan)}; }}'
 

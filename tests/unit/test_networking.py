@@ -565,7 +565,7 @@ def test_a_listen_change_alone_restarts_without_rewriting(plan):
 
 
 def restart_unless_running_listen(addresses: str, restart: str) -> str:
-    running = f"{PSQL} -d postgres -c 'SELECT current_setting('\"'\"'listen_addresses'\"'\"')'"
+    running = f"{PSQL} -d {shlex.quote(dbname_conninfo('postgres'))} -c 'SELECT pg_catalog.current_setting('\"'\"'listen_addresses'\"'\"')'"
     return f'PATH={SAFE_PATH}; [ "$({running} 2>/dev/null)" = {addresses} ] || {{ {restart}; }}'
 
 
