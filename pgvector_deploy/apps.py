@@ -135,4 +135,4 @@ def database(plan: Plan):
     if state["database_owner"] != app.user:
         yield _sql_on_stdin(plan, "postgres", f"ALTER DATABASE {app.database} OWNER TO {app.user};\n")
     if state["database_vector"] is None:
-        yield _sql_on_stdin(plan, app.database, "CREATE EXTENSION IF NOT EXISTS vector;\n")
+        yield _sql_on_stdin(plan, app.database, "CREATE EXTENSION IF NOT EXISTS vector SCHEMA public;\n")

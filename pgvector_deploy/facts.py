@@ -43,7 +43,7 @@ PENDING_RESTART = "setting could not be applied"
 # Errors PostgreSQL finds in the configuration files on disk; a pending restart is not one.
 SETTINGS_ERRORS_SQL = (
     "SELECT sourcefile || ':' || sourceline || ' ' || coalesce(name, '') || ': ' || error "
-    f"FROM pg_file_settings WHERE error IS NOT NULL AND error <> '{PENDING_RESTART}'"
+    f"FROM pg_catalog.pg_file_settings WHERE error IS NOT NULL AND error <> '{PENDING_RESTART}'"
 )
 
 
@@ -317,19 +317,22 @@ class PgvectorState(FactBase):
     """
 
     # The databases to read: those that take connections, with a name on one line.
-    DATABASES = "FROM pg_database WHERE datallowconn AND strpos(datname, chr(10)) = 0 AND strpos(datname, chr(13)) = 0"
-    EXTVERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+    DATABASES = (
+        "FROM pg_catalog.pg_database WHERE datallowconn AND pg_catalog.strpos(datname, pg_catalog.chr(10)) = 0 "
+        "AND pg_catalog.strpos(datname, pg_catalog.chr(13)) = 0"
+    )
+    EXTVERSION = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'vector'"
 
     @staticmethod
     def _psql_word(sql: str) -> str:
         """SQL for the text ``sql`` as one single-quoted psql meta-command argument (quotes
         doubled, backslashes escaped): psql interpolates nothing in it (``:name``, backquotes)."""
-        return f"'''' || replace(replace({sql}, chr(92), chr(92) || chr(92)), '''', '''''') || ''''"
+        return f"'''' || pg_catalog.replace(pg_catalog.replace({sql}, pg_catalog.chr(92), pg_catalog.chr(92) || pg_catalog.chr(92)), '''', '''''') || ''''"
 
     @staticmethod
     def _conninfo_value(sql: str) -> str:
         """SQL for the text ``sql`` as a single-quoted libpq connection-string value."""
-        return f"'''' || replace(replace({sql}, chr(92), chr(92) || chr(92)), '''', chr(92) || '''') || ''''"
+        return f"'''' || pg_catalog.replace(pg_catalog.replace({sql}, pg_catalog.chr(92), pg_catalog.chr(92) || pg_catalog.chr(92)), '''', pg_catalog.chr(92) || '''') || ''''"
 
     @classmethod
     def script_sql(cls, platform: Platform, port: int) -> str:
@@ -351,7 +354,7 @@ class PgvectorState(FactBase):
             rf"$q$SELECT coalesce(({cls.EXTVERSION}), '') AS v \gset$q$",
             rf"$q$\echo $q$ || {echo_word} || ':v'",
         ]
-        return f"SELECT {' || chr(10) || '.join(lines)} {cls.DATABASES} ORDER BY datname"
+        return f"SELECT {' || pg_catalog.chr(10) || '.join(lines)} {cls.DATABASES} ORDER BY datname"
 
     def command(self, platform: Platform, port: int):
         script = as_postgres(platform, port, "postgres", self.script_sql(platform, port))
@@ -509,12 +512,12 @@ class ServerConfig(FactBase):
         files = " ".join(shlex.quote(path) for path in managed)
         # One psql, one query per -c, each printing its own key= lines (a stopped server: none).
         queries = (
-            "SELECT 'running_listen=' || current_setting('listen_addresses')",
-            "SELECT 'max_connections=' || current_setting('max_connections')",
+            "SELECT 'running_listen=' || pg_catalog.current_setting('listen_addresses')",
+            "SELECT 'max_connections=' || pg_catalog.current_setting('max_connections')",
             # Settings in the files on disk that only a restart applies (shared_buffers, listen_addresses).
-            "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_file_settings "
+            "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_catalog.pg_file_settings "
             f"WHERE error = '{PENDING_RESTART}'",
-            "SELECT 'hba_error=' || line_number || '|' || error FROM pg_hba_file_rules WHERE error IS NOT NULL",
+            "SELECT 'hba_error=' || line_number || '|' || error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL",
             f"SELECT 'settings_error=' || found FROM ({SETTINGS_ERRORS_SQL}) AS errors(found)",
         )
         server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
@@ -556,12 +559,12 @@ class AppState(FactBase):
 
     def command(self, platform: Platform, port: int, user: str, database: str):
         role_sql = (
-            "SELECT rolcanlogin || '|' || rolcreatedb || '|' || coalesce(split_part(rolpassword, '$', 2), '') "
-            "|| '|' || coalesce(encode(sha256(convert_to(rolpassword, 'UTF8')), 'hex'), '') "
-            f"FROM pg_authid WHERE rolname = '{user}'"
+            "SELECT rolcanlogin || '|' || rolcreatedb || '|' || coalesce(pg_catalog.split_part(rolpassword, '$', 2), '') "
+            "|| '|' || coalesce(pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(rolpassword, 'UTF8')), 'hex'), '') "
+            f"FROM pg_catalog.pg_authid WHERE rolname = '{user}'"
         )
-        owner_sql = f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{database}'"
-        vector_sql = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+        owner_sql = f"SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = '{database}'"
+        vector_sql = PgvectorState.EXTVERSION
         return f"""
 PATH={SAFE_PATH}
 {as_postgres(platform, port, 'postgres', role_sql)} | sed -e 's/^/role=/'

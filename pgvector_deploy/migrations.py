@@ -22,16 +22,23 @@ database, owned by the app role. Before applying anything the operation reads it
 Each file is sent on psql's standard input (never on a command line) as the ``postgres`` OS
 user over the local socket, wrapped as::
 
-    BEGIN; SET LOCAL ROLE app; ... <the file> ...
-    <check: still our transaction, still the app role>
-    INSERT INTO pgvector_deploy.schema_migrations (name, sha256) VALUES (...);
+    BEGIN; SET LOCAL ROLE app;
+    CREATE FUNCTION pg_temp.pgvector_deploy_migrate() ... SECURITY DEFINER AS $$
+      LOCK the ledger; EXECUTE '<the file>';
+      <check: still our transaction, still the app role>
+      INSERT INTO pgvector_deploy.schema_migrations (name, sha256) VALUES (...);
+      SET CONSTRAINTS ALL IMMEDIATE; $$;
+    SELECT pg_temp.pgvector_deploy_migrate();
+    <check: no deferrable trigger or constraint left to run at COMMIT>
     COMMIT;
 
 so whatever the file creates is owned by the app role, and the file and its ledger row commit
 together or not at all. A failing statement rolls the whole file back and the run stops naming
 the file, the line and PostgreSQL's error; later files are not run.
 
-``SET ROLE`` gives ownership, not a sandbox: the files are trusted like the deploy itself.
+``SET ROLE`` alone gives ownership, not a sandbox (the session user is postgres, so any code
+of the app's the file sets off could ``RESET ROLE``); inside the app-owned security-definer
+function PostgreSQL refuses any change of role or session authorization.
 
 Example::
 
@@ -357,28 +364,67 @@ def ledger_sql(role: str) -> str:
     )
 
 
+# Deferrable checks run at COMMIT, outside the security-definer function: a constraint
+# trigger or a deferrable unique/exclusion constraint (index expressions) could run the app's
+# code there, where it could still RESET ROLE. Foreign keys run as the table owner, safely;
+# a constraint trigger ('t') is listed as the trigger.
+DEFERRED_CODE_SQL = (
+    "SELECT pg_catalog.string_agg(what, ', ') FROM ("
+    "SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::pg_catalog.regclass::pg_catalog.text AS what "
+    "FROM pg_catalog.pg_trigger t WHERE t.tgdeferrable AND NOT t.tgisinternal "
+    "UNION ALL SELECT 'constraint ' || c.conname || ' on ' || c.conrelid::pg_catalog.regclass::pg_catalog.text "
+    "FROM pg_catalog.pg_constraint c WHERE c.condeferrable AND c.contype NOT IN ('f', 't')) AS found"
+)
+
+
+def _dollar_tag(base: str, *texts: str) -> str:
+    """A dollar-quote tag ``$base…$`` that occurs in none of ``texts``."""
+    for suffix in range(1000):
+        tag = f"${base}{suffix}$"
+        if not any(tag in text for text in texts):
+            return tag
+    raise ValueError("no free dollar-quote tag")  # 1000 tags in one file: not a real file
+
+
 def migration_sql(migration: Migration, role: str) -> str:
     """The file wrapped in its transaction, as the app role, with its ledger row inside the same
-    transaction. The header shares the file's first line, so psql's line numbers are the file's."""
+    transaction; the file runs inside a ``SECURITY DEFINER`` function owned by the app role.
+
+    ``SET ROLE`` alone is no sandbox: the session user is postgres, so any code of the app's
+    that the file sets off (a trigger, a function it replaced) could ``RESET ROLE``. Inside a
+    security-definer function PostgreSQL refuses to change role or session authorization, so
+    that code has the app's rights only. After it, and before COMMIT, the database must have
+    no deferrable check that could run the app's code at COMMIT (``DEFERRED_CODE_SQL``).
+    The file starts on line 1 of the text EXECUTE runs, so PostgreSQL's ``LINE n`` is the file's.
+    """
     name = migration.name
     assert FILE_NAME.match(name) and _HEX64.match(migration.sha256)
-    header = (
-        f"BEGIN; SET LOCAL ROLE {role}; SET LOCAL client_encoding TO 'UTF8'; "
-        f"SELECT pg_catalog.set_config('pgvector_deploy.migration', '{name}', true); "
-        f"LOCK TABLE {LEDGER} IN SHARE ROW EXCLUSIVE MODE; "
-        f"DO $pgvector_deploy$ BEGIN IF EXISTS (SELECT FROM {LEDGER} WHERE name = '{name}') THEN "
-        f"RAISE EXCEPTION '{ALREADY_APPLIED} {name}'; END IF; END $pgvector_deploy$; "
-    )
-    check = (
-        "DO $pgvector_deploy$ BEGIN IF current_user <> "
-        f"'{role}' OR pg_catalog.current_setting('pgvector_deploy.migration', true) IS DISTINCT FROM '{name}' THEN "
-        f"RAISE EXCEPTION 'pgvector-deploy: {name} ended the transaction or changed the role; it was not recorded'; "
-        "END IF; END $pgvector_deploy$;"
-    )
+    file_tag = _dollar_tag("pgvector_deploy_file", migration.sql)
+    body_tag = _dollar_tag("pgvector_deploy_body", migration.sql, file_tag)
+    # The file is the app's SQL: PostgreSQL's default search_path for it (our sessions pin
+    # pg_catalog, pg_temp); everything of ours is schema-qualified.
     return (
-        header + migration.sql + "\n;\n"
-        f"{check}\n"
+        f"BEGIN;\nSET LOCAL ROLE {role};\nSET LOCAL client_encoding TO 'UTF8';\n"
+        f"SELECT pg_catalog.set_config('pgvector_deploy.migration', '{name}', true);\n"
+        "CREATE FUNCTION pg_temp.pgvector_deploy_migrate() RETURNS void LANGUAGE plpgsql SECURITY DEFINER "
+        f"SET search_path TO \"$user\", public AS {body_tag}\nBEGIN\n"
+        f"LOCK TABLE {LEDGER} IN SHARE ROW EXCLUSIVE MODE;\n"
+        f"IF EXISTS (SELECT FROM {LEDGER} WHERE name = '{name}') THEN\n"
+        f"  RAISE EXCEPTION '{ALREADY_APPLIED} {name}';\nEND IF;\n"
+        f"EXECUTE {file_tag}{migration.sql}\n{file_tag};\n"
+        f"IF current_user <> '{role}' OR pg_catalog.current_setting('pgvector_deploy.migration', true) "
+        f"IS DISTINCT FROM '{name}' THEN\n"
+        f"  RAISE EXCEPTION 'pgvector-deploy: {name} ended the transaction or changed the role; it was not recorded';\n"
+        "END IF;\n"
         f"INSERT INTO {LEDGER} (name, sha256) VALUES ('{name}', '{migration.sha256}');\n"
+        f"SET CONSTRAINTS ALL IMMEDIATE;\nEND {body_tag};\n"
+        "SELECT pg_temp.pgvector_deploy_migrate();\n"
+        # Back as our own code: nothing of the app's on the path (it may have SET it).
+        "SET LOCAL search_path TO pg_catalog, pg_temp;\n"
+        f"DO $pgvector_deploy$ DECLARE found text := ({DEFERRED_CODE_SQL}); BEGIN IF found IS NOT NULL THEN "
+        f"RAISE EXCEPTION 'pgvector-deploy: {name} was rolled back: the database has deferrable checks (%), which "
+        "would run at COMMIT with more than the app role''s rights, so they must be NOT DEFERRABLE.', found; "
+        "END IF; END $pgvector_deploy$;\n"
         "COMMIT;\n"
         f"\\warn {DONE_MARKER} {name}\n"
     )
@@ -391,6 +437,20 @@ def _psql_stdin(plan: Plan, database: str) -> str:
 def ledger_command(plan: Plan) -> StringCommand:
     app = plan.settings.app
     return StringCommand(f"PATH={SAFE_PATH};", _psql_stdin(plan, app.database), "> /dev/null", _stdin=ledger_sql(app.user))
+
+
+# psql's error -> one line "<file> line <n>: ERROR: ... DETAIL: ... HINT: ...": the line is
+# PostgreSQL's LINE n (the file is line 1 of the text EXECUTE runs); the quoted statement,
+# the caret and the CONTEXT (our wrapper function) are left out.
+_ERROR_AWK = r"""
+/^psql:<stdin>:[0-9]+: / { sub(/^psql:<stdin>:[0-9]+: /, ""); msg = msg " " $0; skip = 0; next }
+/^LINE [0-9]+: / { if (line == "") { line = $2; sub(/:$/, "", line) } skip = 1; next }
+/^(QUERY|CONTEXT): / { skip = 1; next }
+/^(DETAIL|HINT): / { msg = msg " " $0; skip = 0; next }
+skip { next }
+{ msg = msg " " $0 }
+END { gsub(/[ \t]+/, " ", msg); sub(/^ /, "", msg); printf "%s%s: %s", name, (line == "" ? "" : " line " line), msg }
+"""
 
 
 def apply_script(plan: Plan, name: str) -> str:
@@ -414,8 +474,7 @@ def apply_script(plan: Plan, name: str) -> str:
         f"elif printf '%s\\n' \"$why\" | grep -qF {shlex.quote(f'{ALREADY_APPLIED} {name}')}; then "
         f"echo {shlex.quote(f'{name} was applied by another run meanwhile; skipped')}; "
         "else "
-        f"why=$(printf '%s\\n' \"$why\" | sed -e {shlex.quote(f's/^psql:<stdin>:/{name} line /')} "
-        "-e '/^ *\\^ *$/d' | tr -s '\\n ' '  '); "
+        f"why=$(printf '%s\\n' \"$why\" | awk -v name={name} {shlex.quote(_ERROR_AWK)}); "
         f"{failed}; "
         "fi"
     )
@@ -428,22 +487,57 @@ def apply_command(plan: Plan, migration: Migration) -> StringCommand:
 # --- the fact and the operation ---------------------------------------------------------------------
 
 
+# What the ledger is, from pg_catalog alone: "none", "table" (the plain heap table we made,
+# name and sha256 of type pg_catalog.text), or what else it is. The app owns it, so it could
+# be a view, a foreign or partitioned table, or have columns of its own type whose casts or
+# output function run its code; only a plain table of text is read with superuser rights.
+LEDGER_SHAPE_SQL = (
+    "SELECT CASE WHEN c.oid IS NULL THEN 'none' "
+    "WHEN c.relkind <> 'r' THEN 'relkind ' || c.relkind::pg_catalog.text "
+    "WHEN c.relam IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'heap') THEN 'a table access method' "
+    "WHEN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND NOT a.attisdropped "
+    "AND a.attname IN ('name', 'sha256') AND a.atttypid = 'pg_catalog.text'::pg_catalog.regtype) <> 2 "
+    "THEN 'columns name, sha256 not both of type pg_catalog.text' ELSE 'table' END "
+    "FROM (SELECT) AS one LEFT JOIN pg_catalog.pg_class c ON c.relname = 'schema_migrations' "
+    f"AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = '{LEDGER_SCHEMA}')"
+)
+
+
 class MigrationLedger(FactBase):
-    """The app database's ledger: whether the database and the ledger table exist, and each
-    applied migration's name and sha256."""
+    """The app database's ledger: whether the database and the ledger table exist, each
+    applied migration's name and sha256, and what refuses it (``LEDGER_SHAPE_SQL``).
+
+    The rows are read in one transaction holding a lock on the table (so it cannot be swapped
+    meanwhile) that checks the shape again, with ``FROM ONLY`` (no child table is read).
+    """
 
     def command(self, platform: Platform, port: int, database: str):
-        exists_sql = f"SELECT 1 FROM pg_database WHERE datname = '{database}'"
-        table_sql = f"SELECT to_regclass('{LEDGER}') IS NOT NULL"
-        rows_sql = f"SELECT name || '|' || sha256 FROM {LEDGER} ORDER BY name"
+        exists_sql = f"SELECT 1 FROM pg_catalog.pg_database WHERE datname = '{database}'"
+        recheck = (
+            f"DO $pgvector_deploy$ BEGIN IF ({LEDGER_SHAPE_SQL}) <> 'table' THEN "
+            "RAISE EXCEPTION 'the ledger changed while it was read'; END IF; END $pgvector_deploy$"
+        )
+        rows_sql = f"SELECT name || '|' || sha256 FROM ONLY {LEDGER}"
+        read = " ".join(
+            [as_postgres(platform, port, database)]
+            + [f"-c {shlex.quote(sql)}" for sql in ("BEGIN", f"LOCK TABLE ONLY {LEDGER} IN ACCESS SHARE MODE", recheck, rows_sql, "COMMIT")]
+        )
         return f"""
 PATH={SAFE_PATH}
 if [ "$({as_postgres(platform, port, 'postgres', exists_sql)} 2>/dev/null)" = 1 ]; then
   echo database=yes
-  if [ "$({as_postgres(platform, port, database, table_sql)} 2>/dev/null)" = t ]; then
-    echo ledger=yes
-    {as_postgres(platform, port, database, rows_sql)} | sed -e 's/^/applied=/'
-  fi
+  shape=$({as_postgres(platform, port, database, LEDGER_SHAPE_SQL)} 2>/dev/null)
+  case $shape in
+    table)
+      echo ledger=yes
+      if rows=$({read} </dev/null 2>/dev/null); then
+        [ -z "$rows" ] || printf '%s\\n' "$rows" | sed -e 's/^/applied=/'
+      else
+        echo "ledger_refused=it changed while it was read"
+      fi ;;
+    none) ;;
+    *) echo "ledger_refused=${{shape:-unreadable}}" ;;
+  esac
 fi
 true
 """
@@ -463,10 +557,12 @@ def parse_ledger(lines: list[str]) -> dict:
         name, _, digest = entry.rpartition("|")
         if name:
             applied[name] = digest
+    refused = values.get("ledger_refused", [""])[0] or None
     return {
         "database": values.get("database", [""])[0] == "yes",
-        "ledger": values.get("ledger", [""])[0] == "yes",
-        "applied": applied,
+        "ledger": values.get("ledger", [""])[0] == "yes" or refused is not None,
+        "applied": {} if refused else applied,
+        "refused": refused,
     }
 
 
@@ -486,6 +582,14 @@ def apply(plan: Plan):
         host.noop(f"no SQL migrations in {settings.migrations_dir or 'pg_migrations_dir'}")
         return
     state = plan.fact(MigrationLedger, platform=plan.platform, port=plan.port, database=app.database)
+    if state["refused"]:
+        yield fail(
+            f"{LEDGER} in database {app.database} is not the plain table pgvector-deploy made ({state['refused']}); "
+            "it was not read, since reading it with superuser rights would run whatever the app role (its owner) "
+            "put there. Nothing was applied. Fix: find out who changed it, restore it as a plain table with text "
+            "columns name and sha256 listing the applied files, then run again."
+        )
+        return
     try:
         todo = pending(settings.migrations, state["applied"])
     except MigrationError as error:

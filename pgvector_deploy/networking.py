@@ -186,7 +186,7 @@ def restart_command(plan: Plan) -> str:
 
 
 def reload_command(plan: Plan) -> str:
-    return f"PATH={SAFE_PATH}; {as_postgres(plan.platform, plan.port, 'postgres', 'SELECT pg_reload_conf()')} >/dev/null"
+    return f"PATH={SAFE_PATH}; {as_postgres(plan.platform, plan.port, 'postgres', 'SELECT pg_catalog.pg_reload_conf()')} >/dev/null"
 
 
 @operation()
@@ -225,7 +225,7 @@ def listen(plan: Plan):
 def restart_unless_listening(plan: Plan, addresses: list[str]) -> str:
     """Shell: restart, unless the running server already listens on ``addresses`` (asked now,
     under the lock: another run may have restarted it while this one waited)."""
-    running = as_postgres(plan.platform, plan.port, "postgres", "SELECT current_setting('listen_addresses')")
+    running = as_postgres(plan.platform, plan.port, "postgres", "SELECT pg_catalog.current_setting('listen_addresses')")
     wanted = shlex.quote(",".join(addresses))
     return f'PATH={SAFE_PATH}; [ "$({running} 2>/dev/null)" = {wanted} ] || {{ {restart_command(plan)}; }}'
 
@@ -259,6 +259,6 @@ def client_access(plan: Plan):
                 "Fix: correct that line in the USER RULES section."
             )
         return
-    check_sql = "SELECT 'line ' || line_number || ': ' || error FROM pg_hba_file_rules WHERE error IS NOT NULL"
+    check_sql = "SELECT 'line ' || line_number || ': ' || error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL"
     yield replace_file_script(path, wanted, "0640", check_sql, plan.platform, plan.port, "pg_hba.conf")
     yield reload_command(plan)

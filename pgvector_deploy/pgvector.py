@@ -128,8 +128,8 @@ def build_script(platform: Platform, settings: Settings, tarball: str, stamp: di
         f"PG_CONFIG={platform.pg_config} OPTFLAGS={shlex.quote(settings.optflags)} with_llvm={WITH_LLVM}"
     )
     verify_sql = (
-        "BEGIN; CREATE EXTENSION IF NOT EXISTS vector; "
-        "SELECT '[1,2,3]'::vector <-> '[1,2,5]'::vector; ROLLBACK;"
+        "BEGIN; CREATE EXTENSION IF NOT EXISTS vector SCHEMA public; "
+        "SELECT '[1,2,3]'::public.vector OPERATOR(public.<->) '[1,2,5]'::public.vector; ROLLBACK;"
     )
     stamp_json = json.dumps(stamp, sort_keys=True)
     return f"""set -eu
@@ -259,6 +259,6 @@ def extension(plan: Plan):
     for database in EXTENSION_DATABASES:
         if not state["databases"].get(database):
             changed = True
-            yield f"PATH={SAFE_PATH}; {as_postgres(plan.platform, plan.port, database, 'CREATE EXTENSION IF NOT EXISTS vector')}"
+            yield f"PATH={SAFE_PATH}; {as_postgres(plan.platform, plan.port, database, 'CREATE EXTENSION IF NOT EXISTS vector SCHEMA public')}"
     if not changed:
         host.noop(f"vector {version} in every database that has it, and in {', '.join(EXTENSION_DATABASES)}")

@@ -15,20 +15,50 @@ if TYPE_CHECKING:  # platforms uses fail(); importing Platform at run time would
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def as_postgres(platform: Platform, port: int, database: str | None, sql: str | None = None) -> str:
-    """A psql command run as the ``postgres`` OS user over the local socket (peer auth).
+# Settings for every superuser session, sent by the client: the app owns its databases and
+# can ALTER DATABASE ... SET search_path (to put its own pg_extension first), role (to run
+# us as itself, so its code could RESET ROLE) or client_encoding; a client setting outranks
+# those (PGC_S_CLIENT over PGC_S_DATABASE). pg_temp last: it is searched first otherwise.
+# PGOPTIONS also reaches every \connect of a psql script.
+SUPERUSER_OPTIONS = "-c search_path=pg_catalog,pg_temp -c role=none -c client_encoding=UTF8"
+# Only for a database the postgres role owns (postgres, template1, the smoke suite's scratch
+# database): its public schema belongs to pg_database_owner, so the app cannot write there.
+# pg_catalog is still searched first (implicitly), and public is where new objects go.
+SUPERUSER_OPTIONS_WITH_PUBLIC = SUPERUSER_OPTIONS.replace("pg_catalog,pg_temp", "public,pg_temp")
+
+
+def dbname_conninfo(database: str) -> str:
+    """A libpq connection string naming only ``database``: psql's ``-d`` reads a value with
+    ``=`` or a ``postgres://`` prefix as a connection string, so a name always goes quoted.
+
+    >>> dbname_conninfo("dbname=postgres it's")
+    "dbname='dbname=postgres it\\\\'s'"
+    """
+    escaped = database.replace("\\", "\\\\").replace("'", "\\'")
+    return f"dbname='{escaped}'"
+
+
+def as_postgres(
+    platform: Platform, port: int, database: str | None, sql: str | None = None, *, with_public: bool = False
+) -> str:
+    """A psql command run as the ``postgres`` OS user over the local socket (peer auth), with
+    ``SUPERUSER_OPTIONS`` (search_path pinned to pg_catalog, role none) whatever the
+    database's own settings say. ``with_public`` (only for databases the postgres role owns)
+    puts ``public`` on the path (after pg_catalog), for SQL that names pgvector's types unqualified.
 
     Uses the target major's own psql, stops at the first error, prints bare rows. With
-    ``sql=None`` it reads SQL from standard input.
+    ``sql=None`` it reads SQL from standard input. ``database`` is a name, never a
+    connection string (``dbname_conninfo``).
     """
     parts = [
+        f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS_WITH_PUBLIC if with_public else SUPERUSER_OPTIONS)}",
         "runuser -u postgres --",
         platform.psql,
         "-X -A -t -q -v ON_ERROR_STOP=1",
         f"-h {shlex.quote(platform.socket_dir)} -p {int(port)}",
     ]
     if database is not None:
-        parts.append(f"-d {shlex.quote(database)}")
+        parts.append(f"-d {shlex.quote(dbname_conninfo(database))}")
     if sql is not None:
         parts.append(f"-c {shlex.quote(sql)}")
     return " ".join(parts)

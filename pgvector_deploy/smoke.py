@@ -545,7 +545,8 @@ def smoke_script(platform: Platform, port: int, version: str, app_user: str | No
             "SAFE_PATH": SAFE_PATH,
             "SCRATCH": SCRATCH_DATABASE,
             "VERSION": shlex.quote(version),
-            "AS_POSTGRES": as_postgres(platform, port, None),
+            # Only in postgres and the scratch database, both owned by postgres.
+            "AS_POSTGRES": as_postgres(platform, port, None, with_public=True),
             "PG_CONFIG": shlex.quote(platform.pg_config),
             "MAJOR": str(POSTGRES_MAJOR),
             "PORT": str(int(port)),

@@ -393,3 +393,129 @@ def test_after_a_reboot_with_docker0_up_late_the_app_gets_in(served):
     result = late.query(dsn("172.17.0.1"), VECTOR_QUERY)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5.0"
+
+
+# --- a hostile app: it owns its databases and tries to become superuser ---------------------
+
+HOSTILE_DATABASES = ("app", "dbname=postgres", "it's a dé b")
+FAKE_VERSION = "9.9.9"
+# As the app role: a function that makes the app superuser when a superuser runs it (and
+# answers fake extension rows either way), public.pg_extension calling it, and the database's
+# search_path set so that an unqualified pg_extension is that view.
+TRAPS = f"""
+CREATE OR REPLACE FUNCTION public.escalate() RETURNS TABLE (extname name, extversion text)
+LANGUAGE plpgsql AS $f$
+BEGIN
+  BEGIN EXECUTE 'ALTER ROLE app SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+  RETURN QUERY SELECT 'vector'::name, '{FAKE_VERSION}'::text;
+END $f$;
+CREATE OR REPLACE VIEW public.pg_extension AS SELECT * FROM public.escalate();
+"""
+LEDGER_TRAP = """
+CREATE OR REPLACE FUNCTION public.ledger_rows() RETURNS TABLE (name text, sha256 text, applied_at timestamptz)
+LANGUAGE plpgsql AS $f$
+BEGIN
+  BEGIN EXECUTE 'ALTER ROLE app SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+  RETURN QUERY SELECT s.name, s.sha256, s.applied_at FROM public.ledger_copy s;
+END $f$;
+CREATE TABLE public.ledger_copy AS SELECT * FROM pgvector_deploy.schema_migrations;
+DROP TABLE pgvector_deploy.schema_migrations;
+CREATE VIEW pgvector_deploy.schema_migrations AS SELECT * FROM public.ledger_rows();
+"""
+PLANT = """
+import sys, psycopg
+from psycopg import sql
+dsn, traps, ledger_trap = sys.argv[1], sys.argv[2], sys.argv[3]
+with psycopg.connect(dsn + " dbname=app", autocommit=True) as conn:
+    for name in sys.argv[4:]:
+        if name != "app":
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+for name in sys.argv[4:]:
+    with psycopg.connect(dsn, dbname=name, autocommit=True) as conn:
+        conn.execute(traps)
+        if name == "app":
+            conn.execute(ledger_trap)
+        conn.execute(sql.SQL("ALTER DATABASE {} SET search_path = public, pg_catalog").format(sql.Identifier(name)))
+    with psycopg.connect(dsn, dbname=name) as conn:  # a new session gets the database's search_path
+        print(name, conn.execute("SELECT extversion FROM pg_extension").fetchone()[0])
+"""
+
+
+def app_is_superuser(host) -> str:
+    return host.psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'")
+
+
+def real_extversions(host) -> dict[str, str]:
+    """extversion in every database, read with everything qualified (the traps stay shut)."""
+    import json
+
+    code = (
+        "SELECT pg_catalog.json_agg(datname) FROM pg_catalog.pg_database WHERE datallowconn"
+    )
+    found = {}
+    for name in json.loads(host.psql(code)):
+        conninfo = "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        found[name] = host.psql("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'vector'", conninfo)
+    return found
+
+
+def test_the_app_role_never_becomes_superuser_through_planted_objects(served, tarball, lab, provision, tmp_path):
+    """The app, over TCP from its container, plants a pg_extension view whose function runs
+    ALTER ROLE app SUPERUSER, sets its databases' search_path to find it, replaces the
+    migrations ledger with such a view, and makes databases named like connection strings.
+    Deploying, the smoke suite, a pgvector upgrade and the nightly run leave it a plain role,
+    and the toolkit acts on the real extension versions."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.hosts.runner import REPO, write_inventory
+    from tests.hosts.tarballs import sha256, synthetic_release
+
+    host, _, _ = served
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_items.sql").write_text("CREATE TABLE items (id int);\n")
+    run = provision(host, env=ENV, pg_migrations_dir=str(migrations), **tarball, **APP)
+    assert run.returncode == 0, run.output
+
+    hostile = host.add_container("hostile", "docker0", "172.17.0.4/16")
+    planted = hostile.run(sys.executable, "-c", PLANT, "host=172.17.0.1 port=5432 user=app password='" + PASSWORD + "'",
+                          TRAPS, LEDGER_TRAP, *HOSTILE_DATABASES, check=False)  # fmt: skip
+    assert planted.returncode == 0, planted.stderr
+    assert planted.stdout.splitlines() == [f"{name} {FAKE_VERSION}" for name in HOSTILE_DATABASES]  # its own view
+    assert app_is_superuser(host) == "f"
+
+    # With the migrations: the replaced ledger is refused unread, nothing applied.
+    run = provision(host, env=ENV, pg_migrations_dir=str(migrations), **tarball, **APP)
+    assert app_is_superuser(host) == "f", run.output
+    assert run.returncode != 0 and "is not the plain table pgvector-deploy made (relkind v)" in run.output, run.output
+
+    run = provision(host, env=ENV, **tarball, **APP)
+    assert app_is_superuser(host) == "f", run.output
+    assert run.returncode == 0, run.output
+    assert FAKE_VERSION not in run.output
+    assert run.changed(host.name) == []
+
+    run = provision(host, env=ENV, recipe="deploy/smoke.py", **tarball, **APP)
+    assert app_is_superuser(host) == "f", run.output
+    assert run.returncode == 0, run.output
+
+    path = synthetic_release("0.9.0")
+    release = {**tarball, "pgvector_version": "0.9.0", "pgvector_sha256": sha256(path), "pgvector_url": lab.serve(path)}
+    run = provision(host, env=ENV, **release, **APP)
+    assert app_is_superuser(host) == "f", run.output
+    assert run.returncode == 0, run.output
+    versions = real_extversions(host)
+    assert {name: versions.get(name) for name in HOSTILE_DATABASES} == dict.fromkeys(HOSTILE_DATABASES, "0.9.0")
+    assert set(versions.values()) == {"0.9.0"}, versions
+
+    inventory = write_inventory(tmp_path / "nightly.py", [host.inventory_entry(**release, **APP)])
+    nightly = subprocess.run(
+        [sys.executable, "-m", "pgvector_deploy.nightly", str(inventory), "--report-dir", str(tmp_path / "reports")],
+        cwd=REPO, capture_output=True, text=True, timeout=1800, env={**os.environ, **ENV},
+    )  # fmt: skip
+    assert app_is_superuser(host) == "f", nightly.stdout + nightly.stderr
+    assert nightly.returncode == 0, nightly.stdout + nightly.stderr
+    assert json.loads((tmp_path / "reports" / "nightly-latest.json").read_text())["status"] == "clean"

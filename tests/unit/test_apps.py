@@ -21,13 +21,13 @@ from pgvector_deploy.apps import password_matches, scram_verifier
 from pgvector_deploy.facts import AppState, parse_app_state
 from pgvector_deploy.preflight import Plan
 from pgvector_deploy.settings import load_settings
-from pgvector_deploy.shell import SAFE_PATH
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, dbname_conninfo
 
 from .conftest import FactHost, run_operation, sh_syntax_error
 
 PASSWORD = "s3cret-Pässword"
 SALT = bytes(range(16))
-PSQL = "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
+PSQL = f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
 VERIFIER = re.compile(r"^SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2}):([A-Za-z0-9+/]+={0,2})$")
 
 
@@ -170,7 +170,7 @@ def test_app_state_command_is_valid_sh(debian12):
     assert sh_syntax_error(command) == ""
     words = " ".join(word for line in command.splitlines() if "runuser" in line for word in shlex.split(line))
     assert "WHERE rolname = 'my_app'" in words and "WHERE datname = 'my_db'" in words
-    assert "-d my_db" in command  # vector is looked up in the app's database
+    assert "-d 'dbname='\"'\"'my_db'\"'\"''" in command  # vector is looked up in the app's database
 
 
 # --- the operations ------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def run_app(operation, plan, lines) -> tuple[list, FactHost]:
 
 def check_sql_command(command, database: str) -> str:
     """The command is psql with SQL on stdin only; returns that SQL."""
-    assert str(command) == f"PATH={SAFE_PATH}; {PSQL} -d {database}"
+    assert str(command) == f"PATH={SAFE_PATH}; {PSQL} -d {shlex.quote(dbname_conninfo(database))}"
     assert set(command.connector_arguments) == {"_stdin"}
     return command.connector_arguments["_stdin"]
 
@@ -292,14 +292,14 @@ def test_database_with_the_wrong_owner_gets_the_app(debian12, provisioned_profil
 
 def test_database_without_vector_gets_it_in_that_database(debian12, provisioned_profile):
     [command] = run_app(apps.database, app_plan(debian12, provisioned_profile), state_lines(role_row(PASSWORD), vector=None))[0]
-    assert check_sql_command(command, "app") == "CREATE EXTENSION IF NOT EXISTS vector;\n"
+    assert check_sql_command(command, "app") == "CREATE EXTENSION IF NOT EXISTS vector SCHEMA public;\n"
 
 
 def test_database_wrong_owner_and_no_vector(debian12, provisioned_profile):
     commands = run_app(apps.database, app_plan(debian12, provisioned_profile), state_lines(role_row(PASSWORD), owner="other", vector=None))[0]
     assert [check_sql_command(command, database) for command, database in zip(commands, ("postgres", "app"))] == [
         "ALTER DATABASE app OWNER TO app;\n",
-        "CREATE EXTENSION IF NOT EXISTS vector;\n",
+        "CREATE EXTENSION IF NOT EXISTS vector SCHEMA public;\n",
     ]
     assert len(commands) == 2
 

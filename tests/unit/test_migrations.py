@@ -39,13 +39,13 @@ from pgvector_deploy.migrations import (
 )
 from pgvector_deploy.preflight import Plan
 from pgvector_deploy.settings import SettingsError, load_settings
-from pgvector_deploy.shell import SAFE_PATH, as_postgres
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, dbname_conninfo
 
 from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax_error, skip_or_fail, throwaway_server
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
-PSQL = "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
+PSQL = f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
 
 
 def migration(name: str, sql: str) -> Migration:
@@ -224,19 +224,26 @@ def test_files_gone_from_the_folder_are_left_in_the_ledger():
 
 def test_migration_sql_is_one_transaction_as_the_app_role_with_the_ledger_row_inside():
     sql = migration_sql(B, "app")
-    first_line = sql.splitlines()[0]
-    assert first_line.startswith("BEGIN; SET LOCAL ROLE app; ")
-    assert first_line.endswith("SELECT 2;"), "the file must start on line 1, so psql's line numbers are the file's"
+    assert sql.startswith("BEGIN;\nSET LOCAL ROLE app;\n")
+    # the file starts the text EXECUTE runs, so PostgreSQL's LINE n is the file's line n
+    assert "EXECUTE $pgvector_deploy_file0$SELECT 2;" in sql
+    assert "LANGUAGE plpgsql SECURITY DEFINER" in sql and "SELECT pg_temp.pgvector_deploy_migrate();" in sql
     insert = f"INSERT INTO {LEDGER} (name, sha256) VALUES ('0002_b.sql', '{B.sha256}');"
     assert sql.count("BEGIN;") == 1 and sql.count("COMMIT;") == 1
-    assert sql.index("SELECT 2;") < sql.index(insert) < sql.index("COMMIT;") < sql.index(f"\\warn {DONE_MARKER} 0002_b.sql")
+    assert sql.index("SELECT 2;") < sql.index(insert) < sql.index("SET CONSTRAINTS ALL IMMEDIATE")
+    assert sql.index(insert) < sql.index(migrations.DEFERRED_CODE_SQL) < sql.index("COMMIT;") < sql.index(f"\\warn {DONE_MARKER} 0002_b.sql")
     assert "current_user <> 'app'" in sql  # still our transaction and role before recording
     assert f"IF EXISTS (SELECT FROM {LEDGER} WHERE name = '0002_b.sql')" in sql
 
 
+def test_a_file_holding_our_dollar_quote_tag_gets_another():
+    sql = migration_sql(migration("0001_x.sql", "SELECT $pgvector_deploy_file0$x$pgvector_deploy_file0$;"), "app")
+    assert "EXECUTE $pgvector_deploy_file1$SELECT $pgvector_deploy_file0$x" in sql
+
+
 def test_the_file_is_ended_even_without_a_final_semicolon():
     sql = migration_sql(migration("0001_x.sql", "SELECT 1 -- no semicolon"), "app")
-    assert "SELECT 1 -- no semicolon\n;\n" in sql
+    assert "SELECT 1 -- no semicolon\n$pgvector_deploy_file0$;\n" in sql
 
 
 def test_ledger_sql_creates_the_table_as_the_app_role():
@@ -259,7 +266,7 @@ def test_apply_command_sends_the_sql_on_stdin_to_psql_with_on_error_stop(debian1
     text = str(command)
     assert set(command.connector_arguments) == {"_stdin"}
     assert command.connector_arguments["_stdin"] == migration_sql(plan.settings.migrations[0], "app")
-    assert f"{PSQL} -d app -f -" in text and "ON_ERROR_STOP=1" in text
+    assert f"{PSQL} -d {shlex.quote(dbname_conninfo('app'))} -f -" in text and "ON_ERROR_STOP=1" in text
     assert "very_visible" not in text and "CREATE TABLE" not in text
     assert text.startswith(f"PATH={SAFE_PATH}; ")
     assert sh_syntax_error(text) == ""
@@ -268,7 +275,7 @@ def test_apply_command_sends_the_sql_on_stdin_to_psql_with_on_error_stop(debian1
 def test_ledger_command_sends_the_table_sql_on_stdin(debian12, provisioned_profile, tmp_path):
     plan = plan_with(debian12, provisioned_profile, tmp_path, {"0001_a.sql": "SELECT 1;"})
     command = ledger_command(plan)
-    assert str(command) == f"PATH={SAFE_PATH}; {PSQL} -d app -f - > /dev/null"
+    assert str(command) == f"PATH={SAFE_PATH}; {PSQL} -d {shlex.quote(dbname_conninfo('app'))} -f - > /dev/null"
     assert command.connector_arguments == {"_stdin": migrations.ledger_sql("app")}
 
 
@@ -281,20 +288,28 @@ def test_parse_ledger():
         "database": True,
         "ledger": True,
         "applied": {"0001_a.sql": digest, "0002_b.sql": "b" * 64},
+        "refused": None,
+    }
+
+
+def test_parse_ledger_refused_reads_nothing():
+    assert parse_ledger(["database=yes", "ledger_refused=relkind v", "applied=x|y"]) == {
+        "database": True, "ledger": True, "applied": {}, "refused": "relkind v",
     }
 
 
 def test_parse_ledger_without_database_or_table():
-    assert parse_ledger([]) == {"database": False, "ledger": False, "applied": {}}
-    assert parse_ledger(["database=yes"]) == {"database": True, "ledger": False, "applied": {}}
-    assert MigrationLedger.default() == {"database": False, "ledger": False, "applied": {}}
+    assert parse_ledger([]) == {"database": False, "ledger": False, "applied": {}, "refused": None}
+    assert parse_ledger(["database=yes"]) == {"database": True, "ledger": False, "applied": {}, "refused": None}
+    assert MigrationLedger.default() == {"database": False, "ledger": False, "applied": {}, "refused": None}
 
 
 def test_ledger_fact_command_is_valid_sh_and_reads_the_app_database(debian12):
     command = MigrationLedger().command(platform=debian12, port=5432, database="vectors")
     assert sh_syntax_error(command) == ""
-    assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_database WHERE datname = 'vectors'") in command
-    assert as_postgres(debian12, 5432, "vectors", f"SELECT name || '|' || sha256 FROM {LEDGER} ORDER BY name") in command
+    assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'vectors'") in command
+    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_SHAPE_SQL) in command
+    assert shlex.quote(f"SELECT name || '|' || sha256 FROM ONLY {LEDGER}") in command
     assert command.rstrip().endswith("true"), "a fresh host (no server yet) must not fail the fact"
 
 
@@ -496,7 +511,7 @@ def test_real_server_rolls_back_a_failing_file_and_names_it(server, tmp_path):
     failed = results[-1]
     assert failed.returncode != 0
     assert "migration 0101_half.sql failed and was rolled back" in failed.stderr
-    assert '0101_half.sql line 6: ERROR: column "no_such_column" does not exist' in failed.stderr
+    assert '0101_half.sql line 5: ERROR: column "no_such_column" does not exist' in failed.stderr
     assert server["psql"]("app", "SELECT to_regclass('half_done') IS NULL AND to_regclass('after_the_failure') IS NULL") == "t"
     assert ledger_rows(server) == before
 
@@ -516,11 +531,68 @@ def test_real_server_applies_a_file_only_once_and_a_second_run_on_a_stale_ledger
 def test_real_server_never_records_a_file_that_ends_the_transaction(server, tmp_path):
     """The folder check refuses COMMIT; this is the guard behind it, with the check bypassed."""
     plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "m", {"0301_x.sql": "SELECT 1;"}))}), server["platform"], {})
-    sneaky = Migration("0301_x.sql", "COMMIT; CREATE TABLE sneaky (id int);", hashlib.sha256(b"x").hexdigest())
+    sneaky = Migration("0301_x.sql", "COMMIT; CREATE TABLE public.sneaky (id int);", hashlib.sha256(b"x").hexdigest())
     result = run_command(apply_command(plan, sneaky))
     assert result.returncode != 0
-    assert "0301_x.sql ended the transaction or changed the role; it was not recorded" in result.stderr
+    assert "migration 0301_x.sql failed and was rolled back" in result.stderr
+    assert "transaction commands is not implemented" in result.stderr  # no COMMIT inside the wrapper
     assert "0301_x.sql" not in " ".join(ledger_rows(server))
+    assert server["psql"]("app", "SELECT to_regclass('public.sneaky') IS NULL") == "t"
+
+
+ESCALATE_TRIGGER = (
+    "CREATE FUNCTION public.escalate() RETURNS trigger LANGUAGE plpgsql AS $f$ "
+    "BEGIN RESET ROLE; ALTER ROLE app SUPERUSER; RETURN NEW; END $f$"
+)
+
+
+def app_is_superuser(server) -> str:
+    return server["psql"]("postgres", "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'")
+
+
+def as_app(server, sql: str) -> None:
+    server["psql"]("app", f"SET ROLE app; {sql}")
+
+
+def test_real_server_a_trigger_the_app_planted_cannot_reset_role(server, tmp_path):
+    """The app adds a trigger (RESET ROLE; ALTER ROLE app SUPERUSER) to a table the next
+    migration writes to, and to the ledger: inside the security-definer wrapper PostgreSQL
+    refuses the role change, the migration is rolled back, the app stays a plain role."""
+    as_app(server, "CREATE TABLE public.planted (id int); " + ESCALATE_TRIGGER + "; "
+           "CREATE TRIGGER planted BEFORE INSERT ON public.planted FOR EACH ROW EXECUTE FUNCTION public.escalate()")  # fmt: skip
+    try:
+        for files in ({"0601_writes.sql": "INSERT INTO planted VALUES (1);"}, {"0602_ledger.sql": "SELECT 1;"}):
+            if "0602_ledger.sql" in files:
+                as_app(server, "CREATE TRIGGER planted BEFORE INSERT ON pgvector_deploy.schema_migrations "
+                       "FOR EACH ROW EXECUTE FUNCTION public.escalate()")  # fmt: skip
+            _, results = deploy_once(server, tmp_path, files, next(iter(files)))
+            assert results[-1].returncode != 0
+            assert 'cannot set parameter "role" within security-definer function' in results[-1].stderr
+            assert app_is_superuser(server) == "f"
+            assert next(iter(files)) not in " ".join(ledger_rows(server))
+    finally:
+        as_app(server, "DROP TRIGGER IF EXISTS planted ON pgvector_deploy.schema_migrations; DROP TABLE public.planted; "
+               "DROP FUNCTION public.escalate()")  # fmt: skip
+        server["psql"]("postgres", "ALTER ROLE app NOSUPERUSER")
+
+
+def test_real_server_refuses_deferrable_checks_that_would_run_at_commit(server, tmp_path):
+    """A deferrable check could fire at COMMIT, after the wrapper returned (the wrapper's own
+    SET CONSTRAINTS ALL IMMEDIATE can be undone by the app's code): refused, rolled back."""
+    as_app(server, "CREATE TABLE public.later (id int); "
+           "CREATE FUNCTION public.escalate() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RETURN NEW; END $f$; "
+           "CREATE CONSTRAINT TRIGGER later AFTER INSERT ON public.later DEFERRABLE INITIALLY DEFERRED "
+           "FOR EACH ROW EXECUTE FUNCTION public.escalate()")  # fmt: skip
+    try:
+        _, results = deploy_once(server, tmp_path, {"0701_later.sql": "INSERT INTO later VALUES (1);"}, "later")
+        assert results[-1].returncode != 0
+        assert "the database has deferrable checks (trigger later on public.later)" in results[-1].stderr, results[-1].stderr
+        assert app_is_superuser(server) == "f"
+        assert server["psql"]("app", "SELECT count(*) FROM public.later") == "0"
+        assert "0701_later.sql" not in " ".join(ledger_rows(server))
+    finally:
+        as_app(server, "DROP TABLE public.later; DROP FUNCTION public.escalate()")
+        server["psql"]("postgres", "ALTER ROLE app NOSUPERUSER")
 
 
 def test_real_server_does_not_record_a_file_that_swallows_the_end(server, tmp_path):

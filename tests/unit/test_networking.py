@@ -47,15 +47,15 @@ from pgvector_deploy.networking import (
 from pgvector_deploy.platforms import PLATFORMS
 from pgvector_deploy.preflight import Plan
 from pgvector_deploy.settings import load_settings
-from pgvector_deploy.shell import SAFE_PATH
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, dbname_conninfo
 
 from .conftest import RECORDED, FactHost, recorded_lines, run_operation, sh_syntax_error, with_changes
 
 HBA = "/etc/postgresql/15/main/pg_hba.conf"
 SETTINGS_FILE = "/etc/postgresql/15/main/conf.d/90-pgvector-deploy.conf"
 MAIN_CONF = "/etc/postgresql/15/main/postgresql.conf"
-PSQL = "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
-RELOAD = f"PATH={SAFE_PATH}; {PSQL} -d postgres -c 'SELECT pg_reload_conf()' >/dev/null"
+PSQL = f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
+RELOAD = f"PATH={SAFE_PATH}; {PSQL} -d {shlex.quote(dbname_conninfo('postgres'))} -c 'SELECT pg_catalog.pg_reload_conf()' >/dev/null"
 MARKER = "PGVECTOR_DEPLOY_EOF"
 
 IP_ADDR_LINES = [
@@ -565,7 +565,7 @@ def test_a_listen_change_alone_restarts_without_rewriting(plan):
 
 
 def restart_unless_running_listen(addresses: str, restart: str) -> str:
-    running = f"{PSQL} -d postgres -c 'SELECT current_setting('\"'\"'listen_addresses'\"'\"')'"
+    running = f"{PSQL} -d {shlex.quote(dbname_conninfo('postgres'))} -c 'SELECT pg_catalog.current_setting('\"'\"'listen_addresses'\"'\"')'"
     return f'PATH={SAFE_PATH}; [ "$({running} 2>/dev/null)" = {addresses} ] || {{ {restart}; }}'
 
 

@@ -10,6 +10,7 @@ Only Debian 12 facts were captured on real hosts; the rest are reconstructed
 
 from __future__ import annotations
 
+import shlex
 import base64
 import hashlib
 import subprocess
@@ -302,7 +303,7 @@ def test_build_and_extension_use_the_major_s_own_tools(name, arch):
     assert f"-h {expected.socket_dir} -p 5432" in script
     assert sh_syntax_error(script) == ""
     creates = run(pgvector.extension, plan, host)
-    assert [command.split(" -d ")[1].split()[0] for command in creates] == ["template1", "postgres"]
+    assert [shlex.split(command.split(" -d ")[1])[0] for command in creates] == ["dbname='template1'", "dbname='postgres'"]
     assert all(f"-- {expected.bindir}/psql " in command for command in creates)
 
 

@@ -7,22 +7,22 @@ import subprocess
 
 import pytest
 
-from pgvector_deploy.shell import SAFE_PATH, as_postgres, fail
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, dbname_conninfo, fail
 
 
 def test_as_postgres_uses_the_platform_psql_over_the_socket(debian12):
     command = as_postgres(debian12, 5432, "app", "SELECT 1")
     assert shlex.split(command) == [
-        "runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql",
+        f"PGOPTIONS={SUPERUSER_OPTIONS}", "runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/psql",
         "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
-        "-h", "/var/run/postgresql", "-p", "5432", "-d", "app", "-c", "SELECT 1",
+        "-h", "/var/run/postgresql", "-p", "5432", "-d", "dbname='app'", "-c", "SELECT 1",
     ]
 
 
 def test_as_postgres_quotes_sql_and_database_names(debian12):
     sql = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
     words = shlex.split(as_postgres(debian12, 5432, "my db", sql))
-    assert words[-4:] == ["-d", "my db", "-c", sql]
+    assert words[-4:] == ["-d", "dbname='my db'", "-c", sql]
 
 
 def test_as_postgres_without_database_or_sql_reads_stdin(debian12):
@@ -156,3 +156,152 @@ def test_host_lock_refuses_a_lock_directory_someone_else_could_control(tmp_path,
     assert "ran" not in result.stdout
     assert f"{locks} (where pgvector-deploy keeps its host lock) is not a directory owned by root" in result.stderr
     assert f"rm -rf {locks}" in result.stderr
+
+
+# --- against a throwaway PostgreSQL 15: what the app can set does not reach our sessions -------
+
+HOSTILE_NAMES = ("dbname=postgres", "a=b", "it's a \\ dé b", "postgres://x/y", "app")
+
+
+@pytest.fixture(scope="module")
+def hostile_server():
+    """A throwaway server where the app role owns databases with hostile names, each with a
+    public.pg_extension view that makes the app superuser when a superuser reads it, and
+    search_path, role and client_encoding set for the database by its owner."""
+    import dataclasses
+
+    from pgvector_deploy.platforms import PLATFORMS
+    from tests.unit.conftest import AS_POSTGRES, PG_BINDIR, throwaway_server
+
+    with throwaway_server("pgvd-shell-") as base:
+        def psql(sql, database="postgres", user="postgres"):
+            return subprocess.run(
+                [*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-U", user,
+                 "-d", dbname_conninfo(database), "-c", sql],
+                check=True, capture_output=True, text=True,
+            ).stdout.strip()  # fmt: skip
+
+        psql("CREATE ROLE app LOGIN CREATEDB")
+        for name in HOSTILE_NAMES:
+            quoted = '"' + name.replace('"', '""') + '"'
+            psql(f"CREATE DATABASE {quoted}", user="app")
+            psql(
+                "CREATE FUNCTION public.escalate() RETURNS TABLE (extname name, extversion text) LANGUAGE plpgsql AS $f$ "
+                "BEGIN BEGIN EXECUTE 'ALTER ROLE app SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END; "
+                "RETURN QUERY SELECT 'vector'::name, '9.9.9'::text; END $f$; "
+                "CREATE VIEW public.pg_extension AS SELECT * FROM public.escalate(); "
+                f"ALTER DATABASE {quoted} SET search_path = public, pg_catalog; "
+                f"ALTER DATABASE {quoted} SET role = 'app'; "
+                f"ALTER DATABASE {quoted} SET session_authorization = 'app'; "
+                f"ALTER DATABASE {quoted} SET client_encoding = 'SJIS'",
+                name, user="app",
+            )  # fmt: skip
+        platform = dataclasses.replace(next(p for p in PLATFORMS if p.key == "debian-12"), socket_dir=str(base))
+        yield {"platform": platform, "psql": psql}
+
+
+def test_superuser_sessions_ignore_the_app_s_database_settings(hostile_server):
+    """A client -c option outranks ALTER DATABASE SET (PGC_S_CLIENT over PGC_S_DATABASE); the
+    session is postgres itself, not the app by role or session_authorization."""
+    sql = (
+        "SELECT current_database(), session_user, current_user, pg_catalog.current_setting('search_path'), "
+        "pg_catalog.current_setting('client_encoding'), "
+        "(SELECT pg_catalog.string_agg(extname::text, ',') FROM pg_extension)"  # unqualified on purpose: the trap must stay shut
+    )
+    for name in HOSTILE_NAMES:
+        out = subprocess.run(["sh", "-c", as_postgres(hostile_server["platform"], 5432, name, sql)],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        assert out == f"{name}|postgres|postgres|pg_catalog,pg_temp|UTF8|plpgsql", out
+    assert hostile_server["psql"]("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
+
+
+def test_without_the_pinned_options_the_trap_works(hostile_server):
+    """The control: the same read with the database's own settings runs the app's function."""
+    psql = hostile_server["psql"]
+    try:
+        assert psql("SELECT extversion FROM pg_extension", "a=b") == "9.9.9"
+        # role = app from the database: ALTER ROLE failed inside, but it ran as the app
+        assert psql("SELECT current_user", "a=b") == "app"
+    finally:
+        psql("ALTER ROLE app NOSUPERUSER")
+
+
+def test_pgvector_state_reads_every_hostile_database_by_its_name(hostile_server):
+    """Both paths of the fact (the psql script, and one psql per database when it fails)
+    report each database under its own name with the real answer (no vector: empty)."""
+    from pgvector_deploy.facts import PgvectorState
+
+    fact = PgvectorState()
+    command = fact.command(platform=hostile_server["platform"], port=5432)
+    state = fact.process(subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout.splitlines())
+    for name in HOSTILE_NAMES:
+        assert name in state["databases"] and state["databases"][name] in (None, state["databases"]["postgres"]), state
+    assert "9.9.9" not in state["databases"].values()
+    # the per-database fallback (as when one database refuses connections)
+    fallback = command.replace("if versions=$(", "if false && versions=$(")
+    state = fact.process(subprocess.run(["sh", "-c", fallback], capture_output=True, text=True).stdout.splitlines())
+    for name in HOSTILE_NAMES:
+        assert name in state["databases"] and state["databases"][name] in (None, state["databases"]["postgres"]), state
+    assert hostile_server["psql"]("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
+
+
+def test_the_ledger_is_read_only_when_it_is_a_plain_table_of_text(hostile_server):
+    from pgvector_deploy.migrations import MigrationLedger
+
+    psql = hostile_server["psql"]
+    platform = hostile_server["platform"]
+
+    def read():
+        command = MigrationLedger().command(platform=platform, port=5432, database="app")
+        return MigrationLedger().process(subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout.splitlines())
+
+    assert read()["ledger"] is False
+    psql("CREATE SCHEMA pgvector_deploy; CREATE TABLE pgvector_deploy.schema_migrations (name text PRIMARY KEY, sha256 text); "
+         "INSERT INTO pgvector_deploy.schema_migrations VALUES ('0001_a.sql', 'aa')", "app", user="app")  # fmt: skip
+    assert read() == {"database": True, "ledger": True, "applied": {"0001_a.sql": "aa"}, "refused": None}
+    psql("CREATE TABLE public.child () INHERITS (pgvector_deploy.schema_migrations); "
+         "INSERT INTO public.child VALUES ('0002_fake.sql', 'bb')", "app", user="app")  # fmt: skip
+    assert read()["applied"] == {"0001_a.sql": "aa"}, "FROM ONLY: a child table is not read"
+    psql("CREATE DOMAIN public.hex AS text; ALTER TABLE pgvector_deploy.schema_migrations ALTER sha256 TYPE public.hex", "app", user="app")
+    assert read()["refused"] == "columns name, sha256 not both of type pg_catalog.text"
+    psql("DROP TABLE pgvector_deploy.schema_migrations CASCADE; "
+         "CREATE VIEW pgvector_deploy.schema_migrations AS SELECT extname::text AS name, extversion AS sha256 FROM public.escalate()",
+         "app", user="app")  # fmt: skip
+    assert read() == {"database": True, "ledger": True, "applied": {}, "refused": "relkind v"}
+    assert psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
+
+
+def test_create_extension_in_an_app_owned_public_runs_none_of_the_app_s_overloads(hostile_server):
+    """What apps.database does where vector is missing: CREATE EXTENSION vector SCHEMA public,
+    as superuser, in a public schema the app owns and filled with polymorphic look-alikes of
+    the functions the install script names. The script names functions by exact signature and
+    finds pg_catalog first: none of the app's functions runs, and the operators are pgvector's."""
+    from pathlib import Path
+
+    from tests.unit.conftest import PG_BINDIR
+
+    sharedir = subprocess.run([f"{PG_BINDIR}/pg_config", "--sharedir"], capture_output=True, text=True).stdout.strip()
+    if not (Path(sharedir) / "extension" / "vector.control").exists():
+        pytest.skip("pgvector is not installed for the local PostgreSQL 15")
+    psql = hostile_server["psql"]
+    psql('CREATE DATABASE "fresh"', user="app")
+    body = "LANGUAGE plpgsql AS $f$ BEGIN EXECUTE 'ALTER ROLE app SUPERUSER'; RETURN NULL; END $f$"
+    psql(
+        f"CREATE FUNCTION public.l2_distance(anyelement, anyelement) RETURNS float8 {body}; "
+        f"CREATE FUNCTION public.vector_accum(anyarray, anyelement) RETURNS float8[] {body}; "
+        f"CREATE FUNCTION public.array_to_vector(anyarray, integer, boolean) RETURNS text {body}; "
+        f"CREATE FUNCTION public.vector_avg(anyarray) RETURNS text {body}; "
+        "ALTER DATABASE fresh SET search_path = public, pg_catalog",
+        "fresh", user="app",
+    )  # fmt: skip
+    create = as_postgres(hostile_server["platform"], 5432, "fresh", "CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+    result = subprocess.run(["sh", "-c", create], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
+    check = (
+        "SELECT o.oprcode::pg_catalog.regprocedure::pg_catalog.text FROM pg_catalog.pg_operator o "
+        "WHERE o.oprname = '<->' AND o.oprleft = 'public.vector'::pg_catalog.regtype"
+    )
+    assert psql(check, "fresh") == "l2_distance(vector,vector)"
+    assert psql("SELECT public.avg(x) FROM (VALUES ('[1,3]'::public.vector)) AS v(x)", "fresh") == "[1,3]"
+    assert psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
