@@ -504,8 +504,9 @@ def hba_path(platform: Platform) -> str:
 
 
 class ServerConfig(FactBase):
-    """The managed files as they are (base64), the running listen_addresses, errors PostgreSQL
-    finds in the files on disk, the nonlocal-bind sysctl and the host's IPv4 addresses."""
+    """The managed files as they are (base64), the running listen_addresses and shared_buffers,
+    the file listen_addresses comes from, errors PostgreSQL finds in the files on disk, the
+    nonlocal-bind sysctl and the host's IPv4 addresses."""
 
     def command(self, platform: Platform, port: int):
         managed = (hba_path(platform), settings_path(platform), tuning_path(platform), SYSCTL_FILE)
@@ -514,6 +515,11 @@ class ServerConfig(FactBase):
         queries = (
             "SELECT 'running_listen=' || pg_catalog.current_setting('listen_addresses')",
             "SELECT 'max_connections=' || pg_catalog.current_setting('max_connections')",
+            "SELECT 'running_shared_buffers_mb=' || pg_catalog.pg_size_bytes(pg_catalog.current_setting('shared_buffers')) / 1048576",
+            # The file whose listen_addresses wins (the last one read): postgresql.auto.conf
+            # after ALTER SYSTEM, which no file of ours can override.
+            "SELECT 'listen_source=' || sourcefile FROM pg_catalog.pg_file_settings WHERE name = 'listen_addresses' "
+            "ORDER BY seqno DESC LIMIT 1",
             # Settings in the files on disk that only a restart applies (shared_buffers, listen_addresses).
             "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_catalog.pg_file_settings "
             f"WHERE error = '{PENDING_RESTART}'",
@@ -545,6 +551,8 @@ def parse_server_config(lines: list[str]) -> dict:
         "files": files,
         "running_listen": values.get("running_listen", [""])[0],
         "max_connections": _int_or_none(_first(values, "max_connections")) or 100,
+        "running_shared_buffers_mb": _int_or_none(_first(values, "running_shared_buffers_mb")),
+        "listen_source": _first(values, "listen_source"),
         "pending_restart": values.get("pending_restart", []),
         "hba_errors": values.get("hba_error", []),
         "settings_errors": values.get("settings_error", []),

@@ -1,19 +1,23 @@
 """Who can reach PostgreSQL: listen_addresses and pg_hba.conf, for apps in Docker containers.
 
-Apps in containers reach the host at their bridge's gateway (docker0 172.17.0.1, Compose
-networks on br-<id> bridges). So PostgreSQL listens on localhost plus those gateways (plus
-``pg_listen_addresses``), and pg_hba.conf lets the bridges' subnets (plus
-``pg_docker_subnets``) in with scram-sha-256. Nothing else gets in over TCP.
+Apps in containers reach the host at the docker0 gateway (172.17.0.1): Docker's
+``host-gateway`` is that address, and a container on any bridge (Compose networks on
+br-<id> bridges too) reaches it through its own bridge. So PostgreSQL listens on localhost,
+the docker0 gateway (on a host without docker0, the first Compose bridge's) and
+``pg_listen_addresses``: listeners that do not change when ``docker compose up/down`` adds
+or removes a bridge, so no restart. Only pg_hba.conf follows the bridges: their subnets (plus
+``pg_docker_subnets``) get in with scram-sha-256, applied by a reload. Nothing else gets in
+over TCP.
 
 Boot order: at boot, docker0 may come up after PostgreSQL, which then only warns and skips
 that address. We set ``net.ipv4.ip_nonlocal_bind = 1`` (persisted in /etc/sysctl.d) so the
 bind succeeds before the address exists and starts receiving once docker0 appears, whatever
 order units start in, and without a dependency on Docker's unit names.
 
-Safety: a new file is checked by PostgreSQL itself before it is used (``pg_file_settings``,
-``pg_hba_file_rules`` read the files on disk without loading them). On an error the previous
-file is put back, the running server is never touched, and the run fails naming the line.
-A reload applies pg_hba changes; a restart happens only when listen_addresses changed.
+Safety: files change through ``managed_files`` (a copy kept, PostgreSQL checks the new file,
+the copy put back on an error). A restart happens only when listen_addresses changed, only
+if ``pg_restart`` allows it (else: "restart pending: listen_addresses"), and with a
+roll-back. A listen_addresses set with ALTER SYSTEM fails the operation, naming the fix.
 
 Example::
 
@@ -41,13 +45,21 @@ from .facts import (
     main_conf,
     settings_path,
 )
+from .managed_files import (
+    HEREDOC_MARKER,
+    apply_restart,
+    keep_copy,
+    locate,
+    reload_command,
+    replace_file_script,
+    restart_decision,
+)
 from .platforms import Platform
 from .preflight import Plan
-from .shell import SAFE_PATH, Var, as_postgres, fail, host_locked
+from .shell import SAFE_PATH, fail, host_locked
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 SYSCTL_TEXT = "# Managed by pgvector-deploy: lets PostgreSQL bind Docker bridge gateways before the bridges exist.\nnet.ipv4.ip_nonlocal_bind = 1\n"
-HEREDOC_MARKER = "PGVECTOR_DEPLOY_EOF"
 USER_BEGIN = "# BEGIN USER RULES (kept across runs)"
 USER_END = "# END USER RULES"
 # -- what we want ------------------------------------------------------------------------------
@@ -62,11 +74,13 @@ def app_address(bridges: list[Bridge]) -> str | None:
 
 
 def listen_addresses(bridges: list[Bridge], settings) -> list[str]:
-    """localhost, every bridge gateway, the first address of each extra Docker subnet (where
-    Docker puts the gateway), then pg_listen_addresses; no duplicates, stable order."""
+    """localhost, the app address (docker0's gateway, which containers on every bridge reach),
+    then pg_listen_addresses; no duplicates. Compose bridges and pg_docker_subnets add pg_hba
+    rules, not listeners: they come and go without a restart."""
     wanted = ["localhost"]
-    wanted += [bridge.gateway for bridge in bridges]
-    wanted += [str(next(subnet.hosts())) for subnet in settings.docker_subnets]
+    address = app_address(bridges)
+    if address:
+        wanted.append(address)
     wanted += list(settings.listen_addresses)
     return list(dict.fromkeys(wanted))
 
@@ -135,65 +149,16 @@ def render_hba(bridges: list[Bridge], settings, rules: str) -> str:
 # -- applying it -------------------------------------------------------------------------------
 
 
-def replace_file_script(path: str, content: str, mode: str, check_sql: str, platform: Platform, port: int, what: str) -> str:
-    """Shell: keep a copy, write the new file, let PostgreSQL check it; on an error put the
-    previous file back and fail naming the error (the running server is not touched)."""
-    quoted = shlex.quote(path)
-    marker = HEREDOC_MARKER
-    assert marker not in content  # client_access refuses user rules that contain it
-    check = as_postgres(platform, port, "postgres", check_sql)
-    rejected = fail(
-        f"PostgreSQL rejected the new {what} ({path}): ", Var("errors"),
-        ". The previous file was put back and the running server was not touched. "
-        "Fix: correct that line (in pg_hba.conf, only the USER RULES section is yours).",
-    )  # fmt: skip
-    unchecked = fail(
-        f"PostgreSQL could not check the new {what} ({path}); the previous file was put back. "
-        "Fix: make sure the server is running, then run again."
-    )
-    return f"""set -eu
-PATH={SAFE_PATH}
-file={quoted}
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-# Create conf.d if missing, but never touch an existing directory's mode: on Amazon Linux and
-# the RHEL family the configuration lives in the data directory, which must stay 0700.
-[ -d "$(dirname "$file")" ] || install -d -o postgres -g postgres -m 0755 "$(dirname "$file")"
-cat > "$file.pgvector-new" <<'{marker}'
-{content}{marker}
-if cmp -s "$file.pgvector-new" "$file"; then rm -f "$file.pgvector-new"; exit 0; fi  # already so (another run wrote it)
-if [ -f "$file" ]; then cp -p "$file" "$file.bak-$stamp"; fi
-chown postgres:postgres "$file.pgvector-new"
-chmod {mode} "$file.pgvector-new"
-mv -f "$file.pgvector-new" "$file"
-restore() {{ if [ -f "$file.bak-$stamp" ]; then mv -f "$file.bak-$stamp" "$file"; else rm -f "$file"; fi; }}
-if ! errors=$({check}); then
-  restore
-  {unchecked}
-fi
-errors=$(printf '%s' "$errors" | tr '\\n' ';')
-if [ -n "$errors" ]; then
-  restore
-  {rejected}
-fi
-"""
-
-
-def restart_command(plan: Plan) -> str:
-    platform = plan.platform
-    if plan.profile["systemd"]:
-        return f"systemctl restart {platform.service}"
-    return f"PATH={SAFE_PATH}; {platform.restart_without_systemd}"
-
-
-def reload_command(plan: Plan) -> str:
-    return f"PATH={SAFE_PATH}; {as_postgres(plan.platform, plan.port, 'postgres', 'SELECT pg_catalog.pg_reload_conf()')} >/dev/null"
+AUTO_CONF = "postgresql.auto.conf"
+LISTEN_RESTART_FIX = "check the server log (an address in pg_listen_addresses this host does not have?), then run again."
 
 
 @operation()
 @host_locked
 def listen(plan: Plan):
     """Write the settings include file (listen_addresses, scram-sha-256) and, on hosts with
-    systemd, the nonlocal-bind sysctl; restart only if listen_addresses changed.
+    systemd, the nonlocal-bind sysctl; restart only if listen_addresses changed and
+    ``pg_restart`` allows it (else report it pending).
 
     .. code:: python
 
@@ -201,33 +166,41 @@ def listen(plan: Plan):
     """
     state = plan.fact(ServerConfig, platform=plan.platform, port=plan.port)
     addresses = listen_addresses(state["bridges"], plan.settings)
+    path = settings_path(plan.platform)
+    if state["listen_source"].endswith(f"/{AUTO_CONF}"):
+        # ALTER SYSTEM wins over every conf.d file: restarting would change nothing, every run.
+        yield fail(
+            f"listen_addresses is set with ALTER SYSTEM ({state['listen_source']}, running: "
+            f"'{state['running_listen']}'), which wins over {path}: the toolkit cannot choose where PostgreSQL "
+            "listens. Nothing was changed. Fix: run ALTER SYSTEM RESET listen_addresses as postgres (the next run "
+            "restarts PostgreSQL once if pg_restart allows), or put the addresses in pg_listen_addresses."
+        )
+        return
     # Boot order matters only where an init system starts things at boot; containers
     # without systemd often cannot write /proc/sys anyway.
     if plan.profile["systemd"] and (not state["nonlocal_bind"] or state["files"].get(SYSCTL_FILE) != SYSCTL_TEXT):
         yield f"PATH={SAFE_PATH}; printf '%s' {shlex.quote(SYSCTL_TEXT)} > {SYSCTL_FILE} && sysctl -q -w net.ipv4.ip_nonlocal_bind=1"
     if not state["includes_conf_d"]:
         # initdb's postgresql.conf (Amazon Linux, RHEL family) does not read conf.d/ yet.
-        conf = shlex.quote(main_conf(plan.platform))
+        conf = main_conf(plan.platform)
         yield (
-            f"grep -Eqs {shlex.quote(INCLUDES_CONF_D)} {conf} || {{ "
-            f"cp -p {conf} {conf}.bak-$(date -u +%Y%m%dT%H%M%SZ) && "
-            f"printf '%s\\n' \"include_dir = 'conf.d'  # added by pgvector-deploy\" >> {conf}; }}"
+            f"set -eu\nPATH={SAFE_PATH}\n{locate(conf)}\n"
+            # Only if still missing: another run may have added it while this one waited.
+            f"if ! grep -Eqs {shlex.quote(INCLUDES_CONF_D)} \"$file\"; then\n{keep_copy()}\n"
+            f"printf '%s\\n' \"include_dir = 'conf.d'  # added by pgvector-deploy\" >> \"$file\"\nfi"
         )
-    path = settings_path(plan.platform)
     wanted = render_settings(plan.platform, addresses)
+    pending = state["running_listen"] != ",".join(addresses)
+    restart_decision(plan, ["listen_addresses"] if pending else [])
     if state["files"].get(path) != wanted:
-        yield replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "server settings")
-        yield reload_command(plan)
-    if state["running_listen"] != ",".join(addresses):
-        yield restart_unless_listening(plan, addresses)
-
-
-def restart_unless_listening(plan: Plan, addresses: list[str]) -> str:
-    """Shell: restart, unless the running server already listens on ``addresses`` (asked now,
-    under the lock: another run may have restarted it while this one waited)."""
-    running = as_postgres(plan.platform, plan.port, "postgres", "SELECT pg_catalog.current_setting('listen_addresses')")
-    wanted = shlex.quote(",".join(addresses))
-    return f'PATH={SAFE_PATH}; [ "$({running} 2>/dev/null)" = {wanted} ] || {{ {restart_command(plan)}; }}'
+        write = replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "server settings")
+        restart = apply_restart(plan, f"sourcefile = '{path}'", LISTEN_RESTART_FIX)
+        yield f"{write}{reload_command(plan)}\n{restart}"
+    elif pending:
+        # Written by an earlier run that did not restart (pg_restart = report, or killed); the
+        # host says again whether it is still pending (the server may have started since).
+        restart = apply_restart(plan, f"sourcefile = '{path}'", LISTEN_RESTART_FIX)
+        yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{restart}"
 
 
 @operation()

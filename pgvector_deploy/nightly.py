@@ -5,8 +5,12 @@
 
 Exit status: 0 nothing changed, 2 drift found (and corrected, unless --dry), 1 a host failed
 (failure wins over drift). A JSON report, ``<report-dir>/nightly-<UTC time>.json`` (and
-``nightly-latest.json``), lists per host each operation that changed or failed. Extra pyinfra
-options follow ``--``, e.g. ``-- --limit db-1``.
+``nightly-latest.json``), lists per host each operation that changed or failed, and the
+restarts left pending. Extra pyinfra options follow ``--``, e.g. ``-- --limit db-1``.
+
+The nightly run never restarts PostgreSQL (``--data pg_restart=report``): a change that needs
+a restart (shared_buffers, listen_addresses) is applied to the files and reported as
+"restart pending: <setting>" (drift). ``--allow-restart`` lets it restart (with a roll-back).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,10 +32,39 @@ CLEAN, DRIFT, FAILED = 0, 2, 1
 STATUS_NAMES = {CLEAN: "clean", DRIFT: "drift", FAILED: "failed"}
 
 
-def pyinfra_command(inventory: str, dry: bool, extra: list[str]) -> list[str]:
+# What the operations log for a restart they leave pending (managed_files.restart_decision),
+# behind pyinfra's "[host] " prefix; colour codes stripped first.
+_PENDING_LINE = re.compile(r"\[(?P<host>[^\]]+)\]\s+restart pending: (?P<settings>.+?)\s*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def pyinfra_command(inventory: str, dry: bool, extra: list[str], allow_restart: bool = False) -> list[str]:
     # --dry needs pyinfra's change detection, which -y skips; a real run needs -y (no prompt).
     mode = ["--dry"] if dry else ["-y"]
-    return [sys.executable, "-m", "pyinfra", inventory, RECIPE, *mode, "--json", *extra]
+    restart = [] if allow_restart else ["--data", "pg_restart=report"]
+    return [sys.executable, "-m", "pyinfra", inventory, RECIPE, *mode, "--json", *restart, *extra]
+
+
+def pending_restarts(log: str) -> dict[str, list[str]]:
+    """Per host, the settings whose restart a run left pending, from pyinfra's log (stderr)."""
+    found: dict[str, list[str]] = {}
+    for line in _ANSI.sub("", log).splitlines():
+        match = _PENDING_LINE.search(line)
+        if match:
+            names = found.setdefault(match.group("host"), [])
+            names += [name.strip() for name in match.group("settings").split(",") if name.strip() not in names]
+    return found
+
+
+def note_pending_restarts(hosts: dict[str, dict], log: str) -> None:
+    """Add ``restart_pending`` (a list, maybe empty) to every host; a pending restart is drift."""
+    pending = pending_restarts(log)
+    for name in pending:
+        hosts.setdefault(name, {"changed": [], "failed": [], "status": "clean"})
+    for name, host in hosts.items():
+        host["restart_pending"] = pending.get(name, [])
+        if host["restart_pending"] and host["status"] == "clean":
+            host["status"] = "drift"
 
 
 def summarise(results: dict, dry: bool) -> dict[str, dict]:
@@ -64,7 +98,7 @@ def summarise(results: dict, dry: bool) -> dict[str, dict]:
 def exit_status(hosts: dict[str, dict], pyinfra_returncode: int) -> int:
     if pyinfra_returncode != 0 or any(host["failed"] for host in hosts.values()):
         return FAILED
-    if any(host["changed"] for host in hosts.values()):
+    if any(host["changed"] or host.get("restart_pending") for host in hosts.values()):
         return DRIFT
     return CLEAN
 
@@ -83,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pgvector_deploy.nightly", description=__doc__.split("\n\n")[0])
     parser.add_argument("inventory", help="pyinfra inventory, e.g. inventories/prod.py")
     parser.add_argument("--dry", action="store_true", help="show drift without correcting it")
+    parser.add_argument(
+        "--allow-restart", action="store_true", help="let the run restart PostgreSQL when a setting needs it (default: report it)"
+    )
     parser.add_argument("--report-dir", default="reports", help="where the JSON report goes (default: reports)")
     parser.add_argument("pyinfra_args", nargs="*", help="extra pyinfra options, after --")
     args = parser.parse_args(argv)
 
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     clock = time.monotonic()
-    command = pyinfra_command(os.path.abspath(args.inventory), args.dry, args.pyinfra_args)
+    command = pyinfra_command(os.path.abspath(args.inventory), args.dry, args.pyinfra_args, args.allow_restart)
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     sys.stderr.write(proc.stderr)  # pyinfra's own log, for the journal or the CI log
     try:
@@ -97,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         results = {}
     hosts = summarise(results, args.dry)
+    note_pending_restarts(hosts, proc.stderr)
     status = exit_status(hosts, proc.returncode)
     report = {
         "started": started,
@@ -113,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"nightly {report['mode']}: {report['status']} ({len(hosts)} hosts, {report['seconds']}s); report: {path}")
     for name, host in sorted(hosts.items()):
         detail = "; ".join(
-            [f"{verb}: {op}" for op in host["changed"]] + [f"FAILED: {op}" for op in host["failed"]]
+            [f"{verb}: {op}" for op in host["changed"]]
+            + [f"FAILED: {op}" for op in host["failed"]]
+            + [f"restart pending: {', '.join(host['restart_pending'])}"] * bool(host["restart_pending"])
         )
         print(f"  {name:<24} {host['status']:<7} {detail}")
     return status

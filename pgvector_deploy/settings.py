@@ -69,13 +69,21 @@ SETTINGS: tuple[Setting, ...] = (
         "pg_docker_subnets",
         [],
         "extra client CIDRs allowed over TCP (scram-sha-256), e.g. Compose networks not created yet; "
-        "docker0 and br-* bridges on the host are found automatically.",
+        "docker0 and br-* bridges on the host are found automatically. pg_hba rules only: containers on any "
+        "bridge reach PostgreSQL at the docker0 gateway.",
     ),
     Setting(
         "pg_listen_addresses",
         [],
-        "extra IP addresses to listen on besides localhost and the Docker bridge gateways (e.g. the private IP); "
+        "extra IP addresses to listen on besides localhost and the docker0 gateway (e.g. the private IP); "
         "empty: no other interface.",
+    ),
+    Setting(
+        "pg_restart",
+        "allowed",
+        "allowed: a run restarts PostgreSQL when a restart-only setting it manages changed (shared_buffers, "
+        "listen_addresses), with a roll-back if it does not come back; report: it never restarts, and says "
+        "'restart pending: <setting>' (drift) instead. The nightly CLI uses report unless given --allow-restart.",
     ),
     Setting("pg_app_user", None, "login role for the app (lowercase identifier, not postgres or pg_*); unset: no app role."),
     Setting("pg_app_password", None, "the app role's password (prefer pg_app_password_env or pg_app_password_ssm)."),
@@ -123,7 +131,7 @@ SETTINGS: tuple[Setting, ...] = (
         "pg_tuning",
         True,
         "write the tuning include file (conf.d/80-pgvector-tuning.conf) sized from the host's memory and CPUs; "
-        "False: none (an existing one is set aside as a .bak copy).",
+        "False: none (an existing one is set aside as a .bak copy under /var/lib/pgvector-deploy/backups).",
     ),
     Setting("pg_shared_buffers", "auto", "PostgreSQL's own page cache (restart to change); auto: 25% of memory, at least 128MB."),
     Setting("pg_effective_cache_size", "auto", "the planner's estimate of memory caching data (allocates nothing); auto: 75% of memory."),
@@ -192,6 +200,7 @@ class Settings:
     migrations: tuple[Migration, ...] = ()
     tuning: TuningSettings = TuningSettings()
     data_mount: str | None = None  # pg_data_mount: must be mounted before a cluster is made or adopted
+    restart_allowed: bool = True  # pg_restart: allowed (True) or report (False)
 
     @property
     def version(self) -> str:
@@ -288,6 +297,7 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         migrations=migrations,
         tuning=_tuning(value),
         data_mount=_data_mount(_optional_text(value("pg_data_mount"))),
+        restart_allowed=_restart_allowed(value("pg_restart")),
     )
 
 
@@ -304,6 +314,16 @@ def _data_mount(text: str | None) -> str | None:
             "volume is mounted at, such as /var/lib/postgresql (not /, no spaces or quotes)."
         )
     return text.rstrip("/")
+
+
+def _restart_allowed(value: Any) -> bool:
+    text = str(value).strip()
+    if text not in ("allowed", "report"):
+        raise SettingsError(
+            f"pg_restart: {value!r} is neither 'allowed' nor 'report'. Fix: give 'allowed' (a run may restart "
+            "PostgreSQL) or 'report' (a needed restart is only reported)."
+        )
+    return text == "allowed"
 
 
 _SIZE = re.compile(r"^(\d+)\s*(kB|MB|GB|TB)?$")

@@ -8,9 +8,15 @@ goes on several times slower. So we write our own include file, ``conf.d/80-pgve
 host profile (memory, cgroup limit, CPUs, /dev/shm) and overridable by a host data key. The file
 says, next to each value, why it has that value.
 
-Safety: the new file is checked by PostgreSQL (pg_file_settings) before it is used, the previous
-one is kept as ``.bak-<time>``; shared_buffers needs a restart, and if PostgreSQL does not come
-back with the new file, the previous one is put back and PostgreSQL restarted with it.
+Memory noise changes nothing: sizes are rounded (5 significant binary digits), and a file on
+the host whose auto values are within ``TOLERANCE`` of the wanted ones (overrides: exactly) is
+kept as it is, header included. A kernel update that moves MemTotal by a few MB neither
+rewrites the file nor restarts PostgreSQL.
+
+Safety: the file changes through ``managed_files`` (checked by PostgreSQL first, the previous
+copy kept under /var/lib/pgvector-deploy/backups); shared_buffers needs a restart, done only if
+``pg_restart`` allows it (else reported as pending), and if PostgreSQL does not come back with
+the new file, the previous one is put back and PostgreSQL restarted with it.
 
 Example::
 
@@ -20,21 +26,34 @@ Example::
 from __future__ import annotations
 
 import math
-import shlex
+import re
 from dataclasses import dataclass
 
 from pyinfra.api import operation
 
-from .facts import PENDING_RESTART, SETTINGS_ERRORS_SQL, TUNING_FILE_NAME, ServerConfig, tuning_path
-from .networking import reload_command, replace_file_script, restart_command
+from .facts import SETTINGS_ERRORS_SQL, ServerConfig, tuning_path
+from .managed_files import (
+    BACKUP_DIR,
+    apply_restart,
+    locate,
+    reload_command,
+    replace_file_script,
+    restart_decision,
+    set_aside,
+)
 from .platforms import UnsupportedHost
 from .preflight import Plan
 from .settings import TuningSettings
-from .shell import SAFE_PATH, as_postgres, fail, host_locked
+from .shell import SAFE_PATH, host_locked
 
 HNSW_M = 16  # pgvector's default m; the graph estimate assumes it
 STOCK_MAINTENANCE_WORK_MEM_MB = 64
 MAX_AUTO_WORKERS = 8  # the default max_worker_processes and max_parallel_workers: no restart needed
+TOLERANCE = 0.10  # an auto value on the host this close to the wanted one is kept
+RESTART_ONLY = ("shared_buffers",)  # of the settings we write, the ones PostgreSQL applies only at start
+RESTART_FIX = "lower pg_shared_buffers (or check the server log), then run again."
+OVERRIDE_REASON = "set in host data"
+_SETTING_LINE = re.compile(r"^([a-z_]+) = '([^']*)'$")
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,22 @@ class Tuned:
     name: str
     value: str  # as written in the file: '6144MB', '1'
     reason: str
+    override: bool = False  # from host data: kept only if exactly equal
+
+
+def steady_mb(mb: float, down: bool = False) -> int:
+    """``mb`` rounded to 5 significant binary digits (a step of 1/32 to 1/16 of the value;
+    rounded down for caps), so a few MB more or less memory gives the same size, and one step
+    (at most 6.25%) leaves room within ``TOLERANCE`` for a few percent of noise.
+
+    >>> steady_mb(6026), steady_mb(18078), steady_mb(45), steady_mb(1928, down=True)
+    (6144, 18432, 46, 1920)
+    """
+    mb = int(mb)
+    if mb < 32:
+        return mb
+    step = 1 << (mb.bit_length() - 5)
+    return (mb // step if down else (mb + step // 2) // step) * step
 
 
 def hnsw_graph_bytes(vectors: int, dimensions: int, m: int = HNSW_M) -> int:
@@ -70,11 +105,11 @@ def plan_tuning(tuning: TuningSettings, profile: dict, max_connections: int = 10
 
     def add(name: str, override, auto, reason: str, unit: str = "MB") -> None:
         if override is not None:
-            settings.append(Tuned(name, f"{override}{unit}", "set in host data"))
+            settings.append(Tuned(name, f"{override}{unit}", OVERRIDE_REASON, override=True))
         elif auto is not None:
             settings.append(Tuned(name, f"{int(auto)}{unit}", reason))
 
-    shared_buffers = tuning.shared_buffers_mb or (max(128, memory // 4) if memory else None)
+    shared_buffers = tuning.shared_buffers_mb or (max(128, steady_mb(memory / 4)) if memory else None)
     add(
         "shared_buffers",
         tuning.shared_buffers_mb,
@@ -85,7 +120,7 @@ def plan_tuning(tuning: TuningSettings, profile: dict, max_connections: int = 10
     add(
         "effective_cache_size",
         tuning.effective_cache_size_mb,
-        memory * 3 // 4 if memory else None,
+        steady_mb(memory * 3 / 4) if memory else None,
         f"75% of {memory}MB memory: what shared_buffers and the page cache together hold; a planner "
         "estimate only (allocates nothing), so HNSW index scans are costed as mostly cached",
     )
@@ -98,10 +133,10 @@ def plan_tuning(tuning: TuningSettings, profile: dict, max_connections: int = 10
     wanted = _round_up(graph_mb * 1.1 + 8, 64)
     caps = {}
     if memory:
-        caps[f"25% of {memory}MB memory"] = memory // 4
+        caps[f"25% of {memory}MB memory"] = steady_mb(memory / 4, down=True)
     if shm and workers:
         # A parallel build puts the whole graph in one dynamic shared memory segment (/dev/shm).
-        caps[f"80% of the {shm}MB /dev/shm a parallel build allocates it in"] = shm * 4 // 5
+        caps[f"80% of the {shm}MB /dev/shm a parallel build allocates it in"] = steady_mb(shm * 4 / 5, down=True)
     limit_reason, limit = min(caps.items(), key=lambda item: item[1]) if caps else ("", None)
     mwm = max(STOCK_MAINTENANCE_WORK_MEM_MB, min(wanted, limit)) if limit is not None else wanted
     expected = f"{tuning.hnsw_vectors:,} x {tuning.hnsw_dimensions} HNSW graph (m={HNSW_M}) needs ~{math.ceil(graph_mb)}MB"
@@ -121,7 +156,7 @@ def plan_tuning(tuning: TuningSettings, profile: dict, max_connections: int = 10
     )
     work_mem = None
     if memory and shared_buffers:
-        work_mem = min(256, max(4, (memory - shared_buffers) // (4 * max_connections)))
+        work_mem = min(256, max(4, steady_mb((memory - shared_buffers) / (4 * max_connections), down=True)))
     add(
         "work_mem",
         tuning.work_mem_mb,
@@ -157,11 +192,16 @@ def check_overrides(tuning: TuningSettings, profile: dict) -> None:
         )
 
 
+HEADER = (
+    "# Managed by pgvector-deploy: rewritten when a value must change (an auto value by more than 10%,",
+    f"# so memory noise changes nothing); the previous copy is kept in {BACKUP_DIR}. Each value: auto",
+    "# (sized from this host) unless set in host data (pg_shared_buffers, ...); pg_tuning = False removes this file.",
+)
+
+
 def render(settings: list[Tuned], profile: dict) -> str:
     lines = [
-        "# Managed by pgvector-deploy: rewritten by every run; the previous copy is kept next to it",
-        f"# ({TUNING_FILE_NAME}.bak-<time>) whenever it changes. Each value: auto (sized from this host)",
-        "# unless set in host data (pg_shared_buffers, ...); pg_tuning = False removes this file.",
+        *HEADER,
         f"# Sized for: {profile.get('memory_mb')}MB memory, {profile.get('cpus')} CPUs, /dev/shm {profile.get('shm_mb')}MB.",
     ]
     for tuned in settings:
@@ -169,32 +209,65 @@ def render(settings: list[Tuned], profile: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def written(text: str) -> dict[str, tuple[str, bool]]:
+    """The settings a tuning file of ours holds: name -> (value, set in host data)."""
+    found = {}
+    previous = ""
+    for line in text.splitlines():
+        match = _SETTING_LINE.match(line)
+        if match:
+            found[match.group(1)] = (match.group(2), previous == f"# {OVERRIDE_REASON}")
+        previous = line
+    return found
+
+
+def _number(value: str) -> int | None:
+    match = re.fullmatch(r"(\d+)(MB)?", value)
+    return int(match.group(1)) if match else None
+
+
+def still_fits(current: str | None, wanted: list[Tuned]) -> bool:
+    """Whether the file on the host can stay: our header, the same settings, each override
+    exactly as wanted, each auto value within ``TOLERANCE`` of the wanted one."""
+    if current is None or tuple(current.splitlines()[: len(HEADER)]) != HEADER:
+        return False
+    found = written(current)
+    if set(found) != {tuned.name for tuned in wanted}:
+        return False
+    for tuned in wanted:
+        value, override = found[tuned.name]
+        if override != tuned.override:
+            return False
+        if value == tuned.value:
+            continue
+        have, want = _number(value), _number(tuned.value)
+        if tuned.override or have is None or want is None:
+            return False
+        # Sizes get 1MB more slack: a small work_mem (4MB or 5MB) moves by 25% in one MB.
+        if abs(have - want) > TOLERANCE * want + (1 if tuned.value.endswith("MB") else 0):
+            return False
+    return True
+
+
 # -- applying it -------------------------------------------------------------------------------
 
 
-def restart_or_roll_back(plan: Plan, path: str) -> str:
-    """Shell: restart PostgreSQL; if it does not come back, put the previous tuning file back
-    (``$stamp``'s copy, or set ours aside), restart with that, and fail naming the fix."""
-    quoted = shlex.quote(path)
-    restart = restart_command(plan)
-    back = fail(
-        f"PostgreSQL did not start with the new {path}; the previous file was put back and PostgreSQL "
-        "restarted with it. Fix: lower pg_shared_buffers (or check the server log), then run again."
-    )
-    return f"""file={quoted}
-: "${{stamp:=$(date -u +%Y%m%dT%H%M%SZ)}}"
-if ! ( {restart} ); then
-  if [ -f "$file.bak-$stamp" ]; then mv -f "$file.bak-$stamp" "$file"; else mv -f "$file" "$file.bak-$stamp"; fi
-  ( {restart} ) || true
-  {back}
-fi"""
+def restart_needed(wanted: list[Tuned], state: dict) -> list[str]:
+    """The restart-only settings the wanted file sets to a value the running server lacks."""
+    running = {"shared_buffers": state.get("running_shared_buffers_mb")}
+    needed = []
+    for tuned in wanted:
+        if tuned.name in RESTART_ONLY and running.get(tuned.name) is not None and _number(tuned.value) != running[tuned.name]:
+            needed.append(tuned.name)
+    return needed
 
 
 @operation()
 @host_locked
 def server_settings(plan: Plan):
-    """Write the tuning include file (checked by PostgreSQL first), reload, and restart when a
-    restart-only setting (shared_buffers) changed; ``pg_tuning = False`` sets the file aside.
+    """Write the tuning include file (checked by PostgreSQL first) when a value must change,
+    reload, and restart when a restart-only setting (shared_buffers) changed and ``pg_restart``
+    allows it (else report it pending); ``pg_tuning = False`` sets the file aside.
 
     .. code:: python
 
@@ -203,30 +276,24 @@ def server_settings(plan: Plan):
     state = plan.fact(ServerConfig, platform=plan.platform, port=plan.port)
     path = tuning_path(plan.platform)
     current = state["files"].get(path)
+    ours = f"sourcefile = '{path}'"
     if not plan.settings.tuning.enabled:
         if current is not None:
-            # Only if still there: another run may have set it aside while this one waited.
-            set_aside = f'stamp=$(date -u +%Y%m%dT%H%M%SZ)\n[ ! -f {shlex.quote(path)} ] || mv -f {shlex.quote(path)} "{path}.bak-$stamp"'
             # Restart only if shared_buffers (the one restart-only setting we write) now differs.
-            pending = "name = 'shared_buffers'"
-            yield f"set -eu\nPATH={SAFE_PATH}\n{set_aside}\n{reload_command(plan)}\n{_restart_if_pending(plan, path, pending)}"
+            value = written(current).get("shared_buffers", ("", False))[0]
+            in_effect = value and _number(value) == state.get("running_shared_buffers_mb")
+            restart_decision(plan, ["shared_buffers"] if in_effect else [])
+            restart = apply_restart(plan, "name = 'shared_buffers'", RESTART_FIX)
+            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{set_aside()}\n{reload_command(plan)}\n{restart}"
         return
-    wanted = render(plan_tuning(plan.settings.tuning, plan.profile, state["max_connections"]), plan.profile)
-    ours = f"sourcefile = '{path}'"
-    if current != wanted:
-        write = replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "tuning settings")
-        yield f"{write}\n{reload_command(plan)}\n{_restart_if_pending(plan, path, ours)}"
-    elif any(entry.startswith(f"{path}|") for entry in state["pending_restart"]):
-        # Written by an earlier run that did not get to restart (killed, or PostgreSQL was down);
-        # still pending is asked again under the lock (another run may have restarted since).
-        yield f"set -eu\nPATH={SAFE_PATH}\n{_restart_if_pending(plan, path, ours)}"
-
-
-def _restart_if_pending(plan: Plan, path: str, where: str) -> str:
-    """Shell: restart (or roll back) when the files on disk set a restart-only setting, matching
-    ``where``, to a value the running server does not have."""
-    pending_sql = f"SELECT count(*) FROM pg_file_settings WHERE error = '{PENDING_RESTART}' AND {where}"
-    return f"""pending=$({as_postgres(plan.platform, plan.port, 'postgres', pending_sql)})
-if [ "$pending" != 0 ]; then
-{restart_or_roll_back(plan, path)}
-fi"""
+    settings = plan_tuning(plan.settings.tuning, plan.profile, state["max_connections"])
+    pending = [entry.split("|", 1)[1] for entry in state["pending_restart"] if entry.startswith(f"{path}|")]
+    if not still_fits(current, settings):
+        restart_decision(plan, restart_needed(settings, state))
+        write = replace_file_script(path, render(settings, plan.profile), "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "tuning settings")
+        yield f"{write}{reload_command(plan)}\n{apply_restart(plan, ours, RESTART_FIX)}"
+    elif pending:
+        # Written by an earlier run that did not restart (pg_restart = report, killed, or PostgreSQL was
+        # down); still pending is asked again under the lock (another run may have restarted since).
+        restart_decision(plan, pending)
+        yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{apply_restart(plan, ours, RESTART_FIX)}"

@@ -9,6 +9,10 @@ namespaces, exactly as a containerised app does.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
 
 import pytest
@@ -54,9 +58,11 @@ def test_app_on_docker0_connects_with_its_password_and_queries_vectors(served):
     assert result.stdout.strip() == "5.0"
 
 
-def test_app_on_a_compose_bridge_connects(served):
+def test_app_on_a_compose_bridge_connects_at_the_docker0_gateway(served):
+    """What Docker's host-gateway gives a container on any bridge: docker0's address. Its
+    packets come from its own subnet, which pg_hba admits."""
     _, _, containers = served
-    result = containers["compose"].query(dsn("172.18.0.1"), VECTOR_QUERY)
+    result = containers["compose"].query(dsn("172.17.0.1"), VECTOR_QUERY)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5.0"
 
@@ -79,7 +85,7 @@ def test_server_does_not_listen_on_the_hosts_other_interfaces(served):
     host, _, _ = served
     listening = host.sudo("ss -Hltn 'sport = :5432'").split()
     addresses = sorted({word.rsplit(":", 1)[0] for word in listening if word.endswith(":5432")})
-    assert addresses == ["127.0.0.1", "172.17.0.1", "172.18.0.1", "[::1]"]
+    assert addresses == ["127.0.0.1", "172.17.0.1", "[::1]"]  # Compose bridges get pg_hba rules, not listeners
     import psycopg
 
     with pytest.raises(psycopg.OperationalError, match="Connection refused"):
@@ -377,6 +383,102 @@ def test_a_broken_user_rule_is_rejected_and_the_server_keeps_running(served, tar
     run = provision(host, env=ENV, **tarball, **APP)
     assert run.returncode == 0, run.output
     assert run.changed(host.name) == []
+
+
+NEW_BRIDGE = "br-5e6f7a8b9c0d"
+TUNING_FILE = "/etc/postgresql/15/main/conf.d/80-pgvector-tuning.conf"
+
+
+def started(host) -> str:
+    return host.psql("SELECT pg_postmaster_start_time()")
+
+
+def set_memory(host, factor: float) -> str:
+    """Give the host a MemTotal ``factor`` times its real one, the way LXCFS gives containers
+    theirs: a meminfo file bind-mounted over /proc/meminfo (what the host profile reads)."""
+    host.sudo(
+        "umount /proc/meminfo 2>/dev/null; "
+        f"awk '/^MemTotal:/ {{ $2 = int($2 * {factor}) }} {{ print }}' /proc/meminfo > /run/meminfo.lab && "
+        "mount --bind /run/meminfo.lab /proc/meminfo"
+    )
+    return host.sudo("awk '/^MemTotal:/ {print $2}' /proc/meminfo").strip()
+
+
+def nightly(host, workdir, *args: str, **data) -> tuple[subprocess.CompletedProcess, dict]:
+    """``python -m pgvector_deploy.nightly`` against an inventory of ``host``, as cron runs it."""
+    from tests.hosts.runner import REPO, write_inventory
+
+    inventory = write_inventory(workdir / "nightly-inventory.py", [host.inventory_entry(**data)])
+    reports = workdir / "reports"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgvector_deploy.nightly", str(inventory), "--report-dir", str(reports), *args],
+        cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    return proc, json.loads((reports / "nightly-latest.json").read_text())["hosts"][host.name]
+
+
+def test_memory_noise_and_compose_bridges_coming_and_going_never_restart_postgresql(served, tarball, provision, tmp_path):
+    """A kernel update moves MemTotal by a few percent, ``docker compose up/down`` adds and
+    removes a bridge: the nightly run follows the bridges in pg_hba.conf (a reload) and
+    changes nothing else; PostgreSQL is never restarted."""
+    host, _, _ = served
+    real = set_memory(host, 1.0)
+    before, tuning_file = started(host), host.sudo(f"stat -c %Y:%s {TUNING_FILE}")
+    try:
+        for factor, bridge_up in ((1.02, True), (0.97, False)):
+            assert set_memory(host, factor) != real
+            if bridge_up:
+                host.add_bridge(NEW_BRIDGE, "172.19.0.1/16")
+            else:
+                host.remove_bridge(NEW_BRIDGE)
+            proc, report = nightly(host, tmp_path, **tarball, **APP)
+            assert started(host) == before, f"PostgreSQL was restarted (memory x{factor}, bridge up: {bridge_up}): {report}"
+            assert proc.returncode == 2, proc.stdout + proc.stderr  # drift: the bridge's pg_hba rule
+            assert report["failed"] == [] and report["restart_pending"] == [], proc.stderr
+            assert report["changed"] == ["pg_hba.conf admits the Docker bridges with scram-sha-256"], proc.stderr
+            if bridge_up:
+                newcomer = host.add_container("new", NEW_BRIDGE, "172.19.0.2/16")
+                result = newcomer.query(dsn("172.17.0.1"), VECTOR_QUERY)
+                assert result.returncode == 0, result.stderr
+        assert host.sudo(f"stat -c %Y:%s {TUNING_FILE}") == tuning_file  # not even rewritten
+        hba_copies = host.sudo("ls /var/lib/pgvector-deploy/backups/etc/postgresql/15/main").split()
+        assert 2 <= len([name for name in hba_copies if name.startswith("pg_hba.conf.bak-")]) <= 5, hba_copies
+        assert ".bak-" not in host.sudo("ls -a /etc/postgresql/15/main /etc/postgresql/15/main/conf.d")
+    finally:
+        host.sudo("umount /proc/meminfo 2>/dev/null; true")
+        host.remove_bridge(NEW_BRIDGE)
+    assert provision(host, env=ENV, **tarball, **APP).changed(host.name) == []  # the real memory again: nothing
+
+
+def test_a_needed_restart_is_only_reported_by_the_nightly_run_and_done_when_allowed(served, tarball, provision, tmp_path):
+    """pg_shared_buffers changes: the nightly run (pg_restart = report) writes the file and
+    says "restart pending: shared_buffers", PostgreSQL keeps running on the old value; with
+    --allow-restart it restarts onto the new one. Copies of the file stay out of conf.d."""
+    host, _, _ = served
+    before, running = started(host), host.psql("SHOW shared_buffers")
+    assert running != "1GB"
+    for _ in range(2):  # reported again until someone restarts
+        proc, report = nightly(host, tmp_path, **tarball, **APP, pg_shared_buffers="1GB")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert report["restart_pending"] == ["shared_buffers"] and report["status"] == "drift", proc.stderr
+        assert report["changed"] == ["PostgreSQL is sized for this host's memory and CPUs"]
+        assert "restart pending: shared_buffers" in proc.stdout
+        assert started(host) == before and host.psql("SHOW shared_buffers") == running
+    assert "shared_buffers = '1024MB'" in host.sudo(f"cat {TUNING_FILE}")
+
+    proc, report = nightly(host, tmp_path, "--allow-restart", **tarball, **APP, pg_shared_buffers="1GB")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert report["changed"] == ["PostgreSQL is sized for this host's memory and CPUs"]  # the file was right: the restart
+    assert report["restart_pending"] == [] and started(host) != before and host.psql("SHOW shared_buffers") == "1GB"
+    # nothing piles up next to the files; the copies are kept, at most 5 a file, in the state directory
+    assert ".bak-" not in host.sudo("ls -a /etc/postgresql/15/main /etc/postgresql/15/main/conf.d")
+    copies = host.sudo("ls /var/lib/pgvector-deploy/backups/etc/postgresql/15/main/conf.d").split()
+    tuning_copies = [name for name in copies if name.startswith("80-pgvector-tuning.conf.bak-")]
+    assert 1 <= len(tuning_copies) <= 5, copies
+
+    run = provision(host, env=ENV, **tarball, **APP)  # back to auto (pg_restart allowed: a deploy may restart)
+    assert run.returncode == 0, run.output
+    assert host.psql("SHOW shared_buffers") == running
 
 
 def test_after_a_reboot_with_docker0_up_late_the_app_gets_in(served):

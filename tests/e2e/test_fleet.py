@@ -80,7 +80,7 @@ def test_nightly_corrects_drift_on_that_host_only_and_keeps_the_edited_copy(flee
     assert report["hosts"]["fleet-b"]["changed"] == ["pg_hba.conf admits the Docker bridges with scram-sha-256"]
     assert report["hosts"]["fleet-a"]["changed"] == [] and report["hosts"]["fleet-c"]["changed"] == []
     assert "0.0.0.0/0 trust" not in machines["fleet-b"].sudo(f"cat {HBA}")
-    copies = machines["fleet-b"].sudo(f"grep -l '0.0.0.0/0 trust' {HBA}.bak-* || true").split()
+    copies = machines["fleet-b"].sudo(f"grep -l '0.0.0.0/0 trust' /var/lib/pgvector-deploy/backups{HBA}.bak-* || true").split()
     assert copies, "the hand-edited file was not kept"
 
     status, report, output = nightly(inventory, work)

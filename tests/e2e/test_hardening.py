@@ -57,6 +57,9 @@ def _system_identifier(host) -> str:
     return next(line.split(":")[1].strip() for line in output.splitlines() if "system identifier" in line)
 
 
+BACKUPS = "/var/lib/pgvector-deploy/backups"  # managed_files.BACKUP_DIR
+
+
 def _deploy(provision, host, tarball, **extra):
     return provision(host, env=ENV, **tarball, **APP, **extra)
 
@@ -82,8 +85,10 @@ def test_managed_files_edited_by_hand_are_restored_and_the_edit_is_kept(hardened
         "pg_hba.conf admits the Docker bridges with scram-sha-256",
     ]
     assert "'*'" not in host.sudo(f"cat {settings}") and "trust" not in host.sudo(f"grep -v '^#' {hba}")
-    assert host.sudo(f"grep -l \"listen_addresses = '\\*'\" {settings}.bak-*").strip()
-    assert host.sudo(f"grep -l '0.0.0.0/0 trust' {hba}.bak-*").strip()
+    # the copies are kept out of the configuration directory, in the toolkit's state directory
+    assert host.sudo(f"grep -l \"listen_addresses = '\\*'\" {BACKUPS}{settings}.bak-*").strip()
+    assert host.sudo(f"grep -l '0.0.0.0/0 trust' {BACKUPS}{hba}.bak-*").strip()
+    assert ".bak-" not in host.sudo("ls -a /etc/postgresql/15/main /etc/postgresql/15/main/conf.d")
     assert host.psql("SHOW listen_addresses") == "localhost,172.17.0.1"
     assert app.query(dsn(), "SELECT 1").stdout.strip() == "1"
 

@@ -82,6 +82,7 @@ class FactHost:
         self.data: dict = {}
         self.asked: list[tuple[type, dict, str]] = []
         self.noops: list[str] = []
+        self.print_prefix = "[test-host] "  # what operations put before their log lines
 
     def get_fact(self, cls, **kwargs):
         fact = cls()

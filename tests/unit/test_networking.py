@@ -10,7 +10,7 @@ Recorded files used here (``recorded/``):
   as pg_createcluster (postgresql-common 248+deb12u1) wrote it.
 * ``debian12-x86_64-docker.server-config.txt``: reconstructed, not captured: a Debian 12 host
   with docker0 and one Compose bridge after a deploy (nonlocal bind on, PostgreSQL listening
-  on the gateways). The managed files' ``file=`` lines are added by the tests (base64 of what
+  on localhost and the docker0 gateway). The managed files' ``file=`` lines are added by the tests (base64 of what
   should be on disk), as the host would report them.
 
 Expected values are written out from the templates' contract and PostgreSQL's rules, not
@@ -40,10 +40,10 @@ from pgvector_deploy.networking import (
     listen_addresses,
     render_hba,
     render_settings,
-    replace_file_script,
     trust_over_tcp,
     user_rules,
 )
+from pgvector_deploy.managed_files import BACKUP_DIR, replace_file_script
 from pgvector_deploy.platforms import PLATFORMS
 from pgvector_deploy.preflight import Plan
 from pgvector_deploy.settings import load_settings
@@ -120,6 +120,8 @@ def test_parse_server_config_decodes_files_and_reads_every_key():
         file_line(SYSCTL_FILE, networking.SYSCTL_TEXT),
         "running_listen=localhost,172.17.0.1",
         "max_connections=250",
+        "running_shared_buffers_mb=6144",
+        f"listen_source={SETTINGS_FILE}",
         f"pending_restart={SETTINGS_FILE}|listen_addresses",
         'hba_error=14|invalid authentication method "scram-sha265"',
         'hba_error=15|invalid IP mask "172.20.0.0/33": Name or service not known',
@@ -132,6 +134,8 @@ def test_parse_server_config_decodes_files_and_reads_every_key():
         "files": {HBA: hba, SYSCTL_FILE: networking.SYSCTL_TEXT},
         "running_listen": "localhost,172.17.0.1",
         "max_connections": 250,
+        "running_shared_buffers_mb": 6144,
+        "listen_source": SETTINGS_FILE,
         "pending_restart": [f"{SETTINGS_FILE}|listen_addresses"],
         "hba_errors": ['14|invalid authentication method "scram-sha265"', '15|invalid IP mask "172.20.0.0/33": Name or service not known'],
         "settings_errors": [f"{SETTINGS_FILE}:9 listen_addresses: invalid value"],
@@ -147,6 +151,8 @@ def test_parse_server_config_of_a_stopped_server_without_our_files():
         "files": {},
         "running_listen": "",
         "max_connections": 100,  # PostgreSQL's default, when the server cannot say
+        "running_shared_buffers_mb": None,
+        "listen_source": "",
         "pending_restart": [],
         "hba_errors": [],
         "settings_errors": [],
@@ -198,16 +204,24 @@ def test_server_config_command_finds_include_dir(tmp_path, debian12):
 # --- what we want: addresses and rules ------------------------------------------------------------
 
 
-def test_listen_addresses_localhost_gateways_subnets_then_extra_without_duplicates():
+def test_listen_addresses_are_localhost_the_docker0_gateway_then_extra_without_duplicates():
+    """Compose bridges and pg_docker_subnets add pg_hba rules, not listeners: containers on
+    every bridge reach the host at docker0's gateway (Docker's host-gateway)."""
     settings = load_settings(
         {
             "pg_docker_subnets": ["172.20.0.0/16", "172.18.0.0/16", "10.10.0.0/24"],
             "pg_listen_addresses": ["10.0.1.10", "172.17.0.1"],
         }
     )
-    assert listen_addresses([BR, DOCKER0], settings) == [
-        "localhost", "172.18.0.1", "172.17.0.1", "172.20.0.1", "10.10.0.1", "10.0.1.10"
-    ]  # fmt: skip
+    assert listen_addresses([BR, DOCKER0], settings) == ["localhost", "172.17.0.1", "10.0.1.10"]
+
+
+def test_listen_addresses_do_not_follow_compose_bridges():
+    other = Bridge("br-0a0b0c0d0e0f", IPv4Interface("172.21.0.1/16"))
+    settings = load_settings({})
+    assert listen_addresses([DOCKER0], settings) == listen_addresses([BR, DOCKER0, other], settings) == ["localhost", "172.17.0.1"]
+    # no docker0: the first Compose bridge's gateway, as app_address picks; no bridge: localhost
+    assert listen_addresses([BR, other], settings) == ["localhost", "172.18.0.1"]
 
 
 def test_listen_addresses_without_bridges_or_data_is_localhost_only():
@@ -365,13 +379,19 @@ def shimmed(script: str, shims) -> str:
     return script.replace(line, f"PATH={shims}:{SAFE_PATH}\n")
 
 
+def copies_of(tmp_path, target) -> list[str]:
+    """The copies kept of ``target`` (under tmp_path/backups, standing in for BACKUP_DIR)."""
+    copies = tmp_path / "backups" / os.path.relpath(target.parent, "/")
+    return sorted(path.name for path in copies.iterdir()) if copies.is_dir() else []
+
+
 def run_replace(tmp_path, debian12, previous: str | None, psql_output: str, psql_status: int = 0, directory_mode: int = 0o755):
     target = tmp_path / "etc" / "pg_hba.conf"
     if previous is not None:
-        target.parent.mkdir(parents=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.parent.chmod(directory_mode)
         target.write_text(previous)
-    script = replace_file_script(str(target), NEW, "0640", "SELECT 1", debian12, 5432, "pg_hba.conf")
+    script = replace_file_script(str(target), NEW, "0640", "SELECT 1", debian12, 5432, "pg_hba.conf", backups=str(tmp_path / "backups"))
     (tmp_path / "psql-output").write_text(psql_output)
     env = dict(os.environ, FAKE_PSQL_OUTPUT=str(tmp_path / "psql-output"), FAKE_PSQL_STATUS=str(psql_status))
     result = subprocess.run(["sh", "-c", shimmed(script, tmp_path / "shims")], capture_output=True, text=True, env=env, timeout=30)
@@ -383,7 +403,8 @@ def test_replace_file_script_is_valid_sh_and_backs_up_before_writing(debian12):
         script = replace_file_script(HBA, content, "0640", "SELECT 1", debian12, 5432, "pg_hba.conf")
         assert sh_syntax_error(script) == ""
         assert heredoc_body(script) == content
-        backup = script.index('cp -p "$file" "$file.bak-$stamp"')
+        assert f"copies={BACKUP_DIR}/etc/postgresql/15/main\n" in script  # never next to the file
+        backup = script.index('cp -p "$file" "$backup"')
         same = script.index('cmp -s "$file.pgvector-new" "$file"')
         assert script.index('cat > "$file.pgvector-new"') < same < backup < script.index('mv -f "$file.pgvector-new" "$file"')
         assert script.index('mv -f "$file.pgvector-new" "$file"') < script.index("errors=$(")
@@ -396,6 +417,7 @@ def test_replace_file_script_leaves_a_file_that_already_has_the_content_alone(tm
     assert result.returncode == 0, result.stderr
     assert target.read_text() == NEW
     assert sorted(path.name for path in target.parent.iterdir()) == ["pg_hba.conf"]
+    assert copies_of(tmp_path, target) == []
 
 
 def test_replace_file_script_refuses_content_holding_the_heredoc_marker(debian12):
@@ -408,16 +430,38 @@ def test_replace_file_script_accepted_keeps_a_backup(tmp_path, debian12):
     assert result.returncode == 0, result.stderr
     assert target.read_text() == NEW
     assert oct(target.stat().st_mode & 0o777) == "0o640"
-    backups = sorted(path.name for path in target.parent.iterdir() if path != target)
+    assert [path.name for path in target.parent.iterdir()] == ["pg_hba.conf"]  # nothing piles up beside it
+    backups = copies_of(tmp_path, target)
     assert len(backups) == 1 and re.fullmatch(r"pg_hba\.conf\.bak-\d{8}T\d{6}Z", backups[0])
-    assert (target.parent / backups[0]).read_text() == OLD
+    assert (tmp_path / "backups" / os.path.relpath(target.parent, "/") / backups[0]).read_text() == OLD
+
+
+def test_replace_file_script_keeps_the_newest_five_copies_and_moves_old_ones_out_of_the_config_dir(tmp_path, debian12):
+    target = tmp_path / "etc" / "pg_hba.conf"
+    copies = tmp_path / "backups" / os.path.relpath(target.parent, "/")
+    copies.mkdir(parents=True)
+    for day in range(1, 8):
+        (copies / f"pg_hba.conf.bak-202001{day:02d}T000000Z").write_text("old\n")
+    target.parent.mkdir(parents=True)
+    (target.parent / "pg_hba.conf.bak-20191231T000000Z").write_text("older, beside it (PGDATA on the RHEL family)\n")
+    (copies / "other.conf.bak-20200101T000000Z").write_text("another file's copy\n")
+    result, target = run_replace(tmp_path, debian12, OLD, psql_output="")
+    assert result.returncode == 0, result.stderr
+    assert [path.name for path in target.parent.iterdir()] == ["pg_hba.conf"]
+    kept = copies_of(tmp_path, target)
+    ours = [name for name in kept if name.startswith("pg_hba.conf.bak-")]
+    assert len(ours) == 5 and ours[:4] == [f"pg_hba.conf.bak-202001{day:02d}T000000Z" for day in (4, 5, 6, 7)]
+    assert (copies / ours[4]).read_text() == OLD  # this run's copy is the newest
+    assert "other.conf.bak-20200101T000000Z" in kept  # pruning is per file
+    assert oct((tmp_path / "backups").stat().st_mode & 0o777) == "0o700"
 
 
 def test_replace_file_script_rejected_puts_the_previous_file_back(tmp_path, debian12):
     result, target = run_replace(tmp_path, debian12, OLD, psql_output='line 3: invalid authentication method "scram-sha265"\n')
     assert result.returncode == 1
     assert target.read_text() == OLD
-    assert [path.name for path in target.parent.iterdir()] == ["pg_hba.conf"]  # no backup or new file left
+    assert [path.name for path in target.parent.iterdir()] == ["pg_hba.conf"]  # no new file left
+    assert copies_of(tmp_path, target) == []  # nor a copy of what is in place again
     assert f"PostgreSQL rejected the new pg_hba.conf ({target}): line 3: invalid authentication method" in result.stderr
     assert "previous file was put back" in result.stderr and "Fix:" in result.stderr
 
@@ -425,12 +469,12 @@ def test_replace_file_script_rejected_puts_the_previous_file_back(tmp_path, debi
 def test_replace_file_script_rejected_without_a_previous_file_leaves_none(tmp_path, debian12):
     result, target = run_replace(tmp_path, debian12, None, psql_output="line 1: bad\n")
     assert result.returncode == 1
-    assert list(target.parent.iterdir()) == []
+    assert list(target.parent.iterdir()) == [] and copies_of(tmp_path, target) == []
 
 
 def test_replace_file_script_creates_a_missing_directory(tmp_path, debian12):
     target = tmp_path / "etc" / "conf.d" / "90-pgvector-deploy.conf"
-    script = replace_file_script(str(target), NEW, "0644", "SELECT 1", debian12, 5432, "server settings")
+    script = replace_file_script(str(target), NEW, "0644", "SELECT 1", debian12, 5432, "server settings", backups=str(tmp_path / "backups"))
     (tmp_path / "psql-output").write_text("")
     env = dict(os.environ, FAKE_PSQL_OUTPUT=str(tmp_path / "psql-output"))
     result = subprocess.run(["sh", "-c", shimmed(script, tmp_path / "shims")], capture_output=True, text=True, env=env, timeout=30)
@@ -455,7 +499,7 @@ def test_replace_file_script_does_not_keep_an_unchecked_file(tmp_path, debian12)
 
 # --- the operations, on recorded states -----------------------------------------------------------
 
-DOCKER_ADDRESSES = ["localhost", "172.18.0.1", "172.17.0.1"]  # the recorded running_listen
+DOCKER_ADDRESSES = ["localhost", "172.17.0.1"]  # the recorded running_listen
 DEBIAN12 = next(platform for platform in PLATFORMS if platform.key == "debian-12")
 
 
@@ -525,22 +569,52 @@ def new_bridge_state() -> list[str]:
     return docker_state(mine="host mydb myuser 10.1.0.0/16 scram-sha-256", extra=(NEW_BR,))
 
 
-def test_new_bridge_rewrites_settings_reloads_and_restarts(plan):
+def test_new_bridge_changes_only_pg_hba_and_never_restarts(plan):
+    """docker compose up: a new br-<id> bridge gets its pg_hba rule (a reload); the listeners
+    stay as they are (its containers reach the docker0 gateway), so no restart."""
     listen, access, _ = run_both(plan, new_bridge_state())
-    assert len(listen) == 3
-    script, reload, restart = listen
+    assert listen == []
+    assert [command for command in access if "restart" in command] == [] and len(access) == 2
+
+
+def test_a_bridge_going_away_changes_only_pg_hba(plan):
+    lines = [line for line in docker_state() if "br-3f2a1b4c5d6e" not in line]
+    listen, access, _ = run_both(plan, lines)
+    assert listen == [] and len(access) == 2
+
+
+def docker0_arrives_state(**changes) -> list[str]:
+    """A host that had only a Compose bridge (listening on its gateway), now with docker0."""
+    return docker_state(drop=("running_listen", f"file={SETTINGS_FILE}|"), extra=(
+        "running_listen=localhost,172.18.0.1", file_line(SETTINGS_FILE, render_settings(DEBIAN12, ["localhost", "172.18.0.1"])),
+    ))  # fmt: skip
+
+
+def test_docker0_arriving_rewrites_settings_reloads_and_restarts_with_a_roll_back(plan):
+    [script] = run_operation(networking.listen, plan, FactHost({ServerConfig: docker0_arrives_state()}))
     assert script.startswith("set -eu\n") and f"file={SETTINGS_FILE}\n" in script
-    assert "listen_addresses = 'localhost,172.18.0.1,172.19.0.1,172.17.0.1'" in heredoc_body(script).splitlines()
-    assert "pg_file_settings" in script and "chmod 0644 " in script
+    assert "listen_addresses = 'localhost,172.17.0.1'" in heredoc_body(script).splitlines()
+    assert "pg_file_settings" in script and "chmod 0644 " in script and RELOAD in script
+    # the restart waits on PostgreSQL's own word that our file's listen_addresses is pending
+    unquoted = script.replace("'\"'\"'", "'")
+    assert f"error = 'setting could not be applied' AND sourcefile = '{SETTINGS_FILE}'" in unquoted
+    restart = script.index("systemctl restart postgresql@15-main")
+    assert script.index(RELOAD) < restart < script.index('cp -p "$backup" "$file.pgvector-new"', restart)  # roll-back
+    assert "restart pending" not in script and sh_syntax_error(script) == ""
+
+
+def test_docker0_arriving_with_pg_restart_report_writes_reloads_and_only_reports(debian12, provisioned_profile, caplog):
+    plan = Plan(load_settings({"pg_restart": "report"}), debian12, provisioned_profile)
+    [script] = run_operation(networking.listen, plan, FactHost({ServerConfig: docker0_arrives_state()}))
+    assert "listen_addresses = 'localhost,172.17.0.1'" in heredoc_body(script).splitlines() and RELOAD in script
+    assert "systemctl restart" not in script and 'echo "restart pending: $pending' in script
     assert sh_syntax_error(script) == ""
-    assert reload == RELOAD
-    assert restart == restart_unless_running_listen("localhost,172.18.0.1,172.19.0.1,172.17.0.1", "systemctl restart postgresql@15-main")
+    assert "[test-host] restart pending: listen_addresses" in caplog.text
 
 
-def test_new_bridge_without_systemd_restarts_with_pg_ctlcluster(no_systemd_plan):
-    listen = run_operation(networking.listen, no_systemd_plan, FactHost({ServerConfig: new_bridge_state()}))
-    restart = restart_unless_running_listen("localhost,172.18.0.1,172.19.0.1,172.17.0.1", f"PATH={SAFE_PATH}; pg_ctlcluster 15 main restart")
-    assert listen[1:] == [RELOAD, restart]
+def test_docker0_arriving_without_systemd_restarts_with_pg_ctlcluster(no_systemd_plan):
+    listen = run_operation(networking.listen, no_systemd_plan, FactHost({ServerConfig: docker0_arrives_state()}))
+    assert len(listen) == 1 and f"PATH={SAFE_PATH}; pg_ctlcluster 15 main restart" in listen[0]
     assert not [command for command in listen if "sysctl" in command.split("<<")[0]]
 
 
@@ -560,29 +634,54 @@ def test_new_bridge_rewrites_pg_hba_keeping_user_rules(plan):
 
 def test_a_listen_change_alone_restarts_without_rewriting(plan):
     lines = docker_state(drop=("running_listen",), extra=("running_listen=localhost",))
-    restart = restart_unless_running_listen("localhost,172.18.0.1,172.17.0.1", "systemctl restart postgresql@15-main")
-    assert run_operation(networking.listen, plan, FactHost({ServerConfig: lines})) == [restart]
+    [command] = run_operation(networking.listen, plan, FactHost({ServerConfig: lines}))
+    assert "<<" not in command and "systemctl restart postgresql@15-main" in command
+    assert f"AND sourcefile = '{SETTINGS_FILE}'" in command.replace("'\"'\"'", "'")  # if still pending
+    assert f"file={SETTINGS_FILE}\n" in command and sh_syntax_error(command) == ""  # what a failed restart sets aside
 
 
-def restart_unless_running_listen(addresses: str, restart: str) -> str:
-    running = f"{PSQL} -d {shlex.quote(dbname_conninfo('postgres'))} -c 'SELECT pg_catalog.current_setting('\"'\"'listen_addresses'\"'\"')'"
-    return f'PATH={SAFE_PATH}; [ "$({running} 2>/dev/null)" = {addresses} ] || {{ {restart}; }}'
+def test_a_listen_change_alone_with_pg_restart_report_is_reported_every_run(debian12, provisioned_profile, caplog):
+    plan = Plan(load_settings({"pg_restart": "report"}), debian12, provisioned_profile)
+    lines = docker_state(drop=("running_listen",), extra=("running_listen=localhost",))
+    [command] = run_operation(networking.listen, plan, FactHost({ServerConfig: lines}))
+    # the host says again whether it is still pending; if so, the command prints it
+    assert f"AND sourcefile = '{SETTINGS_FILE}'" in command.replace("'\"'\"'", "'")
+    assert 'echo "restart pending: $pending' in command and "systemctl" not in command
+    assert sh_syntax_error(command) == ""
+    assert "[test-host] restart pending: listen_addresses" in caplog.text
+
+
+def test_listen_addresses_set_with_alter_system_fails_naming_the_fix_and_changes_nothing(plan):
+    auto_conf = "/var/lib/postgresql/15/main/postgresql.auto.conf"
+    lines = docker_state(drop=("running_listen", "nonlocal_bind"), extra=("running_listen=*", f"listen_source={auto_conf}", "nonlocal_bind=0"))
+    listen, access, _ = run_both(plan, lines)
+    [command] = listen  # not even the sysctl: nothing changes
+    result = run_fail(command)
+    assert result.returncode == 1
+    assert "ALTER SYSTEM RESET listen_addresses" in result.stderr and auto_conf in result.stderr
+    assert "Nothing was changed" in result.stderr and "running: '*'" in result.stderr
+    assert access == []  # pg_hba is still ours to keep
+
+
+def test_listen_addresses_from_our_file_is_fine(plan):
+    assert run_operation(networking.listen, plan, FactHost({ServerConfig: docker_state(extra=(f"listen_source={SETTINGS_FILE}",))})) == []
 
 
 def test_the_listen_restart_is_skipped_when_the_server_already_listens_there(tmp_path, plan):
-    """Another run restarted it while this one waited for the lock: asked again, on the host."""
+    """Another run restarted it while this one waited for the lock: asked again, on the host
+    (pg_file_settings: is our file's listen_addresses still pending?)."""
     lines = docker_state(drop=("running_listen",), extra=("running_listen=localhost",))
     [command] = run_operation(networking.listen, plan, FactHost({ServerConfig: lines}))
     fake_runuser = tmp_path / "runuser"
     fake_runuser.write_text('#!/bin/sh\ncat "$FAKE_PSQL_OUTPUT"\n')
     fake_runuser.chmod(0o755)
     faked = command.replace("runuser -u postgres --", str(fake_runuser)).replace("systemctl restart", "echo restarted")
-    for running, restarted in (("localhost,172.18.0.1,172.17.0.1", False), ("localhost", True)):
-        (tmp_path / "psql-output").write_text(running + "\n")
+    for pending, restarted in (("", False), ("listen_addresses", True)):
+        (tmp_path / "psql-output").write_text(pending + "\n" if pending else "")
         env = dict(os.environ, FAKE_PSQL_OUTPUT=str(tmp_path / "psql-output"))
         result = subprocess.run(["sh", "-c", faked], capture_output=True, text=True, env=env, timeout=30)
         assert result.returncode == 0, result.stderr
-        assert ("restarted" in result.stdout) == restarted, running
+        assert ("restarted" in result.stdout) == restarted, pending
 
 
 def run_fail(command: str) -> subprocess.CompletedProcess:
@@ -620,23 +719,27 @@ def test_errors_in_the_converged_file_fail_naming_the_line(plan):
 
 def test_missing_include_dir_is_appended_after_a_backup(plan, debian12, tmp_path):
     [command] = run_operation(networking.listen, plan, FactHost({ServerConfig: docker_state(drop=("includes_conf_d",))}))
-    assert command.index(f"cp -p {MAIN_CONF} {MAIN_CONF}.bak-") < command.index(" && ") < command.index(f">> {MAIN_CONF}")
+    assert f"file={MAIN_CONF}\n" in command and f"copies={BACKUP_DIR}/etc/postgresql/15/main\n" in command
+    assert command.index('cp -p "$file" "$backup"') < command.index('>> "$file"')
     # run it on a copy: the backup holds the old file, the conf gains exactly the include line
     conf = tmp_path / "postgresql.conf"
     conf.write_text("data_directory = '/var/lib/pgsql/data'\n")
-    assert run_fail(command.replace(MAIN_CONF, str(conf))).returncode == 0
+    local = command.replace(MAIN_CONF, str(conf)).replace(f"{BACKUP_DIR}/etc/postgresql/15/main", str(tmp_path / "copies"))
+    local = local.replace(BACKUP_DIR, str(tmp_path))
+    assert run_fail(local).returncode == 0, run_fail(local).stderr
     assert conf.read_text() == "data_directory = '/var/lib/pgsql/data'\ninclude_dir = 'conf.d'  # added by pgvector-deploy\n"
-    [backup] = [path for path in tmp_path.iterdir() if path.name.startswith("postgresql.conf.bak-")]
+    [backup] = [path for path in (tmp_path / "copies").iterdir() if path.name.startswith("postgresql.conf.bak-")]
     assert backup.read_text() == "data_directory = '/var/lib/pgsql/data'\n"
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith("postgresql.conf")] == ["postgresql.conf"]
 
 
 def test_stock_debian_host_gets_its_files_and_keeps_the_replication_rules(plan):
     """The real capture: no Docker, stock pg_hba.conf, PostgreSQL on localhost only."""
     listen, access, _ = run_both(plan, recorded_lines("stock", "server-config"))
-    sysctl, settings_script, reload = listen  # no restart: localhost was already all it listened on
+    sysctl, settings_script = listen  # restart only if pending: localhost was already all it listened on
     assert sysctl.endswith(SYSCTL_CMD_END)
     assert "listen_addresses = 'localhost'" in heredoc_body(settings_script).splitlines()
-    assert reload == RELOAD
+    assert RELOAD in settings_script
     hba_script, reload = access
     body = heredoc_body(hba_script)
     assert user_rules(body) == STOCK_CARRIED

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+
+import click
+from pyinfra.api.output import format_text
 
 from pgvector_deploy import nightly
 
@@ -60,3 +65,66 @@ def test_report_is_written_private_and_as_latest(tmp_path):
     assert path.name == "nightly-2026-11-21T031500Z.json"
     assert json.loads((tmp_path / "reports" / "nightly-latest.json").read_text()) == report
     assert (tmp_path / "reports").stat().st_mode & 0o777 == 0o700
+
+
+# --- restarts: never by default, and the ones left pending are in the report --------------------
+
+
+def pyinfra_log_line(host: str, message: str, level: int = logging.WARNING) -> str:
+    """A line as pyinfra's log formatter (pyinfra_cli.log, not imported here: it monkey-patches
+    ssl through gevent) prints ``logger.warning(host.print_prefix + message)``: indented, the
+    host's prefix as Host.print_prefix makes it, warnings in yellow."""
+    line = f"    {format_text('')}[{format_text(host, bold=True)}] {message}"
+    return click.style(line, "yellow") if level == logging.WARNING else line
+
+
+def test_nightly_passes_pg_restart_report_unless_allowed():
+    command = nightly.pyinfra_command("inv.py", False, ["--limit", "db-1"])
+    assert command[command.index("--data") + 1] == "pg_restart=report" and command[-2:] == ["--limit", "db-1"]
+    assert nightly.pyinfra_command("inv.py", True, [])[-2:] == ["--data", "pg_restart=report"]
+    assert "--data" not in nightly.pyinfra_command("inv.py", False, [], allow_restart=True)
+
+
+def test_pending_restarts_are_read_from_pyinfra_log_per_host():
+    log = "\n".join([
+        "--> Starting operation: PostgreSQL is sized for this host's memory and CPUs",
+        pyinfra_log_line("db-1", "restart pending: shared_buffers"),
+        pyinfra_log_line("db-1", "restart pending: shared_buffers"),  # pyinfra may run a generator twice
+        pyinfra_log_line("db-2", "restart pending: listen_addresses, shared_buffers"),
+        "    [db-3] restart pending: listen_addresses",  # without colours
+        pyinfra_log_line("db-4", "restarting PostgreSQL for: shared_buffers", logging.INFO),
+    ])  # fmt: skip
+    assert nightly.pending_restarts(log) == {
+        "db-1": ["shared_buffers"],
+        "db-2": ["listen_addresses", "shared_buffers"],
+        "db-3": ["listen_addresses"],
+    }
+
+
+def test_pending_restarts_go_in_the_report_and_count_as_drift():
+    hosts = nightly.summarise(APPLY, dry=False)
+    nightly.note_pending_restarts(hosts, pyinfra_log_line("db-1", "restart pending: shared_buffers"))
+    assert hosts["db-1"] == {"changed": [], "failed": [], "status": "drift", "restart_pending": ["shared_buffers"]}
+    assert hosts["db-2"]["restart_pending"] == [] and hosts["db-2"]["status"] == "drift"
+    assert hosts["db-3"]["status"] == "failed"  # failure still wins
+    assert nightly.exit_status({"db-1": hosts["db-1"]}, 0) == nightly.DRIFT
+
+
+def test_main_writes_the_pending_restarts_into_the_report(tmp_path, monkeypatch, capsys):
+    """main() with pyinfra's run replaced by its recorded output: the report and the summary line."""
+    results = {"plan": [], "results": {"operations": [
+        {"name": "PostgreSQL is sized for this host's memory and CPUs", "success": ["db-1"], "error": [], "no_change": []},
+    ], "failed_hosts": []}}  # fmt: skip
+    stderr = pyinfra_log_line("db-1", "restart pending: shared_buffers") + "\n"
+    seen = []
+
+    def fake_run(command, **kwargs):
+        seen.append(command)
+        return subprocess.CompletedProcess(command, 0, json.dumps(results), stderr)
+
+    monkeypatch.setattr(nightly.subprocess, "run", fake_run)
+    status = nightly.main(["inv.py", "--report-dir", str(tmp_path)])
+    assert status == nightly.DRIFT and "pg_restart=report" in seen[0]
+    report = json.loads((tmp_path / "nightly-latest.json").read_text())
+    assert report["hosts"]["db-1"]["restart_pending"] == ["shared_buffers"]
+    assert "restart pending: shared_buffers" in capsys.readouterr().out

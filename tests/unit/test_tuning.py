@@ -1,16 +1,16 @@
 """Tuning (pgvector_deploy.tuning): the sizes it picks from host facts, the overrides it refuses,
-the commands it yields, and its restart-or-roll-back shell run for real against a fake systemctl."""
+the commands it yields, that memory noise changes nothing, and when it restarts or reports a
+restart pending. (The restart-or-roll-back shell itself: test_managed_files.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
 
 import pytest
 
 from pgvector_deploy import tuning
 from pgvector_deploy.facts import tuning_path
+from pgvector_deploy.managed_files import BACKUP_DIR
 from pgvector_deploy.platforms import UnsupportedHost
 from pgvector_deploy.preflight import make_plan
 from pgvector_deploy.settings import SettingsError, TuningSettings, load_settings
@@ -45,25 +45,25 @@ def test_auto_sizes_on_the_recorded_debian_host(provisioned_profile):
     assert (provisioned_profile["memory_mb"], provisioned_profile["cpus"], provisioned_profile["shm_mb"]) == (24105, 2, 2410)
     chosen = values(tuning.plan_tuning(TuningSettings(hnsw_vectors=100_000, hnsw_dimensions=768), provisioned_profile))
     assert chosen == {
-        "shared_buffers": "6026MB",  # 25%
-        "effective_cache_size": "18078MB",  # 75%
+        "shared_buffers": "6144MB",  # 25% (6026MB), to 5 significant binary digits (steps of 256MB here)
+        "effective_cache_size": "18432MB",  # 75% (18078MB), in steps of 1024MB
         "maintenance_work_mem": "448MB",  # 100k x 768 graph ~365MB, +10% +8MB, rounded up to 64MB
         "max_parallel_maintenance_workers": "1",  # 2 CPUs: the leader and one worker
-        "work_mem": "45MB",  # (24105 - 6026) / 400
+        "work_mem": "44MB",  # (24105 - 6144) / 400 = 44.9, rounded down in steps of 2MB
     }
 
 
 def test_expected_graph_bigger_than_shm_is_capped_and_says_what_spills():
     chosen = tuning.plan_tuning(TuningSettings(), lab_host())  # 1M x 1536 needs ~6.6GB
     mwm = next(tuned for tuned in chosen if tuned.name == "maintenance_work_mem")
-    assert mwm.value == f"{2410 * 4 // 5}MB"
+    assert mwm.value == "1920MB"  # 80% of 2410MB is 1928MB: caps round down (steps of 64MB)
     assert "/dev/shm" in mwm.reason and "spill to disk" in mwm.reason
 
 
 def test_serial_builds_are_not_capped_by_shm_but_by_memory():
     chosen = values(tuning.plan_tuning(TuningSettings(max_parallel_maintenance_workers=0), lab_host()))
     assert chosen["max_parallel_maintenance_workers"] == "0"
-    assert chosen["maintenance_work_mem"] == f"{24105 // 4}MB"
+    assert chosen["maintenance_work_mem"] == "5888MB"  # 25% of 24105MB is 6026MB: caps round down (steps of 256MB)
 
 
 def test_small_host_gets_floors():
@@ -150,8 +150,8 @@ def test_a_big_maintenance_work_mem_is_fine_for_serial_builds(provisioned_profil
 # --- the operation --------------------------------------------------------------------------------
 
 
-def server_config(files: dict | None = None, pending: list[str] | None = None) -> dict:
-    return {"files": files or {}, "max_connections": 100, "pending_restart": pending or []}
+def server_config(files: dict | None = None, pending: list[str] | None = None, shared_buffers_mb: int | None = None) -> dict:
+    return {"files": files or {}, "max_connections": 100, "pending_restart": pending or [], "running_shared_buffers_mb": shared_buffers_mb}
 
 
 @pytest.fixture
@@ -208,58 +208,140 @@ def test_disabled_sets_our_file_aside_and_restarts_only_for_shared_buffers(provi
     path = tuning_path(plan.platform)
     assert commands(plan, server_config()) == []
     (script,) = commands(plan, server_config({path: "shared_buffers = '1GB'\n"}))
-    assert f'mv -f {path} "{path}.bak-$stamp"' in script
+    assert f"file={path}\ncopies={BACKUP_DIR}/etc/postgresql/15/main/conf.d\n" in script
+    assert script.index('cp -p "$file" "$backup"') < script.index('rm -f "$file"') < script.index("pg_reload_conf()")
     assert "AND name = 'shared_buffers'" in script.replace("'\"'\"'", "'") and sh_syntax_error(script) == ""
 
 
-# --- restart or roll back, run for real -------------------------------------------------------------
+# --- memory noise changes nothing ------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_server(tmp_path, plan):
-    """A conf.d in tmp_path and a fake systemctl that fails while the tuning file says BAD."""
-    bindir, confd = tmp_path / "bin", tmp_path / "conf.d"
-    bindir.mkdir()
-    confd.mkdir()
-    platform = dataclasses.replace(plan.platform, config_dir=str(tmp_path))
-    path = tuning_path(platform)
-    (bindir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/restarts\n! grep -qs BAD {path}\n')
-    (bindir / "systemctl").chmod(0o755)
-    test_plan = dataclasses.replace(plan, platform=platform)
-
-    def run(previous: str | None, new: str) -> subprocess.CompletedProcess:
-        if previous is not None:
-            (confd / os.path.basename(path)).write_text(previous)
-        stamp = "20261121T000000Z"
-        if previous is not None:
-            (confd / f"{os.path.basename(path)}.bak-{stamp}").write_text(previous)  # as replace_file_script keeps it
-        (confd / os.path.basename(path)).write_text(new)
-        script = f"stamp={stamp}\n" + tuning.restart_or_roll_back(test_plan, path)
-        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"PATH": f"{bindir}:/usr/bin:/bin"})
-
-    return run, confd, path, tmp_path
+def noisy(plan, factor: float):
+    """The same host with its memory reading ``factor`` times as big."""
+    profile = with_changes(plan.profile, memory_mb=int(plan.profile["memory_mb"] * factor))
+    return dataclasses.replace(plan, profile=profile)
 
 
-def test_restart_that_works_keeps_the_new_file(fake_server):
-    run, confd, path, tmp = fake_server
-    done = run("shared_buffers = '128MB'\n", "shared_buffers = '1GB'\n")
-    assert done.returncode == 0, done.stderr
-    assert open(path).read() == "shared_buffers = '1GB'\n"
-    assert (tmp / "restarts").read_text().count("restart") == 1
+@pytest.mark.parametrize("factor", [0.97, 0.98, 0.99, 0.999, 1.001, 1.01, 1.02, 1.03])
+def test_memory_noise_of_a_few_percent_keeps_the_file_and_restarts_nothing(plan, factor):
+    """A kernel update moves MemTotal a little: no rewrite (so no new header), no reload, no
+    restart, also when the rounded values moved a step."""
+    path = tuning_path(plan.platform)
+    assert commands(noisy(plan, factor), server_config({path: wanted_text(plan)}, shared_buffers_mb=6144)) == []
 
 
-def test_restart_that_fails_puts_the_previous_file_back_and_restarts_again(fake_server):
-    run, confd, path, tmp = fake_server
-    done = run("shared_buffers = '128MB'\n", "shared_buffers = 'BAD'\n")
-    assert done.returncode == 1
-    assert "did not start with the new" in done.stderr and "Fix:" in done.stderr
-    assert open(path).read() == "shared_buffers = '128MB'\n"
-    assert (tmp / "restarts").read_text().count("restart") == 2
+@pytest.mark.parametrize("memory_mb", [1000, 4000, 16000, 24105, 64000, 250000])
+def test_memory_noise_keeps_the_file_on_any_host_size(provisioned_profile, memory_mb):
+    plan = make_plan(load_settings(BASE), with_changes(provisioned_profile, memory_mb=memory_mb, shm_mb=memory_mb // 10))
+    path = tuning_path(plan.platform)
+    for factor in (0.97, 0.99, 1.01, 1.03):
+        assert commands(noisy(plan, factor), server_config({path: wanted_text(plan)})) == [], (memory_mb, factor)
 
 
-def test_restart_that_fails_without_a_previous_file_sets_ours_aside(fake_server):
-    run, confd, path, tmp = fake_server
-    done = run(None, "shared_buffers = 'BAD'\n")
-    assert done.returncode == 1
-    assert not os.path.exists(path)
-    assert [name.name for name in confd.iterdir()] == [f"{os.path.basename(path)}.bak-20261121T000000Z"]
+def test_noise_up_to_3_percent_never_rewrites_on_any_memory_size_from_1gb_to_1tb(plan):
+    """Every host size (in steps of 0.5%), every noise of -3%..+3%: the file written for one
+    reading still fits the other, including across a rounding step."""
+    tuning_settings, shm = plan.settings.tuning, None
+    memory, checked = 1024, 0
+    while memory < 1 << 20:
+        written = tuning.render(tuning.plan_tuning(tuning_settings, lab_host(memory_mb=memory, shm_mb=shm)), lab_host(memory_mb=memory))
+        for percent in (-3, -2, -1, 1, 2, 3):
+            noisy_memory = int(memory * (1 + percent / 100))
+            wanted = tuning.plan_tuning(tuning_settings, lab_host(memory_mb=noisy_memory, shm_mb=shm))
+            assert tuning.still_fits(written, wanted), (memory, percent)
+            checked += 1
+        memory = int(memory * 1.005) + 1
+    assert checked > 5000
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.85, 1.15, 2])
+def test_a_real_memory_change_rewrites_the_file(plan, factor):
+    path = tuning_path(plan.platform)
+    bigger = noisy(plan, factor)
+    (script,) = commands(bigger, server_config({path: wanted_text(plan)}))
+    assert wanted_text(bigger) in script and wanted_text(plan) not in script
+
+
+def test_rounded_sizes_do_not_follow_a_few_mb():
+    assert {tuning.steady_mb(mb / 4) for mb in range(24100, 24400)} == {6144}
+    assert tuning.steady_mb(6026) == 6144 and tuning.steady_mb(1928, down=True) == 1920
+    assert tuning.steady_mb(31) == 31 and tuning.steady_mb(100) == 100 and tuning.steady_mb(4607, down=True) == 4352
+
+
+def file_with(plan, **values) -> str:
+    """The file rendered for ``plan`` with some values edited by hand."""
+    text = wanted_text(plan)
+    for name, value in values.items():
+        text = "\n".join(f"{name} = '{value}'" if line.startswith(f"{name} = ") else line for line in text.splitlines()) + "\n"
+    return text
+
+
+def test_an_auto_value_beyond_the_tolerance_is_rewritten(plan):
+    path = tuning_path(plan.platform)
+    assert commands(plan, server_config({path: file_with(plan, shared_buffers="5600MB")})) == []  # 9% off: kept
+    assert len(commands(plan, server_config({path: file_with(plan, shared_buffers="5500MB")}))) == 1  # 10.5% off
+
+
+def test_overrides_must_match_exactly(provisioned_profile):
+    two_gb = make_plan(load_settings({**BASE, "pg_shared_buffers": "2GB"}), provisioned_profile)
+    path = tuning_path(two_gb.platform)
+    assert commands(two_gb, server_config({path: wanted_text(two_gb)})) == []
+    close = make_plan(load_settings({**BASE, "pg_shared_buffers": "2100MB"}), provisioned_profile)
+    (script,) = commands(close, server_config({path: wanted_text(two_gb)}))
+    assert "shared_buffers = '2100MB'" in script
+
+
+def test_an_override_removed_is_rewritten_even_when_the_value_is_close(plan, provisioned_profile):
+    """The file must not say "set in host data" for a value that is auto now."""
+    overridden = make_plan(load_settings({**BASE, "pg_shared_buffers": "6144MB"}), provisioned_profile)
+    path = tuning_path(plan.platform)
+    (script,) = commands(plan, server_config({path: wanted_text(overridden)}))
+    assert wanted_text(plan) in script
+
+
+def test_a_file_with_another_header_or_other_settings_is_rewritten(plan):
+    path = tuning_path(plan.platform)
+    old_header = wanted_text(plan).replace("rewritten when a value must change", "rewritten by every run", 1)
+    assert len(commands(plan, server_config({path: old_header}))) == 1
+    assert len(commands(plan, server_config({path: wanted_text(plan) + "random_page_cost = '1.1'\n"}))) == 1
+
+
+# --- restarts: allowed, or only reported -------------------------------------------------------------
+
+
+def report_plan(provisioned_profile, **data):
+    return make_plan(load_settings({**BASE, "pg_restart": "report", **data}), provisioned_profile)
+
+
+def test_a_new_shared_buffers_with_pg_restart_report_is_written_and_reported_not_restarted(provisioned_profile, caplog):
+    plan = report_plan(provisioned_profile)
+    (script,) = commands(plan, server_config(shared_buffers_mb=128))
+    assert wanted_text(plan) in script and "pg_reload_conf()" in script
+    assert "systemctl restart" not in script and 'echo "restart pending: $pending' in script
+    assert sh_syntax_error(script) == ""
+    assert "[test-host] restart pending: shared_buffers" in caplog.text
+
+
+def test_a_new_file_that_keeps_shared_buffers_reports_nothing(provisioned_profile, caplog):
+    plan = report_plan(provisioned_profile)
+    commands(plan, server_config(shared_buffers_mb=6144))
+    assert "restart pending" not in caplog.text
+
+
+def test_a_restart_left_pending_is_reported_every_run_with_report(provisioned_profile, caplog):
+    plan = report_plan(provisioned_profile)
+    path = tuning_path(plan.platform)
+    (command,) = commands(plan, server_config({path: wanted_text(plan)}, [f"{path}|shared_buffers"]))
+    # the host says again whether it is still pending; if so, the command prints it
+    assert f"AND sourcefile = '{path}'" in command.replace("'\"'\"'", "'")
+    assert 'echo "restart pending: $pending' in command and "systemctl" not in command
+    assert sh_syntax_error(command) == ""
+    assert "[test-host] restart pending: shared_buffers" in caplog.text
+
+
+def test_disabled_with_report_sets_the_file_aside_without_restarting(provisioned_profile, caplog):
+    plan = report_plan(provisioned_profile, pg_tuning=False)
+    path = tuning_path(plan.platform)
+    (script,) = commands(plan, server_config({path: "shared_buffers = '1024MB'\n"}, shared_buffers_mb=1024))
+    assert "systemctl restart" not in script and 'echo "restart pending: $pending' in script
+    assert "[test-host] restart pending: shared_buffers" in caplog.text
