@@ -23,7 +23,7 @@ from pyinfra.api import operation
 from .facts import BUILD_STAMP, CACHE_DIR, FactBundle, HostProfile, LoginAccess
 from .platforms import POSTGRES_MAJOR, Platform, UnsupportedHost, detect_platform
 from .settings import Settings, SettingsError, load_settings
-from .shell import fail
+from .shell import fail, log_failure, unexpected_error
 
 POSTGRES_PORT = 5432
 
@@ -80,7 +80,10 @@ class Plan:
         for (cls, kwargs), (status, lines) in zip(wanted, parts):
             if status == 0:
                 fact = cls()
-                self._facts[self._key(cls, kwargs)] = fact.process(lines) if lines else fact.default()
+                try:
+                    self._facts[self._key(cls, kwargs)] = fact.process(lines) if lines else fact.default()
+                except Exception as error:
+                    raise UnreadableFact(cls, error) from error
 
     def _key(self, fact: type, kwargs: dict) -> tuple:
         return (fact, getattr(current_host, "name", None), self._arguments_key(kwargs))
@@ -116,6 +119,13 @@ class Plan:
 
     def __repr__(self) -> str:  # shown by pyinfra next to operation names
         return f"Plan({self.platform.key}, pgvector {self.settings.version})"
+
+
+class UnreadableFact(Exception):
+    """A fact's output that its parser could not read (``Plan.prefetch``)."""
+
+    def __init__(self, fact: type, error: Exception):
+        super().__init__(f"the output of {fact.__name__} could not be read ({type(error).__name__}: {error})")
 
 
 @dataclass(frozen=True)
@@ -318,22 +328,46 @@ def check_disk_space(profile: dict, platform: Platform) -> None:
             )
 
 
-def start(host, config) -> Plan | Refusal:
-    """How every recipe begins: check the login can become root, then ``look``.
+def start(host, config, *, prefetch: bool = False) -> Plan | Refusal:
+    """How every recipe begins: check the login can become root, then ``look``; with
+    ``prefetch``, also gather the facts the recipe's operations ask (``expected_facts``).
 
     Sets ``config.SUDO`` for this host (pyinfra's config is per host while a deploy file
-    loads): sudo when the login user is not root. A login that cannot sudo without a password
-    is refused without sudo, so that the refusal itself can run.
+    loads): sudo when the login user is not root. Sudo asked for on pyinfra's command line
+    (``--sudo``) stays on: under it the login looks like root. A login that cannot sudo
+    without a password is refused without sudo, so that the refusal itself can run.
+
+    Any error while looking (a file or a fact output the toolkit cannot read, an unreadable
+    file named in host data) is a refusal too: this host gets one failing operation naming
+    it, the other hosts carry on, and nothing was changed.
     """
+    try:
+        return _start(host, config, prefetch)
+    except Exception as error:  # noqa: BLE001 - one host's surprise must not end the whole run
+        return Refusal(unexpected_error(error, "looking at the host (nothing was changed)"))
+
+
+def _start(host, config, prefetch: bool) -> Plan | Refusal:
+    asked_sudo = bool(config.SUDO)
     access = host.get_fact(LoginAccess)
-    config.SUDO = access["uid"] != 0
+    if access is None:  # id -u failed: with --sudo, sudo itself refused
+        config.SUDO = False
+        return Refusal(
+            f"could not run a command on the host{' with sudo (pyinfra --sudo)' if asked_sudo else ''}. Fix: connect "
+            "as a user with passwordless sudo (EC2 images: admin, ubuntu, ec2-user), or as root; the toolkit uses "
+            "sudo by itself when the login is not root, so --sudo is not needed."
+        )
+    config.SUDO = asked_sudo or access["uid"] != 0
     if not access["sudo"]:
         config.SUDO = False
         return Refusal(
             f"the login user (uid {access['uid']}) cannot run sudo without a password. Fix: connect as a user "
             "with passwordless sudo (EC2 images: admin, ubuntu, ec2-user), or as root."
         )
-    return look(host)
+    plan = look(host)
+    if prefetch and isinstance(plan, Plan):
+        plan.prefetch(*expected_facts(plan))
+    return plan
 
 
 def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
@@ -385,4 +419,6 @@ def refuse(refusal: Refusal):
 
         preflight.refuse(Refusal("unsupported host: ..."), name="Refuse host")
     """
-    yield fail(f"REFUSED, nothing was changed on this host: {refusal.message}")
+    message = f"REFUSED, nothing was changed on this host: {refusal.message}"
+    log_failure(message)
+    yield fail(message)

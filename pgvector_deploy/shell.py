@@ -6,6 +6,8 @@ import shlex
 from functools import wraps
 from typing import TYPE_CHECKING
 
+from pyinfra import host as current_host
+from pyinfra import logger
 from pyinfra.api import QuoteString, StringCommand
 
 if TYPE_CHECKING:  # platforms uses fail(); importing Platform at run time would be a cycle
@@ -74,12 +76,66 @@ def words(*parts: str) -> str:
 
 
 def fail(*parts: str) -> str:
-    """Shell that prints the message on stderr and exits 1.
+    r"""Shell that prints the message on stderr and exits 1 (printf, not echo: dash's echo
+    would interpret the backslashes in a message).
 
-    >>> fail("expected 1, found ", Var("found"))
-    '{ echo \'expected 1, found \'"${found}" >&2; exit 1; }'
+    >>> print(fail("expected 1, found ", Var("found")))
+    { printf '%s\n' 'expected 1, found '"${found}" >&2; exit 1; }
     """
-    return f"{{ echo {words(*parts)} >&2; exit 1; }}"
+    return f"{{ printf '%s\\n' {words(*parts)} >&2; exit 1; }}"
+
+
+# Marks each failure of ours in pyinfra's log, "[host] pgvector-deploy failed: <message>", so
+# that the nightly report names the host and the message also under --dry, where no failing
+# command runs.
+FAILURE_MARK = "pgvector-deploy failed:"
+
+
+def log_failure(message: str) -> None:
+    """Log ``message`` as this host's failure (``FAILURE_MARK``), on one line."""
+    current_host.log_styled(f"{FAILURE_MARK} {one_line(message)}", fg="red", log_func=logger.error)
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def unexpected_error(error: BaseException, during: str) -> str:
+    """One line for an exception met while ``during``, naming it and the fix.
+
+    >>> unexpected_error(ValueError("bad\\nvalue"), "reading the host")[:56]
+    'unexpected ValueError while reading the host: bad value.'
+    """
+    return (
+        f"unexpected {type(error).__name__} while {during}: {one_line(error)}. Nothing more was done on "
+        "this host; the other hosts carry on. Fix: correct what this names on the host (or in its host "
+        "data) and run again; if it looks right, report this line as a pgvector-deploy bug."
+    )
+
+
+def fails_host_on_error(operation_function):
+    """Decorator for an operation's generator: an exception in it (a fact's parser, the
+    operation's own code) fails this host alone, with one line naming it, instead of stopping
+    the whole run with a traceback (pyinfra 3 lets an operation's exception end the run).
+
+    .. code:: python
+
+        @operation()
+        @host_locked
+        @fails_host_on_error
+        def build(plan): ...
+    """
+
+    @wraps(operation_function)
+    def guarded(*args, **kwargs):
+        try:
+            yield from operation_function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any error fails this host, not the run
+            message = unexpected_error(error, operation_function.__name__.replace("_", " "))
+            log_failure(message)
+            yield fail(message)
+
+    return guarded
 
 
 # One lock per host, held by each command that changes something: two overlapping runs (a

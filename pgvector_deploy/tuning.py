@@ -30,7 +30,7 @@ from .networking import reload_command, replace_file_script, restart_command
 from .platforms import UnsupportedHost
 from .preflight import Plan
 from .settings import TuningSettings
-from .shell import SAFE_PATH, as_postgres, fail, host_locked
+from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, host_locked
 
 HNSW_M = 16  # pgvector's default m; the graph estimate assumes it
 STOCK_MAINTENANCE_WORK_MEM_MB = 64
@@ -192,6 +192,7 @@ fi"""
 
 @operation()
 @host_locked
+@fails_host_on_error
 def server_settings(plan: Plan):
     """Write the tuning include file (checked by PostgreSQL first), reload, and restart when a
     restart-only setting (shared_buffers) changed; ``pg_tuning = False`` sets the file aside.
@@ -213,7 +214,7 @@ def server_settings(plan: Plan):
         return
     wanted = render(plan_tuning(plan.settings.tuning, plan.profile, state["max_connections"]), plan.profile)
     ours = f"sourcefile = '{path}'"
-    if current != wanted:
+    if current != wanted.encode():
         write = replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "tuning settings")
         yield f"{write}\n{reload_command(plan)}\n{_restart_if_pending(plan, path, ours)}"
     elif any(entry.startswith(f"{path}|") for entry in state["pending_restart"]):

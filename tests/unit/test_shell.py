@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 
 import pytest
 
-from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, dbname_conninfo, fail
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, Var, as_postgres, dbname_conninfo, fail
 
 
 def test_as_postgres_uses_the_platform_psql_over_the_socket(debian12):
@@ -37,6 +38,16 @@ def test_fail_prints_the_message_verbatim_on_stderr_and_exits_1():
     assert result.returncode == 1
     assert result.stderr == message + "\n"
     assert result.stdout == ""
+
+
+def test_fail_keeps_backslashes_under_dash():
+    # dash's echo turns \n, \c and friends into control characters (or stops printing).
+    message = r"path C:\new\table and \c and a regex ^\d+$. Fix: nothing"
+    assert os.path.realpath("/bin/sh").endswith("dash")  # Debian's /bin/sh, as on the hosts
+    result = subprocess.run(["/bin/sh", "-c", fail(message, Var("tail"))], capture_output=True, text=True,
+                            env={"tail": r" \t\\"}, timeout=10)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == message + r" \t\\" + "\n"
 
 
 def test_safe_path_includes_sbin_for_runuser():
