@@ -159,10 +159,13 @@ def check_port(profile: dict, platform: Platform, port: int) -> None:
         for cluster in profile["clusters"]
     ):
         return  # the distribution's cluster tool says our own cluster serves the port
+    ours = f"{platform.bindir}/postgres"
     for listener in profile["listeners"]:
         exe = listener["exe"]
-        if exe.startswith(platform.bindir + "/"):
-            continue  # our own PostgreSQL 15 already serves the port
+        if exe == ours:
+            # Our own PostgreSQL 15 already serves the port. The server binary itself, not
+            # anything in the bindir: Amazon Linux 2023's is /usr/bin, docker-proxy's too.
+            continue
         owner = exe or listener["process"] or "an unknown process"
         if "postgres" in exe or listener["process"] == "postgres":
             raise UnsupportedHost(
