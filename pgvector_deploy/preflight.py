@@ -9,7 +9,7 @@ Example::
 
     plan = preflight.start(host, config)
     if isinstance(plan, preflight.Refusal):
-        preflight.refuse(plan, name="Refuse host")
+        preflight.refuse(plan, name=preflight.REFUSAL)
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from .settings import Settings, SettingsError, load_settings
 from .shell import fail, log_failure, unexpected_error
 
 POSTGRES_PORT = 5432
+# The name of the one operation a refused host gets (the nightly report reads it).
+REFUSAL = "Refuse this host (nothing changed)"
 
 
 @dataclass(frozen=True)
