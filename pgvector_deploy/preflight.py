@@ -23,7 +23,7 @@ from pyinfra.api import operation
 from .facts import BUILD_STAMP, CACHE_DIR, FactBundle, HostProfile, LoginAccess
 from .platforms import POSTGRES_MAJOR, Platform, UnsupportedHost, detect_platform
 from .settings import Settings, SettingsError, load_settings
-from .shell import fail, log_failure, unexpected_error
+from .shell import fail, fails_host_on_error, unexpected_error
 
 POSTGRES_PORT = 5432
 # The name of the one operation a refused host gets (the nightly report reads it).
@@ -417,6 +417,7 @@ def look(host) -> Plan | Refusal:
 
 
 @operation()
+@fails_host_on_error
 def refuse(refusal: Refusal):
     """Fail this host with the refusal's message; nothing else runs on it.
 
@@ -424,6 +425,4 @@ def refuse(refusal: Refusal):
 
         preflight.refuse(Refusal("unsupported host: ..."), name="Refuse host")
     """
-    message = f"REFUSED, nothing was changed on this host: {refusal.message}"
-    log_failure(message)
-    yield fail(message)
+    yield fail(f"REFUSED, nothing was changed on this host: {refusal.message}")

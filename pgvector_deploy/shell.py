@@ -6,8 +6,8 @@ import shlex
 from functools import wraps
 from typing import TYPE_CHECKING
 
-from pyinfra import host as current_host
 from pyinfra import logger
+from pyinfra.context import ctx_host
 from pyinfra.api import QuoteString, StringCommand
 
 if TYPE_CHECKING:  # platforms uses fail(); importing Platform at run time would be a cycle
@@ -75,14 +75,22 @@ def words(*parts: str) -> str:
     return "".join(f'"${{{part}}}"' if isinstance(part, Var) else shlex.quote(part) for part in parts)
 
 
-def fail(*parts: str) -> str:
+class Failure(str):
+    """A command that only fails; ``message`` is what it prints (``fail``)."""
+
+    message: str
+
+
+def fail(*parts: str) -> Failure:
     r"""Shell that prints the message on stderr and exits 1 (printf, not echo: dash's echo
     would interpret the backslashes in a message).
 
     >>> print(fail("expected 1, found ", Var("found")))
     { printf '%s\n' 'expected 1, found '"${found}" >&2; exit 1; }
     """
-    return f"{{ printf '%s\\n' {words(*parts)} >&2; exit 1; }}"
+    command = Failure(f"{{ printf '%s\\n' {words(*parts)} >&2; exit 1; }}")
+    command.message = "".join(f"${{{part}}}" if isinstance(part, Var) else part for part in parts)
+    return command
 
 
 # Marks each failure of ours in pyinfra's log, "[host] pgvector-deploy failed: <message>", so
@@ -93,7 +101,8 @@ FAILURE_MARK = "pgvector-deploy failed:"
 
 def log_failure(message: str) -> None:
     """Log ``message`` as this host's failure (``FAILURE_MARK``), on one line."""
-    current_host.log_styled(f"{FAILURE_MARK} {one_line(message)}", fg="red", log_func=logger.error)
+    prefix = getattr(ctx_host.get(), "print_prefix", "") if ctx_host.isset() else ""
+    logger.error(f"{prefix}{FAILURE_MARK} {one_line(message)}")
 
 
 def one_line(text: object) -> str:
@@ -117,6 +126,8 @@ def fails_host_on_error(operation_function):
     """Decorator for an operation's generator: an exception in it (a fact's parser, the
     operation's own code) fails this host alone, with one line naming it, instead of stopping
     the whole run with a traceback (pyinfra 3 lets an operation's exception end the run).
+    Each failure, raised or yielded (``fail``), is also logged (``log_failure``): with
+    ``--dry`` no failing command runs, and the log is then the only place that says so.
 
     .. code:: python
 
@@ -129,7 +140,10 @@ def fails_host_on_error(operation_function):
     @wraps(operation_function)
     def guarded(*args, **kwargs):
         try:
-            yield from operation_function(*args, **kwargs)
+            for command in operation_function(*args, **kwargs):
+                if isinstance(command, Failure):
+                    log_failure(command.message)
+                yield command
         except Exception as error:  # noqa: BLE001 - any error fails this host, not the run
             message = unexpected_error(error, operation_function.__name__.replace("_", " "))
             log_failure(message)
