@@ -349,7 +349,7 @@ def start(host, config, *, prefetch: bool = False) -> Plan | Refusal:
     try:
         return _start(host, config, prefetch)
     except Exception as error:  # noqa: BLE001 - one host's surprise must not end the whole run
-        return Refusal(unexpected_error(error, "looking at the host (nothing was changed)"))
+        return Refusal(unexpected_error(error, "looking at the host"))
 
 
 def _start(host, config, prefetch: bool) -> Plan | Refusal:

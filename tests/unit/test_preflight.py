@@ -497,7 +497,7 @@ def test_an_error_while_looking_is_a_one_line_refusal_naming_it():
     refusal = start(_ErringHost(error), _Config())
     assert isinstance(refusal, Refusal)
     assert "\n" not in refusal.message
-    assert refusal.message.startswith("unexpected UnicodeDecodeError while looking at the host (nothing was changed): ")
+    assert refusal.message.startswith("unexpected UnicodeDecodeError while looking at the host: ")
     assert "can't decode byte 0xe9" in refusal.message and "Fix:" in refusal.message
 
 
