@@ -5,6 +5,7 @@ one host only; then a host with a hand-edited file it cannot carry over, which f
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -32,9 +33,10 @@ def fleet(hosts, tarball, tmp_path_factory):
 
 
 def nightly(inventory, work, *args: str, cwd=REPO) -> tuple[int, dict, str]:
+    """The nightly command, started in ``cwd`` (this checkout's, wherever that is)."""
     proc = subprocess.run(
         [sys.executable, "-m", "pgvector_deploy.nightly", str(inventory), "--report-dir", str(work / "reports"), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=1800,
+        cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     report = json.loads((work / "reports" / "nightly-latest.json").read_text())
     return proc.returncode, report, proc.stdout + proc.stderr
