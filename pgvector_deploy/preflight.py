@@ -69,7 +69,8 @@ class Plan:
     def prefetch(self, *requests: tuple[type, dict]) -> None:
         """Gather several facts in one round trip, their commands side by side on the host, and
         remember each as if ``fact`` had asked it alone (same class and arguments). A fact
-        whose command failed is not remembered: ``fact`` asks it again, alone.
+        whose command failed is not remembered: ``fact`` asks it again, alone. One whose
+        output its parser cannot read raises ``UnreadableFact`` (``start``: a refusal).
 
         Nothing has run on the host yet when the recipe prefetches, so these are as fresh
         as any fact ``fact`` gathers; the first command an operation yields forgets them.
