@@ -101,8 +101,8 @@ def summarise(results: dict, dry: bool, log: str = "") -> dict[str, dict]:
     for name, message in failures_in_log(log):
         host = entry(name)
         host["messages"].append(message)
-        if not host["failed"]:  # with --dry: an operation that could not even plan
-            host["failed"].append("(failed while planning, see the message)")
+        if not host["failed"]:  # with --dry (nothing ran), the log is all there is
+            host["failed"].append("(see the message)")
     for name, host in hosts.items():
         host["status"] = "failed" if host["failed"] else ("drift" if host["changed"] else "clean")
     return hosts
