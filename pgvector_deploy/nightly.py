@@ -132,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry", action="store_true", help="show drift without correcting it")
     parser.add_argument("--report-dir", default="reports", help="where the JSON report goes (default: reports)")
     parser.add_argument("pyinfra_args", nargs="*", help="extra pyinfra options, after --")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Everything after the first "--" is pyinfra's, wherever our own options stand.
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.pyinfra_args = [*args.pyinfra_args, *extra]
 
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     clock = time.monotonic()

@@ -141,3 +141,11 @@ def test_pyinfra_runs_where_the_command_was_started_with_this_checkout_first(tmp
     assert command[command.index(str(tmp_path / "inv.py")) + 1] == str(nightly.REPO / "deploy" / "postgres.py")
     assert kwargs["env"]["PYTHONPATH"].split(os.pathsep) == [str(nightly.REPO), "/elsewhere"]
     assert (tmp_path / "reports" / "nightly-latest.json").exists()  # --report-dir's default starts here too
+
+
+def test_pyinfra_options_after_a_double_dash_pass_through_wherever_our_options_stand(tmp_path, monkeypatch):
+    pyinfra = _Pyinfra(json.dumps(DRY))
+    monkeypatch.setattr(nightly.subprocess, "run", pyinfra)
+    nightly.main(["inv.py", "--report-dir", str(tmp_path), "--", "--sudo", "--limit", "db-1"])
+    [(command, _)] = pyinfra.calls
+    assert command[-3:] == ["--sudo", "--limit", "db-1"]
