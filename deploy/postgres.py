@@ -11,16 +11,14 @@ from pyinfra import config, host
 from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, smoke, tuning
 
 # Stage 0, look: the login can become root, the host data is valid, the host is one we
-# provision (two round trips of facts). Nothing changes yet; a refused host gets one
-# failing operation and the other hosts carry on.
-plan = preflight.start(host, config)
+# provision (two round trips of facts), then the facts every stage below asks (one more
+# round trip, side by side on the host). Nothing changes yet; a refused host (also one
+# whose files or facts cannot be read) gets one failing operation and the others carry on.
+plan = preflight.start(host, config, prefetch=True)
 
 if isinstance(plan, preflight.Refusal):
-    preflight.refuse(plan, name="Refuse this host (nothing changed)")
+    preflight.refuse(plan, name=preflight.REFUSAL)
 else:
-    # The facts every stage below asks, in one more round trip, side by side on the host.
-    plan.prefetch(*preflight.expected_facts(plan))
-
     # Stage 1, fetch: the tarball's checksum is verified before anything is installed.
     pgvector.fetch(plan, name="pgvector tarball is on the host, sha256 verified")
 

@@ -17,7 +17,7 @@ from pgvector_deploy import preflight, smoke
 plan = preflight.start(host, config)
 
 if isinstance(plan, preflight.Refusal):
-    preflight.refuse(plan, name="Refuse this host (nothing changed)")
+    preflight.refuse(plan, name=preflight.REFUSAL)
 else:
     # app_over_tcp logs in as the app role (host data) at the Docker bridge gateway, from
     # this machine through pyinfra's SSH connection: the password never reaches the host.

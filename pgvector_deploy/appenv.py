@@ -38,7 +38,7 @@ from pyinfra.api import FactBase, StringCommand, operation
 
 from .facts import parse_key_values
 from .networking import app_address
-from .shell import SAFE_PATH, fail, host_locked
+from .shell import SAFE_PATH, fail, fails_host_on_error, host_locked
 
 if TYPE_CHECKING:
     from .preflight import Plan
@@ -185,6 +185,7 @@ def _executing() -> bool:
 
 @operation()
 @host_locked
+@fails_host_on_error
 def env_file(plan: Plan):
     """Print the app's connection string (without the password) and, with ``pg_app_env_file``,
     keep that env file current on the host (only written when it differs).

@@ -27,7 +27,7 @@ from pyinfra.api import StringCommand, operation
 
 from .facts import AppState
 from .preflight import Plan
-from .shell import SAFE_PATH, as_postgres, host_locked
+from .shell import SAFE_PATH, as_postgres, fails_host_on_error, host_locked
 
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
 
@@ -82,6 +82,7 @@ def _sql_on_stdin(plan: Plan, database: str, sql: str) -> StringCommand:
 
 @operation()
 @host_locked
+@fails_host_on_error
 def role(plan: Plan):
     """Create or correct the app's LOGIN role and its password (only when it differs).
 
@@ -113,6 +114,7 @@ def role(plan: Plan):
 
 @operation()
 @host_locked
+@fails_host_on_error
 def database(plan: Plan):
     """Create the app's database (from template1, so it has vector), owned by the app role.
     An existing database is kept: only its owner is corrected and vector created if missing.

@@ -504,9 +504,10 @@ def hba_path(platform: Platform) -> str:
 
 
 class ServerConfig(FactBase):
-    """The managed files as they are (base64), the running listen_addresses and shared_buffers,
-    the file listen_addresses comes from, errors PostgreSQL finds in the files on disk, the
-    nonlocal-bind sysctl and the host's IPv4 addresses."""
+    """The managed files as they are (bytes: a hand edit in another encoding simply differs),
+    the running listen_addresses and shared_buffers, the file listen_addresses comes from,
+    errors PostgreSQL finds in the files on disk, the nonlocal-bind sysctl and the host's
+    IPv4 addresses."""
 
     def command(self, platform: Platform, port: int):
         managed = (hba_path(platform), settings_path(platform), tuning_path(platform), SYSCTL_FILE)
@@ -546,7 +547,7 @@ def parse_server_config(lines: list[str]) -> dict:
     files = {}
     for entry in values.get("file", []):
         path, _, encoded = entry.partition("|")
-        files[path] = base64.b64decode(encoded).decode()
+        files[path] = base64.b64decode(encoded)
     return {
         "files": files,
         "running_listen": values.get("running_listen", [""])[0],

@@ -59,7 +59,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
 from .facts import parse_key_values
-from .shell import SAFE_PATH, Var, as_postgres, fail, host_locked
+from .shell import SAFE_PATH, Var, as_postgres, fail, fails_host_on_error, host_locked
 
 if TYPE_CHECKING:  # preflight imports settings, which imports this module
     from .platforms import Platform
@@ -568,6 +568,7 @@ def parse_ledger(lines: list[str]) -> dict:
 
 @operation()
 @host_locked
+@fails_host_on_error
 def apply(plan: Plan):
     """Apply the app database's pending SQL migrations, each in its own transaction as the app
     role, recording each in the ledger; refuse when an applied file changed.

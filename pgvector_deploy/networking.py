@@ -56,7 +56,7 @@ from .managed_files import (
 )
 from .platforms import Platform
 from .preflight import Plan
-from .shell import SAFE_PATH, fail, host_locked
+from .shell import SAFE_PATH, fail, fails_host_on_error, host_locked
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 SYSCTL_TEXT = "# Managed by pgvector-deploy: lets PostgreSQL bind Docker bridge gateways before the bridges exist.\nnet.ipv4.ip_nonlocal_bind = 1\n"
@@ -146,6 +146,11 @@ def render_hba(bridges: list[Bridge], settings, rules: str) -> str:
     )
 
 
+def _shown(line: str) -> str:
+    """``line`` with each byte that was not UTF-8 (kept by surrogateescape) shown as ``\\xNN``."""
+    return line.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+
+
 # -- applying it -------------------------------------------------------------------------------
 
 
@@ -155,6 +160,7 @@ LISTEN_RESTART_FIX = "check the server log (an address in pg_listen_addresses th
 
 @operation()
 @host_locked
+@fails_host_on_error
 def listen(plan: Plan):
     """Write the settings include file (listen_addresses, scram-sha-256) and, on hosts with
     systemd, the nonlocal-bind sysctl; restart only if listen_addresses changed and
@@ -178,7 +184,7 @@ def listen(plan: Plan):
         return
     # Boot order matters only where an init system starts things at boot; containers
     # without systemd often cannot write /proc/sys anyway.
-    if plan.profile["systemd"] and (not state["nonlocal_bind"] or state["files"].get(SYSCTL_FILE) != SYSCTL_TEXT):
+    if plan.profile["systemd"] and (not state["nonlocal_bind"] or state["files"].get(SYSCTL_FILE) != SYSCTL_TEXT.encode()):
         yield f"PATH={SAFE_PATH}; printf '%s' {shlex.quote(SYSCTL_TEXT)} > {SYSCTL_FILE} && sysctl -q -w net.ipv4.ip_nonlocal_bind=1"
     if not state["includes_conf_d"]:
         # initdb's postgresql.conf (Amazon Linux, RHEL family) does not read conf.d/ yet.
@@ -192,7 +198,7 @@ def listen(plan: Plan):
     wanted = render_settings(plan.platform, addresses)
     pending = state["running_listen"] != ",".join(addresses)
     restart_decision(plan, ["listen_addresses"] if pending else [])
-    if state["files"].get(path) != wanted:
+    if state["files"].get(path) != wanted.encode():
         write = replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "server settings")
         restart = apply_restart(plan, f"sourcefile = '{path}'", LISTEN_RESTART_FIX)
         yield f"{write}{reload_command(plan)}\n{restart}"
@@ -205,6 +211,7 @@ def listen(plan: Plan):
 
 @operation()
 @host_locked
+@fails_host_on_error
 def client_access(plan: Plan):
     """Render pg_hba.conf (keeping the USER RULES section), check it, then reload.
 
@@ -215,7 +222,16 @@ def client_access(plan: Plan):
     state = plan.fact(ServerConfig, platform=plan.platform, port=plan.port)
     path = hba_path(plan.platform)
     current = state["files"].get(path)
-    rules = user_rules(current)
+    # Bytes that are not UTF-8 (a Latin-1 edit) stay as they are, so that they can be named.
+    rules = user_rules(None if current is None else current.decode("utf-8", errors="surrogateescape"))
+    not_utf8 = [_shown(line) for line in rules.splitlines() if _shown(line) != line]
+    if not_utf8:
+        yield fail(
+            f"refusing {path}: these USER RULES lines are not UTF-8 text, and are kept only as UTF-8: "
+            f"{'; '.join(not_utf8)}. Nothing was changed. Fix: convert them to UTF-8 on the host "
+            "(iconv -f latin1 -t utf-8), or remove those characters, then run again."
+        )
+        return
     unsafe = trust_over_tcp(rules) + [line for line in rules.splitlines() if HEREDOC_MARKER in line]
     if unsafe:
         yield fail(
@@ -224,7 +240,7 @@ def client_access(plan: Plan):
         )
         return
     wanted = render_hba(state["bridges"], plan.settings, rules)
-    if current == wanted:
+    if current == wanted.encode():
         if state["hba_errors"]:
             yield fail(
                 f"{path} on disk has errors PostgreSQL would reject: {'; '.join(state['hba_errors'])} "

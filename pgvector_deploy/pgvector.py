@@ -29,7 +29,7 @@ from .platforms import Platform
 from .preflight import Plan
 from .releases import parse_version
 from .settings import Settings
-from .shell import SAFE_PATH, Var, as_postgres, fail, host_locked
+from .shell import SAFE_PATH, Var, as_postgres, fail, fails_host_on_error, host_locked
 
 # Databases that get the extension: template1 so every new database (ORM shadow databases
 # included) is born with it, and postgres.
@@ -182,6 +182,7 @@ def is_current(state: dict, stamp: dict) -> bool:
 
 @operation()
 @host_locked
+@fails_host_on_error
 def fetch(plan: Plan):
     """Put the verified tarball in the host's cache: uploaded from the control machine when
     ``pgvector_tarball`` is set, else downloaded by the host. Skipped when it is already there.
@@ -207,6 +208,7 @@ def fetch(plan: Plan):
 
 @operation()
 @host_locked
+@fails_host_on_error
 def build(plan: Plan):
     """Compile and install pgvector unless the build stamp says this exact build is in place.
 
@@ -240,6 +242,7 @@ def _newer_than(version: str, wanted: tuple[int, int, int]) -> bool:
 
 @operation()
 @host_locked
+@fails_host_on_error
 def extension(plan: Plan):
     """Bring every database's ``vector`` up to the built version, and create the extension in
     template1 and postgres.

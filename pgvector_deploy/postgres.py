@@ -20,11 +20,12 @@ from pyinfra.api import operation
 from .facts import ClusterState, InstalledPackages, RepositoryChecks
 from .platforms import POSTGRES_MAJOR
 from .preflight import Plan
-from .shell import SAFE_PATH, host_locked
+from .shell import SAFE_PATH, fails_host_on_error, host_locked
 
 
 @operation()
 @host_locked
+@fails_host_on_error
 def repository(plan: Plan):
     """Set up where PostgreSQL 15 comes from (PGDG repository, modules, CRB), only the steps
     not done yet. One fact runs every step's check; a platform without steps asks nothing.
@@ -50,6 +51,7 @@ def repository(plan: Plan):
 
 @operation()
 @host_locked
+@fails_host_on_error
 def packages(plan: Plan):
     """Install the server, PGXS headers and compiler, only those missing.
 
@@ -68,6 +70,7 @@ def packages(plan: Plan):
 
 @operation()
 @host_locked
+@fails_host_on_error
 def cluster(plan: Plan):
     """Create the cluster only when its data directory holds none (never re-initialise).
 
@@ -86,6 +89,7 @@ def cluster(plan: Plan):
 
 @operation()
 @host_locked
+@fails_host_on_error
 def running(plan: Plan):
     """Start the cluster if it is down, and enable it at boot where systemd is the init.
 

@@ -9,7 +9,7 @@ Example::
 
     plan = preflight.start(host, config)
     if isinstance(plan, preflight.Refusal):
-        preflight.refuse(plan, name="Refuse host")
+        preflight.refuse(plan, name=preflight.REFUSAL)
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from pyinfra.api import operation
 from .facts import BUILD_STAMP, CACHE_DIR, FactBundle, HostProfile, LoginAccess
 from .platforms import POSTGRES_MAJOR, Platform, UnsupportedHost, detect_platform
 from .settings import Settings, SettingsError, load_settings
-from .shell import fail
+from .shell import fail, fails_host_on_error, unexpected_error
 
 POSTGRES_PORT = 5432
+# The name of the one operation a refused host gets (the nightly report reads it).
+REFUSAL = "Refuse this host (nothing changed)"
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class Plan:
     def prefetch(self, *requests: tuple[type, dict]) -> None:
         """Gather several facts in one round trip, their commands side by side on the host, and
         remember each as if ``fact`` had asked it alone (same class and arguments). A fact
-        whose command failed is not remembered: ``fact`` asks it again, alone.
+        whose command failed is not remembered: ``fact`` asks it again, alone. One whose
+        output its parser cannot read raises ``UnreadableFact`` (``start``: a refusal).
 
         Nothing has run on the host yet when the recipe prefetches, so these are as fresh
         as any fact ``fact`` gathers; the first command an operation yields forgets them.
@@ -80,7 +83,10 @@ class Plan:
         for (cls, kwargs), (status, lines) in zip(wanted, parts):
             if status == 0:
                 fact = cls()
-                self._facts[self._key(cls, kwargs)] = fact.process(lines) if lines else fact.default()
+                try:
+                    self._facts[self._key(cls, kwargs)] = fact.process(lines) if lines else fact.default()
+                except Exception as error:
+                    raise UnreadableFact(cls, error) from error
 
     def _key(self, fact: type, kwargs: dict) -> tuple:
         return (fact, getattr(current_host, "name", None), self._arguments_key(kwargs))
@@ -118,6 +124,13 @@ class Plan:
         return f"Plan({self.platform.key}, pgvector {self.settings.version})"
 
 
+class UnreadableFact(Exception):
+    """A fact's output that its parser could not read (``Plan.prefetch``)."""
+
+    def __init__(self, fact: type, error: Exception):
+        super().__init__(f"the output of {fact.__name__} could not be read ({type(error).__name__}: {error})")
+
+
 @dataclass(frozen=True)
 class Refusal:
     message: str
@@ -149,10 +162,13 @@ def check_port(profile: dict, platform: Platform, port: int) -> None:
         for cluster in profile["clusters"]
     ):
         return  # the distribution's cluster tool says our own cluster serves the port
+    ours = f"{platform.bindir}/postgres"
     for listener in profile["listeners"]:
         exe = listener["exe"]
-        if exe.startswith(platform.bindir + "/"):
-            continue  # our own PostgreSQL 15 already serves the port
+        if exe == ours:
+            # Our own PostgreSQL 15 already serves the port. The server binary itself, not
+            # anything in the bindir: Amazon Linux 2023's is /usr/bin, docker-proxy's too.
+            continue
         owner = exe or listener["process"] or "an unknown process"
         if "postgres" in exe or listener["process"] == "postgres":
             raise UnsupportedHost(
@@ -318,22 +334,46 @@ def check_disk_space(profile: dict, platform: Platform) -> None:
             )
 
 
-def start(host, config) -> Plan | Refusal:
-    """How every recipe begins: check the login can become root, then ``look``.
+def start(host, config, *, prefetch: bool = False) -> Plan | Refusal:
+    """How every recipe begins: check the login can become root, then ``look``; with
+    ``prefetch``, also gather the facts the recipe's operations ask (``expected_facts``).
 
     Sets ``config.SUDO`` for this host (pyinfra's config is per host while a deploy file
-    loads): sudo when the login user is not root. A login that cannot sudo without a password
-    is refused without sudo, so that the refusal itself can run.
+    loads): sudo when the login user is not root. Sudo asked for on pyinfra's command line
+    (``--sudo``) stays on: under it the login looks like root. A login that cannot sudo
+    without a password is refused without sudo, so that the refusal itself can run.
+
+    Any error while looking (a file or a fact output the toolkit cannot read, an unreadable
+    file named in host data) is a refusal too: this host gets one failing operation naming
+    it, the other hosts carry on, and nothing was changed.
     """
+    try:
+        return _start(host, config, prefetch)
+    except Exception as error:  # noqa: BLE001 - one host's surprise must not end the whole run
+        return Refusal(unexpected_error(error, "looking at the host"))
+
+
+def _start(host, config, prefetch: bool) -> Plan | Refusal:
+    asked_sudo = bool(config.SUDO)
     access = host.get_fact(LoginAccess)
-    config.SUDO = access["uid"] != 0
+    if access is None:  # id -u failed: with --sudo, sudo itself refused
+        config.SUDO = False
+        return Refusal(
+            f"could not run a command on the host{' with sudo (pyinfra --sudo)' if asked_sudo else ''}. Fix: connect "
+            "as a user with passwordless sudo (EC2 images: admin, ubuntu, ec2-user), or as root; the toolkit uses "
+            "sudo by itself when the login is not root, so --sudo is not needed."
+        )
+    config.SUDO = asked_sudo or access["uid"] != 0
     if not access["sudo"]:
         config.SUDO = False
         return Refusal(
             f"the login user (uid {access['uid']}) cannot run sudo without a password. Fix: connect as a user "
             "with passwordless sudo (EC2 images: admin, ubuntu, ec2-user), or as root."
         )
-    return look(host)
+    plan = look(host)
+    if prefetch and isinstance(plan, Plan):
+        plan.prefetch(*expected_facts(plan))
+    return plan
 
 
 def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
@@ -378,6 +418,7 @@ def look(host) -> Plan | Refusal:
 
 
 @operation()
+@fails_host_on_error
 def refuse(refusal: Refusal):
     """Fail this host with the refusal's message; nothing else runs on it.
 

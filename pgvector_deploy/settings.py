@@ -271,10 +271,17 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         tarball_path = Path(tarball).expanduser()
         if not tarball_path.is_file():
             raise SettingsError(
-                f"pgvector_tarball {tarball!r} does not exist on the control machine. Fix: point it at the "
-                f"downloaded v{release.version}.tar.gz, or unset it to download from pgvector_url."
+                f"pgvector_tarball {tarball!r} does not exist on the control machine (relative paths start at "
+                f"{Path.cwd()}). Fix: point it at the downloaded v{release.version}.tar.gz, or unset it to "
+                "download from pgvector_url."
             )
-        actual = sha256_of_file(tarball_path)
+        try:
+            actual = sha256_of_file(tarball_path)
+        except OSError as error:
+            raise SettingsError(
+                f"pgvector_tarball {tarball!r} cannot be read on the control machine ({error.strerror or error}). "
+                "Fix: make it readable by the user running pyinfra, or unset it to download from pgvector_url."
+            ) from None
         if actual != release.sha256:
             raise SettingsError(
                 f"pgvector_tarball {tarball!r} has sha256 {actual}, expected {release.sha256} "

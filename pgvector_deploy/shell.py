@@ -6,6 +6,8 @@ import shlex
 from functools import wraps
 from typing import TYPE_CHECKING
 
+from pyinfra import logger
+from pyinfra.context import ctx_host
 from pyinfra.api import QuoteString, StringCommand
 
 if TYPE_CHECKING:  # platforms uses fail(); importing Platform at run time would be a cycle
@@ -73,13 +75,81 @@ def words(*parts: str) -> str:
     return "".join(f'"${{{part}}}"' if isinstance(part, Var) else shlex.quote(part) for part in parts)
 
 
-def fail(*parts: str) -> str:
-    """Shell that prints the message on stderr and exits 1.
+class Failure(str):
+    """A command that only fails; ``message`` is what it prints (``fail``)."""
 
-    >>> fail("expected 1, found ", Var("found"))
-    '{ echo \'expected 1, found \'"${found}" >&2; exit 1; }'
+    message: str
+
+
+def fail(*parts: str) -> Failure:
+    r"""Shell that prints the message on stderr and exits 1 (printf, not echo: dash's echo
+    would interpret the backslashes in a message).
+
+    >>> print(fail("expected 1, found ", Var("found")))
+    { printf '%s\n' 'expected 1, found '"${found}" >&2; exit 1; }
     """
-    return f"{{ echo {words(*parts)} >&2; exit 1; }}"
+    command = Failure(f"{{ printf '%s\\n' {words(*parts)} >&2; exit 1; }}")
+    command.message = "".join(f"${{{part}}}" if isinstance(part, Var) else part for part in parts)
+    return command
+
+
+# Marks each failure of ours in pyinfra's log, "[host] pgvector-deploy failed: <message>", so
+# that the nightly report names the host and the message also under --dry, where no failing
+# command runs.
+FAILURE_MARK = "pgvector-deploy failed:"
+
+
+def log_failure(message: str) -> None:
+    """Log ``message`` as this host's failure (``FAILURE_MARK``), on one line."""
+    prefix = getattr(ctx_host.get(), "print_prefix", "") if ctx_host.isset() else ""
+    logger.error(f"{prefix}{FAILURE_MARK} {one_line(message)}")
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def unexpected_error(error: BaseException, during: str) -> str:
+    """One line for an exception met while ``during``, naming it and the fix.
+
+    >>> unexpected_error(ValueError("bad\\nvalue"), "reading the host")[:56]
+    'unexpected ValueError while reading the host: bad value.'
+    """
+    return (
+        f"unexpected {type(error).__name__} while {during}: {one_line(error)}. Nothing more was done on "
+        "this host; the other hosts carry on. Fix: correct what this names on the host (or in its host "
+        "data) and run again; if it looks right, report this line as a pgvector-deploy bug."
+    )
+
+
+def fails_host_on_error(operation_function):
+    """Decorator for an operation's generator: an exception in it (a fact's parser, the
+    operation's own code) fails this host alone, with one line naming it, instead of stopping
+    the whole run with a traceback (pyinfra 3 lets an operation's exception end the run).
+    Each failure, raised or yielded (``fail``), is also logged (``log_failure``): with
+    ``--dry`` no failing command runs, and the log is then the only place that says so.
+
+    .. code:: python
+
+        @operation()
+        @host_locked
+        @fails_host_on_error
+        def build(plan): ...
+    """
+
+    @wraps(operation_function)
+    def guarded(*args, **kwargs):
+        try:
+            for command in operation_function(*args, **kwargs):
+                if isinstance(command, Failure):
+                    log_failure(command.message)
+                yield command
+        except Exception as error:  # noqa: BLE001 - any error fails this host, not the run
+            message = unexpected_error(error, operation_function.__name__.replace("_", " "))
+            log_failure(message)
+            yield fail(message)
+
+    return guarded
 
 
 # One lock per host, held by each command that changes something: two overlapping runs (a

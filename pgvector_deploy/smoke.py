@@ -69,7 +69,7 @@ from . import tunnel
 from .networking import app_address
 from .platforms import POSTGRES_MAJOR, Platform
 from .preflight import Plan
-from .shell import SAFE_PATH, as_postgres, fail, with_host_lock
+from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, with_host_lock
 
 SCRATCH_DATABASE = "pgvector_deploy_smoke"  # made from template1
 SCRATCH_COMMENT = "pgvector-deploy smoke scratch"  # plain text: no quotes, $, ` or backslash
@@ -829,6 +829,7 @@ class SmokeChecks(FactBase):
 
 
 @operation()
+@fails_host_on_error
 def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports"):
     """Run the vector smoke suite on the host (``app_over_tcp`` from here, through pyinfra's
     connection); fail the host naming the failed checks.

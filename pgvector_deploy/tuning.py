@@ -44,7 +44,7 @@ from .managed_files import (
 from .platforms import UnsupportedHost
 from .preflight import Plan
 from .settings import TuningSettings
-from .shell import SAFE_PATH, host_locked
+from .shell import SAFE_PATH, fails_host_on_error, host_locked
 
 HNSW_M = 16  # pgvector's default m; the graph estimate assumes it
 STOCK_MAINTENANCE_WORK_MEM_MB = 64
@@ -264,6 +264,7 @@ def restart_needed(wanted: list[Tuned], state: dict) -> list[str]:
 
 @operation()
 @host_locked
+@fails_host_on_error
 def server_settings(plan: Plan):
     """Write the tuning include file (checked by PostgreSQL first) when a value must change,
     reload, and restart when a restart-only setting (shared_buffers) changed and ``pg_restart``
@@ -275,7 +276,8 @@ def server_settings(plan: Plan):
     """
     state = plan.fact(ServerConfig, platform=plan.platform, port=plan.port)
     path = tuning_path(plan.platform)
-    current = state["files"].get(path)
+    found = state["files"].get(path)  # bytes: a hand edit in another encoding just does not fit
+    current = None if found is None else found.decode("utf-8", errors="replace")
     ours = f"sourcefile = '{path}'"
     if not plan.settings.tuning.enabled:
         if current is not None:

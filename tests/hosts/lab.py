@@ -323,22 +323,64 @@ class TestHost:
         command = f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d {shlex.quote(database)} -c {shlex.quote(sql)}"
         return self.sudo(command).strip()
 
-    def snapshot(self) -> dict[str, tuple[int, int, int]]:
-        """Every file and directory that matters on the host, with size, mtime and mode, read
-        from its root filesystem; two equal snapshots mean nothing was installed or written.
-        Logs, sudo's lecture marks and systemd's own state change by themselves: left out.
-        Directories count by name and mode only."""
-        volatile = {"var/log", "var/lib/sudo", "var/lib/systemd", "var/cache/ldconfig", "var/lib/private"}
-        found = {}
+    def snapshot(self) -> dict[str, tuple]:
+        """What a run of the toolkit could change on the host, so that two equal snapshots
+        mean it changed nothing: every file and directory under /etc, /usr, /opt, /srv, /var
+        and /home (size, mtime, mode, owner; packages land in /usr and dpkg's status, our
+        configuration in /etc, the build in /var/tmp, our cache and stamp in /var), and, with
+        PostgreSQL up, its roles, databases, extension versions, a checksum of every
+        database's contents (pg_dumpall), the cluster's identity and the server's start time.
+
+        Never the housekeeping that changes by itself, or whenever anyone connects (a
+        snapshot that includes it makes a flaky test): inside a data directory only its
+        top-level configuration files and PG_VERSION count (not pg_internal.init, the WAL,
+        statistics or postmaster.pid), and logs, sudo's lecture marks, systemd's and apt's
+        own state are left out. Directories count by name, mode and owner only."""
+        volatile = {
+            "var/log", "var/lib/sudo", "var/lib/systemd", "var/cache/ldconfig", "var/lib/private",
+            "var/lib/apt/lists", "var/lib/apt/periodic", "var/cache/apt", "var/cache/man", "var/lib/dhcp",
+            "var/lib/logrotate",
+        }  # fmt: skip
+        housekeeping = {"postmaster.pid", "postmaster.opts", "current_logfiles"}
+        found: dict[str, tuple] = {}
         for top in ("etc", "usr", "opt", "srv", "var", "home"):
             for directory, dirs, files in os.walk(self.root / top):
                 relative = os.path.relpath(directory, self.root)
+                if "PG_VERSION" in files and "global" in dirs:  # a data directory
+                    dirs[:] = []
+                    files = [name for name in files if name not in housekeeping]
                 dirs[:] = [d for d in dirs if os.path.join(relative, d) not in volatile]
                 for name in dirs:  # a directory's mtime moves when a temp file comes and goes
-                    found[os.path.join(relative, name)] = (0, 0, os.lstat(os.path.join(directory, name)).st_mode)
+                    stat = os.lstat(os.path.join(directory, name))
+                    found[os.path.join(relative, name)] = (0, 0, stat.st_mode, stat.st_uid, stat.st_gid)
                 for name in files:
                     stat = os.lstat(os.path.join(directory, name))
-                    found[os.path.join(relative, name)] = (stat.st_size, stat.st_mtime_ns, stat.st_mode)
+                    found[os.path.join(relative, name)] = (stat.st_size, stat.st_mtime_ns, stat.st_mode, stat.st_uid, stat.st_gid)
+        found.update(self._server_snapshot())
+        return found
+
+    def _server_snapshot(self) -> dict[str, tuple]:
+        """PostgreSQL's side of ``snapshot``, read as superuser; nothing when it is not up."""
+        if self.sudo("pg_isready -q -p 5432 && echo up || true").strip() != "up":
+            return {"server": ("down",)}
+        queries = {
+            "server:roles": "SELECT string_agg(concat_ws(' ', rolname, rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, "
+            "rolreplication, rolbypassrls, md5(coalesce(rolpassword, ''))), ';' ORDER BY rolname) FROM pg_authid",
+            "server:databases": "SELECT string_agg(concat_ws(' ', datname, pg_get_userbyid(datdba), datallowconn, datacl::text), "
+            "';' ORDER BY datname) FROM pg_database",
+            "server:identity": "SELECT system_identifier || ' ' || pg_postmaster_start_time() FROM pg_control_system()",
+        }  # fmt: skip
+        found = {key: (self.psql(sql),) for key, sql in queries.items()}
+        for database in self.psql("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1").split():
+            found[f"server:extensions:{database}"] = (
+                self.psql("SELECT string_agg(extname || ' ' || extversion, ';' ORDER BY extname) FROM pg_extension", database),
+            )
+        # pg_dumpall (15.14 on) wraps its output in \restrict <a random key>: not contents.
+        dump = (
+            "set -e; dump=$(runuser -u postgres -- pg_dumpall -p 5432 --no-comments); "
+            "printf '%s\\n' \"$dump\" | grep -Ev '^\\\\(un)?restrict ' | sha256sum"
+        )
+        found["server:contents"] = (self.sudo(dump).split()[0],)
         return found
 
     def init_pid(self) -> int:

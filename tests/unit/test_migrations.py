@@ -360,7 +360,7 @@ def test_a_changed_file_yields_one_failure_and_applies_nothing(debian12, provisi
     [command] = run_apply(plan, ledger_lines(recorded, plan.settings.migrations[1]))[0]
     text = str(command)
     assert "_stdin" not in getattr(command, "connector_arguments", {})
-    assert text.startswith("{ echo ") and text.rstrip().endswith("exit 1; }")
+    assert text.startswith("{ printf '%s\\n' ") and text.rstrip().endswith("exit 1; }")
     words = " ".join(shlex.split(text))
     assert f"0001_documents.sql was applied with sha256 {'0' * 64}, and the file now has sha256 {plan.settings.migrations[0].sha256}" in words
     assert str(plan.settings.migrations_dir) in words

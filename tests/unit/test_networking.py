@@ -113,7 +113,7 @@ def test_host_profile_reports_the_bridges():
     assert parse_host_profile(lines)["bridges"] == [BR, DOCKER0]
 
 
-def test_parse_server_config_decodes_files_and_reads_every_key():
+def test_parse_server_config_reads_files_as_bytes_and_every_key():
     hba = "local all postgres peer\n# ünïcode comment\n"
     lines = [
         file_line(HBA, hba),
@@ -131,7 +131,7 @@ def test_parse_server_config_decodes_files_and_reads_every_key():
         *(f"address={line}" for line in IP_ADDR_LINES),
     ]
     assert parse_server_config(lines) == {
-        "files": {HBA: hba, SYSCTL_FILE: networking.SYSCTL_TEXT},
+        "files": {HBA: hba.encode(), SYSCTL_FILE: networking.SYSCTL_TEXT.encode()},
         "running_listen": "localhost,172.17.0.1",
         "max_connections": 250,
         "running_shared_buffers_mb": 6144,
@@ -163,12 +163,12 @@ def test_parse_server_config_of_a_stopped_server_without_our_files():
 
 
 def test_parse_server_config_of_an_empty_file():
-    assert parse_server_config([f"file={HBA}|", "nonlocal_bind="])["files"] == {HBA: ""}
+    assert parse_server_config([f"file={HBA}|", "nonlocal_bind="])["files"] == {HBA: b""}
 
 
 def test_stock_debian_capture_is_parsed():
     state = parse_server_config(recorded_lines("stock", "server-config"))
-    assert state["files"] == {HBA: (RECORDED / "debian12-x86_64-stock.pg_hba.conf").read_text()}
+    assert state["files"] == {HBA: (RECORDED / "debian12-x86_64-stock.pg_hba.conf").read_bytes()}
     assert state["running_listen"] == "localhost"
     assert (state["nonlocal_bind"], state["includes_conf_d"]) == (False, True)
     assert (state["hba_errors"], state["settings_errors"]) == ([], [])
@@ -756,3 +756,41 @@ def test_sysctl_printf_argument_is_exactly_the_text(plan):
     [command] = run_operation(networking.listen, plan, FactHost({ServerConfig: docker_state(drop=("nonlocal_bind",))}))
     argument = shlex.split(command.split("; ", 1)[1].split(" > ")[0])[2]
     assert argument == networking.SYSCTL_TEXT
+
+
+# --- a hand-edited file in another encoding (bytes that are not UTF-8) ----------------------------
+
+
+def raw_file_line(path: str, raw: bytes) -> str:
+    return f"file={path}|{base64.b64encode(raw).decode()}"
+
+
+def test_a_latin1_byte_outside_the_user_rules_is_a_difference_replaced_with_a_copy_kept(plan):
+    converged = render_hba([BR, DOCKER0], load_settings({}), "host mydb myuser 10.1.0.0/16 scram-sha-256").encode()
+    edited = converged + b"# edited by Ren\xe9\n"  # after END USER RULES: ours, so rewritten
+    lines = [raw_file_line(HBA, edited), *docker_state()[1:]]
+    script, reload = run_operation(networking.client_access, plan, FactHost({ServerConfig: lines}))
+    assert 'cp -p "$file" "$backup"' in script  # the edited copy is kept (managed_files.keep_copy)
+    assert heredoc_body(script).encode() == converged  # the user's rule kept, the stray byte gone
+    assert reload == RELOAD
+    # and the rewritten file is converged: the next run yields nothing
+    plan.forget_facts()
+    assert run_operation(networking.client_access, plan, FactHost({ServerConfig: docker_state(mine="host mydb myuser 10.1.0.0/16 scram-sha-256")})) == []
+
+
+def test_a_latin1_byte_in_the_user_rules_fails_the_host_naming_the_line_and_changes_nothing(plan):
+    hba = render_hba([BR, DOCKER0], load_settings({}), "# caf\udce9 rules\nhost mydb myuser 10.1.0.0/16 scram-sha-256")
+    raw = hba.encode("utf-8", errors="surrogateescape")
+    assert b"# caf\xe9 rules\n" in raw
+    lines = [raw_file_line(HBA, raw), *docker_state(extra=(NEW_BR,))[1:]]
+    [command] = run_operation(networking.client_access, plan, FactHost({ServerConfig: lines}))
+    result = run_fail(command)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1  # one line
+    assert f"refusing {HBA}: these USER RULES lines are not UTF-8 text" in result.stderr
+    assert "# caf\\xe9 rules" in result.stderr and "Nothing was changed" in result.stderr and "Fix:" in result.stderr
+
+
+def test_valid_utf8_in_the_user_rules_is_kept_as_it_is(plan):
+    mine = "# café, naïve\nhost mydb myuser 10.1.0.0/16 scram-sha-256"
+    assert run_both(plan, docker_state(mine=mine))[:2] == ([], [])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 
 import click
+import pytest
 from pyinfra.api.output import format_text
 
 from pgvector_deploy import nightly
@@ -32,16 +34,18 @@ DRY = {
 
 def test_apply_results_are_summarised_per_host():
     hosts = nightly.summarise(APPLY, dry=False)
-    assert hosts["db-1"] == {"changed": [], "failed": [], "status": "clean"}
+    assert hosts["db-1"] == {"changed": [], "failed": [], "messages": [], "status": "clean"}
     assert hosts["db-2"]["changed"] == ["pg_hba.conf admits the Docker bridges with scram-sha-256"]
     assert hosts["db-2"]["status"] == "drift"
-    assert hosts["db-3"] == {"changed": [], "failed": ["Vector smoke suite"], "status": "failed"}
-    assert hosts["db-4"] == {"changed": [], "failed": ["(could not connect or prepare)"], "status": "failed"}
+    assert hosts["db-3"] == {"changed": [], "failed": ["Vector smoke suite"], "messages": [], "status": "failed"}
+    assert hosts["db-4"] == {"changed": [], "failed": ["(could not connect or prepare)"], "messages": [], "status": "failed"}
 
 
 def test_dry_results_list_what_would_change():
     hosts = nightly.summarise(DRY, dry=True)
-    assert hosts == {"db-2": {"changed": ["pg_hba.conf admits the Docker bridges with scram-sha-256"], "failed": [], "status": "drift"}}
+    assert hosts == {
+        "db-2": {"changed": ["pg_hba.conf admits the Docker bridges with scram-sha-256"], "failed": [], "messages": [], "status": "drift"}
+    }
 
 
 def test_exit_status_failure_wins_over_drift():
@@ -49,6 +53,7 @@ def test_exit_status_failure_wins_over_drift():
     assert nightly.exit_status(nightly.summarise(DRY, dry=True), 0) == nightly.DRIFT
     assert nightly.exit_status({"db-1": {"changed": [], "failed": []}}, 0) == nightly.CLEAN
     assert nightly.exit_status({"db-1": {"changed": [], "failed": []}}, 1) == nightly.FAILED
+    assert nightly.exit_status({"db-1": {"changed": [], "failed": []}}, 0, ["no report"]) == nightly.FAILED
 
 
 def test_pyinfra_command_uses_dry_without_yes():
@@ -56,7 +61,7 @@ def test_pyinfra_command_uses_dry_without_yes():
     assert "--dry" in dry and "-y" not in dry
     apply = nightly.pyinfra_command("inv.py", False, ["--limit", "db-1"])
     assert "-y" in apply and "--dry" not in apply
-    assert apply[-2:] == ["--limit", "db-1"] and apply[apply.index("inv.py") + 1] == "deploy/postgres.py"
+    assert apply[-2:] == ["--limit", "db-1"] and apply[apply.index("inv.py") + 1] == str(nightly.REPO / "deploy" / "postgres.py")
 
 
 def test_report_is_written_private_and_as_latest(tmp_path):
@@ -104,7 +109,7 @@ def test_pending_restarts_are_read_from_pyinfra_log_per_host():
 def test_pending_restarts_go_in_the_report_and_count_as_drift():
     hosts = nightly.summarise(APPLY, dry=False)
     nightly.note_pending_restarts(hosts, pyinfra_log_line("db-1", "restart pending: shared_buffers"))
-    assert hosts["db-1"] == {"changed": [], "failed": [], "status": "drift", "restart_pending": ["shared_buffers"]}
+    assert hosts["db-1"] == {"changed": [], "failed": [], "messages": [], "status": "drift", "restart_pending": ["shared_buffers"]}
     assert hosts["db-2"]["restart_pending"] == [] and hosts["db-2"]["status"] == "drift"
     assert hosts["db-3"]["status"] == "failed"  # failure still wins
     assert nightly.exit_status({"db-1": hosts["db-1"]}, 0) == nightly.DRIFT
@@ -128,3 +133,85 @@ def test_main_writes_the_pending_restarts_into_the_report(tmp_path, monkeypatch,
     report = json.loads((tmp_path / "nightly-latest.json").read_text())
     assert report["hosts"]["db-1"]["restart_pending"] == ["shared_buffers"]
     assert "restart pending: shared_buffers" in capsys.readouterr().out
+
+
+# --- the truth about failures, also with --dry ----------------------------------------------------
+
+REFUSED_DRY = {
+    "plan": [
+        {"name": "Refuse this host (nothing changed)", "hosts_with_change": ["db-3"]},
+        {"name": "pg_hba.conf admits the Docker bridges with scram-sha-256", "hosts_with_change": ["db-2"]},
+    ],
+    "results": None,
+}
+LOG = (
+    "--> Preparing operations...\n"
+    "    [db-3] pgvector-deploy failed: REFUSED, nothing was changed on this host: port 5432 is taken by nginx. Fix: stop it.\n"
+    "    \x1b[1m[db-5]\x1b[0m \x1b[31mpgvector-deploy failed: unexpected KeyError while client access: 'x'. Fix: ...\x1b[0m\n"
+    "    [db-2] Ready: deploy/postgres.py\n"
+)
+
+
+def test_a_refused_host_is_failed_under_dry_with_its_message():
+    assert nightly.REFUSAL == "Refuse this host (nothing changed)"
+    hosts = nightly.summarise(REFUSED_DRY, dry=True, log=LOG)
+    assert hosts["db-3"]["status"] == "failed"
+    assert hosts["db-3"]["failed"] == ["Refuse this host (nothing changed)"]
+    assert hosts["db-3"]["messages"] == ["REFUSED, nothing was changed on this host: port 5432 is taken by nginx. Fix: stop it."]
+    assert hosts["db-5"]["status"] == "failed" and hosts["db-5"]["messages"][0].startswith("unexpected KeyError")
+    assert hosts["db-2"]["status"] == "drift"
+    assert nightly.exit_status(hosts, 0) == nightly.FAILED  # pyinfra --dry itself exits 0 here
+
+
+def test_dry_results_with_null_failed_hosts_are_read():
+    assert nightly.summarise({"plan": [], "results": {"failed_hosts": None}}, dry=True) == {}
+
+
+class _Pyinfra:
+    """Stands in for subprocess.run: records how pyinfra was started, prints ``stdout``."""
+
+    def __init__(self, stdout: str, returncode: int = 0, stderr: str = ""):
+        self.stdout, self.returncode, self.stderr = stdout, returncode, stderr
+        self.calls: list[tuple[list, dict]] = []
+
+    def __call__(self, command, **kwargs):
+        self.calls.append((command, kwargs))
+        return subprocess.CompletedProcess(command, self.returncode, self.stdout, self.stderr)
+
+
+@pytest.mark.parametrize("stdout", ["", "not json", "[]", '{"plan": []}', "--> Loading config...\n"])
+def test_empty_or_unreadable_pyinfra_output_is_a_failure_never_clean(stdout, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(nightly.subprocess, "run", _Pyinfra(stdout))
+    status = nightly.main(["inv.py", "--report-dir", str(tmp_path)])
+    report = json.loads((tmp_path / "nightly-latest.json").read_text())
+    assert status == nightly.FAILED and report["status"] == "failed"
+    assert report["problems"][0].startswith("pyinfra printed no readable --json report (exit status 0)")
+    assert "pyinfra printed no readable --json report" in capsys.readouterr().out
+
+
+def test_dry_run_with_a_refusal_exits_1(tmp_path, monkeypatch):
+    monkeypatch.setattr(nightly.subprocess, "run", _Pyinfra(json.dumps(REFUSED_DRY), stderr=LOG))
+    assert nightly.main(["inv.py", "--dry", "--report-dir", str(tmp_path)]) == nightly.FAILED
+    report = json.loads((tmp_path / "nightly-latest.json").read_text())
+    assert report["status"] == "failed" and report["hosts"]["db-3"]["status"] == "failed"
+
+
+def test_pyinfra_runs_where_the_command_was_started_with_this_checkout_first(tmp_path, monkeypatch):
+    pyinfra = _Pyinfra(json.dumps(DRY))
+    monkeypatch.setattr(nightly.subprocess, "run", pyinfra)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    nightly.main(["inv.py", "--dry"])
+    [(command, kwargs)] = pyinfra.calls
+    assert kwargs["cwd"] == str(tmp_path)  # relative host data paths start here, as with pyinfra itself
+    assert command[command.index(str(tmp_path / "inv.py")) + 1] == str(nightly.REPO / "deploy" / "postgres.py")
+    assert kwargs["env"]["PYTHONPATH"].split(os.pathsep) == [str(nightly.REPO), "/elsewhere"]
+    assert (tmp_path / "reports" / "nightly-latest.json").exists()  # --report-dir's default starts here too
+
+
+def test_pyinfra_options_after_a_double_dash_pass_through_wherever_our_options_stand(tmp_path, monkeypatch):
+    pyinfra = _Pyinfra(json.dumps(DRY))
+    monkeypatch.setattr(nightly.subprocess, "run", pyinfra)
+    nightly.main(["inv.py", "--report-dir", str(tmp_path), "--", "--sudo", "--limit", "db-1"])
+    [(command, _)] = pyinfra.calls
+    assert command[-3:] == ["--sudo", "--limit", "db-1"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgvector_deploy.facts import HostProfile, parse_host_profile
+from pgvector_deploy.facts import HostProfile, LoginAccess, parse_host_profile
 from pgvector_deploy.platforms import UnsupportedHost
 from pgvector_deploy.preflight import POSTGRES_PORT, Plan, Refusal, check_port, look, make_plan, tarball_path
 from pgvector_deploy.settings import load_settings
@@ -434,3 +434,123 @@ def test_the_refusal_comes_from_the_host_profile_alone_before_any_other_fact():
     result = look(host)
     assert isinstance(result, Refusal) and "pg_data_mount /var/lib/postgresql is not mounted" in result.message
     assert host.asked == [HostProfile]
+
+
+# --- Amazon Linux 2023: the bindir is /usr/bin, shared with everything else -------------------
+
+
+def _al2023_provisioned_with_listener(exe: str, line: str) -> list[str]:
+    recorded = recorded_lines("provisioned", "host-profile", host="amzn2023-x86_64")
+    return [entry for entry in recorded if not entry.startswith("listener=")] + [f"listener={exe}|{line}"]
+
+
+@pytest.mark.parametrize(
+    ("exe", "line", "named"),
+    [
+        ("/usr/bin/docker-proxy", DOCKER_LINE, "/usr/bin/docker-proxy"),
+        ("/usr/bin/pgbouncer", 'LISTEN 0 128 0.0.0.0:5432 0.0.0.0:* users:(("pgbouncer",pid=700,fd=7))', "/usr/bin/pgbouncer"),
+    ],
+)
+def test_amazon_linux_2023_refuses_another_usr_bin_program_on_the_port(exe, line, named):
+    # PostgreSQL 15 installed in /usr/bin but stopped; something else from /usr/bin holds 5432.
+    host = StubHost({}, parse_host_profile(_al2023_provisioned_with_listener(exe, line)))
+    refusal = look(host)
+    assert isinstance(refusal, Refusal)
+    assert refusal.message.startswith(f"port 5432 is taken by {named} (") and "Fix:" in refusal.message
+
+
+def test_amazon_linux_2023_with_its_own_server_on_the_port_is_planned():
+    host = StubHost({}, parse_host_profile(recorded_lines("provisioned", "host-profile", host="amzn2023-x86_64")))
+    assert isinstance(look(host), Plan)
+
+
+def test_amazon_linux_2023_under_qemu_sees_the_server_through_its_argv():
+    # /proc/PID/exe is the emulator; the program is argv's first word that is not qemu's.
+    line = 'LISTEN 0 244 127.0.0.1:5432 0.0.0.0:* users:(("postgres",pid=2051,fd=6))|argv=/usr/bin/qemu-x86_64-static /usr/bin/postgres -D /var/lib/pgsql/data'
+    ok = parse_host_profile(_al2023_provisioned_with_listener("/usr/bin/qemu-x86_64-static", line))
+    assert isinstance(look(StubHost({}, ok)), Plan)
+    proxy = line.replace("/usr/bin/postgres -D /var/lib/pgsql/data", "/usr/bin/docker-proxy -proto tcp")
+    refused = look(StubHost({}, parse_host_profile(_al2023_provisioned_with_listener("/usr/bin/qemu-x86_64-static", proxy))))
+    assert isinstance(refused, Refusal) and "/usr/bin/docker-proxy" in refused.message
+
+
+# --- any error while looking is a refusal of that host ------------------------------------------
+
+
+class _ErringHost:
+    """A login that works, then a fact whose parser meets output it does not expect."""
+
+    def __init__(self, error: Exception, data: dict | None = None):
+        self.error = error
+        self.data = data or {}
+
+    def get_fact(self, cls, **kwargs):
+        if cls is LoginAccess:
+            return {"uid": 0, "sudo": True}
+        raise self.error
+
+
+def test_an_error_while_looking_is_a_one_line_refusal_naming_it():
+    from pgvector_deploy.preflight import start
+
+    error = UnicodeDecodeError("utf-8", b"caf\xe9", 3, 4, "invalid continuation byte")
+    refusal = start(_ErringHost(error), _Config())
+    assert isinstance(refusal, Refusal)
+    assert "\n" not in refusal.message
+    assert refusal.message.startswith("unexpected UnicodeDecodeError while looking at the host: ")
+    assert "can't decode byte 0xe9" in refusal.message and "Fix:" in refusal.message
+
+
+def test_a_fact_parser_error_in_the_prefetch_is_a_refusal_naming_the_fact(fresh_profile, monkeypatch):
+    from pyinfra.context import ctx_host
+
+    from pgvector_deploy.facts import FactBundle, InstalledPackages
+    from pgvector_deploy.preflight import start
+
+    class Host(StubHost):
+        def get_fact(self, fact, **kwargs):
+            if fact is LoginAccess:
+                return {"uid": 0, "sudo": True}
+            if fact is FactBundle:  # every prefetched fact answered
+                return [(0, ["x=1"]) for _ in kwargs["commands"]]
+            return super().get_fact(fact, **kwargs)
+
+    def odd(self, output):
+        raise ValueError(f"unexpected line {output[0]!r}")
+
+    monkeypatch.setattr(InstalledPackages, "process", odd)
+    host = Host({}, fresh_profile)
+    previous = ctx_host.get()  # Plan.prefetch asks pyinfra's current host
+    ctx_host.set(host)
+    try:
+        refusal = start(host, _Config(), prefetch=True)
+    finally:
+        ctx_host.set(previous)
+    assert isinstance(refusal, Refusal)
+    assert "the output of InstalledPackages could not be read (ValueError: unexpected line 'x=1')" in refusal.message
+
+
+def test_pyinfra_sudo_on_the_command_line_stays_on():
+    from pgvector_deploy.preflight import start
+
+    config = _Config()
+    config.SUDO = True  # pyinfra --sudo: the login's id -u already ran under sudo, so it says 0
+    start(_AccessHost({"uid": 0, "sudo": True}), config)
+    assert config.SUDO is True
+    config = _Config()
+    start(_AccessHost({"uid": 0, "sudo": True}), config)  # a root login: no sudo
+    assert not config.SUDO
+    config = _Config()
+    start(_AccessHost({"uid": 1000, "sudo": True}), config)
+    assert config.SUDO is True
+
+
+def test_sudo_that_fails_under_pyinfra_sudo_is_refused_clearly():
+    from pgvector_deploy.preflight import start
+
+    config = _Config()
+    config.SUDO = True
+    refusal = start(_AccessHost(None), config)  # the fact's command failed: pyinfra gives None
+    assert isinstance(refusal, Refusal)
+    assert refusal.message.startswith("could not run a command on the host with sudo (pyinfra --sudo). Fix:")
+    assert config.SUDO is False  # so that the refusal itself runs

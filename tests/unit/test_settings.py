@@ -105,6 +105,21 @@ def test_missing_tarball_is_refused_naming_the_path(tmp_path):
     assert "does not exist on the control machine" in str(error.value)
 
 
+def test_unreadable_tarball_is_a_settings_error_naming_the_fix(tarball, monkeypatch):
+    from pgvector_deploy import settings
+
+    def unreadable(path):  # root reads any mode, so the error is made, not provoked with chmod
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(settings, "sha256_of_file", unreadable)
+    with pytest.raises(SettingsError) as error:
+        load_settings({"pgvector_tarball": str(tarball)})
+    assert str(error.value) == (
+        f"pgvector_tarball {str(tarball)!r} cannot be read on the control machine (Permission denied). "
+        "Fix: make it readable by the user running pyinfra, or unset it to download from pgvector_url."
+    )
+
+
 def test_tarball_with_wrong_sha256_is_refused_naming_both_digests(tarball):
     actual = hashlib.sha256(tarball.read_bytes()).hexdigest()
     expected = RELEASES["0.8.6"].sha256

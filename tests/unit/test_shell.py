@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shlex
 import subprocess
 
 import pytest
 
-from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, dbname_conninfo, fail
+from pgvector_deploy.shell import (
+    FAILURE_MARK,
+    SAFE_PATH,
+    SUPERUSER_OPTIONS,
+    Failure,
+    Var,
+    as_postgres,
+    dbname_conninfo,
+    fail,
+    fails_host_on_error,
+)
 
 
 def test_as_postgres_uses_the_platform_psql_over_the_socket(debian12):
@@ -37,6 +49,16 @@ def test_fail_prints_the_message_verbatim_on_stderr_and_exits_1():
     assert result.returncode == 1
     assert result.stderr == message + "\n"
     assert result.stdout == ""
+
+
+def test_fail_keeps_backslashes_under_dash():
+    # dash's echo turns \n, \c and friends into control characters (or stops printing).
+    message = r"path C:\new\table and \c and a regex ^\d+$. Fix: nothing"
+    assert os.path.realpath("/bin/sh").endswith("dash")  # Debian's /bin/sh, as on the hosts
+    result = subprocess.run(["/bin/sh", "-c", fail(message, Var("tail"))], capture_output=True, text=True,
+                            env={"tail": r" \t\\"}, timeout=10)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == message + r" \t\\" + "\n"
 
 
 def test_safe_path_includes_sbin_for_runuser():
@@ -305,3 +327,94 @@ def test_create_extension_in_an_app_owned_public_runs_none_of_the_app_s_overload
     assert psql(check, "fresh") == "l2_distance(vector,vector)"
     assert psql("SELECT public.avg(x) FROM (VALUES ('[1,3]'::public.vector)) AS v(x)", "fresh") == "[1,3]"
     assert psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
+
+
+# --- one host's error fails that host alone (fails_host_on_error) ---------------------------------
+
+
+class _LoggingHost:
+    name = "db-1"
+    print_prefix = "[db-1] "
+
+    def log_styled(self, message, log_func, **styles):  # pyinfra's Host.log_styled, unstyled
+        log_func(f"{self.print_prefix}{message}")
+
+
+def _guarded_commands(generator_function, caplog) -> list[str]:
+    from pyinfra.context import ctx_host
+
+    previous = ctx_host.get()
+    ctx_host.set(_LoggingHost())
+    try:
+        with caplog.at_level(logging.ERROR, logger="pyinfra"):
+            return list(fails_host_on_error(generator_function)())
+    finally:
+        ctx_host.set(previous)
+
+
+def test_an_exception_in_an_operation_becomes_one_failing_command_with_one_line(caplog):
+    def client_access():
+        yield "echo first"
+        raise UnicodeDecodeError("utf-8", b"caf\xe9", 3, 4, "invalid continuation byte")
+
+    first, failing = _guarded_commands(client_access, caplog)
+    assert first == "echo first"
+    result = subprocess.run(["/bin/sh", "-c", failing], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("unexpected UnicodeDecodeError while client access: 'utf-8' codec can't decode byte 0xe9")
+    assert "Fix:" in result.stderr
+    assert [record.getMessage() for record in caplog.records] == [f"[db-1] {FAILURE_MARK} {result.stderr.strip()}"]
+
+
+def test_a_yielded_failure_is_logged_so_that_dry_runs_see_it(caplog):
+    def client_access():
+        yield fail("refusing pg_hba.conf: C:\\temp. Fix: that.")
+
+    [command] = _guarded_commands(client_access, caplog)
+    assert isinstance(command, Failure)
+    assert [record.getMessage() for record in caplog.records] == [f"[db-1] {FAILURE_MARK} refusing pg_hba.conf: C:\\temp. Fix: that."]
+
+
+def test_pyinfra_fails_only_the_host_whose_fact_cannot_be_parsed_and_runs_the_others(monkeypatch):
+    """pyinfra's own prepare and execute (its @fake connector): a parser error on db-2 fails
+    db-2; db-1 and db-3 run every operation; nothing raises out of run_ops."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.operation import add_op
+    from pyinfra.api.operations import run_ops
+
+    from pgvector_deploy import postgres
+    from pgvector_deploy.facts import ClusterState, parse_host_profile
+    from pgvector_deploy.platforms import PLATFORMS
+    from pgvector_deploy.preflight import Plan
+    from pgvector_deploy.settings import load_settings
+
+    from .conftest import recorded_lines
+
+    parse = ClusterState.process
+
+    def process(self, output):
+        if "running=odd" in output:
+            raise ValueError("running is neither yes nor no: 'odd'")
+        return parse(self, output)
+
+    monkeypatch.setattr(ClusterState, "process", process)
+    good = {"pg_version_file=": ["pg_version_file=15", "running=yes", "boot=enabled"]}
+    odd = {
+        "pg_version_file=": ["pg_version_file=15", "running=odd", "boot=enabled"],
+        "unexpected ValueError": {"success": False},  # what sh makes of the failing command
+    }
+    hosts = [("@fake/db-1", {"fake_responses": good}), ("@fake/db-2", {"fake_responses": odd}), ("@fake/db-3", {"fake_responses": good})]
+    inventory = Inventory((hosts, {"fake_delay": 0, "fake_delay_jitter": 0}))
+    state = State(inventory, Config())
+    connect_all(state)
+    platform = next(p for p in PLATFORMS if p.key == "debian-12")
+    plans = {}
+    for operation in (postgres.cluster, postgres.running):
+        for host in inventory:
+            plan = plans.setdefault(host.name, Plan(load_settings({}), platform, parse_host_profile(recorded_lines("provisioned", "host-profile"))))
+            add_op(state, operation, plan, host=host)
+    run_ops(state)
+    assert {host.name for host in state.failed_hosts} == {"@fake/db-2"}
+    ran = {host.name: state.get_results_for_host(host).ops for host in inventory}
+    assert ran["@fake/db-1"] == ran["@fake/db-3"] == 2

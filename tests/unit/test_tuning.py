@@ -151,7 +151,8 @@ def test_a_big_maintenance_work_mem_is_fine_for_serial_builds(provisioned_profil
 
 
 def server_config(files: dict | None = None, pending: list[str] | None = None, shared_buffers_mb: int | None = None) -> dict:
-    return {"files": files or {}, "max_connections": 100, "pending_restart": pending or [], "running_shared_buffers_mb": shared_buffers_mb}
+    files = {path: text.encode() for path, text in (files or {}).items()}  # ServerConfig's files are bytes
+    return {"files": files, "max_connections": 100, "pending_restart": pending or [], "running_shared_buffers_mb": shared_buffers_mb}
 
 
 @pytest.fixture
