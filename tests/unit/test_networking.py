@@ -222,33 +222,39 @@ def test_app_address_prefers_docker0():
     assert app_address([]) is None
 
 
-def test_client_rules_bridges_then_extra_subnets_once_each():
-    settings = load_settings({"pg_docker_subnets": "172.20.0.0/16, 172.18.0.0/16,10.10.0.0/24"})
+def test_client_rules_admit_the_app_from_bridges_and_with_tls_only_from_other_subnets():
+    settings = load_settings({**APP_DATA, "pg_docker_subnets": "172.20.0.0/16, 172.18.0.0/16,10.10.0.0/24"})
+    no_bridge = "pg_docker_subnets, no bridge on this host: TLS only"
     assert client_rules([BR, DOCKER0], settings) == [
-        {"cidr": "172.18.0.0/16", "comment": "Docker bridge br-3f2a1b4c5d6e (found on this host)"},
-        {"cidr": "172.17.0.0/16", "comment": "Docker bridge docker0 (found on this host)"},
-        {"cidr": "172.20.0.0/16", "comment": "pg_docker_subnets"},
-        {"cidr": "10.10.0.0/24", "comment": "pg_docker_subnets"},
+        {"type": "host", "cidr": "172.18.0.0/16", "comment": "Docker bridge br-3f2a1b4c5d6e (found on this host)", "user": "app"},
+        {"type": "host", "cidr": "172.17.0.0/16", "comment": "Docker bridge docker0 (found on this host)", "user": "app"},
+        {"type": "hostssl", "cidr": "172.20.0.0/16", "comment": no_bridge, "user": "app"},
+        {"type": "hostssl", "cidr": "10.10.0.0/24", "comment": no_bridge, "user": "app"},
     ]
     assert client_rules([], None) == []
 
 
+def test_without_an_app_role_there_are_no_bridge_rules():
+    assert client_rules([BR, DOCKER0], load_settings({"pg_docker_subnets": ["172.20.0.0/16"]})) == []
+
+
+APP_DATA = {"pg_app_user": "app", "pg_app_password": "not-used-here"}
 MANAGED_HEAD = [["local", "all", "postgres", "peer"], ["local", "all", "all", "peer"]]
 LOOPBACK = [["host", "all", "all", "127.0.0.1/32", "scram-sha-256"], ["host", "all", "all", "::1/128", "scram-sha-256"]]
 REPLICATION = [["local", "replication", "all", "peer"]]
 
 
 def test_render_hba_rules_in_order_one_per_bridge_and_subnet():
-    settings = load_settings({"pg_docker_subnets": ["172.20.0.0/16", "172.18.0.0/16", "10.10.0.0/24"]})
+    settings = load_settings({**APP_DATA, "pg_docker_subnets": ["172.20.0.0/16", "172.18.0.0/16", "10.10.0.0/24"]})
     text = render_hba([BR, DOCKER0], settings, "")
     assert rules_of(text) == MANAGED_HEAD + LOOPBACK + [
-        ["host", "all", "all", "172.18.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "172.17.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "172.20.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "10.10.0.0/24", "scram-sha-256"],
+        ["host", "all", "app", "172.18.0.0/16", "scram-sha-256"],
+        ["host", "all", "app", "172.17.0.0/16", "scram-sha-256"],
+        ["hostssl", "all", "app", "172.20.0.0/16", "scram-sha-256"],
+        ["hostssl", "all", "app", "10.10.0.0/24", "scram-sha-256"],
     ] + REPLICATION
     for cidr in ("172.18.0.0/16", "172.17.0.0/16", "172.20.0.0/16", "10.10.0.0/24"):
-        assert text.count(f"all             {cidr} ") == 1
+        assert text.count(f"app             {cidr} ") == 1
     assert text.endswith("peer\n")  # a heredoc needs the final newline
 
 
@@ -269,7 +275,7 @@ def test_render_hba_user_rules_between_markers_before_the_managed_tcp_rules():
     assert rules_of(text) == MANAGED_HEAD + [
         ["host", "mydb", "myuser", "10.1.0.0/16", "scram-sha-256"],
         ["hostssl", "all", "all", "0.0.0.0/0", "reject"],
-    ] + LOOPBACK + [["host", "all", "all", "172.17.0.0/16", "scram-sha-256"]] + REPLICATION
+    ] + LOOPBACK + REPLICATION  # no app role: no bridge rules
 
 
 def test_render_settings_lists_the_addresses_and_scram(debian12):
@@ -465,15 +471,21 @@ def plan(debian12, provisioned_profile):
 
 
 @pytest.fixture
+def app_plan(debian12, provisioned_profile):
+    return Plan(load_settings(APP_DATA), debian12, provisioned_profile)
+
+
+@pytest.fixture
 def no_systemd_plan(debian12, provisioned_profile):
     return Plan(load_settings({}), debian12, with_changes(provisioned_profile, systemd=False, pid1="sleep"))
 
 
-def docker_state(mine: str = "", hba: str | None = None, drop: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> list[str]:
+def docker_state(mine: str = "", hba: str | None = None, drop: tuple[str, ...] = (), extra: tuple[str, ...] = (), data: dict | None = None) -> list[str]:
     """The recorded Docker host with the files a converged deploy leaves there (user rules
-    ``mine``, or the pg_hba.conf ``hba``); recorded lines starting with ``drop`` left out."""
+    ``mine``, or the pg_hba.conf ``hba``; host data ``data``); recorded lines starting with
+    ``drop`` left out."""
     if hba is None:
-        hba = render_hba([BR, DOCKER0], load_settings({}), mine)
+        hba = render_hba([BR, DOCKER0], load_settings(data or {}), mine)
     recorded = [line for line in recorded_lines("docker", "server-config") if not (drop and line.startswith(drop))]
     return [
         file_line(HBA, hba),
@@ -497,7 +509,7 @@ def test_converged_docker_host_yields_nothing(plan):
 
 
 def test_converged_docker_host_keeps_user_rules_and_yields_nothing(plan):
-    assert run_both(plan, docker_state(mine="host mydb myuser 10.1.0.0/16 scram-sha-256"))[:2] == ([], [])
+    assert run_both(plan, docker_state(mine="host mydb myuser 172.18.0.0/16 scram-sha-256"))[:2] == ([], [])
 
 
 def test_sysctl_text_sets_nonlocal_bind_as_the_fact_reads_it(plan, tmp_path):
@@ -521,8 +533,8 @@ def test_without_systemd_no_sysctl(no_systemd_plan):
     assert run_operation(networking.listen, no_systemd_plan, FactHost({ServerConfig: lines + ["nonlocal_bind=0"]})) == []
 
 
-def new_bridge_state() -> list[str]:
-    return docker_state(mine="host mydb myuser 10.1.0.0/16 scram-sha-256", extra=(NEW_BR,))
+def new_bridge_state(data: dict | None = None) -> list[str]:
+    return docker_state(mine="host mydb myuser 172.18.0.0/16 scram-sha-256", extra=(NEW_BR,), data=data)
 
 
 def test_new_bridge_rewrites_settings_reloads_and_restarts(plan):
@@ -544,16 +556,16 @@ def test_new_bridge_without_systemd_restarts_with_pg_ctlcluster(no_systemd_plan)
     assert not [command for command in listen if "sysctl" in command.split("<<")[0]]
 
 
-def test_new_bridge_rewrites_pg_hba_keeping_user_rules(plan):
-    access = run_operation(networking.client_access, plan, FactHost({ServerConfig: new_bridge_state()}))
+def test_new_bridge_rewrites_pg_hba_keeping_user_rules(app_plan):
+    access = run_operation(networking.client_access, app_plan, FactHost({ServerConfig: new_bridge_state(APP_DATA)}))
     assert len(access) == 2
     script, reload = access
     assert f"file={HBA}\n" in script and "pg_hba_file_rules" in script and "chmod 0640 " in script
     assert sh_syntax_error(script) == ""
-    assert rules_of(heredoc_body(script)) == MANAGED_HEAD + [["host", "mydb", "myuser", "10.1.0.0/16", "scram-sha-256"]] + LOOPBACK + [
-        ["host", "all", "all", "172.18.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "172.19.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "172.17.0.0/16", "scram-sha-256"],
+    assert rules_of(heredoc_body(script)) == MANAGED_HEAD + [["host", "mydb", "myuser", "172.18.0.0/16", "scram-sha-256"]] + LOOPBACK + [
+        ["host", "all", "app", "172.18.0.0/16", "scram-sha-256"],
+        ["host", "all", "app", "172.19.0.0/16", "scram-sha-256"],
+        ["host", "all", "app", "172.17.0.0/16", "scram-sha-256"],
     ] + REPLICATION
     assert reload == RELOAD
 
@@ -606,7 +618,7 @@ def test_trust_carried_from_an_unmanaged_file_is_refused(plan):
 
 
 def test_errors_in_the_converged_file_fail_naming_the_line(plan):
-    bad = "host    all    all    10.9.0.0/16    scram-sha265"
+    bad = "host    all    all    172.17.0.0/16    scram-sha265"
     hba = render_hba([BR, DOCKER0], load_settings({}), bad)
     line_number = hba.splitlines().index(bad) + 1
     lines = docker_state(hba=hba, extra=(f'hba_error={line_number}|invalid authentication method "scram-sha265"',))
