@@ -172,9 +172,9 @@ def _is_ip(text: str) -> bool:
 LOOPBACK_NETWORKS = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
 
 
-def on_this_host(address: str, mask: str | None, bridges: list[Bridge], with_bridges: bool = True) -> bool:
+def on_this_host(address: str, mask: str | None, bridges: list[Bridge]) -> bool:
     """Whether every client a record's address matches is on this host: loopback,
-    ``samehost``, or (``with_bridges``) inside a Docker bridge found here. ``all``,
+    ``samehost``, or inside one of ``bridges`` (Docker bridges found here). ``all``,
     ``samenet``, host names and anything else may be beyond it."""
     if address == "samehost":
         return True
@@ -182,7 +182,7 @@ def on_this_host(address: str, mask: str | None, bridges: list[Bridge], with_bri
         network = ip_network(address if mask is None else f"{address}/{mask}", strict=False)
     except ValueError:
         return False
-    inside = list(LOOPBACK_NETWORKS) + ([bridge.subnet for bridge in bridges] if with_bridges else [])
+    inside = [*LOOPBACK_NETWORKS, *(bridge.subnet for bridge in bridges)]
     return any(network.version == other.version and network.subnet_of(other) for other in inside)
 
 
@@ -197,7 +197,7 @@ def trust_over_tcp(rules: str) -> list[str]:
             flagged = bool(fields) and fields[0].startswith("host") and "trust" in fields[3:]
         else:
             _, address, mask, method = record
-            flagged = method == "trust" or (method == "ident" and not on_this_host(address, mask, [], with_bridges=False))
+            flagged = method == "trust" or (method == "ident" and not on_this_host(address, mask, bridges=[]))
         if flagged:
             bad.append(line.strip())
     return bad
@@ -290,7 +290,10 @@ def self_signed_script(cert: str, key: str, addresses: list[str]) -> str:
         "openssl is not installed on this host, so no self-signed certificate can be made for connections from beyond "
         "it. Nothing was changed. Fix: install openssl, or set pg_ssl_cert_file and pg_ssl_key_file to your certificate."
     )
-    failed = fail(f"openssl could not make a self-signed certificate at {cert}: ", Var("error"), ". Nothing was changed.")
+    failed = fail(
+        f"openssl could not make a self-signed certificate at {cert}: ", Var("error"),
+        ". Nothing was changed. Fix: repair openssl, or set pg_ssl_cert_file and pg_ssl_key_file to your certificate.",
+    )  # fmt: skip
     unusable = fail(f"the self-signed certificate {cert} and key {key} are still not usable by postgres. Fix: check the directory's owner and mode.")
     return f"""set -eu
 PATH={SAFE_PATH}
@@ -302,10 +305,10 @@ if ! tls_usable "$cert" "$key"; then
   command -v openssl >/dev/null || {no_openssl}
   trap 'rm -f "$key.pgvector-new" "$cert.pgvector-new"' EXIT
   umask 077
-  if ! error=$(openssl req -x509 -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -sha256 -days 3650 \
-      -subj "/CN=$(uname -n)" -addext {shlex.quote("subjectAltName=" + ",".join([*names, "DNS:"]))}"$(uname -n)" \
+  if ! error=$(openssl req -x509 -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -sha256 -days 3650 \\
+      -subj "/CN=$(uname -n)" -addext {shlex.quote("subjectAltName=" + ",".join([*names, "DNS:"]))}"$(uname -n)" \\
       -keyout "$key.pgvector-new" -out "$cert.pgvector-new" </dev/null 2>&1); then
-    error=$(printf '%s' "$error" | tr '\n' ';')
+    error=$(printf '%s' "$error" | tr '\\n' ';')
     {failed}
   fi
   chown postgres:postgres "$key.pgvector-new" "$cert.pgvector-new"
