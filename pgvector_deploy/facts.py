@@ -612,25 +612,36 @@ TLS_USABLE_SH = r"""tls_usable() {
     root) [ $((0$key_mode & 037)) -eq 0 ] ;;
     *) return 1 ;;
   esac
+}
+# $1 a certificate, then addresses: is every address among its names (openssl -checkip
+# compares addresses, not spellings: fd00::2 matches FD00:0:0:0:0:0:0:2)?
+cert_names_cover() {
+  names_cert=$1
+  shift
+  for names_address in "$@"; do
+    openssl x509 -noout -in "$names_cert" -checkip "$names_address" 2>/dev/null | grep -q ' does match ' || return 1
+  done
 }"""
 
 
 class TlsFiles(FactBase):
     """The server certificate and key: whether PostgreSQL can use them (``TLS_USABLE_SH``),
-    the key's mode and owner, and whether openssl is installed.
+    whether the certificate names every one of ``addresses``, the key's mode and owner, and
+    whether openssl is installed.
 
     .. code:: python
 
-        host.get_fact(TlsFiles, cert="/etc/.../server.crt", key="/etc/.../server.key")
-        # {"openssl": True, "usable": True, "key_mode": "600", "key_owner": "postgres:postgres"}
+        host.get_fact(TlsFiles, cert="/etc/.../server.crt", key="/etc/.../server.key", addresses=("10.0.1.10",))
+        # {"openssl": True, "usable": True, "covers": True, "key_mode": "600", "key_owner": "postgres:postgres"}
     """
 
-    def command(self, cert: str, key: str):
+    def command(self, cert: str, key: str, addresses: tuple[str, ...] = ()):
         return f"""
 PATH={SAFE_PATH}
 {TLS_USABLE_SH}
 command -v openssl >/dev/null && echo openssl=yes
 tls_usable {shlex.quote(cert)} {shlex.quote(key)} && echo usable=yes
+cert_names_cover {" ".join(shlex.quote(part) for part in (cert, *addresses))} && echo covers=yes
 [ -e {shlex.quote(key)} ] && echo "key=$(stat -L -c '%a|%U:%G' {shlex.quote(key)})"
 true
 """
@@ -649,6 +660,7 @@ def parse_tls_files(lines: list[str]) -> dict:
     return {
         "openssl": _first(values, "openssl") == "yes",
         "usable": _first(values, "usable") == "yes",
+        "covers": _first(values, "covers") == "yes",
         "key_mode": mode or None,
         "key_owner": owner or None,
     }

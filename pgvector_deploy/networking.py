@@ -280,11 +280,12 @@ fi
 """
 
 
-def self_signed_script(cert: str, key: str, addresses: list[str]) -> str:
-    """Shell: make sure a self-signed certificate and key that PostgreSQL can use are at
-    ``cert`` and ``key`` (key 0600 postgres), made here with openssl, once. A usable pair is
-    kept as it is; an unusable one is moved aside (``.bak-<time>``) and replaced. The key is
-    created private (umask 077) and renamed into place before the certificate."""
+def self_signed_script(cert: str, key: str, addresses: list[str], required: tuple[str, ...] = ()) -> str:
+    """Shell: make sure a self-signed certificate and key that PostgreSQL can use, naming
+    every ``required`` address (pg_listen_addresses), are at ``cert`` and ``key`` (key 0600
+    postgres), made here with openssl for ``addresses``. A pair that is usable and names them
+    is kept; another is moved aside (``.bak-<time>``) and replaced. The key is created
+    private (umask 077) and renamed into place before the certificate."""
     names = ["DNS:localhost" if address == "localhost" else f"IP:{address}" for address in addresses]
     no_openssl = fail(
         "openssl is not installed on this host, so no self-signed certificate can be made for connections from beyond "
@@ -301,7 +302,7 @@ PATH={SAFE_PATH}
 cert={shlex.quote(cert)}
 key={shlex.quote(key)}
 [ ! -f "$key" ] || {{ chown postgres:postgres "$key"; chmod 0600 "$key"; }}
-if ! tls_usable "$cert" "$key"; then
+if ! tls_usable "$cert" "$key" || ! cert_names_cover "$cert" {" ".join(shlex.quote(address) for address in required)}; then
   command -v openssl >/dev/null || {no_openssl}
   trap 'rm -f "$key.pgvector-new" "$cert.pgvector-new"' EXIT
   umask 077
@@ -381,7 +382,7 @@ def server_certificate(plan: Plan):
         host.noop("no TLS needed: PostgreSQL is reachable only from this host and its Docker bridges")
         return
     cert, key = paths
-    files = plan.fact(TlsFiles, cert=cert, key=key)
+    files = plan.fact(TlsFiles, cert=cert, key=key, addresses=plan.settings.listen_addresses)
     if plan.settings.tls.cert_file:
         if files["usable"]:
             host.noop(f"{cert} (pg_ssl_cert_file) is usable by PostgreSQL")
@@ -394,10 +395,11 @@ def server_certificate(plan: Plan):
             "both readable by postgres, or unset both keys for a self-signed certificate."
         )
         return
-    if files["usable"] and (files["key_mode"], files["key_owner"]) == ("600", "postgres:postgres"):
+    if files["usable"] and files["covers"] and (files["key_mode"], files["key_owner"]) == ("600", "postgres:postgres"):
         host.noop(f"{cert} (self-signed, made on this host) is kept")
         return
-    yield self_signed_script(cert, key, listen_addresses(state["bridges"], plan.settings))
+    # made anew only when missing, unusable, or not naming a pg_listen_addresses address
+    yield self_signed_script(cert, key, listen_addresses(state["bridges"], plan.settings), plan.settings.listen_addresses)
 
 
 @operation()

@@ -356,7 +356,7 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
     ]
     if settings.wants_tls:
         cert, key = certificate_paths(platform, settings.tls.cert_file, settings.tls.key_file)
-        facts.append((TlsFiles, {"cert": cert, "key": key}))
+        facts.append((TlsFiles, {"cert": cert, "key": key, "addresses": settings.listen_addresses}))
     app = settings.app
     if app is not None:
         facts.append((AppState, {"platform": platform, "port": port, "user": app.user, "database": app.database}))

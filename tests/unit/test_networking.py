@@ -772,8 +772,8 @@ def test_render_settings_with_tls(debian12):
     assert "ssl" not in " ".join(settings_lines(render_settings(debian12, ["localhost"])))  # Debian's own ssl stays
 
 
-def tls_lines(usable: bool = True, mode: str = "600", owner: str = "postgres:postgres") -> list[str]:
-    return ["openssl=yes", *(["usable=yes"] if usable else []), f"key={mode}|{owner}"]
+def tls_lines(usable: bool = True, mode: str = "600", owner: str = "postgres:postgres", covers: bool = True) -> list[str]:
+    return ["openssl=yes", *(["usable=yes"] if usable else []), *(["covers=yes"] if covers else []), f"key={mode}|{owner}"]
 
 
 def vpc_state(settings_tls: bool = True, mine: str = "") -> list[str]:
@@ -802,13 +802,17 @@ def test_without_listeners_beyond_the_host_no_certificate_is_asked_for(plan):
     assert [cls for cls, _, _ in host.asked] == [ServerConfig]
 
 
-@pytest.mark.parametrize("lines", [[], tls_lines(usable=False), tls_lines(mode="644"), tls_lines(owner="root:root", mode="640")])
-def test_a_missing_or_loose_self_signed_pair_is_made_or_repaired(vpc_plan, lines):
+@pytest.mark.parametrize(
+    "lines",
+    [[], tls_lines(usable=False), tls_lines(mode="644"), tls_lines(owner="root:root", mode="640"), tls_lines(covers=False)],
+    ids=["missing", "unusable", "loose-key", "root-key", "without-the-listen-address"],
+)
+def test_a_missing_loose_or_outdated_self_signed_pair_is_made_or_repaired(vpc_plan, lines):
     host = FactHost({ServerConfig: vpc_state(), TlsFiles: lines})
     [script] = run_operation(networking.server_certificate, vpc_plan, host)
-    assert script == self_signed_script(SELF_CERT, SELF_KEY, DOCKER_ADDRESSES + ["10.0.1.10"])
+    assert script == self_signed_script(SELF_CERT, SELF_KEY, DOCKER_ADDRESSES + ["10.0.1.10"], ("10.0.1.10",))
     assert sh_syntax_error(script) == ""
-    assert host.asked[-1][1] == {"cert": SELF_CERT, "key": SELF_KEY}
+    assert host.asked[-1][1] == {"cert": SELF_CERT, "key": SELF_KEY, "addresses": ("10.0.1.10",)}
 
 
 @pytest.mark.parametrize("openssl", [True, False])
@@ -879,16 +883,16 @@ def run_sh(script: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
 
 
-def tls_fact(cert, key) -> dict:
-    return parse_tls_files(run_sh(TlsFiles().command(cert=str(cert), key=str(key))).stdout.splitlines())
+def tls_fact(cert, key, addresses: tuple[str, ...] = ("10.0.1.10",)) -> dict:
+    return parse_tls_files(run_sh(TlsFiles().command(cert=str(cert), key=str(key), addresses=addresses)).stdout.splitlines())
 
 
 def test_the_self_signed_pair_is_made_once_private_to_postgres_and_kept(tls_dir):
     cert, key = tls_dir / "server.crt", tls_dir / "server.key"
     script = self_signed_script(str(cert), str(key), ["localhost", "172.17.0.1", "10.0.1.10"])
-    assert tls_fact(cert, key) == {"openssl": True, "usable": False, "key_mode": None, "key_owner": None}
+    assert tls_fact(cert, key) == {"openssl": True, "usable": False, "covers": False, "key_mode": None, "key_owner": None}
     assert run_sh(script).returncode == 0
-    assert tls_fact(cert, key) == {"openssl": True, "usable": True, "key_mode": "600", "key_owner": "postgres:postgres"}
+    assert tls_fact(cert, key) == {"openssl": True, "usable": True, "covers": True, "key_mode": "600", "key_owner": "postgres:postgres"}
     names = run_sh(f"openssl x509 -in {cert} -noout -ext subjectAltName").stdout
     assert "DNS:localhost" in names and "IP Address:172.17.0.1" in names and "IP Address:10.0.1.10" in names
     made = (cert.read_bytes(), key.read_bytes())
@@ -899,6 +903,22 @@ def test_the_self_signed_pair_is_made_once_private_to_postgres_and_kept(tls_dir)
     assert tls_fact(cert, key)["usable"] is False
     assert run_sh(script).returncode == 0
     assert (cert.read_bytes(), key.read_bytes()) == made and tls_fact(cert, key)["key_mode"] == "600"
+
+
+def test_a_self_signed_certificate_without_a_new_listen_address_is_made_anew(tls_dir):
+    """A host that had TLS for a hostssl rule, then gets pg_listen_addresses: its clients may
+    verify the names, so the kept certificate must name that address."""
+    cert, key = tls_dir / "server.crt", tls_dir / "server.key"
+    assert run_sh(self_signed_script(str(cert), str(key), ["localhost", "172.17.0.1"])).returncode == 0
+    assert tls_fact(cert, key, ("fd00::2",))["covers"] is False
+    assert tls_fact(cert, key, ())["covers"] is True  # nothing required
+    old = cert.read_bytes()
+    script = self_signed_script(str(cert), str(key), ["localhost", "172.17.0.1", "fd00::2"], ("fd00::2",))
+    assert run_sh(script).returncode == 0
+    assert cert.read_bytes() != old and tls_fact(cert, key, ("fd00:0::2",))["covers"] is True  # addresses, not spellings
+    assert len([path for path in tls_dir.iterdir() if ".bak-" in path.name]) == 2
+    made = cert.read_bytes()
+    assert run_sh(script).returncode == 0 and cert.read_bytes() == made  # then kept
 
 
 def test_a_mismatched_self_signed_pair_is_set_aside_and_replaced(tls_dir):

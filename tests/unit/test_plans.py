@@ -455,7 +455,7 @@ def converged_outputs(plan: Plan) -> dict:
     verifier = scram_verifier(APP_PASSWORD, bytes(range(16)))
     tls = certificate_paths(platform, settings.tls.cert_file, settings.tls.key_file) if settings.wants_tls else None
     return {
-        TlsFiles: ["openssl=yes", "usable=yes", "key=600|postgres:postgres"],
+        TlsFiles: ["openssl=yes", "usable=yes", "covers=yes", "key=600|postgres:postgres"],
         ServerConfig: [
             f"file={hba_path(platform)}|{encoded(networking.render_hba([docker0], settings, ''))}",
             f"file={settings_path(platform)}|{encoded(networking.render_settings(platform, addresses, tls))}",
