@@ -33,8 +33,11 @@ else:
     pgvector.build(plan, name="pgvector is compiled on this host and installed")
     pgvector.extension(plan, name="vector extension is current, and enabled in template1 and postgres")
 
-    # Stage 4, access: listen on localhost and the Docker bridges only; pg_hba lets the
-    # bridges in with scram-sha-256. Each file is checked by PostgreSQL before it is used.
+    # Stage 4, access: listen on localhost and the Docker bridges only; pg_hba lets the app
+    # in from the bridges with scram-sha-256. Each file is checked by PostgreSQL before it is used.
+    # Connections from beyond the host (pg_listen_addresses, pg_docker_subnets) are TLS only:
+    # a certificate PostgreSQL can use (host data's, or self-signed here, once) before ssl = on.
+    networking.server_certificate(plan, name="PostgreSQL has a server certificate for connections from beyond the host")
     networking.listen(plan, name="PostgreSQL listens on localhost and the Docker bridge gateways")
     networking.client_access(plan, name="pg_hba.conf admits the Docker bridges with scram-sha-256")
 

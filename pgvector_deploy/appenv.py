@@ -37,7 +37,7 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, operation
 
 from .facts import parse_key_values
-from .networking import app_address
+from .networking import app_address, on_this_host
 from .shell import SAFE_PATH, fail, fails_host_on_error, host_locked
 
 if TYPE_CHECKING:
@@ -60,12 +60,21 @@ class Connection:
     user: str
     password: str
     database: str
+    sslmode: str | None = None  # require / verify-full for a host beyond this one; None: a bridge
+    sslrootcert: str | None = None  # the CA for verify-full
 
     def url(self, password: str | None = None) -> str:
         """``postgresql://user:password@host:port/database``, the password percent-encoded;
-        ``password="<password>"`` shows that placeholder instead, as is."""
+        ``password="<password>"`` shows that placeholder instead, as is; then
+        ``?sslmode=...`` (and ``&sslrootcert=...``) when TLS is asked for."""
         shown = quote(self.password, safe="") if password is None else password
-        return f"postgresql://{quote(self.user, safe='')}:{shown}@{self.host}:{self.port}/{quote(self.database, safe='')}"
+        query = "&".join(f"{name}={quote(value, safe='/')}" for name, value in self.tls_parameters().items())
+        base = f"postgresql://{quote(self.user, safe='')}:{shown}@{self.host}:{self.port}/{quote(self.database, safe='')}"
+        return f"{base}?{query}" if query else base
+
+    def tls_parameters(self) -> dict[str, str]:
+        """libpq's sslmode and sslrootcert, those that are set."""
+        return {name: value for name, value in (("sslmode", self.sslmode), ("sslrootcert", self.sslrootcert)) if value}
 
     def __repr__(self) -> str:
         return f"Connection({self.url('<password>')!r})"
@@ -73,12 +82,28 @@ class Connection:
     __str__ = __repr__
 
 
-def connection(plan: Plan) -> Connection:
+def connection(plan: Plan, address: str | None = None) -> Connection:
     """The app's connection from a container: ``pg_app_host``, else the Docker bridge gateway
-    found on the host (docker0 first), else Docker's default 172.17.0.1."""
+    found on the host (docker0 first), else Docker's default 172.17.0.1; or to ``address``.
+    TLS (``tls_for``) when that address is beyond this host and its bridges."""
     app = plan.settings.app
-    address = app.host or app_address(plan.profile["bridges"]) or DOCKER0_GATEWAY
-    return Connection(host=address, port=plan.port, user=app.user, password=str(app.password), database=app.database)
+    address = address or app.host or app_address(plan.profile["bridges"]) or DOCKER0_GATEWAY
+    sslmode, sslrootcert = tls_for(plan, address)
+    return Connection(
+        host=address, port=plan.port, user=app.user, password=str(app.password), database=app.database,
+        sslmode=sslmode, sslrootcert=sslrootcert,
+    )  # fmt: skip
+
+
+def tls_for(plan: Plan, address: str) -> tuple[str | None, str | None]:
+    """(sslmode, sslrootcert) for clients connecting to ``address``: none on a Docker bridge
+    (its traffic stays on the host; ``host.docker.internal`` is docker0's gateway), else
+    ``require``, or ``verify-full`` against pg_ssl_ca_file when it is set. A host name we
+    cannot place counts as beyond the host."""
+    if address in ("host.docker.internal", DOCKER0_GATEWAY) or on_this_host(address, None, plan.profile["bridges"]):
+        return None, None
+    ca = plan.settings.tls.ca_file
+    return ("verify-full", ca) if ca else ("require", None)
 
 
 def env_value(text: str) -> str | None:
@@ -107,6 +132,7 @@ def render_env_file(conn: Connection) -> str:
         f"PGHOST={conn.host}",
         f"PGPORT={conn.port}",
         f"PGUSER={conn.user}",
+        *(f"PG{name.upper()}={value}" for name, value in conn.tls_parameters().items()),
     ]
     password = env_value(conn.password)
     if password is None:
@@ -199,6 +225,8 @@ def env_file(plan: Plan):
     if _executing():  # once, when the deploy runs (not also while pyinfra looks for changes)
         where = f"; env file on the host: {app.env_file}" if app.env_file else ""
         logger.info(f"{host.print_prefix}App containers connect with {conn.url('<password>')}{where}")
+        for address in plan.settings.listen_addresses:  # clients in the VPC: TLS only (hostssl)
+            logger.info(f"{host.print_prefix}Clients beyond this host connect with {connection(plan, address).url('<password>')}")
     if app.env_file is None:
         host.noop("no env file (pg_app_env_file is not set)")
         return

@@ -499,6 +499,14 @@ def main_conf(platform: Platform) -> str:
     return f"{platform.config_dir}/postgresql.conf"
 
 
+def certificate_paths(platform: Platform, cert_file: str | None, key_file: str | None) -> tuple[str, str]:
+    """The server certificate and key: those host data names, else our self-signed pair in
+    the configuration directory."""
+    if cert_file and key_file:
+        return cert_file, key_file
+    return f"{platform.config_dir}/pgvector-deploy-server.crt", f"{platform.config_dir}/pgvector-deploy-server.key"
+
+
 def hba_path(platform: Platform) -> str:
     return f"{platform.config_dir}/pg_hba.conf"
 
@@ -599,4 +607,72 @@ def parse_app_state(lines: list[str]) -> dict:
         "stored_digest": role[3] if exists else "",
         "database_owner": values.get("database_owner", [""])[0] or None,
         "database_vector": values.get("database_vector", [""])[0] or None,
+    }
+
+
+# Shell function: does PostgreSQL accept this certificate and key? Both readable by postgres,
+# the key matching the certificate and owned and protected as PostgreSQL demands (owner
+# postgres and 0600 or less, or owner root and 0640 or less); else it refuses to start with
+# ssl = on. Shared by TlsFiles and the scripts that write or point at the files.
+TLS_USABLE_SH = r"""tls_usable() {
+  cert_public=$(runuser -u postgres -- openssl x509 -noout -pubkey -in "$1" </dev/null 2>/dev/null) || return 1
+  key_public=$(runuser -u postgres -- openssl pkey -pubout -passin pass: -in "$2" </dev/null 2>/dev/null) || return 1
+  [ -n "$cert_public" ] && [ "$cert_public" = "$key_public" ] || return 1
+  key_mode=$(stat -L -c %a "$2") && key_owner=$(stat -L -c %U "$2") || return 1
+  case $key_owner in
+    postgres) [ $((0$key_mode & 077)) -eq 0 ] ;;
+    root) [ $((0$key_mode & 037)) -eq 0 ] ;;
+    *) return 1 ;;
+  esac
+}
+# $1 a certificate, then addresses: is every address among its names (openssl -checkip
+# compares addresses, not spellings: fd00::2 matches FD00:0:0:0:0:0:0:2)?
+cert_names_cover() {
+  names_cert=$1
+  shift
+  for names_address in "$@"; do
+    openssl x509 -noout -in "$names_cert" -checkip "$names_address" 2>/dev/null | grep -q ' does match ' || return 1
+  done
+}"""
+
+
+class TlsFiles(FactBase):
+    """The server certificate and key: whether PostgreSQL can use them (``TLS_USABLE_SH``),
+    whether the certificate names every one of ``addresses``, the key's mode and owner, and
+    whether openssl is installed.
+
+    .. code:: python
+
+        host.get_fact(TlsFiles, cert="/etc/.../server.crt", key="/etc/.../server.key", addresses=("10.0.1.10",))
+        # {"openssl": True, "usable": True, "covers": True, "key_mode": "600", "key_owner": "postgres:postgres"}
+    """
+
+    def command(self, cert: str, key: str, addresses: tuple[str, ...] = ()):
+        return f"""
+PATH={SAFE_PATH}
+{TLS_USABLE_SH}
+command -v openssl >/dev/null && echo openssl=yes
+tls_usable {shlex.quote(cert)} {shlex.quote(key)} && echo usable=yes
+cert_names_cover {" ".join(shlex.quote(part) for part in (cert, *addresses))} && echo covers=yes
+[ -e {shlex.quote(key)} ] && echo "key=$(stat -L -c '%a|%U:%G' {shlex.quote(key)})"
+true
+"""
+
+    @staticmethod
+    def default():
+        return parse_tls_files([])
+
+    def process(self, output):
+        return parse_tls_files(output)
+
+
+def parse_tls_files(lines: list[str]) -> dict:
+    values = parse_key_values(lines)
+    mode, _, owner = _first(values, "key").partition("|")
+    return {
+        "openssl": _first(values, "openssl") == "yes",
+        "usable": _first(values, "usable") == "yes",
+        "covers": _first(values, "covers") == "yes",
+        "key_mode": mode or None,
+        "key_owner": owner or None,
     }

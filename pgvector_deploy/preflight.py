@@ -380,7 +380,7 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
     """The facts the recipe's operations ask, with the very arguments they ask them with (a
     mismatch costs only a round trip: the operation then asks alone)."""
     from .appenv import EnvFileState  # these modules' operations import Plan from here
-    from .facts import AppState, ClusterState, InstalledPackages, PgvectorState, RepositoryChecks, ServerConfig
+    from .facts import AppState, ClusterState, InstalledPackages, PgvectorState, RepositoryChecks, ServerConfig, TlsFiles, certificate_paths
     from .migrations import MigrationLedger
 
     platform, port, settings = plan.platform, plan.port, plan.settings
@@ -394,6 +394,9 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
         (PgvectorState, {"platform": platform, "port": port}),
         (ServerConfig, {"platform": platform, "port": port}),
     ]
+    if settings.wants_tls:
+        cert, key = certificate_paths(platform, settings.tls.cert_file, settings.tls.key_file)
+        facts.append((TlsFiles, {"cert": cert, "key": key, "addresses": settings.listen_addresses}))
     app = settings.app
     if app is not None:
         facts.append((AppState, {"platform": platform, "port": port, "user": app.user, "database": app.database}))

@@ -68,15 +68,36 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "pg_docker_subnets",
         [],
-        "extra client CIDRs allowed over TCP (scram-sha-256), e.g. Compose networks not created yet; "
+        "extra client CIDRs the app role may connect from over TCP (scram-sha-256; hostssl, TLS only, unless the "
+        "subnet is a Docker bridge found on the host), e.g. Compose networks not created yet or VPC ranges; "
         "docker0 and br-* bridges on the host are found automatically. pg_hba rules only: containers on any "
         "bridge reach PostgreSQL at the docker0 gateway.",
     ),
     Setting(
         "pg_listen_addresses",
         [],
-        "extra IP addresses to listen on besides localhost and the docker0 gateway (e.g. the private IP); "
-        "empty: no other interface.",
+        "extra IP addresses to listen on besides localhost and the docker0 gateway (e.g. the private IP), "
+        "TLS only (ssl = on; write hostssl USER RULES for its clients); empty: no other interface.",
+    ),
+    Setting(
+        "pg_ssl_cert_file",
+        None,
+        "absolute path on the host of the server certificate (PEM) for connections from beyond the host "
+        "(pg_listen_addresses, pg_docker_subnets, hostssl rules); readable by postgres; unset: a self-signed "
+        "one made on the host once, kept in the configuration directory.",
+    ),
+    Setting(
+        "pg_ssl_key_file",
+        None,
+        "absolute path on the host of that certificate's private key (owner postgres and mode 0600, or root "
+        "and 0640); set together with pg_ssl_cert_file.",
+    ),
+    Setting(
+        "pg_ssl_ca_file",
+        None,
+        "absolute path of the CA certificate (PEM) that signed pg_ssl_cert_file, where clients find it: the "
+        "connection strings printed and written for clients beyond the host then say sslmode=verify-full "
+        "sslrootcert=<it> instead of sslmode=require. Needs pg_ssl_cert_file.",
     ),
     Setting(
         "pg_restart",
@@ -186,6 +207,15 @@ class TuningSettings:
 
 
 @dataclass(frozen=True)
+class ServerTls:
+    """The server certificate from host data; no cert_file: a self-signed one made on the host."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None  # for clients (sslrootcert); the server does not read it
+
+
+@dataclass(frozen=True)
 class Settings:
     release: Release
     url: str
@@ -201,10 +231,17 @@ class Settings:
     tuning: TuningSettings = TuningSettings()
     data_mount: str | None = None  # pg_data_mount: must be mounted before a cluster is made or adopted
     restart_allowed: bool = True  # pg_restart: allowed (True) or report (False)
+    tls: ServerTls = ServerTls()
 
     @property
     def version(self) -> str:
         return self.release.version
+
+    @property
+    def wants_tls(self) -> bool:
+        """Host data opens PostgreSQL beyond the host (pg_listen_addresses, pg_docker_subnets,
+        which may be VPC ranges), or names a certificate: the server gets ssl = on."""
+        return bool(self.listen_addresses or self.docker_subnets or self.tls.cert_file)
 
     @property
     def optflags(self) -> str:
@@ -305,6 +342,7 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         tuning=_tuning(value),
         data_mount=_data_mount(_optional_text(value("pg_data_mount"))),
         restart_allowed=_restart_allowed(value("pg_restart")),
+        tls=_tls(value),
     )
 
 
@@ -492,6 +530,34 @@ def _env_file(text: str | None) -> str | None:
         raise SettingsError(
             f"pg_app_env_file: {text!r} is not an absolute path we can write safely. Fix: give a plain absolute "
             "path such as /etc/pgvector-deploy/app.env (letters, digits, and . _ - @ +)."
+        )
+    return text
+
+
+def _tls(value: Callable[[str], Any]) -> ServerTls:
+    names = ("pg_ssl_cert_file", "pg_ssl_key_file", "pg_ssl_ca_file")
+    cert, key, ca = (_host_file(name, _optional_text(value(name))) for name in names)
+    if (cert is None) != (key is None):
+        raise SettingsError(
+            f"pg_ssl_cert_file and pg_ssl_key_file go together; only {'pg_ssl_cert_file' if cert else 'pg_ssl_key_file'} "
+            "is set. Fix: set both (the certificate and its private key), or neither for a self-signed certificate."
+        )
+    if ca is not None and cert is None:
+        raise SettingsError(
+            "pg_ssl_ca_file is set but pg_ssl_cert_file is not: a self-signed certificate has no CA to verify it "
+            "with. Fix: set pg_ssl_cert_file and pg_ssl_key_file to a certificate that CA signed, or unset pg_ssl_ca_file."
+        )
+    return ServerTls(cert_file=cert, key_file=key, ca_file=ca)
+
+
+def _host_file(key: str, text: str | None) -> str | None:
+    """A plain absolute path (it goes into postgresql.conf between single quotes)."""
+    if text is None:
+        return None
+    if not _ENV_FILE.match(text) or any(part in (".", "..") for part in text.split("/")):
+        raise SettingsError(
+            f"{key}: {text!r} is not a plain absolute path. Fix: give a path on the host such as "
+            "/etc/ssl/pgvector/server.pem (letters, digits, and . _ - @ +)."
         )
     return text
 

@@ -145,7 +145,7 @@ def main() -> int:
         )
         stock_inventory = write_inventory(work / "stock.py", [host.inventory_entry(**data, pg_tuning=False)])
         tuned_inventory = write_inventory(work / "tuned.py", [host.inventory_entry(**data)])
-        dsn = f"host={host.address} dbname=bench user=bench password={PASSWORD}"
+        dsn = f"host={host.address} dbname=bench user=bench password={PASSWORD} sslmode=require"  # beyond the host: TLS only
 
         provisioned = deploy(stock_inventory)
         assert provisioned.returncode == 0, provisioned.output

@@ -366,7 +366,7 @@ def test_password_from_ssm_parameter_store(served, tarball, provision, aws):
 def test_a_broken_user_rule_is_rejected_and_the_server_keeps_running(served, tarball, provision):
     host, _, containers = served
     hba = "/etc/postgresql/15/main/pg_hba.conf"
-    good_rule = "host    all    all    10.9.0.0/16    scram-sha-256"
+    good_rule = "hostssl    all    all    10.9.0.0/16    scram-sha-256"  # beyond the host: TLS only
     host.sudo(f"sed -i '/^# END USER RULES/i {good_rule}' {hba}")
     run = provision(host, env=ENV, **tarball, **APP)
     assert run.returncode == 0, run.output
@@ -479,6 +479,80 @@ def test_a_needed_restart_is_only_reported_by_the_nightly_run_and_done_when_allo
     run = provision(host, env=ENV, **tarball, **APP)  # back to auto (pg_restart allowed: a deploy may restart)
     assert run.returncode == 0, run.output
     assert host.psql("SHOW shared_buffers") == running
+
+
+def test_the_bridge_rules_admit_the_app_role_only(served):
+    """A role that is not pg_app_user, with a valid password, is refused from a bridge."""
+    host, _, containers = served
+    host.psql("CREATE ROLE intruder LOGIN PASSWORD 'intruder-Pw-1'")
+    try:
+        result = containers["docker0"].query("host=172.17.0.1 port=5432 user=intruder dbname=postgres password=intruder-Pw-1", "SELECT 1")
+    finally:
+        host.psql("DROP ROLE intruder")
+    assert result.returncode != 0
+    assert 'no pg_hba.conf entry for host "172.17.0.2", user "intruder"' in result.stderr, result.stderr
+    assert containers["docker0"].query(dsn("172.17.0.1"), VECTOR_QUERY).stdout.strip() == "5.0"
+
+
+HBA = "/etc/postgresql/15/main/pg_hba.conf"
+SELF_SIGNED_KEY = "/etc/postgresql/15/main/pgvector-deploy-server.key"
+
+
+def vpc_data(host, tarball) -> dict:
+    return {**tarball, **APP, "pg_listen_addresses": [host.address]}
+
+
+def test_a_client_beyond_the_host_gets_in_only_over_tls(served, tarball, provision):
+    """pg_listen_addresses opens the host's lab address, its "VPC" address; the control
+    machine (10.231.0.1 on the lab bridge) is the VPC client, admitted by a hostssl USER
+    RULE. ssl is turned off in postgresql.conf first, as the RHEL family and Amazon Linux
+    ship it (Debian ships ssl = on with the snakeoil certificate)."""
+    import psycopg
+
+    host, _, _ = served
+    host.sudo("sed -i -e 's/^ssl = on/ssl = off/' /etc/postgresql/15/main/postgresql.conf")
+    host.sudo(f"sed -i '/^# END USER RULES/i hostssl app app 10.231.0.0/16 scram-sha-256' {HBA}")
+
+    run = provision(host, env=ENV, **vpc_data(host, tarball))
+
+    assert run.returncode == 0, run.output
+    assert f"Clients beyond this host connect with postgresql://app:<password>@{host.address}:5432/app?sslmode=require" in run.output
+    with pytest.raises(psycopg.OperationalError, match='no pg_hba.conf entry for host "10.231.0.1".*no encryption'):
+        psycopg.connect(dsn(host.address) + " sslmode=disable", connect_timeout=5)
+    with psycopg.connect(dsn(host.address) + " sslmode=require", connect_timeout=5) as conn:
+        assert conn.execute(VECTOR_QUERY).fetchone()[0] == 5.0
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
+    assert host.psql("SHOW ssl") == "on"
+    assert host.psql("SHOW ssl_key_file") == SELF_SIGNED_KEY
+    assert host.sudo(f"stat -c '%U:%G %a' {SELF_SIGNED_KEY}").strip() == "postgres:postgres 600"
+    cert = host.psql("SHOW ssl_cert_file")
+    assert f"IP Address:{host.address}" in host.sudo(f"openssl x509 -in {cert} -noout -ext subjectAltName")
+    made = host.sudo(f"sha256sum {cert} {SELF_SIGNED_KEY}")
+
+    again = provision(host, env=ENV, **vpc_data(host, tarball))
+
+    assert again.returncode == 0, again.output
+    assert again.changed(host.name) == []
+    assert host.sudo(f"sha256sum {cert} {SELF_SIGNED_KEY}") == made  # made once, kept
+
+
+def test_a_plain_host_rule_for_clients_beyond_the_host_is_refused(served, tarball, provision):
+    import psycopg
+
+    host, _, _ = served
+    rule = "host app app 10.231.0.0/16 scram-sha-256"
+    host.sudo(f"sed -i '/^# END USER RULES/i {rule}' {HBA}")
+    written = host.sudo(f"cat {HBA}")
+    try:
+        run = provision(host, env=ENV, **vpc_data(host, tarball))
+        assert run.returncode != 0
+        assert f"without TLS: {rule}. Nothing was changed. Fix: write them as hostssl" in run.output, run.output
+        assert host.sudo(f"cat {HBA}") == written  # not applied
+        with pytest.raises(psycopg.OperationalError, match="no encryption"):
+            psycopg.connect(dsn(host.address) + " sslmode=disable", connect_timeout=5)
+    finally:
+        host.sudo(f"sed -i '/^host app app 10.231.0.0\\/16 /d' {HBA}")
+    assert provision(host, env=ENV, **vpc_data(host, tarball)).changed(host.name) == []
 
 
 def test_after_a_reboot_with_docker0_up_late_the_app_gets_in(served):

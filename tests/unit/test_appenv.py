@@ -354,3 +354,51 @@ def test_nothing_is_printed_while_pyinfra_only_looks_for_changes(debian12, provi
     with caplog.at_level(logging.INFO, logger="pyinfra"):
         run_env(app_plan(debian12, provisioned_profile), [])
     assert "connect with" not in caplog.text
+
+
+# --- TLS for clients beyond the host -----------------------------------------------------------------
+
+DOCKER_HOST = bridges(("docker0", "172.17.0.1/16"), ("br-0a1b2c3d4e5f", "172.18.0.1/16"))
+
+
+@pytest.mark.parametrize("address", [None, "172.17.0.1", "172.18.0.1", "host.docker.internal"])
+def test_a_bridge_connection_has_no_sslmode(debian12, provisioned_profile, address):
+    data = {"pg_app_host": address} if address else {}
+    conn = connection(app_plan(debian12, {**provisioned_profile, "bridges": DOCKER_HOST}, **data))
+    assert (conn.sslmode, conn.sslrootcert) == (None, None)
+    assert "sslmode" not in conn.url() and "PGSSLMODE" not in render_env_file(conn)
+
+
+@pytest.mark.parametrize("address", ["10.0.1.10", "db.internal", "192.168.77.1"])
+def test_a_connection_beyond_the_host_requires_tls(debian12, provisioned_profile, address):
+    conn = connection(app_plan(debian12, {**provisioned_profile, "bridges": DOCKER_HOST}, pg_app_host=address))
+    assert conn.url("<password>") == f"postgresql://app:<password>@{address}:5432/app?sslmode=require"
+    assert conninfo_to_dict(conn.url())["sslmode"] == "require"  # libpq reads it
+    content = render_env_file(conn)
+    assert f"DATABASE_URL={conn.url()}\n" in content and "PGSSLMODE=require\n" in content
+    assert "PGSSLROOTCERT" not in content
+
+
+def test_with_a_ca_the_connection_beyond_the_host_verifies_the_server(debian12, provisioned_profile):
+    plan = app_plan(
+        debian12, {**provisioned_profile, "bridges": DOCKER_HOST}, pg_app_host="10.0.1.10",
+        pg_ssl_cert_file="/etc/ssl/db/server.pem", pg_ssl_key_file="/etc/ssl/db/server.key", pg_ssl_ca_file="/etc/ssl/db/ca.pem",
+    )  # fmt: skip
+    conn = connection(plan)
+    assert conninfo_to_dict(conn.url()) | {"password": None} == {
+        "user": "app", "password": None, "host": "10.0.1.10", "port": "5432", "dbname": "app",
+        "sslmode": "verify-full", "sslrootcert": "/etc/ssl/db/ca.pem",
+    }  # fmt: skip
+    content = render_env_file(conn)
+    assert "PGSSLMODE=verify-full\n" in content and "PGSSLROOTCERT=/etc/ssl/db/ca.pem\n" in content
+
+
+def test_the_vpc_connection_string_is_printed_with_sslmode_require(debian12, provisioned_profile, caplog):
+    plan = app_plan(debian12, provisioned_profile, pg_listen_addresses=["10.0.1.10"])
+    with caplog.at_level(logging.INFO, logger="pyinfra"):
+        run_env(plan, [], executing=True)
+    messages = [record.getMessage() for record in caplog.records if "connect" in record.getMessage()]
+    assert messages == [
+        "[db-1] App containers connect with postgresql://app:<password>@172.17.0.1:5432/app",
+        "[db-1] Clients beyond this host connect with postgresql://app:<password>@10.0.1.10:5432/app?sslmode=require",
+    ]

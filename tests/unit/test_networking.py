@@ -236,33 +236,39 @@ def test_app_address_prefers_docker0():
     assert app_address([]) is None
 
 
-def test_client_rules_bridges_then_extra_subnets_once_each():
-    settings = load_settings({"pg_docker_subnets": "172.20.0.0/16, 172.18.0.0/16,10.10.0.0/24"})
+def test_client_rules_admit_the_app_from_bridges_and_with_tls_only_from_other_subnets():
+    settings = load_settings({**APP_DATA, "pg_docker_subnets": "172.20.0.0/16, 172.18.0.0/16,10.10.0.0/24"})
+    no_bridge = "pg_docker_subnets, no bridge on this host: TLS only"
     assert client_rules([BR, DOCKER0], settings) == [
-        {"cidr": "172.18.0.0/16", "comment": "Docker bridge br-3f2a1b4c5d6e (found on this host)"},
-        {"cidr": "172.17.0.0/16", "comment": "Docker bridge docker0 (found on this host)"},
-        {"cidr": "172.20.0.0/16", "comment": "pg_docker_subnets"},
-        {"cidr": "10.10.0.0/24", "comment": "pg_docker_subnets"},
+        {"type": "host", "cidr": "172.18.0.0/16", "comment": "Docker bridge br-3f2a1b4c5d6e (found on this host)", "user": "app"},
+        {"type": "host", "cidr": "172.17.0.0/16", "comment": "Docker bridge docker0 (found on this host)", "user": "app"},
+        {"type": "hostssl", "cidr": "172.20.0.0/16", "comment": no_bridge, "user": "app"},
+        {"type": "hostssl", "cidr": "10.10.0.0/24", "comment": no_bridge, "user": "app"},
     ]
     assert client_rules([], None) == []
 
 
+def test_without_an_app_role_there_are_no_bridge_rules():
+    assert client_rules([BR, DOCKER0], load_settings({"pg_docker_subnets": ["172.20.0.0/16"]})) == []
+
+
+APP_DATA = {"pg_app_user": "app", "pg_app_password": "not-used-here"}
 MANAGED_HEAD = [["local", "all", "postgres", "peer"], ["local", "all", "all", "peer"]]
 LOOPBACK = [["host", "all", "all", "127.0.0.1/32", "scram-sha-256"], ["host", "all", "all", "::1/128", "scram-sha-256"]]
 REPLICATION = [["local", "replication", "all", "peer"]]
 
 
 def test_render_hba_rules_in_order_one_per_bridge_and_subnet():
-    settings = load_settings({"pg_docker_subnets": ["172.20.0.0/16", "172.18.0.0/16", "10.10.0.0/24"]})
+    settings = load_settings({**APP_DATA, "pg_docker_subnets": ["172.20.0.0/16", "172.18.0.0/16", "10.10.0.0/24"]})
     text = render_hba([BR, DOCKER0], settings, "")
     assert rules_of(text) == MANAGED_HEAD + LOOPBACK + [
-        ["host", "all", "all", "172.18.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "172.17.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "172.20.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "10.10.0.0/24", "scram-sha-256"],
+        ["host", "all", "app", "172.18.0.0/16", "scram-sha-256"],
+        ["host", "all", "app", "172.17.0.0/16", "scram-sha-256"],
+        ["hostssl", "all", "app", "172.20.0.0/16", "scram-sha-256"],
+        ["hostssl", "all", "app", "10.10.0.0/24", "scram-sha-256"],
     ] + REPLICATION
     for cidr in ("172.18.0.0/16", "172.17.0.0/16", "172.20.0.0/16", "10.10.0.0/24"):
-        assert text.count(f"all             {cidr} ") == 1
+        assert text.count(f"app             {cidr} ") == 1
     assert text.endswith("peer\n")  # a heredoc needs the final newline
 
 
@@ -283,7 +289,7 @@ def test_render_hba_user_rules_between_markers_before_the_managed_tcp_rules():
     assert rules_of(text) == MANAGED_HEAD + [
         ["host", "mydb", "myuser", "10.1.0.0/16", "scram-sha-256"],
         ["hostssl", "all", "all", "0.0.0.0/0", "reject"],
-    ] + LOOPBACK + [["host", "all", "all", "172.17.0.0/16", "scram-sha-256"]] + REPLICATION
+    ] + LOOPBACK + REPLICATION  # no app role: no bridge rules
 
 
 def test_render_settings_lists_the_addresses_and_scram(debian12):
@@ -509,15 +515,21 @@ def plan(debian12, provisioned_profile):
 
 
 @pytest.fixture
+def app_plan(debian12, provisioned_profile):
+    return Plan(load_settings(APP_DATA), debian12, provisioned_profile)
+
+
+@pytest.fixture
 def no_systemd_plan(debian12, provisioned_profile):
     return Plan(load_settings({}), debian12, with_changes(provisioned_profile, systemd=False, pid1="sleep"))
 
 
-def docker_state(mine: str = "", hba: str | None = None, drop: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> list[str]:
+def docker_state(mine: str = "", hba: str | None = None, drop: tuple[str, ...] = (), extra: tuple[str, ...] = (), data: dict | None = None) -> list[str]:
     """The recorded Docker host with the files a converged deploy leaves there (user rules
-    ``mine``, or the pg_hba.conf ``hba``); recorded lines starting with ``drop`` left out."""
+    ``mine``, or the pg_hba.conf ``hba``; host data ``data``); recorded lines starting with
+    ``drop`` left out."""
     if hba is None:
-        hba = render_hba([BR, DOCKER0], load_settings({}), mine)
+        hba = render_hba([BR, DOCKER0], load_settings(data or {}), mine)
     recorded = [line for line in recorded_lines("docker", "server-config") if not (drop and line.startswith(drop))]
     return [
         file_line(HBA, hba),
@@ -541,7 +553,7 @@ def test_converged_docker_host_yields_nothing(plan):
 
 
 def test_converged_docker_host_keeps_user_rules_and_yields_nothing(plan):
-    assert run_both(plan, docker_state(mine="host mydb myuser 10.1.0.0/16 scram-sha-256"))[:2] == ([], [])
+    assert run_both(plan, docker_state(mine="host mydb myuser 172.18.0.0/16 scram-sha-256"))[:2] == ([], [])
 
 
 def test_sysctl_text_sets_nonlocal_bind_as_the_fact_reads_it(plan, tmp_path):
@@ -565,21 +577,21 @@ def test_without_systemd_no_sysctl(no_systemd_plan):
     assert run_operation(networking.listen, no_systemd_plan, FactHost({ServerConfig: lines + ["nonlocal_bind=0"]})) == []
 
 
-def new_bridge_state() -> list[str]:
-    return docker_state(mine="host mydb myuser 10.1.0.0/16 scram-sha-256", extra=(NEW_BR,))
+def new_bridge_state(data: dict | None = None) -> list[str]:
+    return docker_state(mine="host mydb myuser 172.18.0.0/16 scram-sha-256", extra=(NEW_BR,), data=data)
 
 
-def test_new_bridge_changes_only_pg_hba_and_never_restarts(plan):
-    """docker compose up: a new br-<id> bridge gets its pg_hba rule (a reload); the listeners
-    stay as they are (its containers reach the docker0 gateway), so no restart."""
-    listen, access, _ = run_both(plan, new_bridge_state())
+def test_new_bridge_changes_only_pg_hba_and_never_restarts(app_plan):
+    """docker compose up: a new br-<id> bridge gets its pg_hba rule for the app (a reload); the
+    listeners stay as they are (its containers reach the docker0 gateway), so no restart."""
+    listen, access, _ = run_both(app_plan, new_bridge_state(APP_DATA))
     assert listen == []
     assert [command for command in access if "restart" in command] == [] and len(access) == 2
 
 
-def test_a_bridge_going_away_changes_only_pg_hba(plan):
-    lines = [line for line in docker_state() if "br-3f2a1b4c5d6e" not in line]
-    listen, access, _ = run_both(plan, lines)
+def test_a_bridge_going_away_changes_only_pg_hba(app_plan):
+    lines = [line for line in docker_state(data=APP_DATA) if "br-3f2a1b4c5d6e" not in line]
+    listen, access, _ = run_both(app_plan, lines)
     assert listen == [] and len(access) == 2
 
 
@@ -618,16 +630,16 @@ def test_docker0_arriving_without_systemd_restarts_with_pg_ctlcluster(no_systemd
     assert not [command for command in listen if "sysctl" in command.split("<<")[0]]
 
 
-def test_new_bridge_rewrites_pg_hba_keeping_user_rules(plan):
-    access = run_operation(networking.client_access, plan, FactHost({ServerConfig: new_bridge_state()}))
+def test_new_bridge_rewrites_pg_hba_keeping_user_rules(app_plan):
+    access = run_operation(networking.client_access, app_plan, FactHost({ServerConfig: new_bridge_state(APP_DATA)}))
     assert len(access) == 2
     script, reload = access
     assert f"file={HBA}\n" in script and "pg_hba_file_rules" in script and "chmod 0640 " in script
     assert sh_syntax_error(script) == ""
-    assert rules_of(heredoc_body(script)) == MANAGED_HEAD + [["host", "mydb", "myuser", "10.1.0.0/16", "scram-sha-256"]] + LOOPBACK + [
-        ["host", "all", "all", "172.18.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "172.19.0.0/16", "scram-sha-256"],
-        ["host", "all", "all", "172.17.0.0/16", "scram-sha-256"],
+    assert rules_of(heredoc_body(script)) == MANAGED_HEAD + [["host", "mydb", "myuser", "172.18.0.0/16", "scram-sha-256"]] + LOOPBACK + [
+        ["host", "all", "app", "172.18.0.0/16", "scram-sha-256"],
+        ["host", "all", "app", "172.19.0.0/16", "scram-sha-256"],
+        ["host", "all", "app", "172.17.0.0/16", "scram-sha-256"],
     ] + REPLICATION
     assert reload == RELOAD
 
@@ -705,7 +717,7 @@ def test_trust_carried_from_an_unmanaged_file_is_refused(plan):
 
 
 def test_errors_in_the_converged_file_fail_naming_the_line(plan):
-    bad = "host    all    all    10.9.0.0/16    scram-sha265"
+    bad = "host    all    all    172.17.0.0/16    scram-sha265"
     hba = render_hba([BR, DOCKER0], load_settings({}), bad)
     line_number = hba.splitlines().index(bad) + 1
     lines = docker_state(hba=hba, extra=(f'hba_error={line_number}|invalid authentication method "scram-sha265"',))
@@ -766,7 +778,7 @@ def raw_file_line(path: str, raw: bytes) -> str:
 
 
 def test_a_latin1_byte_outside_the_user_rules_is_a_difference_replaced_with_a_copy_kept(plan):
-    converged = render_hba([BR, DOCKER0], load_settings({}), "host mydb myuser 10.1.0.0/16 scram-sha-256").encode()
+    converged = render_hba([BR, DOCKER0], load_settings({}), "host mydb myuser 127.0.0.1/32 scram-sha-256").encode()
     edited = converged + b"# edited by Ren\xe9\n"  # after END USER RULES: ours, so rewritten
     lines = [raw_file_line(HBA, edited), *docker_state()[1:]]
     script, reload = run_operation(networking.client_access, plan, FactHost({ServerConfig: lines}))
@@ -775,7 +787,7 @@ def test_a_latin1_byte_outside_the_user_rules_is_a_difference_replaced_with_a_co
     assert reload == RELOAD
     # and the rewritten file is converged: the next run yields nothing
     plan.forget_facts()
-    assert run_operation(networking.client_access, plan, FactHost({ServerConfig: docker_state(mine="host mydb myuser 10.1.0.0/16 scram-sha-256")})) == []
+    assert run_operation(networking.client_access, plan, FactHost({ServerConfig: docker_state(mine="host mydb myuser 127.0.0.1/32 scram-sha-256")})) == []
 
 
 def test_a_latin1_byte_in_the_user_rules_fails_the_host_naming_the_line_and_changes_nothing(plan):
@@ -792,5 +804,291 @@ def test_a_latin1_byte_in_the_user_rules_fails_the_host_naming_the_line_and_chan
 
 
 def test_valid_utf8_in_the_user_rules_is_kept_as_it_is(plan):
-    mine = "# café, naïve\nhost mydb myuser 10.1.0.0/16 scram-sha-256"
+    mine = "# café, naïve\nhost mydb myuser 127.0.0.1/32 scram-sha-256"
     assert run_both(plan, docker_state(mine=mine))[:2] == ([], [])
+
+
+# --- TLS for connections from beyond the host ------------------------------------------------------
+
+from pgvector_deploy.facts import TlsFiles, parse_tls_files  # noqa: E402
+from pgvector_deploy.networking import (  # noqa: E402
+    hba_fields,
+    plaintext_beyond_host,
+    self_signed_script,
+    tls_check_script,
+    tls_wanted,
+)
+
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .conftest import skip_or_fail, throwaway_server_missing  # noqa: E402
+
+SELF_CERT = "/etc/postgresql/15/main/pgvector-deploy-server.crt"
+SELF_KEY = "/etc/postgresql/15/main/pgvector-deploy-server.key"
+VPC_DATA = {**APP_DATA, "pg_listen_addresses": ["10.0.1.10"]}
+
+
+@pytest.mark.parametrize(
+    "line, fields",
+    [
+        ("host all all 10.0.0.0/8 trust", ["host", "all", "all", "10.0.0.0/8", "trust"]),
+        ('host all all 10.0.0.0/8 "trust"', ["host", "all", "all", "10.0.0.0/8", "trust"]),
+        ('host "my db" "a#b" 10.0.0.0/8 md5 # comment "x"', ["host", "my db", "a#b", "10.0.0.0/8", "md5"]),
+        ("  # host all all 0.0.0.0/0 trust", []),
+        ("host\tall\tall\t::1/128\tscram-sha-256#x", ["host", "all", "all", "::1/128", "scram-sha-256"]),
+    ],
+)
+def test_hba_fields_read_quotes_and_comments_as_postgresql_does(line, fields):
+    assert hba_fields(line) == fields
+
+
+@pytest.mark.parametrize(
+    "rules, flagged",
+    [
+        ('host all all 10.0.0.0/8 "trust"', ['host all all 10.0.0.0/8 "trust"']),
+        ('hostssl all all 10.0.0.0 255.0.0.0 "trust"', ['hostssl all all 10.0.0.0 255.0.0.0 "trust"']),
+        ('host "db#1" all 10.0.0.0/8 trust', ['host "db#1" all 10.0.0.0/8 trust']),  # a # inside quotes is no comment
+        ("host all all 10.0.0.0/8 ident", ["host all all 10.0.0.0/8 ident"]),  # the client's machine answers ident
+        ("host all all samenet ident", ["host all all samenet ident"]),
+        ("host all all 127.0.0.1/32 ident", []),  # the stock RHEL rule: this host's own identd
+        ("host all all ::1/128 ident", []),
+        ("host all all all trust", ["host all all all trust"]),
+        ('local all all "trust"', []),
+    ],
+)  # fmt: skip
+def test_trust_over_tcp_quoted_and_ident(rules, flagged):
+    assert trust_over_tcp(rules) == flagged
+
+
+@pytest.mark.parametrize(
+    "rule, refused",
+    [
+        ("host app app 10.231.0.0/16 scram-sha-256", True),
+        ("host app app 10.231.0.0 255.255.0.0 scram-sha-256", True),
+        ("hostnossl all all 10.0.0.0/8 md5", True),
+        ("host all all all scram-sha-256", True),
+        ("host all all samenet scram-sha-256", True),
+        ("host all all db.example.com scram-sha-256", True),
+        ("host all all 172.16.0.0/12 scram-sha-256", True),  # wider than any bridge here
+        ("host all all 172.18.5.0/24 scram-sha-256", False),  # inside br-3f2a1b4c5d6e
+        ("host mydb myuser 172.17.0.0/16 scram-sha-256", False),  # docker0
+        ("host all all 127.0.0.1/32 scram-sha-256", False),
+        ("host all all ::1/128 scram-sha-256", False),
+        ("host all all samehost scram-sha-256", False),
+        ("host all all 0.0.0.0/0 reject", False),  # keeps people out
+        ("hostssl app app 10.231.0.0/16 scram-sha-256", False),
+        ("hostgssenc all all 10.0.0.0/8 gss", False),
+        ("local all all peer", False),
+        ("# host all all 0.0.0.0/0 md5", False),
+    ],
+)  # fmt: skip
+def test_plaintext_rules_for_clients_beyond_the_host(rule, refused):
+    assert plaintext_beyond_host(rule, [BR, DOCKER0]) == ([rule] if refused else [])
+
+
+def test_tls_is_wanted_for_listeners_beyond_the_host_and_for_hostssl_rules():
+    assert tls_wanted(load_settings({}), "host mydb myuser 172.17.0.0/16 scram-sha-256") is False
+    assert tls_wanted(load_settings({"pg_listen_addresses": ["10.0.1.10"]}), "") is True
+    assert tls_wanted(load_settings({"pg_docker_subnets": ["172.20.0.0/16"]}), "") is True
+    # PostgreSQL rejects a hostssl record while ssl is off (pg_hba_file_rules: "hostssl record cannot match")
+    assert tls_wanted(load_settings({}), "# mine\nhostssl all all 10.0.0.0/8 reject") is True
+    assert tls_wanted(load_settings({}), "# hostssl all all 10.0.0.0/8 reject") is False
+
+
+def settings_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_render_settings_with_tls(debian12):
+    text = render_settings(debian12, ["localhost", "10.0.1.10"], (SELF_CERT, SELF_KEY))
+    assert settings_lines(text) == [
+        "listen_addresses = 'localhost,10.0.1.10'",
+        "password_encryption = 'scram-sha-256'",
+        "ssl = on",
+        f"ssl_cert_file = '{SELF_CERT}'",
+        f"ssl_key_file = '{SELF_KEY}'",
+        "ssl_min_protocol_version = 'TLSv1.2'",
+    ]
+    assert "ssl" not in " ".join(settings_lines(render_settings(debian12, ["localhost"])))  # Debian's own ssl stays
+
+
+def tls_lines(usable: bool = True, mode: str = "600", owner: str = "postgres:postgres", covers: bool = True) -> list[str]:
+    return ["openssl=yes", *(["usable=yes"] if usable else []), *(["covers=yes"] if covers else []), f"key={mode}|{owner}"]
+
+
+def vpc_state(settings_tls: bool = True, mine: str = "") -> list[str]:
+    """The recorded Docker host, converged for VPC_DATA (ssl on unless ``settings_tls`` is False)."""
+    addresses = DOCKER_ADDRESSES + ["10.0.1.10"]
+    settings = render_settings(DEBIAN12, addresses, (SELF_CERT, SELF_KEY) if settings_tls else None)
+    lines = docker_state(mine=mine, data=VPC_DATA, drop=("running_listen",), extra=(f"running_listen={','.join(addresses)}",))
+    return [file_line(SETTINGS_FILE, settings) if line.startswith(f"file={SETTINGS_FILE}|") else line for line in lines]
+
+
+@pytest.fixture
+def vpc_plan(debian12, provisioned_profile):
+    return Plan(load_settings(VPC_DATA), debian12, provisioned_profile)
+
+
+def test_converged_vpc_host_yields_nothing(vpc_plan):
+    host = FactHost({ServerConfig: vpc_state(), TlsFiles: tls_lines()})
+    for operation in (networking.server_certificate, networking.listen, networking.client_access):
+        assert run_operation(operation, vpc_plan, host) == []
+    assert host.noops == [f"{SELF_CERT} (self-signed, made on this host) is kept"]
+
+
+def test_without_listeners_beyond_the_host_no_certificate_is_asked_for(plan):
+    host = FactHost({ServerConfig: docker_state()})
+    assert run_operation(networking.server_certificate, plan, host) == []
+    assert [cls for cls, _, _ in host.asked] == [ServerConfig]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [[], tls_lines(usable=False), tls_lines(mode="644"), tls_lines(owner="root:root", mode="640"), tls_lines(covers=False)],
+    ids=["missing", "unusable", "loose-key", "root-key", "without-the-listen-address"],
+)
+def test_a_missing_loose_or_outdated_self_signed_pair_is_made_or_repaired(vpc_plan, lines):
+    host = FactHost({ServerConfig: vpc_state(), TlsFiles: lines})
+    [script] = run_operation(networking.server_certificate, vpc_plan, host)
+    assert script == self_signed_script(SELF_CERT, SELF_KEY, DOCKER_ADDRESSES + ["10.0.1.10"], ("10.0.1.10",))
+    assert sh_syntax_error(script) == ""
+    assert host.asked[-1][1] == {"cert": SELF_CERT, "key": SELF_KEY, "addresses": ("10.0.1.10",)}
+
+
+@pytest.mark.parametrize("openssl", [True, False])
+def test_an_unusable_certificate_from_host_data_is_refused_and_never_touched(debian12, provisioned_profile, openssl):
+    data = {**VPC_DATA, "pg_ssl_cert_file": "/etc/ssl/db/server.pem", "pg_ssl_key_file": "/etc/ssl/db/server.key"}
+    plan = Plan(load_settings(data), debian12, provisioned_profile)
+    lines = ["key=644|postgres:postgres"] + (["openssl=yes"] if openssl else [])
+    [command] = run_operation(networking.server_certificate, plan, FactHost({ServerConfig: vpc_state(), TlsFiles: lines}))
+    result = run_fail(command)
+    assert result.returncode == 1
+    assert "pg_ssl_cert_file /etc/ssl/db/server.pem and pg_ssl_key_file /etc/ssl/db/server.key cannot be used" in result.stderr
+    assert ("openssl, which checks them, is not installed" in result.stderr) is not openssl
+    assert "Nothing was changed" in result.stderr and "Fix:" in result.stderr
+    usable = FactHost({ServerConfig: vpc_state(), TlsFiles: tls_lines(mode="640", owner="root:ssl-cert")})
+    assert run_operation(networking.server_certificate, Plan(load_settings(data), debian12, provisioned_profile), usable) == []
+
+
+def test_listen_checks_the_certificate_before_writing_ssl_on(vpc_plan):
+    [script] = run_operation(networking.listen, vpc_plan, FactHost({ServerConfig: vpc_state(settings_tls=False)}))
+    check = tls_check_script(SELF_CERT, SELF_KEY, SETTINGS_FILE)
+    assert script.startswith(check) and sh_syntax_error(script) == ""  # checked first, in the same script
+    assert settings_lines(heredoc_body(script))[2:] == [
+        "ssl = on", f"ssl_cert_file = '{SELF_CERT}'", f"ssl_key_file = '{SELF_KEY}'", "ssl_min_protocol_version = 'TLSv1.2'"
+    ]  # fmt: skip
+    assert RELOAD + "; for i in $(seq 50); do" in script and "SHOW ssl" in script
+
+
+def test_a_hostssl_user_rule_turns_ssl_on(plan):
+    mine = "hostssl mydb myuser 10.1.0.0/16 scram-sha-256"
+    listen = run_operation(networking.listen, plan, FactHost({ServerConfig: docker_state(mine=mine)}))
+    assert listen[0].startswith(tls_check_script(SELF_CERT, SELF_KEY, SETTINGS_FILE))
+    assert "ssl = on" in heredoc_body(listen[0]).splitlines()
+
+
+def test_a_plaintext_user_rule_beyond_the_host_is_refused_and_nothing_else(plan):
+    mine = "host app app 10.231.0.0/16 scram-sha-256"
+    access = run_operation(networking.client_access, plan, FactHost({ServerConfig: docker_state(mine=mine, extra=(NEW_BR,))}))
+    assert len(access) == 1
+    result = run_fail(access[0])
+    assert result.returncode == 1
+    assert f"refusing {HBA}: these USER RULES lines admit clients beyond this host" in result.stderr
+    assert f"without TLS: {mine}. Nothing was changed. Fix: write them as hostssl" in result.stderr
+
+
+def test_a_quoted_trust_user_rule_is_refused(plan):
+    mine = 'hostssl all all 10.0.0.0/8 "trust"'
+    [command] = run_operation(networking.client_access, plan, FactHost({ServerConfig: docker_state(mine=mine)}))
+    assert mine in run_fail(command).stderr and "without a password" in run_fail(command).stderr
+
+
+# --- the certificate scripts and fact, run for real (root and the postgres OS user) ------------------
+
+
+@pytest.fixture
+def tls_dir():
+    """A directory postgres owns and can reach (pytest's tmp_path sits in a root-only one)."""
+    missing = throwaway_server_missing()
+    if missing:
+        skip_or_fail(f"the TLS scripts run openssl as postgres: {missing}")
+    base = Path(tempfile.mkdtemp(prefix="pgvector-deploy-tls-"))
+    base.chmod(0o755)
+    shutil.chown(base, "postgres", "postgres")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def run_sh(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def tls_fact(cert, key, addresses: tuple[str, ...] = ("10.0.1.10",)) -> dict:
+    return parse_tls_files(run_sh(TlsFiles().command(cert=str(cert), key=str(key), addresses=addresses)).stdout.splitlines())
+
+
+def test_the_self_signed_pair_is_made_once_private_to_postgres_and_kept(tls_dir):
+    cert, key = tls_dir / "server.crt", tls_dir / "server.key"
+    script = self_signed_script(str(cert), str(key), ["localhost", "172.17.0.1", "10.0.1.10"])
+    assert tls_fact(cert, key) == {"openssl": True, "usable": False, "covers": False, "key_mode": None, "key_owner": None}
+    assert run_sh(script).returncode == 0
+    assert tls_fact(cert, key) == {"openssl": True, "usable": True, "covers": True, "key_mode": "600", "key_owner": "postgres:postgres"}
+    names = run_sh(f"openssl x509 -in {cert} -noout -ext subjectAltName").stdout
+    assert "DNS:localhost" in names and "IP Address:172.17.0.1" in names and "IP Address:10.0.1.10" in names
+    made = (cert.read_bytes(), key.read_bytes())
+    assert run_sh(script).returncode == 0
+    assert (cert.read_bytes(), key.read_bytes()) == made  # kept
+    assert sorted(path.name for path in tls_dir.iterdir()) == ["server.crt", "server.key"]  # nothing left behind
+    key.chmod(0o644)  # loosened by hand: PostgreSQL would refuse it; the script tightens it, keeping the pair
+    assert tls_fact(cert, key)["usable"] is False
+    assert run_sh(script).returncode == 0
+    assert (cert.read_bytes(), key.read_bytes()) == made and tls_fact(cert, key)["key_mode"] == "600"
+
+
+def test_a_self_signed_certificate_without_a_new_listen_address_is_made_anew(tls_dir):
+    """A host that had TLS for a hostssl rule, then gets pg_listen_addresses: its clients may
+    verify the names, so the kept certificate must name that address."""
+    cert, key = tls_dir / "server.crt", tls_dir / "server.key"
+    assert run_sh(self_signed_script(str(cert), str(key), ["localhost", "172.17.0.1"])).returncode == 0
+    assert tls_fact(cert, key, ("fd00::2",))["covers"] is False
+    assert tls_fact(cert, key, ())["covers"] is True  # nothing required
+    old = cert.read_bytes()
+    script = self_signed_script(str(cert), str(key), ["localhost", "172.17.0.1", "fd00::2"], ("fd00::2",))
+    assert run_sh(script).returncode == 0
+    assert cert.read_bytes() != old and tls_fact(cert, key, ("fd00:0::2",))["covers"] is True  # addresses, not spellings
+    assert len([path for path in tls_dir.iterdir() if ".bak-" in path.name]) == 2
+    made = cert.read_bytes()
+    assert run_sh(script).returncode == 0 and cert.read_bytes() == made  # then kept
+
+
+def test_a_mismatched_self_signed_pair_is_set_aside_and_replaced(tls_dir):
+    cert, key = tls_dir / "server.crt", tls_dir / "server.key"
+    assert run_sh(self_signed_script(str(cert), str(key), ["localhost"])).returncode == 0
+    other = tls_dir / "other"
+    other.mkdir()
+    shutil.chown(other, "postgres", "postgres")
+    assert run_sh(self_signed_script(str(other / "c"), str(other / "k"), ["localhost"])).returncode == 0
+    shutil.copy2(other / "k", key)  # the key of another certificate
+    assert tls_fact(cert, key)["usable"] is False
+    assert run_sh(self_signed_script(str(cert), str(key), ["localhost"])).returncode == 0
+    assert tls_fact(cert, key)["usable"] is True
+    assert len([path for path in tls_dir.iterdir() if ".bak-" in path.name]) == 2  # both copies kept
+
+
+def test_the_check_before_ssl_on_refuses_what_postgresql_would_not_start_with(tls_dir):
+    cert, key = tls_dir / "server.crt", tls_dir / "server.key"
+    check = tls_check_script(str(cert), str(key), SETTINGS_FILE)
+    assert run_sh(check).returncode == 1  # missing
+    assert run_sh(self_signed_script(str(cert), str(key), ["localhost"])).returncode == 0
+    assert run_sh(check).returncode == 0
+    key.chmod(0o640)  # group access, postgres the owner
+    result = run_sh(check)
+    assert result.returncode == 1 and f"not writing {SETTINGS_FILE} with ssl = on" in result.stderr and "Fix:" in result.stderr
+    shutil.chown(key, "root", "root")  # root 0640 is what PostgreSQL accepts, but postgres cannot read it now
+    assert run_sh(check).returncode == 1
+    key.chmod(0o644)
+    assert run_sh(check).returncode == 1  # readable, but PostgreSQL refuses a key with world access
+    shutil.chown(key, "root", "postgres")
+    key.chmod(0o640)
+    assert run_sh(check).returncode == 0  # root-owned, group-readable by postgres: accepted

@@ -34,6 +34,8 @@ from pgvector_deploy.facts import (
     PgvectorState,
     RepositoryChecks,
     ServerConfig,
+    TlsFiles,
+    certificate_paths,
     hba_path,
     settings_path,
 )
@@ -432,6 +434,7 @@ APP_ENV_FILE = "/etc/pgvector-deploy/app.env"
 MIGRATIONS = {"0001_documents.sql": "CREATE TABLE documents (id int, embedding vector(3));", "0002_more.sql": "SELECT 2;"}
 WHOLE_RECIPE = (
     *RECIPE,
+    networking.server_certificate,
     networking.listen,
     networking.client_access,
     tuning.server_settings,
@@ -451,10 +454,12 @@ def converged_outputs(plan: Plan) -> dict:
     addresses = networking.listen_addresses([docker0], settings)
     encoded = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
     verifier = scram_verifier(APP_PASSWORD, bytes(range(16)))
+    tls = certificate_paths(platform, settings.tls.cert_file, settings.tls.key_file) if settings.wants_tls else None
     return {
+        TlsFiles: ["openssl=yes", "usable=yes", "covers=yes", "key=600|postgres:postgres"],
         ServerConfig: [
             f"file={hba_path(platform)}|{encoded(networking.render_hba([docker0], settings, ''))}",
-            f"file={settings_path(platform)}|{encoded(networking.render_settings(platform, addresses))}",
+            f"file={settings_path(platform)}|{encoded(networking.render_settings(platform, addresses, tls))}",
             f"file={SYSCTL_FILE}|{encoded(networking.SYSCTL_TEXT)}",
             f"file={tuning_path(platform)}|{encoded(tuning.render(tuning.plan_tuning(settings.tuning, plan.profile), plan.profile))}",
             f"running_listen={','.join(addresses)}",
@@ -509,6 +514,7 @@ def run_as_pyinfra_does(operation, plan: Plan, host, planning: bool) -> list:
     [
         ("debian12-x86_64", {"pgvector_version": "0.8.0", "pgvector_allow_insecure": True}),
         ("rocky9-aarch64", {}),  # has repository steps: RepositoryChecks too
+        ("debian12-x86_64", {"pgvector_version": "0.8.0", "pgvector_allow_insecure": True, "pg_listen_addresses": ["10.0.1.10"]}),
     ],
 )
 def test_a_no_op_run_of_the_whole_recipe_asks_each_fact_once(recorded, data, tmp_path, monkeypatch):
@@ -525,6 +531,8 @@ def test_a_no_op_run_of_the_whole_recipe_asks_each_fact_once(recorded, data, tmp
     expected = {"InstalledPackages", "ClusterState", "PgvectorState", "ServerConfig", "AppState", "MigrationLedger", "EnvFileState"}
     if plan.platform.repository_steps(plan.os_id, plan.arch):
         expected.add("RepositoryChecks")
+    if plan.settings.wants_tls:
+        expected.add("TlsFiles")
     assert {name for name, _ in asked} == expected
 
 
@@ -544,6 +552,7 @@ def test_a_fact_is_asked_again_after_an_operation_yielded_a_command():
     [
         ("debian12-x86_64", {"pgvector_version": "0.8.0", "pgvector_allow_insecure": True}),
         ("rocky9-aarch64", {}),  # has repository steps: RepositoryChecks too
+        ("debian12-x86_64", {"pgvector_version": "0.8.0", "pgvector_allow_insecure": True, "pg_listen_addresses": ["10.0.1.10"]}),
     ],
 )
 def test_after_the_prefetch_a_no_op_run_asks_the_host_nothing_more(recorded, data, tmp_path, monkeypatch):

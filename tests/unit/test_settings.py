@@ -374,3 +374,40 @@ def test_settings_repr_never_shows_the_password():
     for text in (repr(settings), str(settings), repr(settings.app), f"{settings!r}"):
         assert "hunter2" not in text
     assert "password=Secret('***')" in repr(settings)
+
+
+# --- the server certificate (TLS for connections from beyond the host) -----------------------------
+
+
+def test_tls_defaults_to_a_self_signed_certificate_and_only_when_reachable_from_beyond():
+    settings = load_settings({})
+    assert (settings.tls.cert_file, settings.tls.key_file, settings.tls.ca_file) == (None, None, None)
+    assert settings.wants_tls is False
+    assert load_settings({"pg_listen_addresses": ["10.0.1.10"]}).wants_tls is True
+    assert load_settings({"pg_docker_subnets": ["10.0.0.0/16"]}).wants_tls is True  # may be a VPC range
+
+
+def test_tls_files_from_host_data():
+    settings = load_settings({"pg_ssl_cert_file": "/etc/ssl/db/server.pem", "pg_ssl_key_file": "/etc/ssl/db/server.key",
+                              "pg_ssl_ca_file": "/etc/ssl/db/ca.pem"})  # fmt: skip
+    assert (settings.tls.cert_file, settings.tls.key_file, settings.tls.ca_file) == (
+        "/etc/ssl/db/server.pem", "/etc/ssl/db/server.key", "/etc/ssl/db/ca.pem"
+    )  # fmt: skip
+    assert settings.wants_tls is True
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"pg_ssl_cert_file": "/etc/ssl/db/server.pem"}, "only pg_ssl_cert_file is set"),
+        ({"pg_ssl_key_file": "/etc/ssl/db/server.key"}, "only pg_ssl_key_file is set"),
+        ({"pg_ssl_ca_file": "/etc/ssl/db/ca.pem"}, "pg_ssl_ca_file is set but pg_ssl_cert_file is not"),
+        ({"pg_ssl_cert_file": "server.pem", "pg_ssl_key_file": "/k"}, "pg_ssl_cert_file: 'server.pem' is not a plain absolute path"),
+        ({"pg_ssl_cert_file": "/etc/it's.pem", "pg_ssl_key_file": "/k"}, "is not a plain absolute path"),
+        ({"pg_ssl_cert_file": "/etc/../x.pem", "pg_ssl_key_file": "/k"}, "is not a plain absolute path"),
+    ],
+)
+def test_bad_tls_host_data_is_refused_with_a_fix(data, message):
+    with pytest.raises(SettingsError) as error:
+        load_settings(data)
+    assert message in str(error.value) and "Fix:" in str(error.value)
