@@ -21,7 +21,13 @@ else:
     # The facts every stage below asks, in one more round trip, side by side on the host.
     plan.prefetch(*preflight.expected_facts(plan))
 
-    # Stage 1, fetch: the tarball's checksum is verified before anything is installed.
+    # Stage 1, tools: the base tools the run uses (curl, ca-certificates, tar, gzip, procps,
+    # ...) where a minimal image lacks them. First, because the fetch below downloads with
+    # curl and the PGDG key comes with curl too; they come from the distribution's own
+    # repositories, so a bad tarball can at most leave these tools installed, never PostgreSQL.
+    postgres.tools(plan, name="Base tools the run uses are installed (curl, tar, procps, ...)")
+
+    # Stage 1, fetch: the tarball's checksum is verified before PostgreSQL is installed.
     pgvector.fetch(plan, name="pgvector tarball is on the host, sha256 verified")
 
     # Stage 2, PostgreSQL 15: its repository where the distribution lacks it, packages,
