@@ -6,7 +6,8 @@ where its files are. Code elsewhere reads these fields and never branches on a d
 name. Adding a distribution is one entry in ``PLATFORMS`` plus recorded facts for its tests.
 
 The values come from ``shared/reference/platforms.md``. Only Debian 12 is proved on real
-hosts; entries marked "not verified here" are the best public knowledge, pinned by plan tests.
+hosts; entries marked "not verified here" are the best public knowledge, pinned by plan tests
+(tests/unit/test_plans.py, test_platform_plans.py).
 
 Example::
 
@@ -14,6 +15,8 @@ Example::
     'debian-12'
     >>> detect_platform({"ID": "rocky", "VERSION_ID": "9.4"}, "aarch64").key
     'rhel-9'
+    >>> detect_platform({"ID": "debian", "VERSION_ID": "13"}, "aarch64").key
+    'debian-13'
 """
 
 from __future__ import annotations

@@ -383,10 +383,9 @@ def test_rhel_with_neither_rhui_nor_registration_fails_naming_both_fixes(tmp_pat
 
 def test_rhui_crb_check_is_not_fooled_by_debug_or_source_repositories(tmp_path):
     # Only the binary RPM repository counts, enabled: its debug and source siblings do not.
-    repolist = rhui_repolist(9, "x86_64").replace("-rhui-debug-rpms         Red", "-rhui-debug-rpms         Red")
     repolist = "\n".join(
         line.replace(" disabled", " enabled") if "rhui-debug-rpms" in line or "rhui-source-rpms" in line else line
-        for line in repolist.splitlines()
+        for line in rhui_repolist(9, "x86_64").splitlines()
     )
     (tmp_path / "dnf").write_text(FAKE_DNF)
     (tmp_path / "dnf").chmod(0o755)
