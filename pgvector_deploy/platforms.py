@@ -258,13 +258,12 @@ def rhel_crb(el_major: int) -> RepositoryStep:
     rhui = f"codeready-builder-for-rhel-{el_major}-({{arch}}-)?rhui-rpms"
     subscribed = f"codeready-builder-for-rhel-{el_major}-{{arch}}-rpms"
     neither = fail(
-        f"CodeReady Builder is not enabled and cannot be: dnf lists no RHUI repository {rhui} and the "
-        f"host is not registered with subscription-manager. postgresql{POSTGRES_MAJOR}-devel needs it, so "
-        "PostgreSQL was not installed. Fix: on a pay-as-you-go image, install the RHUI client package "
-        f"of the image (it lists codeready-builder-for-rhel-{el_major}-rhui-rpms) and run dnf config-manager "
-        f"--set-enabled codeready-builder-for-rhel-{el_major}-rhui-rpms; on a subscribed host, register it "
-        f"(subscription-manager register) and run subscription-manager repos --enable {subscribed}; "
-        "then run again."
+        f"CodeReady Builder cannot be enabled: dnf lists no RHUI repository codeready-builder-for-rhel-{el_major}-rhui-rpms "
+        f"and the host is not registered with subscription-manager. postgresql{POSTGRES_MAJOR}-devel needs it, so "
+        "PostgreSQL was not installed. Fix: on a pay-as-you-go EC2 image (RHUI), make sure its RHUI client "
+        f"repositories are present and run dnf config-manager --set-enabled codeready-builder-for-rhel-{el_major}-rhui-rpms; "
+        f"on a subscribed host, register it (subscription-manager register) and run subscription-manager repos "
+        f"--enable {subscribed}; then run again."
     )
     refused = fail(
         f"subscription-manager could not enable {subscribed} (see above); postgresql{POSTGRES_MAJOR}-devel "
@@ -291,16 +290,15 @@ ROCKY_ALMA_CRB = RepositoryStep(
 )
 
 
-def enterprise_linux(el_major: int) -> Platform:
+def enterprise_linux(el_major: int, postgresql_module: bool) -> Platform:
     """RHEL, Rocky and AlmaLinux: PostgreSQL 15 from PGDG, CRB for the headers' dependencies.
 
-    EL 9's AppStream has a postgresql module that would hide PGDG's packages, so it is
-    disabled; EL 10 has no modules.
+    ``postgresql_module``: AppStream has a postgresql module (EL 9), which would hide PGDG's
+    packages, so it is disabled first. EL 10 has no modules.
     """
     modules = (
-        # The distribution's postgresql module would hide PGDG's packages.
         (RepositoryStep(check=POSTGRESQL_MODULE_DISABLED, setup="dnf -qy module disable postgresql"),)
-        if el_major < 10
+        if postgresql_module
         else ()
     )
     return Platform(
@@ -384,8 +382,8 @@ PLATFORMS: tuple[Platform, ...] = (
         boot_unit="postgresql",
         proof="plan",
     ),
-    enterprise_linux(9),
-    enterprise_linux(10),
+    enterprise_linux(9, postgresql_module=True),
+    enterprise_linux(10, postgresql_module=False),
 )
 
 # Distributions we recognise and refuse, with the reason a user should read.
