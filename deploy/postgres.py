@@ -19,7 +19,13 @@ plan = preflight.start(host, config, prefetch=True)
 if isinstance(plan, preflight.Refusal):
     preflight.refuse(plan, name=preflight.REFUSAL)
 else:
-    # Stage 1, fetch: the tarball's checksum is verified before anything is installed.
+    # Stage 1, tools: the base tools the run uses (curl, ca-certificates, tar, gzip, procps,
+    # ...) where a minimal image lacks them. First, because the fetch below downloads with
+    # curl and the PGDG key comes with curl too; they come from the distribution's own
+    # repositories, so a bad tarball can at most leave these tools installed, never PostgreSQL.
+    postgres.tools(plan, name="Base tools the run uses are installed (curl, tar, procps, ...)")
+
+    # Stage 1, then fetch: the tarball's checksum is verified before PostgreSQL is installed.
     pgvector.fetch(plan, name="pgvector tarball is on the host, sha256 verified")
 
     # Stage 2, PostgreSQL 15: its repository where the distribution lacks it, packages,

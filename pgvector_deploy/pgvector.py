@@ -40,6 +40,29 @@ EXTENSION_DATABASES = ("template1", "postgres")
 # lose only JIT inlining of pgvector's functions.
 WITH_LLVM = "no"
 
+# pg_config's compile and link flags, minus any that names a file missing on this host: on
+# Amazon Linux 2023 `pg_config --ldflags` can carry -Wl,-dT,/builddir/.../.package_note-*.ld,
+# a linker script from the package's own build root ("cannot open linker script file",
+# amazon-linux-2023 issue 529), and -specs= files of an rpm-config package. PGXS links with
+# $(CC) $(CFLAGS) ... $(LDFLAGS) $(LDFLAGS_SL), all baked from these values at configure time,
+# so the build passes the kept flags as those make variables (LDFLAGS keeps PGXS's -L libdir).
+KEPT_FLAGS = r"""kept_flags() {
+  set -f
+  for flag in $1; do
+    case $flag in
+      -Wl,-dT,*|-Wl,-T,*|-Wl,--script=*) file=${flag##*[,=]} ;;
+      -specs=*|--specs=*) file=${flag#*=} ;;
+      *) file= ;;
+    esac
+    if [ -n "$file" ] && [ ! -e "$file" ]; then
+      echo "pgvector build: dropping $flag from pg_config's flags: $file does not exist on this host" >&2
+    else
+      printf '%s ' "$flag"
+    fi
+  done
+  set +f
+}"""
+
 
 def desired_stamp(settings: Settings, arch: str, pg_version: str | None) -> dict:
     """Every input of a build; a build is redone when any of them differs."""
@@ -125,7 +148,8 @@ def build_script(platform: Platform, settings: Settings, tarball: str, stamp: di
     """
     version = settings.version
     make_vars = (
-        f"PG_CONFIG={platform.pg_config} OPTFLAGS={shlex.quote(settings.optflags)} with_llvm={WITH_LLVM}"
+        f"PG_CONFIG={platform.pg_config} OPTFLAGS={shlex.quote(settings.optflags)} with_llvm={WITH_LLVM} "
+        'CFLAGS="$cflags" LDFLAGS="$ldflags" LDFLAGS_SL="$ldflags_sl"'
     )
     verify_sql = (
         "BEGIN; CREATE EXTENSION IF NOT EXISTS vector SCHEMA public; "
@@ -152,6 +176,10 @@ trap 'rm -rf "$work"' EXIT
 tar -xzf "$tarball" -C "$work"
 src="$work/pgvector-{version}"
 [ -f "$src/vector.control" ] || {fail(f"the tarball does not unpack to pgvector-{version}/ with a vector.control; is it pgvector {version}?")}
+{KEPT_FLAGS}
+cflags=$(kept_flags "$({platform.pg_config} --cflags)")
+ldflags="-L$({platform.pg_config} --libdir) $(kept_flags "$({platform.pg_config} --ldflags)")"
+ldflags_sl=$(kept_flags "$({platform.pg_config} --ldflags_sl)")
 make -C "$src" -j"$(nproc)" {make_vars}
 make -C "$src" install {make_vars} DESTDIR="$work/stage"
 cd "$work/stage"

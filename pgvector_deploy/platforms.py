@@ -6,7 +6,8 @@ where its files are. Code elsewhere reads these fields and never branches on a d
 name. Adding a distribution is one entry in ``PLATFORMS`` plus recorded facts for its tests.
 
 The values come from ``shared/reference/platforms.md``. Only Debian 12 is proved on real
-hosts; entries marked "not verified here" are the best public knowledge, pinned by plan tests.
+hosts; entries marked "not verified here" are the best public knowledge, pinned by plan tests
+(tests/unit/test_plans.py, test_platform_plans.py).
 
 Example::
 
@@ -14,6 +15,8 @@ Example::
     'debian-12'
     >>> detect_platform({"ID": "rocky", "VERSION_ID": "9.4"}, "aarch64").key
     'rhel-9'
+    >>> detect_platform({"ID": "debian", "VERSION_ID": "13"}, "aarch64").key
+    'debian-13'
 """
 
 from __future__ import annotations
@@ -54,12 +57,33 @@ PACKAGE_MANAGERS = {
         tool="dnf",
         # dnf waits for another dnf holding its lock by itself.
         install="dnf -y install {packages}",
-        # rpm -q prints "package X is not installed" on stdout for a missing one: drop it.
+        # By what a package provides, not its name: EL 9 and Amazon Linux 2023 images ship
+        # curl-minimal and coreutils-single, which provide (and conflict with) curl and
+        # coreutils; asking for the names would install the conflicting full packages.
         query_installed=(
-            "rpm -q --qf '%{{NAME}} installed\\n' {packages} 2>/dev/null | grep -v ' is not installed$' || true"
+            'for name in {packages}; do rpm -q --quiet --whatprovides "$name" 2>/dev/null && echo "$name installed"; done; true'
         ),
     ),
 }
+
+
+# The base tools the run's shell uses on a host, by the package that provides them: curl and
+# ca-certificates (the tarball download, PGDG's key), tar and gzip (unpacking the tarball),
+# coreutils (mktemp, sha256sum, nproc, base64, ...), findutils, sed, grep, awk, procps
+# (sysctl, pkill), util-linux (flock for the host lock, runuser), iproute2 (ip, ss).
+# Minimal images may lack some (a Debian minbase has no curl, procps or iproute2), so they
+# are installed when missing instead of assumed; sudo and a POSIX sh must already be there.
+TOOL_PACKAGES = {
+    "apt": (
+        "curl", "ca-certificates", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "mawk",
+        "procps", "util-linux", "iproute2",
+    ),
+    # Asked by what they provide (PackageManager "dnf"): curl-minimal and coreutils-single count.
+    "dnf": (
+        "curl", "ca-certificates", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "gawk",
+        "procps-ng", "util-linux", "iproute",
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -102,14 +126,23 @@ class Platform:
     boot_unit: str  # systemd unit enabled so the cluster starts at boot
     proof: str  # "e2e": proved on real hosts in CI; "plan": plan-tested from recorded facts
     repository: tuple[RepositoryStep, ...] = ()  # set-up before the packages can be installed
+    # Base tools the run's shell uses on the host, from the distribution's own repositories
+    # (installed first when missing: postgres.tools).
+    tool_packages: tuple[str, ...] = ()
 
     def repository_steps(self, os_id: str, arch: str) -> tuple[RepositoryStep, ...]:
         """The repository steps for one host, in order, with its ``{arch}`` filled in."""
         return tuple(step.for_host(arch) for step in self.repository if not step.os_ids or os_id in step.os_ids)
 
     @property
-    def packages(self) -> tuple[str, ...]:
+    def postgres_packages(self) -> tuple[str, ...]:
+        """The server, the PGXS headers and the compiler (postgres.packages installs them)."""
         return self.server_packages + self.build_packages
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """Every package the run needs, tools first (InstalledPackages asks about all of them)."""
+        return self.tool_packages + self.postgres_packages
 
     @property
     def pg_config(self) -> str:
@@ -132,6 +165,7 @@ DEBIAN_FAMILY_PATHS = dict(
     boot_unit="postgresql",
 )
 DEBIAN_FAMILY_PACKAGES = dict(
+    tool_packages=TOOL_PACKAGES["apt"],
     server_packages=(f"postgresql-{POSTGRES_MAJOR}",),
     build_packages=(f"postgresql-server-dev-{POSTGRES_MAJOR}", "gcc", "make", "libc6-dev"),
 )
@@ -176,7 +210,8 @@ def pg_ctl_start(bindir: str, data_dir: str, socket_dir: str, action: str = "sta
 
 
 def ubuntu(version: str, codename: str) -> Platform:
-    """Ubuntu LTS: PostgreSQL 15 from PGDG (22.04 ships 14, 24.04 ships 16), Debian's layout."""
+    """Ubuntu LTS: PostgreSQL 15 from PGDG (22.04 ships 14, 24.04 ships 16, 26.04 ships 18),
+    Debian's layout."""
     return Platform(
         key=f"ubuntu-{version}",
         label=f"Ubuntu {version} ({codename})",
@@ -193,9 +228,6 @@ def ubuntu(version: str, codename: str) -> Platform:
 AMAZON_LINUX_2023_DATA_DIR = "/var/lib/pgsql/data"
 AMAZON_LINUX_2023_SOCKET_DIR = "/run/postgresql"  # not verified here (Fedora's packaging)
 
-PGDG_YUM_REPO_RPM = (
-    "https://download.postgresql.org/pub/repos/yum/reporpms/EL-9-{arch}/pgdg-redhat-repo-latest.noarch.rpm"
-)
 PGDG_EL_BINDIR = f"/usr/pgsql-{POSTGRES_MAJOR}/bin"
 PGDG_EL_DATA_DIR = f"/var/lib/pgsql/{POSTGRES_MAJOR}/data"
 PGDG_EL_SOCKET_DIR = "/run/postgresql"  # not verified here (PGDG's packaging)
@@ -203,19 +235,99 @@ PGDG_EL_SOCKET_DIR = "/run/postgresql"  # not verified here (PGDG's packaging)
 POSTGRESQL_MODULE_DISABLED = "grep -qs '^state=disabled' /etc/dnf/modules.d/postgresql.module"
 
 
+def pgdg_yum_repo_rpm(el_major: int) -> str:
+    """PGDG's repository RPM for one EL major (``{arch}`` is filled in per host)."""
+    return (
+        f"https://download.postgresql.org/pub/repos/yum/reporpms/EL-{el_major}-{{arch}}/pgdg-redhat-repo-latest.noarch.rpm"
+    )
+
+
 def repo_enabled(repo_id_pattern: str) -> str:
     """Shell test: an enabled repository's id matches the extended regex (whole id)."""
     return f"dnf -q repolist --enabled 2>/dev/null | grep -Eq '^({repo_id_pattern})[[:space:]]'"
 
 
-# The id subscription-manager enables, and RHUI's on pay-as-you-go RHEL images (not verified here).
-RHEL_CRB_REPOS = "codeready-builder-for-rhel-9-({arch}|rhui)-rpms"
-RHEL_CRB_SETUP = "subscription-manager repos --enable codeready-builder-for-rhel-9-{arch}-rpms || " + fail(
-    "could not enable CodeReady Builder with subscription-manager (see above); postgresql15-devel needs it, "
-    "so PostgreSQL was not installed. Fix: register the host (subscription-manager register), or on a "
-    "pay-as-you-go image with RHUI repositories run: dnf config-manager --set-enabled "
-    "codeready-builder-for-rhel-9-rhui-rpms; then run again."
+def rhel_crb(el_major: int) -> RepositoryStep:
+    """CodeReady Builder on RHEL (postgresql15-devel needs its perl(IPC::Run)).
+
+    Pay-as-you-go RHEL on EC2 is not registered with subscription-manager: its repositories
+    come from RHUI, where CRB is ``codeready-builder-for-rhel-<major>-rhui-rpms`` (listed,
+    disabled) and is enabled with dnf config-manager, as AWS ParallelCluster's cookbook does.
+    subscription-manager is only for hosts registered with it (not verified here).
+    """
+    rhui = f"codeready-builder-for-rhel-{el_major}-({{arch}}-)?rhui-rpms"
+    subscribed = f"codeready-builder-for-rhel-{el_major}-{{arch}}-rpms"
+    neither = fail(
+        f"CodeReady Builder cannot be enabled: dnf lists no RHUI repository codeready-builder-for-rhel-{el_major}-rhui-rpms "
+        f"and the host is not registered with subscription-manager. postgresql{POSTGRES_MAJOR}-devel needs it, so "
+        "PostgreSQL was not installed. Fix: on a pay-as-you-go EC2 image (RHUI), make sure its RHUI client "
+        f"repositories are present and run dnf config-manager --set-enabled codeready-builder-for-rhel-{el_major}-rhui-rpms; "
+        f"on a subscribed host, register it (subscription-manager register) and run subscription-manager repos "
+        f"--enable {subscribed}; then run again."
+    )
+    refused = fail(
+        f"subscription-manager could not enable {subscribed} (see above); postgresql{POSTGRES_MAJOR}-devel "
+        "needs it, so PostgreSQL was not installed. Fix: attach a subscription that includes CodeReady "
+        "Builder, then run again."
+    )
+    return RepositoryStep(
+        check=repo_enabled(f"{rhui}|{subscribed}"),
+        setup=(
+            f"rhui=$(dnf -q repolist --all 2>/dev/null | awk '{{print $1}}' | grep -Ex '{rhui}' | head -n1); "
+            'if [ -n "$rhui" ]; then dnf -y install dnf-plugins-core && dnf config-manager --set-enabled "$rhui"; '
+            f"elif subscription-manager identity >/dev/null 2>&1; then subscription-manager repos --enable {subscribed} || {refused}; "
+            f"else {neither}; fi"
+        ),
+        os_ids=("rhel",),
+    )
+
+
+# Rocky Linux and AlmaLinux call CodeReady Builder "crb".
+ROCKY_ALMA_CRB = RepositoryStep(
+    check=repo_enabled("crb"),
+    setup="dnf -y install dnf-plugins-core && dnf config-manager --set-enabled crb",
+    os_ids=("rocky", "almalinux"),
 )
+
+
+def enterprise_linux(el_major: int, postgresql_module: bool) -> Platform:
+    """RHEL, Rocky and AlmaLinux: PostgreSQL 15 from PGDG, CRB for the headers' dependencies.
+
+    ``postgresql_module``: AppStream has a postgresql module (EL 9), which would hide PGDG's
+    packages, so it is disabled first. EL 10 has no modules.
+    """
+    modules = (
+        (RepositoryStep(check=POSTGRESQL_MODULE_DISABLED, setup="dnf -qy module disable postgresql"),)
+        if postgresql_module
+        else ()
+    )
+    return Platform(
+        key=f"rhel-{el_major}",
+        label=f"RHEL / Rocky / AlmaLinux {el_major}",
+        os_ids=("rhel", "rocky", "almalinux"),
+        versions=(str(el_major),),
+        package_manager=PACKAGE_MANAGERS["dnf"],
+        tool_packages=TOOL_PACKAGES["dnf"],
+        server_packages=(f"postgresql{POSTGRES_MAJOR}-server",),
+        build_packages=(f"postgresql{POSTGRES_MAJOR}-devel", "gcc", "make", "redhat-rpm-config"),
+        bindir=PGDG_EL_BINDIR,
+        data_dir=PGDG_EL_DATA_DIR,
+        config_dir=PGDG_EL_DATA_DIR,
+        socket_dir=PGDG_EL_SOCKET_DIR,
+        create_cluster=f"{PGDG_EL_BINDIR}/postgresql-{POSTGRES_MAJOR}-setup initdb",
+        start_without_systemd=pg_ctl_start(PGDG_EL_BINDIR, PGDG_EL_DATA_DIR, PGDG_EL_SOCKET_DIR),
+        restart_without_systemd=pg_ctl_start(PGDG_EL_BINDIR, PGDG_EL_DATA_DIR, PGDG_EL_SOCKET_DIR, "restart"),
+        service=f"postgresql-{POSTGRES_MAJOR}",
+        boot_unit=f"postgresql-{POSTGRES_MAJOR}",
+        proof="plan",
+        repository=(
+            RepositoryStep(check="rpm -q --quiet pgdg-redhat-repo", setup=f"dnf -y install {pgdg_yum_repo_rpm(el_major)}"),
+            *modules,
+            # postgresql15-devel needs perl(IPC::Run) from CRB, enabled differently per distribution.
+            rhel_crb(el_major),
+            ROCKY_ALMA_CRB,
+        ),
+    )
 
 
 PLATFORMS: tuple[Platform, ...] = (
@@ -229,14 +341,28 @@ PLATFORMS: tuple[Platform, ...] = (
         **DEBIAN_FAMILY_PACKAGES,
         **DEBIAN_FAMILY_PATHS,
     ),
+    Platform(
+        key="debian-13",
+        label="Debian 13 (trixie)",
+        os_ids=("debian",),
+        versions=("13",),
+        package_manager=PACKAGE_MANAGERS["apt"],
+        proof="plan",
+        # trixie ships PostgreSQL 17; 15 comes from PGDG.
+        repository=pgdg_apt("trixie"),
+        **DEBIAN_FAMILY_PACKAGES,
+        **DEBIAN_FAMILY_PATHS,
+    ),
     ubuntu("22.04", "jammy"),
     ubuntu("24.04", "noble"),
+    ubuntu("26.04", "resolute"),
     Platform(
         key="amzn-2023",
         label="Amazon Linux 2023",
         os_ids=("amzn",),
         versions=("2023",),
         package_manager=PACKAGE_MANAGERS["dnf"],
+        tool_packages=TOOL_PACKAGES["dnf"],
         server_packages=(f"postgresql{POSTGRES_MAJOR}-server",),
         # postgresql15-server-devel, not libpq-devel: they conflict, and libpq-devel's pg_config
         # has no PGXS. amazon-rpm-config provides the -specs= files that `pg_config --ldflags`
@@ -256,37 +382,8 @@ PLATFORMS: tuple[Platform, ...] = (
         boot_unit="postgresql",
         proof="plan",
     ),
-    Platform(
-        key="rhel-9",
-        label="RHEL / Rocky / AlmaLinux 9",
-        os_ids=("rhel", "rocky", "almalinux"),
-        versions=("9",),
-        package_manager=PACKAGE_MANAGERS["dnf"],
-        server_packages=(f"postgresql{POSTGRES_MAJOR}-server",),
-        build_packages=(f"postgresql{POSTGRES_MAJOR}-devel", "gcc", "make", "redhat-rpm-config"),
-        bindir=PGDG_EL_BINDIR,
-        data_dir=PGDG_EL_DATA_DIR,
-        config_dir=PGDG_EL_DATA_DIR,
-        socket_dir=PGDG_EL_SOCKET_DIR,
-        create_cluster=f"{PGDG_EL_BINDIR}/postgresql-{POSTGRES_MAJOR}-setup initdb",
-        start_without_systemd=pg_ctl_start(PGDG_EL_BINDIR, PGDG_EL_DATA_DIR, PGDG_EL_SOCKET_DIR),
-        restart_without_systemd=pg_ctl_start(PGDG_EL_BINDIR, PGDG_EL_DATA_DIR, PGDG_EL_SOCKET_DIR, "restart"),
-        service=f"postgresql-{POSTGRES_MAJOR}",
-        boot_unit=f"postgresql-{POSTGRES_MAJOR}",
-        proof="plan",
-        repository=(
-            RepositoryStep(check="rpm -q --quiet pgdg-redhat-repo", setup=f"dnf -y install {PGDG_YUM_REPO_RPM}"),
-            # The distribution's postgresql module would hide PGDG's packages.
-            RepositoryStep(check=POSTGRESQL_MODULE_DISABLED, setup="dnf -qy module disable postgresql"),
-            # postgresql15-devel needs perl(IPC::Run) from CRB, enabled differently per distribution.
-            RepositoryStep(check=repo_enabled(RHEL_CRB_REPOS), setup=RHEL_CRB_SETUP, os_ids=("rhel",)),
-            RepositoryStep(
-                check=repo_enabled("crb"),
-                setup="dnf -y install dnf-plugins-core && dnf config-manager --set-enabled crb",
-                os_ids=("rocky", "almalinux"),
-            ),
-        ),
-    ),
+    enterprise_linux(9, postgresql_module=True),
+    enterprise_linux(10, postgresql_module=False),
 )
 
 # Distributions we recognise and refuse, with the reason a user should read.

@@ -6,6 +6,7 @@ has ``PG_VERSION``) is adopted: it is never initialised again.
 
 Example::
 
+    postgres.tools(plan, name="Base tools the run uses are installed")
     postgres.repository(plan, name="PostgreSQL 15 can be installed (repositories)")
     postgres.packages(plan, name="Install PostgreSQL 15 and build tools")
     postgres.cluster(plan, name="PostgreSQL 15 cluster exists")
@@ -21,6 +22,26 @@ from .facts import ClusterState, InstalledPackages, RepositoryChecks
 from .platforms import POSTGRES_MAJOR
 from .preflight import Plan
 from .shell import SAFE_PATH, fails_host_on_error, host_locked
+
+
+@operation()
+@host_locked
+@fails_host_on_error
+def tools(plan: Plan):
+    """Install the base tools the run's shell uses (curl, tar, procps, ...), only those
+    missing, from the distribution's own repositories.
+
+    .. code:: python
+
+        postgres.tools(plan)
+    """
+    platform = plan.platform
+    installed = plan.fact(InstalledPackages, platform=platform)
+    missing = [name for name in platform.tool_packages if name not in installed]
+    if not missing:
+        host.noop(f"{', '.join(platform.tool_packages)} already installed")
+        return
+    yield f"PATH={SAFE_PATH}; " + platform.package_manager.install.format(packages=" ".join(missing))
 
 
 @operation()
@@ -61,9 +82,9 @@ def packages(plan: Plan):
     """
     platform = plan.platform
     installed = plan.fact(InstalledPackages, platform=platform)
-    missing = [name for name in platform.packages if name not in installed]
+    missing = [name for name in platform.postgres_packages if name not in installed]
     if not missing:
-        host.noop(f"{', '.join(platform.packages)} already installed")
+        host.noop(f"{', '.join(platform.postgres_packages)} already installed")
         return
     yield f"PATH={SAFE_PATH}; " + platform.package_manager.install.format(packages=" ".join(missing))
 

@@ -28,10 +28,11 @@ def test_debian12_on_aarch64_is_supported():
     assert detect_platform({"ID": "debian", "VERSION_ID": "12"}, "aarch64").key == "debian-12"
 
 
-def test_debian12_packages_are_server_then_build_tools(debian12):
-    assert debian12.packages == (
+def test_debian12_packages_are_tools_then_server_then_build_tools(debian12):
+    assert debian12.postgres_packages == (
         "postgresql-15", "postgresql-server-dev-15", "gcc", "make", "libc6-dev"
     )
+    assert debian12.packages == debian12.tool_packages + debian12.postgres_packages
 
 
 def test_every_platform_uses_its_own_bindir_for_pg_config():
@@ -50,10 +51,13 @@ def test_only_amazon_linux_2023_uses_usr_bin():
 def test_only_debian_12_is_proved_end_to_end():
     assert {p.key: p.proof for p in PLATFORMS} == {
         "debian-12": "e2e",
+        "debian-13": "plan",
         "ubuntu-22.04": "plan",
         "ubuntu-24.04": "plan",
+        "ubuntu-26.04": "plan",
         "amzn-2023": "plan",
         "rhel-9": "plan",
+        "rhel-10": "plan",
     }
 
 
@@ -62,11 +66,16 @@ def test_only_debian_12_is_proved_end_to_end():
     [
         ("ubuntu", "22.04", "ubuntu-22.04"),
         ("ubuntu", "24.04", "ubuntu-24.04"),
+        ("ubuntu", "26.04", "ubuntu-26.04"),
+        ("debian", "13", "debian-13"),
         ("amzn", "2023", "amzn-2023"),
         ("rhel", "9.4", "rhel-9"),
         ("rocky", "9.5", "rhel-9"),
         ("almalinux", "9.4", "rhel-9"),
         ("rocky", "9", "rhel-9"),
+        ("rhel", "10.0", "rhel-10"),
+        ("rocky", "10.1", "rhel-10"),
+        ("almalinux", "10.0", "rhel-10"),
     ],
 )
 def test_ec2_distributions_are_detected_on_both_arches(os_id, version, key):
@@ -82,6 +91,9 @@ def test_ec2_distributions_are_detected_on_both_arches(os_id, version, key):
         ({"ID": "rocky", "VERSION_ID": "8.10", "PRETTY_NAME": "Rocky Linux 8.10 (Green Obsidian)"}, "Rocky Linux 8.10"),
         ({"ID": "centos", "VERSION_ID": "9", "PRETTY_NAME": "CentOS Stream 9"}, "CentOS Stream 9"),
         ({"ID": "fedora", "VERSION_ID": "40"}, "fedora 40"),
+        ({"ID": "debian", "VERSION_ID": "14", "PRETTY_NAME": "Debian GNU/Linux 14 (forky)"}, "Debian GNU/Linux 14 (forky)"),
+        ({"ID": "ubuntu", "VERSION_ID": "25.10"}, "ubuntu 25.10"),
+        ({"ID": "rhel", "VERSION_ID": "8.10"}, "rhel 8.10"),
     ],
 )
 def test_other_releases_are_refused_listing_what_is_supported(os_release, found):
@@ -92,8 +104,9 @@ def test_other_releases_are_refused_listing_what_is_supported(os_release, found)
 
 def test_supported_summary_lists_every_platform_and_both_arches():
     assert supported_summary() == (
-        "supported: Debian 12 (bookworm), Ubuntu 22.04 (jammy), Ubuntu 24.04 (noble), Amazon Linux 2023 "
-        "and RHEL / Rocky / AlmaLinux 9, each on x86_64 or aarch64"
+        "supported: Debian 12 (bookworm), Debian 13 (trixie), Ubuntu 22.04 (jammy), Ubuntu 24.04 (noble), "
+        "Ubuntu 26.04 (resolute), Amazon Linux 2023, RHEL / Rocky / AlmaLinux 9 and RHEL / Rocky / AlmaLinux 10, "
+        "each on x86_64 or aarch64"
     )
 
 
@@ -103,7 +116,9 @@ def test_repository_steps_depend_on_the_os_id_and_fill_in_the_arch():
     rocky = rhel9.repository_steps("rocky", "x86_64")
     assert [step.check for step in rhel[:2]] == [step.check for step in rocky[:2]]
     assert "EL-9-aarch64/" in rhel[0].setup and "EL-9-x86_64/" in rocky[0].setup
-    assert rhel[2].setup.startswith("subscription-manager repos --enable codeready-builder-for-rhel-9-aarch64-rpms ")
+    assert rhel[2].setup.startswith("rhui=$(dnf -q repolist --all ")
+    assert "grep -Ex 'codeready-builder-for-rhel-9-(aarch64-)?rhui-rpms'" in rhel[2].setup
+    assert "subscription-manager repos --enable codeready-builder-for-rhel-9-aarch64-rpms " in rhel[2].setup
     assert rocky[2].setup == "dnf -y install dnf-plugins-core && dnf config-manager --set-enabled crb"
     assert len(rhel) == len(rocky) == 3
     assert "{arch}" not in "".join(step.check + step.setup for step in rhel + rocky)
