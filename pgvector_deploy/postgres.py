@@ -24,6 +24,18 @@ from .preflight import Plan
 from .shell import SAFE_PATH, fails_host_on_error, host_locked
 
 
+def _install_missing(plan: Plan, names: tuple[str, ...]):
+    """The install command for those of ``names`` the package manager does not have (one fact,
+    InstalledPackages, answers for every package of the platform); nothing when all are there.
+    Installing an installed package is a no-op for apt and dnf, so a stale fact costs nothing."""
+    installed = plan.fact(InstalledPackages, platform=plan.platform)
+    missing = [name for name in names if name not in installed]
+    if not missing:
+        host.noop(f"{', '.join(names)} already installed")
+        return
+    yield f"PATH={SAFE_PATH}; " + plan.platform.package_manager.install.format(packages=" ".join(missing))
+
+
 @operation()
 @host_locked
 @fails_host_on_error
@@ -35,13 +47,7 @@ def tools(plan: Plan):
 
         postgres.tools(plan)
     """
-    platform = plan.platform
-    installed = plan.fact(InstalledPackages, platform=platform)
-    missing = [name for name in platform.tool_packages if name not in installed]
-    if not missing:
-        host.noop(f"{', '.join(platform.tool_packages)} already installed")
-        return
-    yield f"PATH={SAFE_PATH}; " + platform.package_manager.install.format(packages=" ".join(missing))
+    yield from _install_missing(plan, plan.platform.tool_packages)
 
 
 @operation()
@@ -80,13 +86,7 @@ def packages(plan: Plan):
 
         postgres.packages(plan)
     """
-    platform = plan.platform
-    installed = plan.fact(InstalledPackages, platform=platform)
-    missing = [name for name in platform.postgres_packages if name not in installed]
-    if not missing:
-        host.noop(f"{', '.join(platform.postgres_packages)} already installed")
-        return
-    yield f"PATH={SAFE_PATH}; " + platform.package_manager.install.format(packages=" ".join(missing))
+    yield from _install_missing(plan, plan.platform.postgres_packages)
 
 
 @operation()
