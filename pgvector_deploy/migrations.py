@@ -70,9 +70,10 @@ LEDGER = f"{LEDGER_SCHEMA}.schema_migrations"
 # Plain names only: they go into SQL literals, shell words and fact output unquoted.
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,123}\.sql$")
 DONE_MARKER = "pgvector-deploy applied"  # psql prints it (\warn) after the COMMIT
-# The error a migration's transaction raises, before the file runs, when the ledger has it
-# already (another run applied it while this one waited for the host lock): a success.
-ALREADY_APPLIED = "pgvector-deploy: already in the ledger (another run applied it meanwhile), skipped:"
+# What psql prints (\warn, our own script: no server message can stand in for it, and psql
+# exits 0) when the ledger has the file already: another run applied it while this one waited
+# for the host lock. A success, decided before any of the file runs.
+ALREADY_APPLIED = "pgvector-deploy already in the ledger (another run applied it meanwhile), skipped:"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -406,11 +407,16 @@ def migration_sql(migration: Migration, role: str) -> str:
     return (
         f"BEGIN;\nSET LOCAL ROLE {role};\nSET LOCAL client_encoding TO 'UTF8';\n"
         f"SELECT pg_catalog.set_config('pgvector_deploy.migration', '{name}', true);\n"
+        # Whether the ledger has it, asked as the app (its table): locked until COMMIT.
+        "CREATE FUNCTION pg_temp.pgvector_deploy_applied() RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER "
+        "SET search_path TO pg_catalog, pg_temp AS $pgvector_deploy$\nBEGIN\n"
+        f"LOCK TABLE {LEDGER} IN SHARE ROW EXCLUSIVE MODE;\n"
+        f"RETURN EXISTS (SELECT FROM ONLY {LEDGER} WHERE name = '{name}');\nEND $pgvector_deploy$;\n"
+        "SELECT pg_temp.pgvector_deploy_applied() AS pgvector_deploy_already \\gset\n"
+        "\\if :pgvector_deploy_already\nROLLBACK;\n"
+        f"\\warn {ALREADY_APPLIED} {name}\n\\quit\n\\endif\n"
         "CREATE FUNCTION pg_temp.pgvector_deploy_migrate() RETURNS void LANGUAGE plpgsql SECURITY DEFINER "
         f"SET search_path TO \"$user\", public AS {body_tag}\nBEGIN\n"
-        f"LOCK TABLE {LEDGER} IN SHARE ROW EXCLUSIVE MODE;\n"
-        f"IF EXISTS (SELECT FROM {LEDGER} WHERE name = '{name}') THEN\n"
-        f"  RAISE EXCEPTION '{ALREADY_APPLIED} {name}';\nEND IF;\n"
         f"EXECUTE {file_tag}{migration.sql}\n{file_tag};\n"
         f"IF current_user <> '{role}' OR pg_catalog.current_setting('pgvector_deploy.migration', true) "
         f"IS DISTINCT FROM '{name}' THEN\n"
@@ -419,6 +425,9 @@ def migration_sql(migration: Migration, role: str) -> str:
         f"INSERT INTO {LEDGER} (name, sha256) VALUES ('{name}', '{migration.sha256}');\n"
         f"SET CONSTRAINTS ALL IMMEDIATE;\nEND {body_tag};\n"
         "SELECT pg_temp.pgvector_deploy_migrate();\n"
+        # A WITH HOLD cursor the app's code declared would run its query at COMMIT, outside the
+        # function, where the session user (postgres) could be taken back: closed unread.
+        "CLOSE ALL;\n"
         # Back as our own code: nothing of the app's on the path (it may have SET it).
         "SET LOCAL search_path TO pg_catalog, pg_temp;\n"
         f"DO $pgvector_deploy$ DECLARE found text := ({DEFERRED_CODE_SQL}); BEGIN IF found IS NOT NULL THEN "
@@ -469,10 +478,13 @@ def apply_script(plan: Plan, name: str) -> str:
     )  # fmt: skip
     return (
         f"PATH={SAFE_PATH}; "
+        # Only psql's own lines, and only when it exits 0, tell success or "already applied":
+        # a server message (the app's RAISE) may say anything, line breaks included.
         f"if why=$({psql} 2>&1 >/dev/null); then "
-        f"printf '%s\\n' \"$why\" | grep -qxF {shlex.quote(f'{DONE_MARKER} {name}')} || {unfinished}; "
-        f"elif printf '%s\\n' \"$why\" | grep -qF {shlex.quote(f'{ALREADY_APPLIED} {name}')}; then "
+        f"if printf '%s\\n' \"$why\" | grep -qxF {shlex.quote(f'{DONE_MARKER} {name}')}; then :; "
+        f"elif printf '%s\\n' \"$why\" | grep -qxF {shlex.quote(f'{ALREADY_APPLIED} {name}')}; then "
         f"echo {shlex.quote(f'{name} was applied by another run meanwhile; skipped')}; "
+        f"else {unfinished}; fi; "
         "else "
         f"why=$(printf '%s\\n' \"$why\" | awk -v name={name} {shlex.quote(_ERROR_AWK)}); "
         f"{failed}; "
@@ -503,6 +515,22 @@ LEDGER_SHAPE_SQL = (
 )
 
 
+# The rows are read by a function owned by the ledger's owner (the app) and run with its
+# rights (SECURITY DEFINER, where no code can change role): planning a query on an app-owned
+# table evaluates the app's code (an index predicate, an expression), which must never run as
+# superuser. Read only (no write can set off a deferred trigger), and any cursor it declared
+# WITH HOLD closed unread before COMMIT (which would run it outside the function).
+LEDGER_READER_SQL = (
+    "CREATE FUNCTION pg_temp.pgvector_deploy_ledger() RETURNS SETOF pg_catalog.text LANGUAGE plpgsql "
+    "SECURITY DEFINER SET search_path TO pg_catalog, pg_temp AS $pgvector_deploy$ BEGIN RETURN QUERY "
+    f"SELECT l.name OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) l.sha256 FROM ONLY {LEDGER} AS l; "
+    "END $pgvector_deploy$",
+    "DO $pgvector_deploy$ BEGIN EXECUTE pg_catalog.format('ALTER FUNCTION pg_temp.pgvector_deploy_ledger() "
+    f"OWNER TO %I', (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = '{LEDGER}'"
+    "::pg_catalog.regclass)); END $pgvector_deploy$",
+)
+
+
 class MigrationLedger(FactBase):
     """The app database's ledger: whether the database and the ledger table exist, each
     applied migration's name and sha256, and what refuses it (``LEDGER_SHAPE_SQL``).
@@ -517,11 +545,10 @@ class MigrationLedger(FactBase):
             f"DO $pgvector_deploy$ BEGIN IF ({LEDGER_SHAPE_SQL}) <> 'table' THEN "
             "RAISE EXCEPTION 'the ledger changed while it was read'; END IF; END $pgvector_deploy$"
         )
-        rows_sql = f"SELECT name || '|' || sha256 FROM ONLY {LEDGER}"
         read = " ".join(
             [as_postgres(platform, port, database)]
-            + [f"-c {shlex.quote(sql)}" for sql in ("BEGIN", f"LOCK TABLE ONLY {LEDGER} IN ACCESS SHARE MODE", recheck, rows_sql, "COMMIT")]
-        )
+            + [f"-c {shlex.quote(sql)}" for sql in (*LEDGER_READER_SQL, "BEGIN READ ONLY", f"LOCK TABLE ONLY {LEDGER} IN ACCESS SHARE MODE", recheck, "SELECT * FROM pg_temp.pgvector_deploy_ledger()", "CLOSE ALL", "COMMIT")]
+        )  # fmt: skip
         return f"""
 PATH={SAFE_PATH}
 if [ "$({as_postgres(platform, port, 'postgres', exists_sql)} 2>/dev/null)" = 1 ]; then

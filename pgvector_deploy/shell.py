@@ -22,7 +22,13 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # us as itself, so its code could RESET ROLE) or client_encoding; a client setting outranks
 # those (PGC_S_CLIENT over PGC_S_DATABASE). pg_temp last: it is searched first otherwise.
 # PGOPTIONS also reaches every \connect of a psql script.
-SUPERUSER_OPTIONS = "-c search_path=pg_catalog,pg_temp -c role=none -c client_encoding=UTF8"
+# The rest undo what an owner could set to make our own commands fail in its database (a
+# read-only default, a 1 ms statement timeout): the server's defaults, as in any other database.
+SUPERUSER_OPTIONS = (
+    "-c search_path=pg_catalog,pg_temp -c role=none -c client_encoding=UTF8 "
+    "-c default_transaction_read_only=off -c statement_timeout=0 -c lock_timeout=0 "
+    "-c idle_in_transaction_session_timeout=0"
+)
 # Only for a database the postgres role owns (postgres, template1, the smoke suite's scratch
 # database): its public schema belongs to pg_database_owner, so the app cannot write there.
 # pg_catalog is still searched first (implicitly), and public is where new objects go.
@@ -41,19 +47,27 @@ def dbname_conninfo(database: str) -> str:
 
 
 def as_postgres(
-    platform: Platform, port: int, database: str | None, sql: str | None = None, *, with_public: bool = False
+    platform: Platform,
+    port: int,
+    database: str | None,
+    sql: str | None = None,
+    *,
+    with_public: bool = False,
+    options: str = "",
 ) -> str:
     """A psql command run as the ``postgres`` OS user over the local socket (peer auth), with
     ``SUPERUSER_OPTIONS`` (search_path pinned to pg_catalog, role none) whatever the
     database's own settings say. ``with_public`` (only for databases the postgres role owns)
     puts ``public`` on the path (after pg_catalog), for SQL that names pgvector's types unqualified.
+    ``options`` come after the pinned ones (``-c statement_timeout=300s``): PGOPTIONS is one
+    variable, so a caller's own export of it would be replaced, never added to.
 
     Uses the target major's own psql, stops at the first error, prints bare rows. With
     ``sql=None`` it reads SQL from standard input. ``database`` is a name, never a
     connection string (``dbname_conninfo``).
     """
     parts = [
-        f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS_WITH_PUBLIC if with_public else SUPERUSER_OPTIONS)}",
+        f"PGOPTIONS={shlex.quote(' '.join(filter(None, [SUPERUSER_OPTIONS_WITH_PUBLIC if with_public else SUPERUSER_OPTIONS, options])))}",
         "runuser -u postgres --",
         platform.psql,
         "-X -A -t -q -v ON_ERROR_STOP=1",

@@ -71,6 +71,8 @@ from .platforms import POSTGRES_MAJOR, Platform
 from .preflight import Plan
 from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, with_host_lock
 
+# No check may hang the suite (it holds the host lock): a statement or a lock wait is bounded.
+SMOKE_TIMEOUTS = "-c statement_timeout=300s -c lock_timeout=30s"
 SCRATCH_DATABASE = "pgvector_deploy_smoke"  # made from template1
 SCRATCH_COMMENT = "pgvector-deploy smoke scratch"  # plain text: no quotes, $, ` or backslash
 
@@ -167,9 +169,9 @@ export PATH
 umask 077
 cd / || exit 1
 unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE PGSSLMODE PGREQUIREAUTH
-PGOPTIONS='-c statement_timeout=300s -c lock_timeout=30s'
+unset PGOPTIONS  # each psql gets its own (as_postgres): the pinned settings, then SMOKE_TIMEOUTS
 PGCONNECT_TIMEOUT=10
-export PGOPTIONS PGCONNECT_TIMEOUT
+export PGCONNECT_TIMEOUT
 results=
 trap '[ -z "$results" ] || rm -rf "$results"' EXIT
 trap 'exit 129' HUP
@@ -546,7 +548,7 @@ def smoke_script(platform: Platform, port: int, version: str, app_user: str | No
             "SCRATCH": SCRATCH_DATABASE,
             "VERSION": shlex.quote(version),
             # Only in postgres and the scratch database, both owned by postgres.
-            "AS_POSTGRES": as_postgres(platform, port, None, with_public=True),
+            "AS_POSTGRES": as_postgres(platform, port, None, with_public=True, options=SMOKE_TIMEOUTS),
             "PG_CONFIG": shlex.quote(platform.pg_config),
             "MAJOR": str(POSTGRES_MAJOR),
             "PORT": str(int(port)),

@@ -233,7 +233,12 @@ def test_migration_sql_is_one_transaction_as_the_app_role_with_the_ledger_row_in
     assert sql.index("SELECT 2;") < sql.index(insert) < sql.index("SET CONSTRAINTS ALL IMMEDIATE")
     assert sql.index(insert) < sql.index(migrations.DEFERRED_CODE_SQL) < sql.index("COMMIT;") < sql.index(f"\\warn {DONE_MARKER} 0002_b.sql")
     assert "current_user <> 'app'" in sql  # still our transaction and role before recording
-    assert f"IF EXISTS (SELECT FROM {LEDGER} WHERE name = '0002_b.sql')" in sql
+    # "already applied" is asked before the file runs, and told by psql itself (\warn), never an error text
+    applied = f"RETURN EXISTS (SELECT FROM ONLY {LEDGER} WHERE name = '0002_b.sql');"
+    assert sql.index(applied) < sql.index("\\if :pgvector_deploy_already") < sql.index("EXECUTE $pgvector_deploy_file0$")
+    assert f"\\warn {migrations.ALREADY_APPLIED} 0002_b.sql\n\\quit" in sql
+    # a cursor the app's code left WITH HOLD is closed before COMMIT (it would run outside the function)
+    assert sql.index("SELECT pg_temp.pgvector_deploy_migrate();") < sql.index("CLOSE ALL;") < sql.index("COMMIT;")
 
 
 def test_a_file_holding_our_dollar_quote_tag_gets_another():
@@ -309,7 +314,10 @@ def test_ledger_fact_command_is_valid_sh_and_reads_the_app_database(debian12):
     assert sh_syntax_error(command) == ""
     assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'vectors'") in command
     assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_SHAPE_SQL) in command
-    assert shlex.quote(f"SELECT name || '|' || sha256 FROM ONLY {LEDGER}") in command
+    # the rows are read by a function with the ledger owner's rights, read only, cursors closed
+    for sql in (*migrations.LEDGER_READER_SQL, "BEGIN READ ONLY", "SELECT * FROM pg_temp.pgvector_deploy_ledger()", "CLOSE ALL"):
+        assert shlex.quote(sql) in command
+    assert "SELECT name || '|' || sha256 FROM ONLY" not in command  # never planned as superuser
     assert command.rstrip().endswith("true"), "a fresh host (no server yet) must not fail the fact"
 
 
