@@ -159,3 +159,18 @@ def throwaway_server(prefix: str):
         subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/pg_ctl", "-D", f"{base}/data", "-m", "immediate", "stop"],
                        check=False, capture_output=True)  # fmt: skip
         shutil.rmtree(base, ignore_errors=True)
+
+
+def throwaway_psql(base: Path):
+    """``psql(sql, database="postgres", user="postgres", check=True)`` -> its rows, against the
+    throwaway server at ``base``; the database is passed as a name (``dbname_conninfo``)."""
+    from pgvector_deploy.shell import dbname_conninfo
+
+    def psql(sql: str, database: str = "postgres", user: str = "postgres", check: bool = True) -> str:
+        return subprocess.run(
+            [*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-U", user,
+             "-d", dbname_conninfo(database), "-c", sql],
+            check=check, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+
+    return psql

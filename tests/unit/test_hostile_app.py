@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from pgvector_deploy.shell import as_postgres, dbname_conninfo
+from pgvector_deploy.shell import as_postgres
 
 ESCALATE = (
     "CREATE FUNCTION public.escalate() RETURNS integer LANGUAGE plpgsql VOLATILE AS $f$ "
@@ -28,15 +28,10 @@ ESCALATE = (
 @pytest.fixture
 def server():
     from pgvector_deploy.platforms import PLATFORMS
-    from tests.unit.conftest import AS_POSTGRES, PG_BINDIR, throwaway_server
+    from tests.unit.conftest import throwaway_psql, throwaway_server
 
     with throwaway_server("pgvd-adv-") as base:
-        def psql(sql, database="postgres", user="postgres", check=True):
-            return subprocess.run(
-                [*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-U", user,
-                 "-d", dbname_conninfo(database), "-c", sql],
-                check=check, capture_output=True, text=True,
-            ).stdout.strip()  # fmt: skip
+        psql = throwaway_psql(base)
 
         psql("CREATE ROLE app LOGIN")
         psql("CREATE DATABASE app OWNER app")

@@ -16,7 +16,6 @@ from pgvector_deploy.shell import (
     Failure,
     Var,
     as_postgres,
-    dbname_conninfo,
     fail,
     fails_host_on_error,
 )
@@ -193,15 +192,10 @@ def hostile_server():
     import dataclasses
 
     from pgvector_deploy.platforms import PLATFORMS
-    from tests.unit.conftest import AS_POSTGRES, PG_BINDIR, throwaway_server
+    from tests.unit.conftest import throwaway_psql, throwaway_server
 
     with throwaway_server("pgvd-shell-") as base:
-        def psql(sql, database="postgres", user="postgres"):
-            return subprocess.run(
-                [*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base), "-U", user,
-                 "-d", dbname_conninfo(database), "-c", sql],
-                check=True, capture_output=True, text=True,
-            ).stdout.strip()  # fmt: skip
+        psql = throwaway_psql(base)
 
         psql("CREATE ROLE app LOGIN CREATEDB")
         for name in HOSTILE_NAMES:
