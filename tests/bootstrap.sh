@@ -9,7 +9,7 @@ apt-get -q update
 apt-get -q -y install --no-install-recommends \
     python3 python3-venv python3-pip debootstrap systemd-container tinyproxy iproute2 \
     openssh-client ca-certificates tar procps util-linux qemu-user-static binfmt-support \
-    postgresql-15 postgresql-server-dev-15 gcc make libc6-dev
+    postgresql-15 postgresql-server-dev-15 gcc make libc6-dev openssl
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
