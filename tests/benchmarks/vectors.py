@@ -27,6 +27,7 @@ import numpy as np
 import psycopg
 
 from tests.benchmarks.common import fresh_hosts
+from tests.hosts.lab import SUBNET
 from tests.hosts.runner import deploy, write_inventory
 
 QUERIES = 400
@@ -137,8 +138,8 @@ def main() -> int:
         data.update(
             pg_app_user="bench",
             pg_app_password=PASSWORD,
-            # The control machine reaches the host over the lab bridge (10.231.0.1).
-            pg_docker_subnets=["10.231.0.0/16"],
+            # The control machine reaches the host over the lab bridge.
+            pg_docker_subnets=[SUBNET],
             pg_listen_addresses=[host.address],
             pg_hnsw_expected_vectors=rows,
             pg_hnsw_expected_dimensions=dimensions,

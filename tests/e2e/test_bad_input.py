@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from tests.hosts.lab import GATEWAY, NET
+
 
 AMAZON_LINUX_2 = """NAME="Amazon Linux"
 VERSION="2"
@@ -45,8 +47,8 @@ CASES = {
         ["has sha256 867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0", "expected " + "0" * 64],
     ),
     "unreachable pgvector_url": (
-        {"pgvector_url": "http://10.231.0.1:9/v0.8.0.tar.gz"},
-        ["could not download the pgvector tarball from http://10.231.0.1:9/v0.8.0.tar.gz", "Fix:"],
+        {"pgvector_url": f"http://{GATEWAY}:9/v0.8.0.tar.gz"},
+        [f"could not download the pgvector tarball from http://{GATEWAY}:9/v0.8.0.tar.gz", "Fix:"],
     ),
     "pgvector_tarball missing on the control machine": (
         {"pgvector_tarball": "/nonexistent/v0.8.0.tar.gz"},
@@ -158,10 +160,10 @@ def test_a_disk_too_full_to_build_is_refused(fresh, tarball, provision):
 
 
 def test_an_unreachable_host_is_named_and_the_others_still_run(fresh, tarball, tmp_path):
-    """10.231.250.2 is on the lab network but nothing answers there."""
+    """<lab>.250.2 is on the lab network but nothing answers there."""
     from tests.e2e.conftest import run_deploy
 
-    ghost = ("ghost", {"ssh_hostname": "10.231.250.2", "ssh_user": "admin", "ssh_connect_timeout": 3})
+    ghost = ("ghost", {"ssh_hostname": f"{NET}.250.2", "ssh_user": "admin", "ssh_connect_timeout": 3})
     run = run_deploy(tmp_path, [ghost, fresh.inventory_entry(**{**tarball, "pgvector_version": "latest"})])
     assert run.returncode != 0
     assert re.search(r"\[ghost\]\s+Could not connect", run.output), run.output

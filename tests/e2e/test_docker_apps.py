@@ -17,6 +17,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from tests.hosts.lab import GATEWAY, NET, SUBNET
+
 APP = {"pg_app_user": "app", "pg_app_password_env": "PGV_TEST_APP_PASSWORD", "pg_app_createdb": True}
 PASSWORD = "c0rrect-Horse:battery$staple"
 ENV = {"PGV_TEST_APP_PASSWORD": PASSWORD}
@@ -238,7 +240,7 @@ def slow_tcp_logins(host, container):
     (log_hostname on, and a resolver that never answers), so whatever a login's secret sits
     in stays there long enough for HostWatch to see it. Undone afterwards."""
     host.sudo("cp -p /etc/resolv.conf /etc/resolv.conf.pgvt-keep 2>/dev/null || touch /etc/resolv.conf.pgvt-keep.none; "
-              "printf 'nameserver 10.231.254.254\noptions timeout:1 attempts:1\n' > /etc/resolv.conf")  # fmt: skip
+              f"printf 'nameserver {NET}.254.254\noptions timeout:1 attempts:1\n' > /etc/resolv.conf")  # fmt: skip
     host.psql("ALTER SYSTEM SET log_hostname = on")
     host.psql("SELECT pg_reload_conf()")
     try:
@@ -504,20 +506,20 @@ def vpc_data(host, tarball) -> dict:
 
 def test_a_client_beyond_the_host_gets_in_only_over_tls(served, tarball, provision):
     """pg_listen_addresses opens the host's lab address, its "VPC" address; the control
-    machine (10.231.0.1 on the lab bridge) is the VPC client, admitted by a hostssl USER
+    machine (the lab bridge's gateway) is the VPC client, admitted by a hostssl USER
     RULE. ssl is turned off in postgresql.conf first, as the RHEL family and Amazon Linux
     ship it (Debian ships ssl = on with the snakeoil certificate)."""
     import psycopg
 
     host, _, _ = served
     host.sudo("sed -i -e 's/^ssl = on/ssl = off/' /etc/postgresql/15/main/postgresql.conf")
-    host.sudo(f"sed -i '/^# END USER RULES/i hostssl app app 10.231.0.0/16 scram-sha-256' {HBA}")
+    host.sudo(f"sed -i '/^# END USER RULES/i hostssl app app {SUBNET} scram-sha-256' {HBA}")
 
     run = provision(host, env=ENV, **vpc_data(host, tarball))
 
     assert run.returncode == 0, run.output
     assert f"Clients beyond this host connect with postgresql://app:<password>@{host.address}:5432/app?sslmode=require" in run.output
-    with pytest.raises(psycopg.OperationalError, match='no pg_hba.conf entry for host "10.231.0.1".*no encryption'):
+    with pytest.raises(psycopg.OperationalError, match=f'no pg_hba.conf entry for host "{GATEWAY}".*no encryption'):
         psycopg.connect(dsn(host.address) + " sslmode=disable", connect_timeout=5)
     with psycopg.connect(dsn(host.address) + " sslmode=require", connect_timeout=5) as conn:
         assert conn.execute(VECTOR_QUERY).fetchone()[0] == 5.0
@@ -540,7 +542,7 @@ def test_a_plain_host_rule_for_clients_beyond_the_host_is_refused(served, tarbal
     import psycopg
 
     host, _, _ = served
-    rule = "host app app 10.231.0.0/16 scram-sha-256"
+    rule = f"host app app {SUBNET} scram-sha-256"
     host.sudo(f"sed -i '/^# END USER RULES/i {rule}' {HBA}")
     written = host.sudo(f"cat {HBA}")
     try:
@@ -551,7 +553,7 @@ def test_a_plain_host_rule_for_clients_beyond_the_host_is_refused(served, tarbal
         with pytest.raises(psycopg.OperationalError, match="no encryption"):
             psycopg.connect(dsn(host.address) + " sslmode=disable", connect_timeout=5)
     finally:
-        host.sudo(f"sed -i '/^host app app 10.231.0.0\\/16 /d' {HBA}")
+        host.sudo(f"sed -i '\\#^{rule}$#d' {HBA}")
     assert provision(host, env=ENV, **vpc_data(host, tarball)).changed(host.name) == []
 
 

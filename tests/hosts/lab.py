@@ -7,7 +7,8 @@
   (like a container or minimal image with no init system). Reached over real SSH as
   ``admin`` with sudo, with strict host key checking.
 
-Traffic stays on addresses of this machine's own namespaces: 10.231.0.0/16.
+Traffic stays on addresses of this machine's own namespaces: 10.231.0.0/16 (10.23x.0.0/16 for
+lab slot x, see ``SLOT``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ from pathlib import Path
 
 from .rootfs import CACHE, base_tarball, ssh_keypair
 
-BRIDGE = "pgvt0"
-GATEWAY = "10.231.0.1"
+# Several labs can run side by side on one machine, one per slot (PGV_TEST_LAB_SLOT, 0-9):
+# each has its own bridge, /16, host directory, namespaces and lock. Slot 0 is the default.
+SLOT = int(os.environ.get("PGV_TEST_LAB_SLOT", "0"))
+assert 0 <= SLOT <= 9, "PGV_TEST_LAB_SLOT is a number from 0 to 9"
+NET = f"10.{231 + SLOT}"  # the lab's "VPC": NET.0.0/16
+BRIDGE = f"pgvt{SLOT}"
+GATEWAY = f"{NET}.0.1"
+SUBNET = f"{NET}.0.0/16"
 PROXY_PORT = 8899
 FILES_PORT = 8081
-HOSTS_DIR = Path(os.environ.get("PGV_TEST_HOSTS", "/var/lib/pgv-test/hosts"))
+HOSTS_DIR = Path(os.environ.get("PGV_TEST_HOSTS", "/var/lib/pgv-test/hosts" + (f"-{SLOT}" if SLOT else "")))
+NETNS_PREFIX = "pgvt-" if SLOT == 0 else f"pgvt{SLOT}-"
 APT_ARCHIVES = CACHE / "apt-archives"
 LAB_WAIT = int(os.environ.get("PGV_TEST_LAB_WAIT", "3600"))
 
@@ -77,7 +85,7 @@ class Lab:
     def start(self) -> "Lab":
         # One lab per machine: a second one would tear down the first one's hosts. A second
         # test run waits its turn (up to LAB_WAIT seconds) instead of failing at once.
-        self._lock = open("/run/pgv-test-lab.lock", "w")
+        self._lock = open(f"/run/pgv-test-lab{SLOT or ''}.lock", "w")
         deadline = time.monotonic() + LAB_WAIT
         while True:
             try:
@@ -94,7 +102,7 @@ class Lab:
         conf = self.workdir / "tinyproxy.conf"
         conf.write_text(
             f"User nobody\nGroup nogroup\nPort {PROXY_PORT}\nListen {GATEWAY}\nTimeout 600\n"
-            "MaxClients 64\nLogLevel Warning\nAllow 10.231.0.0/16\nDisableViaHeader Yes\n"
+            f"MaxClients 64\nLogLevel Warning\nAllow {SUBNET}\nDisableViaHeader Yes\n"
         )
         self._proxy = subprocess.Popen(
             ["tinyproxy", "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -136,7 +144,7 @@ def cleanup_stale() -> None:
         pid_file.unlink(missing_ok=True)
     for line in run("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith("pgvt-"):
+        if name.startswith(NETNS_PREFIX):
             run("ip", "netns", "del", name, check=False)
     run("ip", "link", "del", BRIDGE, check=False)
 
@@ -163,8 +171,8 @@ class TestHost:
         self.systemd = systemd
         self.arch = arch  # Debian's name: amd64, or arm64 (emulated, see emulation.py)
         self.apt_archives = APT_ARCHIVES / arch
-        self.address = f"10.231.{index}.2"
-        self.netns = f"pgvt-{name}"
+        self.address = f"{NET}.{index}.2"
+        self.netns = f"{NETNS_PREFIX}{name}"
         self.root = HOSTS_DIR / name
         self.pid_file = HOSTS_DIR / f"{name}.pid"
         self.log = HOSTS_DIR / f"{name}.log"
@@ -190,8 +198,10 @@ class TestHost:
         self.apt_archives.mkdir(parents=True, exist_ok=True)
         for deb in self.apt_archives.glob("*.deb"):
             os.link(deb, self.root / "var/cache/apt/archives" / deb.name)
+        # apt's way out is this lab's proxy (the cached root filesystem names slot 0's).
+        (self.root / "etc/apt/apt.conf.d/90-test-lab-proxy").write_text(f'Acquire::http::Proxy "http://{GATEWAY}:{PROXY_PORT}";\n')
         run("ip", "netns", "add", self.netns)
-        outside, inside = f"pgvt{self.index}a", f"pgvt{self.index}b"
+        outside, inside = f"pv{SLOT}h{self.index}a", f"pv{SLOT}h{self.index}b"
         run("ip", "link", "del", outside, check=False)  # left by an interrupted run
         run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
         run("ip", "link", "set", outside, "master", BRIDGE, "up")
@@ -262,7 +272,10 @@ class TestHost:
         for deb in (self.root / "var/cache/apt/archives").glob("*.deb"):
             target = self.apt_archives / deb.name
             if not target.exists():
-                os.link(deb, target)
+                try:
+                    os.link(deb, target)
+                except FileExistsError:  # another lab's host kept the same file meanwhile
+                    pass
         for container in self.containers:
             run("ip", "netns", "del", container.netns, check=False)
         run("ip", "netns", "del", self.netns, check=False)
@@ -281,10 +294,10 @@ class TestHost:
     def add_container(self, name: str, bridge: str, address: str) -> "AppContainer":
         """A network namespace plugged into ``bridge`` like a container: ``address`` is
         CIDR, its default route is the bridge's gateway (the host)."""
-        container = AppContainer(f"pgvt-{self.index}-{name}", address)
+        container = AppContainer(f"{NETNS_PREFIX}{self.index}-{name}", address)
         run("ip", "netns", "del", container.netns, check=False)
         run("ip", "netns", "add", container.netns)
-        outside = f"pgvt{self.index}{name[:4]}"
+        outside = f"pv{SLOT}{self.index}{name[:4]}"
         run("ip", "link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", container.netns)
         run("ip", "link", "set", outside, "netns", self.netns)
         self.netns_run("ip", "link", "set", outside, "master", bridge, "up")
