@@ -6,8 +6,16 @@
 Exit status: 0 nothing changed, 2 drift found (and corrected, unless --dry), 1 a host failed or
 was refused, also with --dry, or pyinfra's output could not be read (failure wins over drift).
 A JSON report, ``<report-dir>/nightly-<UTC time>.json`` (and ``nightly-latest.json``), lists
-per host each operation that changed or failed, the failure messages, and the restarts left
-pending. Extra pyinfra options follow ``--``, e.g. ``-- --limit db-1``.
+per host each operation that changed, the one that failed and those not run after it, the
+failure messages, and the restarts left pending. Extra pyinfra options follow ``--``, e.g.
+``-- --limit db-1``.
+
+Each report is replaced atomically. Before pyinfra starts, both files say ``"status":
+"running"``; a run stopped by SIGTERM (the unit's TimeoutStartSec) writes a failed report, and
+one killed outright leaves the marker, which ``--status`` reads as failed once no run holds
+the run lock:
+
+    python -m pgvector_deploy.nightly --status --report-dir reports  # 0 clean, 2 drift, 1 failed, 3 running
 
 The nightly run never restarts PostgreSQL (``--data pg_restart=report``): a change that needs
 a restart (shared_buffers, listen_addresses) is applied to the files and reported as
