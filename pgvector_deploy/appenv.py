@@ -229,12 +229,16 @@ cat > "$tmp"
 [ "$(sha256sum < "$tmp" | cut -d' ' -f1)" = "$want" ] || {fail("the env file's content did not arrive whole (the connection dropped?); nothing was changed. Fix: run again.")}
 chown root:root "$tmp"
 chmod 0600 "$tmp"
+# From here on the file and the role change together: a dropped connection (SIGHUP, SIGPIPE)
+# or a stop must not leave one changed without the other.
 trap '' HUP INT TERM PIPE
+# The previous file, kept by a second name (a hard link: same content, mode and owner) to put back.
 if [ -e "$file" ] || [ -L "$file" ]; then
   old=$(mktemp "$dir/.pgvector-deploy-env-old.XXXXXX")
   ln -f -P "$file" "$old"
 fi
 mv -f "$tmp" "$file"
+# printf is the shell's own: the verifier is in no command line.
 if ! printf '%s\\n' "$sql" | {psql}; then
   if [ -n "$old" ]; then mv -f "$old" "$file"; else rm -f "$file"; fi
   old=

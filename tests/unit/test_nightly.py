@@ -372,3 +372,35 @@ def test_status_of_a_finished_report_is_its_own(tmp_path):
     reports = tmp_path / "reports"
     nightly.write_report(reports, {"started": "2026-11-21T03:15:00Z", "status": "drift", "hosts": {}, "finished": "2026-11-21T03:20:00Z"})
     assert status_of(reports) == (nightly.DRIFT, "nightly: drift (started 2026-11-21T03:15:00Z)\n")
+
+
+REAL_PYINFRA_DEPLOY = """
+from pyinfra.operations import server
+for step in ("one", "two", "three", "four"):
+    server.shell(name=f"Step {step}", commands=[f"echo step-{step}"])
+"""
+REAL_PYINFRA_INVENTORY = """
+hosts = [
+    ("@fake/db-1", {"fake_delay": 0, "fake_delay_jitter": 0}),
+    ("@fake/db-2", {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": {"step-two": {"success": False}}}),
+]
+"""
+
+
+def test_pyinfra_s_own_json_for_a_host_that_failed_midway_reads_failed_then_not_run(tmp_path):
+    """The real pyinfra CLI (its @fake connector: no host is touched), db-2 failing the second
+    of four operations: its --json lists db-2 under "error" for the last three; the report says
+    the second failed and the two after it were not run."""
+    (tmp_path / "deploy.py").write_text(REAL_PYINFRA_DEPLOY)
+    (tmp_path / "inventory.py").write_text(REAL_PYINFRA_INVENTORY)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyinfra", "inventory.py", "deploy.py", "-y", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    results = nightly.read_results(proc.stdout)
+    assert results is not None, proc.stdout + proc.stderr
+    assert [op["error"] for op in results["results"]["operations"]] == [[], ["@fake/db-2"], ["@fake/db-2"], ["@fake/db-2"]]
+    hosts = nightly.summarise(results, dry=False)
+    assert hosts["@fake/db-2"]["failed"] == ["Step two"]
+    assert hosts["@fake/db-2"]["not_run"] == ["Step three", "Step four"]
+    assert hosts["@fake/db-1"]["failed"] == [] and hosts["@fake/db-1"]["not_run"] == []
