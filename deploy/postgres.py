@@ -53,12 +53,15 @@ else:
 
     # Stage 6, the app: its login role and its own database (born with vector).
     if plan.settings.app:
+        # A new password goes into the role and pg_app_env_file in one command (apps.role), so
+        # nothing later in the run can leave the two disagreeing and the containers locked out.
         apps.role(plan, name="App role exists with its password")
         apps.database(plan, name="App database exists, owned by the app, with vector")
-        # The app's SQL migrations (pg_migrations_dir), each once, in its own transaction, as
-        # the app role; then how its containers connect (printed; pg_app_env_file on the host).
-        migrations.apply(plan, name="App SQL migrations are applied")
+        # How its containers connect (printed; pg_app_env_file on the host), current before the
+        # migrations, which may fail; then the app's SQL migrations (pg_migrations_dir), each
+        # once, in its own transaction, as the app role.
         appenv.env_file(plan, name="App connection details for containers are current")
+        migrations.apply(plan, name="App SQL migrations are applied")
 
     # Stage 7, proof: the vector smoke suite (a fact: it reports no change when it passes).
     smoke.verify(

@@ -204,6 +204,63 @@ trap - EXIT
 """
 
 
+def with_role_password_script(path: str, psql: str) -> str:
+    """Shell: the env file and the role's password, changed in one command, so that no later
+    step of the run (a migration, the smoke suite) can fail between them and leave containers
+    with a password the role no longer has.
+
+    Standard input: the sha256 of the env file's content, the SQL that sets the password (one
+    line), then the content. Nothing changes unless the content arrived whole. The new file is
+    renamed into place first; if the SQL then fails, the previous file (or none) is put back.
+    From the rename on, a dropped connection or SIGTERM no longer interrupts the pair."""
+    return f"""set -eu
+PATH={SAFE_PATH}
+file={shlex.quote(path)}
+dir=$(dirname "$file")
+[ ! -d "$file" ] || {fail(f"{path} is a directory. Fix: set pg_app_env_file to a file path, such as /etc/pgvector-deploy/app.env.")}
+[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
+umask 077
+IFS= read -r want
+IFS= read -r sql
+tmp=$(mktemp "$dir/.pgvector-deploy-env.XXXXXX")
+old=
+trap 'rm -f "$tmp" ${{old:+"$old"}}' EXIT
+cat > "$tmp"
+[ "$(sha256sum < "$tmp" | cut -d' ' -f1)" = "$want" ] || {fail("the env file's content did not arrive whole (the connection dropped?); nothing was changed. Fix: run again.")}
+chown root:root "$tmp"
+chmod 0600 "$tmp"
+# From here on the file and the role change together: a dropped connection (SIGHUP, SIGPIPE)
+# or a stop must not leave one changed without the other.
+trap '' HUP INT TERM PIPE
+# The previous file, kept by a second name (a hard link: same content, mode and owner) to put back.
+if [ -e "$file" ] || [ -L "$file" ]; then
+  old=$(mktemp "$dir/.pgvector-deploy-env-old.XXXXXX")
+  ln -f -P "$file" "$old"
+fi
+mv -f "$tmp" "$file"
+# printf is the shell's own: the verifier is in no command line.
+if ! printf '%s\\n' "$sql" | {psql}; then
+  if [ -n "$old" ]; then mv -f "$old" "$file"; else rm -f "$file"; fi
+  old=
+  {fail(f"the app role's password could not be set (PostgreSQL's error is above), so {path} was put back as it was: the role and the file keep the old password. Fix: correct what PostgreSQL names, then run again.")}
+fi
+[ -z "$old" ] || rm -f "$old"
+trap - EXIT
+"""
+
+
+def with_role_password(plan: Plan, psql: str, sql: str) -> StringCommand:
+    """The command that runs ``sql`` (one line, setting the app role's password) through
+    ``psql`` (reading standard input) and writes the env file with that password, together
+    (``with_role_password_script``); everything secret on its standard input."""
+    if "\n" in sql:
+        raise ValueError("the password's SQL must be one line")
+    content = render_env_file(connection(plan))
+    return StringCommand(
+        with_role_password_script(plan.settings.app.env_file, psql), _stdin=f"{sha256_text(content)}\n{sql}\n{content}"
+    )
+
+
 def _executing() -> bool:
     state = getattr(host, "state", None)
     return bool(state is not None and state.is_executing)

@@ -25,6 +25,7 @@ import unicodedata
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
+from . import appenv
 from .facts import AppState
 from .preflight import Plan
 from .shell import SAFE_PATH, as_postgres, fails_host_on_error, host_locked
@@ -98,18 +99,29 @@ def role(plan: Plan):
         # Only if it is still missing (another run may have created it while this one waited for
         # the lock); an error's context must not echo the statement, which holds the verifier.
         create = (
-            "\\set SHOW_CONTEXT never\n"
             "DO $pgvector_deploy$ BEGIN IF NOT EXISTS "
             f"(SELECT FROM pg_catalog.pg_roles WHERE rolname = '{app.user}') THEN "
-            f"CREATE ROLE {app.user} WITH LOGIN {createdb} PASSWORD '{verifier}'; END IF; END $pgvector_deploy$;\n"
+            f"CREATE ROLE {app.user} WITH LOGIN {createdb} PASSWORD '{verifier}'; END IF; END $pgvector_deploy$;"
         )
-        yield _sql_on_stdin(plan, "postgres", create)
+        yield _password_sql(plan, create, "\\set SHOW_CONTEXT never\n")
         return
     if not state["can_login"] or state["createdb"] != app.createdb:
         yield _sql_on_stdin(plan, "postgres", f"ALTER ROLE {app.user} WITH LOGIN {createdb};\n")
     if not password_matches(app.password, state["salt_part"], state["stored_digest"]):
         verifier = scram_verifier(app.password, os.urandom(16))
-        yield _sql_on_stdin(plan, "postgres", f"ALTER ROLE {app.user} WITH PASSWORD '{verifier}';\n")
+        yield _password_sql(plan, f"ALTER ROLE {app.user} WITH PASSWORD '{verifier}';")
+
+
+def _password_sql(plan: Plan, statement: str, before: str = "") -> StringCommand:
+    """``statement`` (one line, which sets the role's password; psql's ``before`` it) on psql's
+    standard input; with ``pg_app_env_file``, in the same on-host command as the env file with
+    the new password (``appenv.with_role_password``): whatever fails later in the run (a
+    migration, the smoke suite), the two agree."""
+    if plan.settings.app.env_file is None:
+        return _sql_on_stdin(plan, "postgres", f"{before}{statement}\n")
+    # Terse: an error never quotes the statement (LINE 1: ...), which holds the verifier.
+    psql = as_postgres(plan.platform, plan.port, "postgres") + " -v SHOW_CONTEXT=never -v VERBOSITY=terse"
+    return appenv.with_role_password(plan, psql, statement)
 
 
 @operation()

@@ -6,8 +6,16 @@
 Exit status: 0 nothing changed, 2 drift found (and corrected, unless --dry), 1 a host failed or
 was refused, also with --dry, or pyinfra's output could not be read (failure wins over drift).
 A JSON report, ``<report-dir>/nightly-<UTC time>.json`` (and ``nightly-latest.json``), lists
-per host each operation that changed or failed, the failure messages, and the restarts left
-pending. Extra pyinfra options follow ``--``, e.g. ``-- --limit db-1``.
+per host each operation that changed, the one that failed and those not run after it, the
+failure messages, and the restarts left pending. Extra pyinfra options follow ``--``, e.g.
+``-- --limit db-1``.
+
+Each report is replaced atomically. Before pyinfra starts, both files say ``"status":
+"running"``; a run stopped by SIGTERM (the unit's TimeoutStartSec) writes a failed report, and
+one killed outright leaves the marker, which ``--status`` reads as failed once no run holds
+the run lock:
+
+    python -m pgvector_deploy.nightly --status --report-dir reports  # 0 clean, 2 drift, 1 failed, 3 running
 
 The nightly run never restarts PostgreSQL (``--data pg_restart=report``): a change that needs
 a restart (shared_buffers, listen_addresses) is applied to the files and reported as
@@ -21,11 +29,15 @@ relative paths in host data (pgvector_tarball, pg_migrations_dir, smoke_report_d
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,7 +83,7 @@ def note_pending_restarts(hosts: dict[str, dict], log: str) -> None:
     """Add ``restart_pending`` (a list, maybe empty) to every host; a pending restart is drift."""
     pending = pending_restarts(log)
     for name in pending:
-        hosts.setdefault(name, {"changed": [], "failed": [], "status": "clean"})
+        hosts.setdefault(name, {"changed": [], "failed": [], "not_run": [], "messages": [], "status": "clean"})
     for name, host in hosts.items():
         host["restart_pending"] = pending.get(name, [])
         if host["restart_pending"] and host["status"] == "clean":
@@ -114,18 +126,23 @@ def summarise(results: dict, dry: bool, log: str = "") -> dict[str, dict]:
     hosts: dict[str, dict] = {}
 
     def entry(name: str) -> dict:
-        return hosts.setdefault(name, {"changed": [], "failed": [], "messages": []})
+        return hosts.setdefault(name, {"changed": [], "failed": [], "not_run": [], "messages": []})
 
     if dry:
         for operation in results.get("plan", []):
             for name in operation.get("hosts_with_change", []):
                 entry(name)["failed" if operation["name"] == REFUSAL else "changed"].append(operation["name"])
     else:
+        # pyinfra lists a host under "error" for the operation that failed and for every later
+        # one, which it never ran (no outcome counts as no success). The operations come in the
+        # order they ran, and this toolkit ignores no errors: a host's first error is its
+        # failure, the rest were not run.
         for operation in (results.get("results") or {}).get("operations", []):
             for name in operation.get("success", []):
                 entry(name)["changed"].append(operation["name"])
             for name in operation.get("error", []):
-                entry(name)["failed"].append(operation["name"])
+                host = entry(name)
+                host["not_run" if host["failed"] else "failed"].append(operation["name"])
             for name in operation.get("no_change", []):
                 entry(name)
     for name in (results.get("results") or {}).get("failed_hosts") or []:  # null with --dry
@@ -149,41 +166,202 @@ def exit_status(hosts: dict[str, dict], pyinfra_returncode: int, problems: list[
     return CLEAN
 
 
+LATEST = "nightly-latest.json"
+# Held (shared) by every run for as long as it runs; flock lets go when the process dies, even
+# by SIGKILL, so a reader that can take it exclusively knows no run is still going.
+RUN_LOCK = ".nightly-run.lock"
+RUNNING = 3  # --status only: a run is going on now
+
+
+def report_path(report_dir: Path, started: str) -> Path:
+    return report_dir / f"nightly-{started.replace(':', '')}.json"
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """``data`` into ``path`` whole or not at all: a private temporary file in the same
+    directory, flushed to disk, renamed over ``path``; the directory then synced too, so the
+    rename outlives a power cut. A reader never sees half a report; a full disk leaves the old one."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def write_report(report_dir: Path, report: dict) -> Path:
+    """The run's own report file, then ``nightly-latest.json``, each replaced atomically."""
     report_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = report_dir / f"nightly-{report['started'].replace(':', '')}.json"
-    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
-    path.write_text(text)
-    latest = report_dir / "nightly-latest.json"
-    latest.write_text(text)
+    path = report_path(report_dir, report["started"])
+    write_json_atomically(path, report)
+    write_json_atomically(report_dir / LATEST, report)
     return path
+
+
+def start_marker(started: str, mode: str, inventory: str) -> dict:
+    """What the report says while the run is going: "running", not finished. A run that is
+    killed leaves it so, and a reader (``read_status``) then takes it as failed."""
+    return {
+        "started": started, "finished": None, "status": "running", "mode": mode, "inventory": inventory,
+        "pid": os.getpid(), "problems": [], "hosts": {},
+    }  # fmt: skip
+
+
+def did_not_finish(report: dict) -> str:
+    return (
+        f"the run started at {report['started']} did not finish (killed, by the unit's TimeoutStartSec or "
+        "otherwise, or the machine stopped): what it did on the hosts is not known. Fix: see its log "
+        "(journalctl -u pgvector-deploy-nightly), and run it again."
+    )
+
+
+@contextlib.contextmanager
+def run_lock(report_dir: Path):
+    """Held for the whole run (shared: overlapping runs are each other's business on the hosts,
+    under the host lock). Taken exclusively first, when no other run holds it: a "running"
+    report left then is from a run that died, and is recorded as failed in its own file."""
+    report_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(report_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another run is going on: its report is its own
+        else:
+            settle_unfinished(report_dir)
+        fcntl.flock(descriptor, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def read_latest(report_dir: Path) -> dict | None:
+    try:
+        report = json.loads((report_dir / LATEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def run_in_progress(report_dir: Path) -> bool:
+    """Does a nightly run hold the run lock now (``run_lock``)?"""
+    try:
+        descriptor = os.open(report_dir / RUN_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
+
+
+def settle_unfinished(report_dir: Path) -> None:
+    """With no run going on, a "running" latest report is from a run that died: its own report
+    file says failed from now on (``nightly-latest.json`` is the new run's next)."""
+    report = read_latest(report_dir)
+    if report is None or report.get("status") != "running" or not isinstance(report.get("started"), str):
+        return
+    failed = {**report, "status": "failed", "problems": [did_not_finish(report), *report.get("problems", [])]}
+    write_json_atomically(report_path(report_dir, report["started"]), failed)
+
+
+def read_status(report_dir: Path) -> tuple[int, str]:
+    """(exit status, one line) for ``--status``: the latest report's status; "running" is
+    taken as failed once no run holds the run lock (the run died before it could say)."""
+    report = read_latest(report_dir)
+    if report is None:
+        return FAILED, f"nightly: failed: no nightly report readable in {report_dir}"
+    status, started = report.get("status"), report.get("started")
+    if status == "running":
+        if run_in_progress(report_dir):
+            return RUNNING, f"nightly: running since {started} (pid {report.get('pid')})"
+        return FAILED, f"nightly: failed: {did_not_finish(report)}"
+    codes = {name: code for code, name in STATUS_NAMES.items()}
+    if status not in codes:
+        return FAILED, f"nightly: failed: the latest report has no known status ({status!r})"
+    return codes[status], f"nightly: {status} (started {started})"
+
+
+class Stopped(Exception):
+    """The run got SIGTERM (systemd's TimeoutStartSec, systemctl stop)."""
+
+
+def _stop(signum, frame):
+    raise Stopped(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pgvector_deploy.nightly", description=__doc__.split("\n\n")[0])
-    parser.add_argument("inventory", help="pyinfra inventory, e.g. inventories/prod.py")
+    parser.add_argument("inventory", nargs="?", help="pyinfra inventory, e.g. inventories/prod.py")
     parser.add_argument("--dry", action="store_true", help="show drift without correcting it")
     parser.add_argument(
         "--allow-restart", action="store_true", help="let the run restart PostgreSQL when a setting needs it (default: report it)"
     )
     parser.add_argument("--report-dir", default="reports", help="where the JSON report goes (default: reports)")
+    parser.add_argument(
+        "--status", action="store_true", help="only read the latest report: exit 0 clean, 2 drift, 1 failed or unfinished, 3 running"
+    )
     parser.add_argument("pyinfra_args", nargs="*", help="extra pyinfra options, after --")
     argv = sys.argv[1:] if argv is None else list(argv)
     # Everything after the first "--" is pyinfra's, wherever our own options stand.
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.pyinfra_args = [*args.pyinfra_args, *extra]
+    if args.status:
+        status, line = read_status(Path(args.report_dir))
+        print(line)
+        return status
+    if args.inventory is None:
+        parser.error("the inventory is required (or --status)")
+    report_dir = Path(args.report_dir)
+    with run_lock(report_dir):
+        return run(args, report_dir)
 
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    clock = time.monotonic()
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run(args: argparse.Namespace, report_dir: Path) -> int:
+    """One nightly run: the start marker, pyinfra, the report (also when stopped by SIGTERM)."""
+    started, clock = now(), time.monotonic()
+    mode = "dry" if args.dry else "apply"
     command = pyinfra_command(os.path.abspath(args.inventory), args.dry, args.pyinfra_args, args.allow_restart)
-    proc = subprocess.run(
-        command, cwd=os.getcwd(), env=pyinfra_environment(), capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
+    previous = signal.signal(signal.SIGTERM, _stop)  # before the marker: from then on a SIGTERM gets a report
+    try:
+        write_report(report_dir, start_marker(started, mode, args.inventory))
+        proc = subprocess.run(
+            command, cwd=os.getcwd(), env=pyinfra_environment(), capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )  # on Stopped, subprocess.run kills pyinfra before it re-raises
+    except Stopped as stop:
+        proc = subprocess.CompletedProcess(command, None, "", "")
+        stopped = (
+            f"the run was stopped by {stop} after {round(time.monotonic() - clock)}s, before pyinfra finished (the unit's "
+            "TimeoutStartSec, or systemctl stop): what it did on the hosts is not known. Fix: see its log, and run it "
+            "again; if it keeps running out of time, raise TimeoutStartSec or use pyinfra's --parallel."
+        )
+    else:
+        stopped = None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.stderr.write(proc.stderr)  # pyinfra's own log, for the journal or the CI log
     results = read_results(proc.stdout)
-    problems = []
-    if results is None:  # no report is no news, never good news
+    problems = [stopped] if stopped else []
+    if results is None and not stopped:  # no report is no news, never good news
         problems.append(
             f"pyinfra printed no readable --json report (exit status {proc.returncode}); its log is above. "
             "Fix: run the same pyinfra command by hand to see why."
@@ -192,33 +370,39 @@ def main(argv: list[str] | None = None) -> int:
     note_pending_restarts(hosts, proc.stderr)
     if results is not None and proc.returncode != 0 and not any(host["failed"] for host in hosts.values()):
         problems.append(f"pyinfra exited {proc.returncode} without naming a failed host; its log is above.")
-    status = exit_status(hosts, proc.returncode, problems)
+    status = exit_status(hosts, proc.returncode or 0, problems)
     report = {
         "started": started,
+        "finished": now(),
         "seconds": round(time.monotonic() - clock, 1),
-        "mode": "dry" if args.dry else "apply",
+        "mode": mode,
         "inventory": args.inventory,
         "status": STATUS_NAMES[status],
         "pyinfra_exit_status": proc.returncode,
         "problems": problems,
         "hosts": hosts,
     }
-    path = write_report(Path(args.report_dir), report)
+    path = write_report(report_dir, report)
+    print_summary(report, path, args.dry)
+    return status
 
-    verb = "would change" if args.dry else "changed"
+
+def print_summary(report: dict, path: Path, dry: bool) -> None:
+    verb = "would change" if dry else "changed"
+    hosts = report["hosts"]
     print(f"nightly {report['mode']}: {report['status']} ({len(hosts)} hosts, {report['seconds']}s); report: {path}")
     for name, host in sorted(hosts.items()):
         detail = "; ".join(
             [f"{verb}: {op}" for op in host["changed"]]
             + [f"FAILED: {op}" for op in host["failed"]]
+            + [f"not run: {op}" for op in host.get("not_run", [])]
             + [f"restart pending: {', '.join(host['restart_pending'])}"] * bool(host["restart_pending"])
         )
         print(f"  {name:<24} {host['status']:<7} {detail}")
-        for message in host["messages"]:
+        for message in host.get("messages", []):
             print(f"  {'':<24} {'':<7} {message}")
-    for problem in problems:
+    for problem in report["problems"]:
         print(f"  {problem}")
-    return status
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def test_password_rotation_rewrites_the_env_file_and_the_password_shows_nowhere_
         host.sudo("kill $(cat /run/ps-sampler-migrate.pid)")
     try:
         assert run.returncode == 0, run.output
-        assert run.changed(host.name) == ["App role exists with its password", "App connection details for containers are current"]
+        # The env file changed in the role's own command (apps.role), so its operation finds it current.
+        assert run.changed(host.name) == ["App role exists with its password"]
         assert new_password not in run.output and quote(new_password, safe="") not in run.output
         sampled = host.sudo(
             "wc -l < /run/ps-sampler-migrate.log; grep -c -F -f - /run/ps-sampler-migrate.log || true", input=new_password
@@ -211,6 +212,36 @@ def test_password_rotation_rewrites_the_env_file_and_the_password_shows_nowhere_
         assert provision(host, env=rotated, **data).changed(host.name) == []
     finally:
         assert provision(host, env=ENV, **data).returncode == 0
+
+
+def test_a_rotation_run_whose_migration_fails_leaves_the_env_file_and_the_role_agreeing(migrated, provision):
+    """The new password and a bad migration in one run: the migration stops the host, and
+    the env file must still hold the password the role has (containers recreated from it log in)."""
+    host, _, container, folder, data = migrated
+    new_password = "Rotated-Mig-41c9$pw"
+    rotated = {**ENV, "PGV_TEST_APP_PASSWORD": new_password}
+    broken = folder / "0009_fails_after_a_rotation.sql"
+    broken.write_text("SELECT no_such_function();\n")
+    try:
+        run = provision(host, env=rotated, **data)
+        assert run.returncode != 0
+        assert "migration 0009_fails_after_a_rotation.sql failed and was rolled back" in run.output, run.output
+        values = env_file_values(host.sudo(f"cat {ENV_FILE}"))
+        # What a container recreated from the env file does: it logs in with the file's details.
+        result = container.query(values["DATABASE_URL"], "SELECT current_user")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "app"
+        assert container.query(dsn(values["PGPASSWORD"]), "SELECT 1").stdout.strip() == "1"
+        # The rotation took: the role and the file both have the new password, the old one is refused.
+        assert values["PGPASSWORD"] == new_password and values["DATABASE_URL"] == url(new_password)
+        assert container.query(dsn(PASSWORD), "SELECT 1").returncode != 0
+        assert new_password not in run.output and quote(new_password, safe="") not in run.output
+        assert host.sudo("ls -A /etc/pgvector-deploy").split() == ["app.env"], "a temporary file was left behind"
+    finally:
+        broken.unlink()
+    run = provision(host, env=ENV, **data)  # back to the module's password, for the tests below
+    assert run.returncode == 0, run.output
+    assert container.query(env_file_values(host.sudo(f"cat {ENV_FILE}"))["DATABASE_URL"], "SELECT 1").stdout.strip() == "1"
 
 
 def test_host_docker_internal_form(migrated, provision):

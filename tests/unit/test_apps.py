@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import shlex
+import subprocess
 
 import psycopg
 import pytest
@@ -335,3 +336,115 @@ def test_creating_the_role_and_database_twice_succeeds_and_changes_nothing_the_s
             assert second.returncode == 0 and second.stderr == "", second.stderr
         assert run("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'").stdout == verifier
         assert run("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'").stdout == "app\n"
+
+
+# --- a new password and the env file: one command, so they never disagree ----------------------------
+
+ENV_FILE = "/etc/pgvector-deploy/app.env"
+
+
+def combined_parts(command) -> tuple[str, str, str]:
+    """(digest, SQL line, env file content) from the standard input of the combined command."""
+    assert set(command.connector_arguments) == {"_stdin"}
+    digest, sql, content = command.connector_arguments["_stdin"].split("\n", 2)
+    return digest, sql, content
+
+
+@pytest.mark.parametrize("row", [None, "old"])
+def test_with_an_env_file_a_new_password_and_the_file_go_in_one_command(debian12, provisioned_profile, row):
+    """A rotation (or a new role) with pg_app_env_file: the password's SQL and the env file with
+    that password are one on-host command; nothing later in the run can come between them."""
+    from pgvector_deploy import appenv
+
+    plan = app_plan(debian12, provisioned_profile, pg_app_env_file=ENV_FILE)
+    [command] = run_app(apps.role, plan, state_lines(role_row(row) if row else None))[0]
+    digest, sql, content = combined_parts(command)
+    assert content == appenv.render_env_file(appenv.connection(plan)) and f"PGPASSWORD={PASSWORD}" not in sql
+    assert digest == hashlib.sha256(content.encode()).hexdigest()
+    assert password_matches(PASSWORD, *stored(verifier_in(sql)))
+    assert sql.startswith("DO $pgvector_deploy$" if row is None else "ALTER ROLE app WITH PASSWORD 'SCRAM-SHA-256$")
+    text = command.get_raw_value()
+    assert text == appenv.with_role_password_script(ENV_FILE, f"{PSQL} -d {shlex.quote(dbname_conninfo('postgres'))} -v SHOW_CONTEXT=never -v VERBOSITY=terse")
+    assert PASSWORD not in text and "SCRAM" not in text and sh_syntax_error(text) == ""
+
+
+def test_with_an_env_file_an_unchanged_password_leaves_the_file_to_its_own_operation(debian12, provisioned_profile):
+    plan = app_plan(debian12, provisioned_profile, pg_app_env_file=ENV_FILE, pg_app_createdb=True)
+    [command] = run_app(apps.role, plan, state_lines(role_row(PASSWORD)))[0]
+    assert check_sql_command(command, "postgres") == "ALTER ROLE app WITH LOGIN CREATEDB;\n"
+
+
+class _Rotation:
+    """The combined command's script run for real, as root, against a throwaway PostgreSQL 15,
+    with the env file in a temporary directory."""
+
+    def __init__(self, debian12, provisioned_profile, base, env_file):
+        self.debian12, self.profile, self.base, self.env_file = debian12, provisioned_profile, base, env_file
+        from .conftest import PG_BINDIR
+
+        self.psql = (
+            f"runuser -u postgres -- {PG_BINDIR}/psql -X -A -t -q -v ON_ERROR_STOP=1 -h {base} -d postgres "
+            "-v SHOW_CONTEXT=never -v VERBOSITY=terse"
+        )
+
+    def command(self, password: str, row: str | None):
+        plan = app_plan(self.debian12, self.profile, pg_app_env_file=str(self.env_file), pg_app_password=password)
+        [command] = run_app(apps.role, plan, state_lines(row))[0]
+        return command
+
+    def run(self, command, stdin: str | None = None):
+        from pgvector_deploy import appenv
+
+        script = appenv.with_role_password_script(str(self.env_file), self.psql)
+        stdin = command.connector_arguments["_stdin"] if stdin is None else stdin
+        return subprocess.run(["sh", "-c", script], input=stdin, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_combined_command_sets_both_or_puts_the_file_back(debian12, provisioned_profile, tmp_path):
+    from .conftest import throwaway_psql, throwaway_server
+
+    env_file = tmp_path / "etc" / "app.env"
+    with throwaway_server("pgvd-rotate-") as base:
+        psql = throwaway_psql(base)
+        rotation = _Rotation(debian12, provisioned_profile, base, env_file)
+
+        def stored_verifier() -> str:
+            return psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+
+        # A new role: the file appears with its password, 0600 root:root.
+        first = rotation.run(rotation.command(PASSWORD, None))
+        assert first.returncode == 0, first.stderr
+        assert f"PGPASSWORD='{PASSWORD}'\n" in env_file.read_text()
+        assert password_matches(PASSWORD, *stored(stored_verifier()))
+        assert oct(env_file.stat().st_mode & 0o777) == "0o600" and (env_file.stat().st_uid, env_file.stat().st_gid) == (0, 0)
+        # A rotation: both change.
+        second = rotation.run(rotation.command("Rotated-1$pw", role_row(PASSWORD)))
+        assert second.returncode == 0, second.stderr
+        assert "PGPASSWORD='Rotated-1$pw'\n" in env_file.read_text() and password_matches("Rotated-1$pw", *stored(stored_verifier()))
+        # The SQL fails (the role was renamed meanwhile): the previous file is put back, byte for byte.
+        before, verifier = env_file.read_bytes(), stored_verifier()
+        psql("ALTER ROLE app RENAME TO app_elsewhere")
+        failed = rotation.run(rotation.command("Rotated-2$pw", role_row("Rotated-1$pw")))
+        assert failed.returncode != 0
+        assert "the app role's password could not be set" in failed.stderr and 'role "app" does not exist' in failed.stderr
+        assert "SCRAM" not in failed.stderr and "Rotated-2" not in failed.stderr
+        assert env_file.read_bytes() == before
+        psql("ALTER ROLE app_elsewhere RENAME TO app")
+        assert psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'") == verifier
+        # The content arrives cut short (the connection dropped): nothing changes, psql never runs.
+        command = rotation.command("Rotated-3$pw", role_row("Rotated-1$pw"))
+        cut = rotation.run(command, command.connector_arguments["_stdin"][:-20])
+        assert cut.returncode != 0 and "did not arrive whole" in cut.stderr
+        assert env_file.read_bytes() == before and stored_verifier() == verifier
+        assert sorted(path.name for path in env_file.parent.iterdir()) == ["app.env"]  # no temporary file left
+
+
+def test_the_combined_command_on_a_missing_file_removes_it_again_when_the_sql_fails(debian12, provisioned_profile, tmp_path):
+    from .conftest import throwaway_server
+
+    env_file = tmp_path / "app.env"
+    with throwaway_server("pgvd-rotate-") as base:
+        rotation = _Rotation(debian12, provisioned_profile, base, env_file)
+        failed = rotation.run(rotation.command(PASSWORD, role_row("old")))  # ALTER ROLE of a role that is not there
+        assert failed.returncode != 0 and "could not be set" in failed.stderr
+        assert list(tmp_path.iterdir()) == []

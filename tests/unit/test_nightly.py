@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import click
 import pytest
@@ -34,17 +37,17 @@ DRY = {
 
 def test_apply_results_are_summarised_per_host():
     hosts = nightly.summarise(APPLY, dry=False)
-    assert hosts["db-1"] == {"changed": [], "failed": [], "messages": [], "status": "clean"}
+    assert hosts["db-1"] == {"changed": [], "failed": [], "not_run": [], "messages": [], "status": "clean"}
     assert hosts["db-2"]["changed"] == ["pg_hba.conf admits the Docker bridges with scram-sha-256"]
     assert hosts["db-2"]["status"] == "drift"
-    assert hosts["db-3"] == {"changed": [], "failed": ["Vector smoke suite"], "messages": [], "status": "failed"}
-    assert hosts["db-4"] == {"changed": [], "failed": ["(could not connect or prepare)"], "messages": [], "status": "failed"}
+    assert hosts["db-3"] == {"changed": [], "failed": ["Vector smoke suite"], "not_run": [], "messages": [], "status": "failed"}
+    assert hosts["db-4"] == {"changed": [], "failed": ["(could not connect or prepare)"], "not_run": [], "messages": [], "status": "failed"}
 
 
 def test_dry_results_list_what_would_change():
     hosts = nightly.summarise(DRY, dry=True)
     assert hosts == {
-        "db-2": {"changed": ["pg_hba.conf admits the Docker bridges with scram-sha-256"], "failed": [], "messages": [], "status": "drift"}
+        "db-2": {"changed": ["pg_hba.conf admits the Docker bridges with scram-sha-256"], "failed": [], "not_run": [], "messages": [], "status": "drift"}
     }
 
 
@@ -109,7 +112,7 @@ def test_pending_restarts_are_read_from_pyinfra_log_per_host():
 def test_pending_restarts_go_in_the_report_and_count_as_drift():
     hosts = nightly.summarise(APPLY, dry=False)
     nightly.note_pending_restarts(hosts, pyinfra_log_line("db-1", "restart pending: shared_buffers"))
-    assert hosts["db-1"] == {"changed": [], "failed": [], "messages": [], "status": "drift", "restart_pending": ["shared_buffers"]}
+    assert hosts["db-1"] == {"changed": [], "failed": [], "not_run": [], "messages": [], "status": "drift", "restart_pending": ["shared_buffers"]}
     assert hosts["db-2"]["restart_pending"] == [] and hosts["db-2"]["status"] == "drift"
     assert hosts["db-3"]["status"] == "failed"  # failure still wins
     assert nightly.exit_status({"db-1": hosts["db-1"]}, 0) == nightly.DRIFT
@@ -215,3 +218,189 @@ def test_pyinfra_options_after_a_double_dash_pass_through_wherever_our_options_s
     nightly.main(["inv.py", "--report-dir", str(tmp_path), "--", "--sudo", "--limit", "db-1"])
     [(command, _)] = pyinfra.calls
     assert command[-3:] == ["--sudo", "--limit", "db-1"]
+
+
+# --- a failed host: the operation that failed, and the ones after it that never ran ---------------
+
+# What pyinfra 3.10 prints with --json when db-2's migrations fail: every later operation lists
+# db-2 under "error" too (it never ran them, and no outcome is no success).
+FAILED_MIDWAY = {
+    "plan": [],
+    "results": {
+        "operations": [
+            {"name": "App role exists with its password", "success": ["db-2"], "error": [], "no_change": ["db-1"]},
+            {"name": "App database exists, owned by the app, with vector", "success": [], "error": [], "no_change": ["db-1", "db-2"]},
+            {"name": "App SQL migrations are applied", "success": [], "error": ["db-2"], "no_change": ["db-1"]},
+            {"name": "App connection details for containers are current", "success": [], "error": ["db-2"], "no_change": ["db-1"]},
+            {"name": "Vector smoke suite", "success": [], "error": ["db-2"], "no_change": ["db-1"]},
+        ],
+        "failed_hosts": ["db-2"],
+    },
+}
+
+
+def test_a_failed_host_has_one_failed_operation_and_the_later_ones_not_run():
+    hosts = nightly.summarise(FAILED_MIDWAY, dry=False)
+    assert hosts["db-2"]["failed"] == ["App SQL migrations are applied"]
+    assert hosts["db-2"]["not_run"] == ["App connection details for containers are current", "Vector smoke suite"]
+    assert hosts["db-2"]["changed"] == ["App role exists with its password"] and hosts["db-2"]["status"] == "failed"
+    assert hosts["db-1"]["not_run"] == [] and hosts["db-1"]["status"] == "clean"
+
+
+def test_the_summary_says_not_run_for_the_operations_after_the_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(nightly.subprocess, "run", _Pyinfra(json.dumps(FAILED_MIDWAY), returncode=1))
+    assert nightly.main(["inv.py", "--report-dir", str(tmp_path)]) == nightly.FAILED
+    out = capsys.readouterr().out
+    assert "FAILED: App SQL migrations are applied" in out
+    assert "FAILED: Vector smoke suite" not in out and "not run: Vector smoke suite" in out
+    report = json.loads((tmp_path / "nightly-latest.json").read_text())
+    assert report["hosts"]["db-2"]["not_run"] == ["App connection details for containers are current", "Vector smoke suite"]
+
+
+# --- the latest report: written whole or not at all; a run that never finished says so -------------
+
+WRITE_WITH_A_SMALL_FILE_SIZE_LIMIT = """
+import json, resource, signal, sys
+from pathlib import Path
+from pgvector_deploy import nightly
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+report = {"started": "2026-11-22T03:15:00Z", "status": "failed", "hosts": {f"db-{n}": {"failed": ["x" * 50]} for n in range(20)}}
+try:
+    nightly.write_report(Path(sys.argv[1]), report)
+except OSError as error:
+    print("write failed:", error)
+"""
+
+
+def test_a_report_that_cannot_be_written_whole_leaves_the_previous_latest_intact(tmp_path):
+    reports = tmp_path / "reports"
+    previous = {"started": "2026-11-21T03:15:00Z", "status": "clean", "hosts": {}}
+    nightly.write_report(reports, previous)
+    result = subprocess.run(
+        [sys.executable, "-c", WRITE_WITH_A_SMALL_FILE_SIZE_LIMIT, str(reports)], capture_output=True, text=True, check=False
+    )
+    assert "write failed:" in result.stdout, result.stdout + result.stderr
+    assert json.loads((reports / "nightly-latest.json").read_text()) == previous  # not truncated, not half the new one
+    assert sorted(path.name for path in reports.iterdir()) == ["nightly-2026-11-21T031500Z.json", "nightly-latest.json"]
+
+
+def test_the_report_replaces_latest_in_one_rename_and_is_private(tmp_path):
+    reports = tmp_path / "reports"
+    nightly.write_report(reports, {"started": "2026-11-21T03:15:00Z", "status": "clean", "hosts": {}})
+    before = (reports / "nightly-latest.json").stat().st_ino
+    nightly.write_report(reports, {"started": "2026-11-22T03:15:00Z", "status": "drift", "hosts": {}})
+    latest = reports / "nightly-latest.json"
+    assert latest.stat().st_ino != before  # a new file renamed over the old one, never rewritten in place
+    assert json.loads(latest.read_text())["status"] == "drift"
+    assert {path.stat().st_mode & 0o777 for path in reports.iterdir()} == {0o600}
+
+
+# A nightly run whose pyinfra only waits: the process is stopped or killed while it "runs".
+SLOW_PYINFRA = """
+import sys, time
+from pgvector_deploy import nightly
+nightly.subprocess.run = lambda *args, **kwargs: time.sleep(120)
+sys.exit(nightly.main(["inv.py", "--report-dir", sys.argv[1]]))
+"""
+
+
+def start_slow_run(reports) -> subprocess.Popen:
+    """A nightly run that waits in pyinfra; returns once its start marker is in place."""
+    run = subprocess.Popen([sys.executable, "-c", SLOW_PYINFRA, str(reports)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        latest = reports / "nightly-latest.json"
+        if latest.exists() and json.loads(latest.read_text())["status"] == "running":
+            return run
+        assert run.poll() is None, run.communicate()
+        time.sleep(0.05)
+    run.kill()
+    raise AssertionError("the run wrote no start marker")
+
+
+def status_of(reports) -> tuple[int, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "pgvector_deploy.nightly", "--status", "--report-dir", str(reports)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    return result.returncode, result.stdout
+
+
+def test_a_killed_run_leaves_a_report_that_reads_failed_not_the_previous_clean(tmp_path, monkeypatch):
+    reports = tmp_path / "reports"
+    nightly.write_report(reports, {"started": "2026-11-21T03:15:00Z", "status": "clean", "hosts": {}})
+    assert status_of(reports)[0] == nightly.CLEAN
+    run = start_slow_run(reports)
+    try:
+        status, out = status_of(reports)  # while it runs, a reader sees it running
+        assert status == nightly.RUNNING and out.startswith("nightly: running since "), out
+    finally:
+        run.kill()  # SIGKILL: what is left after TimeoutStartSec's SIGTERM, or a power cut
+        run.wait()
+    latest = json.loads((reports / "nightly-latest.json").read_text())
+    assert latest["status"] == "running" and latest["finished"] is None
+    status, out = status_of(reports)
+    assert status == nightly.FAILED
+    assert out.startswith(f"nightly: failed: the run started at {latest['started']} did not finish"), out
+    # The next run records the unfinished one as failed in its own report file.
+    monkeypatch.setattr(nightly.subprocess, "run", _Pyinfra(json.dumps(DRY)))
+    nightly.main(["inv.py", "--dry", "--report-dir", str(reports)])
+    unfinished = json.loads((reports / f"nightly-{latest['started'].replace(':', '')}.json").read_text())
+    assert unfinished["status"] == "failed" and "did not finish" in unfinished["problems"][0]
+
+
+def test_a_run_stopped_by_sigterm_writes_a_failed_report(tmp_path):
+    reports = tmp_path / "reports"
+    nightly.write_report(reports, {"started": "2026-11-21T03:15:00Z", "status": "clean", "hosts": {}})
+    run = start_slow_run(reports)
+    run.send_signal(signal.SIGTERM)  # what systemd sends first when TimeoutStartSec runs out
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == nightly.FAILED, out + err
+    latest = json.loads((reports / "nightly-latest.json").read_text())
+    assert latest["status"] == "failed" and latest["finished"]
+    assert latest["problems"][0].startswith("the run was stopped by SIGTERM"), latest["problems"]
+    assert status_of(reports)[0] == nightly.FAILED
+
+
+def test_status_without_any_report_is_failed(tmp_path):
+    status, out = status_of(tmp_path / "none")
+    assert status == nightly.FAILED and "no nightly report" in out
+
+
+def test_status_of_a_finished_report_is_its_own(tmp_path):
+    reports = tmp_path / "reports"
+    nightly.write_report(reports, {"started": "2026-11-21T03:15:00Z", "status": "drift", "hosts": {}, "finished": "2026-11-21T03:20:00Z"})
+    assert status_of(reports) == (nightly.DRIFT, "nightly: drift (started 2026-11-21T03:15:00Z)\n")
+
+
+REAL_PYINFRA_DEPLOY = """
+from pyinfra.operations import server
+for step in ("one", "two", "three", "four"):
+    server.shell(name=f"Step {step}", commands=[f"echo step-{step}"])
+"""
+REAL_PYINFRA_INVENTORY = """
+hosts = [
+    ("@fake/db-1", {"fake_delay": 0, "fake_delay_jitter": 0}),
+    ("@fake/db-2", {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": {"step-two": {"success": False}}}),
+]
+"""
+
+
+def test_pyinfra_s_own_json_for_a_host_that_failed_midway_reads_failed_then_not_run(tmp_path):
+    """The real pyinfra CLI (its @fake connector: no host is touched), db-2 failing the second
+    of four operations: its --json lists db-2 under "error" for the last three; the report says
+    the second failed and the two after it were not run."""
+    (tmp_path / "deploy.py").write_text(REAL_PYINFRA_DEPLOY)
+    (tmp_path / "inventory.py").write_text(REAL_PYINFRA_INVENTORY)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyinfra", "inventory.py", "deploy.py", "-y", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    results = nightly.read_results(proc.stdout)
+    assert results is not None, proc.stdout + proc.stderr
+    assert [op["error"] for op in results["results"]["operations"]] == [[], ["@fake/db-2"], ["@fake/db-2"], ["@fake/db-2"]]
+    hosts = nightly.summarise(results, dry=False)
+    assert hosts["@fake/db-2"]["failed"] == ["Step two"]
+    assert hosts["@fake/db-2"]["not_run"] == ["Step three", "Step four"]
+    assert hosts["@fake/db-1"]["failed"] == [] and hosts["@fake/db-1"]["not_run"] == []
