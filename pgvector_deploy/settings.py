@@ -162,7 +162,11 @@ SETTINGS: tuple[Setting, ...] = (
         "memory one index build may use; auto: room for the HNSW graph of pg_hnsw_expected_vectors x "
         "pg_hnsw_expected_dimensions, at least 64MB, at most 25% of memory and 80% of /dev/shm.",
     ),
-    Setting("pg_max_parallel_maintenance_workers", "auto", "extra processes one index build may use; auto: CPUs - 1, at most 8."),
+    Setting(
+        "pg_max_parallel_maintenance_workers",
+        "auto",
+        "extra processes one index build may use; auto: CPUs - 1, at most 8; 0 when /dev/shm is too small for a parallel build.",
+    ),
     Setting(
         "pg_work_mem",
         "auto",
@@ -371,30 +375,52 @@ def _restart_allowed(value: Any) -> bool:
     return text == "allowed"
 
 
-_SIZE = re.compile(r"^(\d+)\s*(kB|MB|GB|TB)?$")
+_SIZE = re.compile(r"([0-9]+) *(kB|MB|GB|TB)?")
 _SIZE_UNITS_MB = {"kB": 1 / 1024, "MB": 1, "GB": 1024, "TB": 1024 * 1024}
+
+# The most PostgreSQL 15 accepts for each size the tuning file sets, in MB: shared_buffers and
+# effective_cache_size count 8kB pages up to INT_MAX / 2 and INT_MAX, maintenance_work_mem and
+# work_mem kB up to INT_MAX (postgres --describe-config; checked against it by test_tuning.py).
+# Overrides beyond them are refused; computed values are clamped to them.
+PG_MAX_MB = {
+    "shared_buffers": 1073741823 * 8 // 1024,
+    "effective_cache_size": 2147483647 * 8 // 1024,
+    "maintenance_work_mem": 2147483647 // 1024,
+    "work_mem": 2147483647 // 1024,
+}
+PG_MAX_PARALLEL_MAINTENANCE_WORKERS = 1024  # MAX_PARALLEL_WORKER_LIMIT
 
 
 def _size_mb(key: str, value: Any) -> int | None:
-    """'auto' -> None; 512 (MB), '512MB', '2GB' -> MB. PostgreSQL's units, case as it wants them."""
-    text = str(value).strip()
+    """'auto' -> None; 512 (MB), '512MB', '2GB' -> MB. PostgreSQL's units, case as it wants them,
+    within what PostgreSQL accepts for the setting (``PG_MAX_MB``)."""
+    text = value.strip() if isinstance(value, str) else value
     if text == "auto":
         return None
-    match = _SIZE.match(text)
-    size = int(int(match.group(1)) * _SIZE_UNITS_MB[match.group(2) or "MB"]) if match else 0
+    match = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    if isinstance(text, int) and not isinstance(text, bool):
+        size = text
+    else:
+        size = int(int(match.group(1)) * _SIZE_UNITS_MB[match.group(2) or "MB"]) if match else 0
     if size < 1:
         raise SettingsError(
             f"{key}: {value!r} is not a size of at least 1MB. Fix: give 'auto', a number of MB, "
             "or a PostgreSQL size such as '512MB' or '2GB' (units kB, MB, GB, TB as written)."
         )
+    most = PG_MAX_MB[key.removeprefix("pg_")]
+    if size > most:
+        raise SettingsError(
+            f"{key}: {value!r} is more than PostgreSQL accepts ({most}MB). Fix: give 'auto' or a smaller size."
+        )
     return size
 
 
 def _count(key: str, value: Any, low: int, high: int, auto: bool = False) -> int | None:
-    if auto and str(value).strip() == "auto":
+    if auto and isinstance(value, str) and value.strip() == "auto":
         return None
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or not low <= int(text) <= high:
+    text = str(value).strip() if isinstance(value, (str, int)) else ""
+    # ASCII digits only: str.isdigit() is also true for '²', which int() refuses.
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,12}", text) or not low <= int(text) <= high:
         allowed = "'auto' or " if auto else ""
         raise SettingsError(f"{key}: {value!r} is not a whole number from {low} to {high}. Fix: give {allowed}such a number.")
     return int(text)
