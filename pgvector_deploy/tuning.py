@@ -42,6 +42,7 @@ from .managed_files import (
     restart_decision,
     set_aside,
 )
+from .networking import pg_string
 from .platforms import UnsupportedHost
 from .preflight import Plan
 from .settings import PG_MAX_MB, TuningSettings
@@ -250,7 +251,7 @@ def render(settings: list[Tuned], profile: dict) -> str:
         f"# Sized for: {profile.get('memory_mb')}MB memory, {profile.get('cpus')} CPUs, /dev/shm {profile.get('shm_mb')}MB.",
     ]
     for tuned in settings:
-        lines += ["", f"# {tuned.reason}", f"{tuned.name} = '{tuned.value}'"]
+        lines += ["", f"# {tuned.reason}", f"{tuned.name} = {pg_string(tuned.value)}"]
     return "\n".join(lines) + "\n"
 
 
