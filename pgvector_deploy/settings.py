@@ -266,6 +266,12 @@ def _as_bool(key: str, value: Any) -> bool:
     raise SettingsError(f"{key}: {value!r} is not true or false. Fix: set {key} to True or False.")
 
 
+def _quote_fix(key: str) -> str:
+    # pyinfra's --data reads a bare number as an int (a password 0123 would become 123) and
+    # true/false and JSON as such; quotes keep text text.
+    return f"Fix: give {key} as a string: in quotes in the inventory, or --data '{key}=\"...\"' on the command line."
+
+
 def _text(key: str, value: Any, paths: bool = False) -> str | None:
     """A text value with its surrounding spaces stripped; None (or only spaces): unset.
     Anything else (a list, a number, True) and any control character (a line break, NUL, tab)
@@ -276,9 +282,7 @@ def _text(key: str, value: Any, paths: bool = False) -> str | None:
     if paths and isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str):
-        raise SettingsError(
-            f"{key}: {value!r} is a {type(value).__name__}, not text. Fix: give {key} as a string (in quotes)."
-        )
+        raise SettingsError(f"{key}: {value!r} is not text ({type(value).__name__}). {_quote_fix(key)}")
     if any(unicodedata.category(char) == "Cc" for char in value.strip(" ")):
         raise SettingsError(
             f"{key}: {value!r} contains a line break, tab, NUL or other control character. "
@@ -687,7 +691,7 @@ def _password(value: Callable[[str], Any]) -> Secret:
         )
     key = given[0]
     if not isinstance(sources[key], str):  # the value itself is never shown: it may be the password
-        raise SettingsError(f"{key} is a {type(sources[key]).__name__}, not text. Fix: give {key} as a string (in quotes).")
+        raise SettingsError(f"{key} is not text ({type(sources[key]).__name__}). {_quote_fix(key)}")
     if key == "pg_app_password":
         password = sources[key]
     elif not sources[key].strip():
