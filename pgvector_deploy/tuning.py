@@ -251,7 +251,7 @@ def render(settings: list[Tuned], profile: dict) -> str:
         f"# Sized for: {profile.get('memory_mb')}MB memory, {profile.get('cpus')} CPUs, /dev/shm {profile.get('shm_mb')}MB.",
     ]
     for tuned in settings:
-        lines += ["", f"# {tuned.reason}", f"{tuned.name} = {pg_string(tuned.value)}"]
+        lines += ["", f"# {' '.join(tuned.reason.split())}", f"{tuned.name} = {pg_string(tuned.value)}"]  # one comment line
     return "\n".join(lines) + "\n"
 
 

@@ -472,5 +472,6 @@ def test_a_bad_value_refuses_its_host_and_the_others_run():
     assert {host.name for host in state.failed_hosts} == {"@fake/db-2"}
     ran = {host.name: state.get_results_for_host(host).ops for host in inventory}
     assert ran["@fake/db-1"] == ran["@fake/db-3"] == 2
+    assert vars(next(state.get_results_for_host(host) for host in inventory if host.name == "@fake/db-2")) == {"error_ops": 1}
     sent = [command for host in inventory if host.name == "@fake/db-2" for command in host.connector.executed_commands]
     assert not any("shared_preload_libraries" in command and "REFUSED" not in command for command in sent)
