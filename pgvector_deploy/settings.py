@@ -428,7 +428,6 @@ PG_MAX_MB = {
     "maintenance_work_mem": 2147483647 // 1024,
     "work_mem": 2147483647 // 1024,
 }
-PG_MAX_PARALLEL_MAINTENANCE_WORKERS = 1024  # MAX_PARALLEL_WORKER_LIMIT
 
 
 def _size_mb(key: str, value: Any) -> int | None:
@@ -616,7 +615,8 @@ def _env_file(text: str | None) -> str | None:
     if text is None:
         return None
     parts = text.split("/")
-    if len(text) > _MAX_PATH or not _ENV_FILE.match(text) or any(part in (".", "..") for part in parts) or text.startswith(("/proc/", "/sys/", "/dev/")):
+    special = text.startswith(("/proc/", "/sys/", "/dev/"))
+    if len(text) > _MAX_PATH or not _ENV_FILE.match(text) or any(part in (".", "..") for part in parts) or special:
         raise SettingsError(
             f"pg_app_env_file: {text!r} is not an absolute path we can write safely. Fix: give a plain absolute "
             "path such as /etc/pgvector-deploy/app.env (letters, digits, and . _ - @ +)."
@@ -731,7 +731,10 @@ def _password(value: Callable[[str], Any]) -> Secret:
     return Secret(password)
 
 
-_SSM_FIX = "Fix: check the AWS configuration on the control machine (AWS_REGION or the profile's region, credentials, permission ssm:GetParameter)."
+_SSM_FIX = (
+    "Fix: check the AWS configuration on the control machine "
+    "(AWS_REGION or the profile's region, credentials, permission ssm:GetParameter)."
+)
 
 
 @lru_cache(maxsize=None)
