@@ -48,7 +48,7 @@ FILE_MODE = "600"
 FILE_OWNER = "root:root"
 # Values that mean the same, unquoted, to Compose's env_file and to docker run --env-file
 # (printable ASCII without spaces, quotes, backslash, $ for Compose's interpolation, # and `).
-_PLAIN = re.compile(r"^[!%&(-\[\]-_a-z{-~]+$")
+_PLAIN = re.compile(r"^[!%&(-\[\]-_a-z{-~]+\Z")
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ def pg_string(value: object) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-_HBA_PLAIN = re.compile(r"^[A-Za-z0-9_.:/-]+$")
+_HBA_PLAIN = re.compile(r"^[A-Za-z0-9_.:/-]+\Z")
 HBA_KEYWORDS = ("all", "sameuser", "samerole", "samegroup", "replication", "samehost", "samenet")
 
 

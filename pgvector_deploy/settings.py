@@ -370,9 +370,10 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
     )
 
 
-# http(s) and the characters of RFC 3986 but for ' (and no $, `, \\, spaces, quotes): the URL
+# http(s) and the characters of RFC 3986 but for ' (and no $, `, \, spaces, quotes): the URL
 # goes into a shell script (quoted) and into messages.
-_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]{1,2040}$")
+# The patterns here end in \Z, not $, which would also match before a final newline.
+_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]{1,2040}\Z")
 _MAX_PATH = 1023  # PostgreSQL's MAXPGPATH - 1, and plenty for any host path
 
 
@@ -507,7 +508,7 @@ def _subnets(value: Any) -> tuple[IPv4Network, ...]:
 
 
 # What an address looks like once ipaddress has normalised it: digits, hex, dots and colons.
-_PLAIN_ADDRESS = re.compile(r"^[0-9a-f.:]+$")
+_PLAIN_ADDRESS = re.compile(r"^[0-9a-f.:]+\Z")
 
 
 def _addresses(value: Any) -> tuple[str, ...]:
@@ -529,7 +530,7 @@ def _addresses(value: Any) -> tuple[str, ...]:
 
 
 # Lowercase, unquoted SQL identifiers only: no quoting surprises in SQL, shell or URLs.
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 _RESERVED_ROLES = ("postgres", "public")
 # PostgreSQL 15's keywords that are not "unreserved" (pg_get_keywords() catcode R, T or C; the
 # list is checked against the real server by test_hostile_host_data.py): unquoted in CREATE
@@ -587,7 +588,7 @@ def _app(value: Callable[[str], Any]) -> App | None:
     )
 
 
-_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
 def _app_host(text: str | None) -> str | None:
@@ -607,7 +608,7 @@ def _app_host(text: str | None) -> str | None:
 
 
 # A plain absolute path: it goes into postgresql.conf between single quotes, shell scripts, URLs.
-_PLAIN_PATH = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+$")
+_PLAIN_PATH = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+\Z")
 _ENV_FILE = _PLAIN_PATH
 
 

@@ -32,6 +32,7 @@ import os
 import re
 import shlex
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -279,7 +280,9 @@ def sh_ok(script: str) -> bool:
 def check_rendered(s, real: RealReader | None) -> None:
     """The files and scripts rendered from accepted settings hold exactly what they mean."""
     for key, value, form in host_bound(s):
-        assert form.match(value), f"{key} reaches the host as {value!r}, not in its strict form"
+        assert form.fullmatch(value), f"{key} reaches the host as {value!r}, not in its strict form"
+    for path in (s.smoke_report_dir, s.migrations_dir, s.tarball):  # control-machine paths: printed, opened
+        assert path is None or not any(unicodedata.category(char) == "Cc" for char in str(path)), repr(path)
     profile = PROFILE
     plan = Plan(s, PLATFORM, {**profile, "bridges": BRIDGES})
 
