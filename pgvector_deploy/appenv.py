@@ -48,7 +48,7 @@ FILE_MODE = "600"
 FILE_OWNER = "root:root"
 # Values that mean the same, unquoted, to Compose's env_file and to docker run --env-file
 # (printable ASCII without spaces, quotes, backslash, $ for Compose's interpolation, # and `).
-_PLAIN = re.compile(r"^[!%&(-\[\]-_a-z{-~]+$")
+_PLAIN = re.compile(r"^[!%&(-\[\]-_a-z{-~]+\Z")
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,12 @@ def render_env_file(conn: Connection) -> str:
             lines.append("# PGPASSWORD is quoted for Compose (docker run --env-file would keep the quotes; use DATABASE_URL there).")
         lines.append(f"PGPASSWORD={password}")
     lines.append(f"PGDATABASE={conn.database}")
+    for line in lines:
+        # Every value but the password (quoted above) is plain; a guard behind the validation
+        # of host data: nothing else may start another line, variable or quote in this file.
+        name, _, value = line.partition("=")
+        if not line.startswith("#") and name != "PGPASSWORD" and not (re.fullmatch(r"[A-Z_]+", name) and _PLAIN.match(value)):
+            raise ValueError(f"{name} for the env file is not plain text: {value!r}")
     return "\n".join(lines) + "\n"
 
 

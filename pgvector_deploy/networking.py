@@ -27,7 +27,9 @@ Example::
 
 from __future__ import annotations
 
+import re
 import shlex
+from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
@@ -108,10 +110,48 @@ def client_rules(bridges: list[Bridge], settings) -> list[dict]:
     ]
 
 
+def pg_string(value: object) -> str:
+    """``value`` as a quoted string of a PostgreSQL config file: single quotes doubled,
+    backslashes doubled (PostgreSQL reads escapes there); a control character (a line break
+    would end the setting and start another) raises instead. Host data is validated before;
+    this is the template's own guard.
+
+    >>> print(pg_string("10.0.1.10,localhost"), pg_string("it's"))
+    '10.0.1.10,localhost' 'it''s'
+    """
+    text = str(value)
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError(f"{text!r} has a control character and cannot be written into a PostgreSQL config file")
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+_HBA_PLAIN = re.compile(r"^[A-Za-z0-9_.:/-]+\Z")
+HBA_KEYWORDS = ("all", "sameuser", "samerole", "samegroup", "replication", "samehost", "samenet")
+
+
+def hba_token(value: object) -> str:
+    """``value`` as one pg_hba.conf token meaning just itself: as is when plain, else in
+    double quotes (a keyword such as ``all``, a ``+group`` or ``@file``, a comma, space or
+    ``#``); a double quote or control character, which no token can hold, raises.
+
+    >>> hba_token("app"), hba_token("all"), hba_token("172.17.0.0/16")
+    ('app', '"all"', '172.17.0.0/16')
+    """
+    text = str(value)
+    if _HBA_PLAIN.match(text) and text not in HBA_KEYWORDS:
+        return text
+    if not text or '"' in text or any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError(f"{text!r} cannot be written as a pg_hba.conf token")
+    return f'"{text}"'
+
+
+@lru_cache(maxsize=None)
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True, undefined=jinja2.StrictUndefined
     )
+    environment.filters.update(pg_string=pg_string, hba_token=hba_token)
+    return environment
 
 
 def render_settings(platform: Platform, addresses: list[str], tls: tuple[str, str] | None = None) -> str:

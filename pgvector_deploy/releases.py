@@ -52,8 +52,8 @@ NEWEST_RELEASE = "0.8.6"
 SECURITY_FLOOR = "0.8.2"
 SECURITY_FLOOR_REASON = "CVE-2026-3172, a buffer overflow in parallel HNSW index builds fixed in 0.8.2"
 
-_VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\Z")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class ReleaseError(ValueError):

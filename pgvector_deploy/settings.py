@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Network, ip_address, ip_network
@@ -162,7 +163,11 @@ SETTINGS: tuple[Setting, ...] = (
         "memory one index build may use; auto: room for the HNSW graph of pg_hnsw_expected_vectors x "
         "pg_hnsw_expected_dimensions, at least 64MB, at most 25% of memory and 80% of /dev/shm.",
     ),
-    Setting("pg_max_parallel_maintenance_workers", "auto", "extra processes one index build may use; auto: CPUs - 1, at most 8."),
+    Setting(
+        "pg_max_parallel_maintenance_workers",
+        "auto",
+        "extra processes one index build may use; auto: CPUs - 1, at most 8; 0 when /dev/shm is too small for a parallel build.",
+    ),
     Setting(
         "pg_work_mem",
         "auto",
@@ -261,11 +266,29 @@ def _as_bool(key: str, value: Any) -> bool:
     raise SettingsError(f"{key}: {value!r} is not true or false. Fix: set {key} to True or False.")
 
 
-def _optional_text(value: Any) -> str | None:
+def _quote_fix(key: str) -> str:
+    # pyinfra's --data reads a bare number as an int (a password 0123 would become 123) and
+    # true/false and JSON as such; quotes keep text text.
+    return f"Fix: give {key} as a string: in quotes in the inventory, or --data '{key}=\"...\"' on the command line."
+
+
+def _text(key: str, value: Any, paths: bool = False) -> str | None:
+    """A text value with its surrounding spaces stripped; None (or only spaces): unset.
+    Anything else (a list, a number, True) and any control character (a line break, NUL, tab)
+    is refused naming the key: values reach config files, shell scripts and SQL. ``paths``:
+    a ``pathlib.Path`` is text too (control-machine paths in a Python inventory)."""
     if value is None:
         return None
-    text = str(value).strip()
-    return text or None
+    if paths and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise SettingsError(f"{key}: {value!r} is not text ({type(value).__name__}). {_quote_fix(key)}")
+    if any(unicodedata.category(char) == "Cc" for char in value.strip(" ")):
+        raise SettingsError(
+            f"{key}: {value!r} contains a line break, tab, NUL or other control character. "
+            f"Fix: give {key} without it (a value pasted or read from a file keeps its newline)."
+        )
+    return value.strip(" ") or None
 
 
 def sha256_of_file(path: Path) -> str:
@@ -288,25 +311,26 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
     portable = _as_bool("pgvector_portable", value("pgvector_portable"))
     try:
         release = choose_release(
-            str(value("pgvector_version")),
-            _optional_text(value("pgvector_sha256")),
+            _text("pgvector_version", value("pgvector_version")) or "",
+            _text("pgvector_sha256", value("pgvector_sha256")),
             allow_insecure,
         )
     except ReleaseError as error:
         raise SettingsError(str(error)) from None
 
-    url = _optional_text(value("pgvector_url")) or release.url
-    if not url.startswith(("http://", "https://")):
+    url = _text("pgvector_url", value("pgvector_url")) or release.url
+    if not _URL.match(url):
         raise SettingsError(
-            f"pgvector_url {url!r} is not an http(s) URL. Fix: give a full http:// or https:// URL, "
+            f"pgvector_url {url!r} is not an http(s) URL. Fix: give a full http:// or https:// URL "
+            "(printable ASCII, no spaces, quotes, backslashes, $ or `: percent-encode them), "
             "or set pgvector_tarball to upload a file from the control machine."
         )
 
-    tarball = _optional_text(value("pgvector_tarball"))
+    tarball = _control_path("pgvector_tarball", value("pgvector_tarball"))
     tarball_path = None
     if tarball is not None:
         tarball_path = Path(tarball).expanduser()
-        if not tarball_path.is_file():
+        if not _is(tarball_path, Path.is_file):
             raise SettingsError(
                 f"pgvector_tarball {tarball!r} does not exist on the control machine (relative paths start at "
                 f"{Path.cwd()}). Fix: point it at the downloaded v{release.version}.tar.gz, or unset it to "
@@ -326,7 +350,7 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
             )
 
     app = _app(value)
-    migrations_dir, migrations = _migrations(_optional_text(get("pg_migrations_dir")), app)  # type: ignore[operator]
+    migrations_dir, migrations = _migrations(_control_path("pg_migrations_dir", get("pg_migrations_dir")), app)  # type: ignore[operator]
     return Settings(
         release=release,
         url=url,
@@ -336,14 +360,37 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         docker_subnets=_subnets(value("pg_docker_subnets")),
         listen_addresses=_addresses(value("pg_listen_addresses")),
         app=app,
-        smoke_report_dir=Path(str(value("smoke_report_dir"))).expanduser(),
+        smoke_report_dir=Path(_control_path("smoke_report_dir", value("smoke_report_dir")) or DEFAULTS["smoke_report_dir"]).expanduser(),
         migrations_dir=migrations_dir,
         migrations=migrations,
         tuning=_tuning(value),
-        data_mount=_data_mount(_optional_text(value("pg_data_mount"))),
+        data_mount=_data_mount(_text("pg_data_mount", value("pg_data_mount"))),
         restart_allowed=_restart_allowed(value("pg_restart")),
         tls=_tls(value),
     )
+
+
+# http(s) and the characters of RFC 3986 but for ' (and no $, `, \, spaces, quotes): the URL
+# goes into a shell script (quoted) and into messages.
+# The patterns here end in \Z, not $, which would also match before a final newline.
+_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]{1,2040}\Z")
+_MAX_PATH = 1023  # PostgreSQL's MAXPGPATH - 1, and plenty for any host path
+
+
+def _control_path(key: str, value: Any) -> str | None:
+    """A path on the control machine: text without control characters, not absurdly long."""
+    text = _text(key, value, paths=True)
+    if text is not None and len(text) > 4095:
+        raise SettingsError(f"{key}: the path is {len(text)} characters long. Fix: give a path of at most 4095.")
+    return text
+
+
+def _is(path: Path, test: Callable[[Path], bool]) -> bool:
+    """``path.is_file()`` or ``is_dir()``; an OS error (a name too long, no permission) is no."""
+    try:
+        return test(path)
+    except OSError:
+        return False
 
 
 def _data_mount(text: str | None) -> str | None:
@@ -351,18 +398,16 @@ def _data_mount(text: str | None) -> str | None:
     if text is None:
         return None
     parts = text.rstrip("/").split("/")
-    if not text.startswith("/") or text.rstrip("/") == "" or any(part in ("", ".", "..") for part in parts[1:]) or any(
-        char.isspace() or char in "'\"\\" for char in text
-    ):
+    if text.rstrip("/") == "" or not _PLAIN_PATH.match(text.rstrip("/")) or any(part in ("", ".", "..") for part in parts[1:]):
         raise SettingsError(
             f"pg_data_mount: {text!r} is not the absolute path of a mount point. Fix: give the directory the data "
-            "volume is mounted at, such as /var/lib/postgresql (not /, no spaces or quotes)."
+            "volume is mounted at, such as /var/lib/postgresql (not /; letters, digits, and . _ - @ +)."
         )
     return text.rstrip("/")
 
 
 def _restart_allowed(value: Any) -> bool:
-    text = str(value).strip()
+    text = value.strip() if isinstance(value, str) else value
     if text not in ("allowed", "report"):
         raise SettingsError(
             f"pg_restart: {value!r} is neither 'allowed' nor 'report'. Fix: give 'allowed' (a run may restart "
@@ -371,30 +416,51 @@ def _restart_allowed(value: Any) -> bool:
     return text == "allowed"
 
 
-_SIZE = re.compile(r"^(\d+)\s*(kB|MB|GB|TB)?$")
+_SIZE = re.compile(r"([0-9]+) *(kB|MB|GB|TB)?")
 _SIZE_UNITS_MB = {"kB": 1 / 1024, "MB": 1, "GB": 1024, "TB": 1024 * 1024}
+
+# The most PostgreSQL 15 accepts for each size the tuning file sets, in MB: shared_buffers and
+# effective_cache_size count 8kB pages up to INT_MAX / 2 and INT_MAX, maintenance_work_mem and
+# work_mem kB up to INT_MAX (postgres --describe-config; checked against it by test_tuning.py).
+# Overrides beyond them are refused; computed values are clamped to them.
+PG_MAX_MB = {
+    "shared_buffers": 1073741823 * 8 // 1024,
+    "effective_cache_size": 2147483647 * 8 // 1024,
+    "maintenance_work_mem": 2147483647 // 1024,
+    "work_mem": 2147483647 // 1024,
+}
 
 
 def _size_mb(key: str, value: Any) -> int | None:
-    """'auto' -> None; 512 (MB), '512MB', '2GB' -> MB. PostgreSQL's units, case as it wants them."""
-    text = str(value).strip()
+    """'auto' -> None; 512 (MB), '512MB', '2GB' -> MB. PostgreSQL's units, case as it wants them,
+    within what PostgreSQL accepts for the setting (``PG_MAX_MB``)."""
+    text = value.strip() if isinstance(value, str) else value
     if text == "auto":
         return None
-    match = _SIZE.match(text)
-    size = int(int(match.group(1)) * _SIZE_UNITS_MB[match.group(2) or "MB"]) if match else 0
+    match = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    if isinstance(text, int) and not isinstance(text, bool):
+        size = text
+    else:
+        size = int(int(match.group(1)) * _SIZE_UNITS_MB[match.group(2) or "MB"]) if match else 0
     if size < 1:
         raise SettingsError(
             f"{key}: {value!r} is not a size of at least 1MB. Fix: give 'auto', a number of MB, "
             "or a PostgreSQL size such as '512MB' or '2GB' (units kB, MB, GB, TB as written)."
         )
+    most = PG_MAX_MB[key.removeprefix("pg_")]
+    if size > most:
+        raise SettingsError(
+            f"{key}: {value!r} is more than PostgreSQL accepts ({most}MB). Fix: give 'auto' or a smaller size."
+        )
     return size
 
 
 def _count(key: str, value: Any, low: int, high: int, auto: bool = False) -> int | None:
-    if auto and str(value).strip() == "auto":
+    if auto and isinstance(value, str) and value.strip() == "auto":
         return None
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or not low <= int(text) <= high:
+    text = str(value).strip() if isinstance(value, (str, int)) else ""
+    # ASCII digits only: str.isdigit() is also true for '²', which int() refuses.
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,12}", text) or not low <= int(text) <= high:
         allowed = "'auto' or " if auto else ""
         raise SettingsError(f"{key}: {value!r} is not a whole number from {low} to {high}. Fix: give {allowed}such a number.")
     return int(text)
@@ -442,7 +508,7 @@ def _subnets(value: Any) -> tuple[IPv4Network, ...]:
 
 
 # What an address looks like once ipaddress has normalised it: digits, hex, dots and colons.
-_PLAIN_ADDRESS = re.compile(r"^[0-9a-f.:]+$")
+_PLAIN_ADDRESS = re.compile(r"^[0-9a-f.:]+\Z")
 
 
 def _addresses(value: Any) -> tuple[str, ...]:
@@ -464,8 +530,25 @@ def _addresses(value: Any) -> tuple[str, ...]:
 
 
 # Lowercase, unquoted SQL identifiers only: no quoting surprises in SQL, shell or URLs.
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_RESERVED_ROLES = ("postgres",)
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
+_RESERVED_ROLES = ("postgres", "public")
+# PostgreSQL 15's keywords that are not "unreserved" (pg_get_keywords() catcode R, T or C; the
+# list is checked against the real server by test_hostile_host_data.py): unquoted in CREATE
+# ROLE or CREATE DATABASE they are a syntax error or mean something else, and "all" in a
+# pg_hba.conf user column means every role.
+SQL_KEYWORDS = frozenset(
+    """all analyse analyze and any array as asc asymmetric authorization between bigint binary bit boolean both
+    case cast char character check coalesce collate collation column concurrently constraint create cross
+    current_catalog current_date current_role current_schema current_time current_timestamp current_user dec
+    decimal default deferrable desc distinct do else end except exists extract false fetch float for foreign
+    freeze from full grant greatest group grouping having ilike in initially inner inout int integer intersect
+    interval into is isnull join lateral leading least left like limit localtime localtimestamp national natural
+    nchar none normalize not notnull null nullif numeric offset on only or order out outer overlaps overlay
+    placing position precision primary real references returning right row select session_user setof similar
+    smallint some substring symmetric table tablesample then time timestamp to trailing treat trim true union
+    unique user using values varchar variadic verbose when where window with xmlattributes xmlconcat xmlelement
+    xmlexists xmlforest xmlnamespaces xmlparse xmlpi xmlroot xmlserialize xmltable""".split()
+)
 
 
 def _identifier(key: str, text: str) -> str:
@@ -474,11 +557,16 @@ def _identifier(key: str, text: str) -> str:
             f"{key}: {text!r} is not a valid name. Fix: use lowercase letters, digits and _, "
             "starting with a letter or _, at most 63 characters (e.g. app or my_app)."
         )
+    if text in SQL_KEYWORDS:
+        raise SettingsError(
+            f"{key}: {text!r} is an SQL keyword PostgreSQL does not take as a plain name. "
+            "Fix: choose another name, such as app or my_app."
+        )
     return text
 
 
 def _app(value: Callable[[str], Any]) -> App | None:
-    user = _optional_text(value("pg_app_user"))
+    user = _text("pg_app_user", value("pg_app_user"))
     if user is None:
         return None
     _identifier("pg_app_user", user)
@@ -487,7 +575,7 @@ def _app(value: Callable[[str], Any]) -> App | None:
             f"pg_app_user: {user!r} is reserved (the superuser, or PostgreSQL's pg_ prefix). "
             "Fix: give the app its own role name, such as app."
         )
-    database = _identifier("pg_app_database", _optional_text(value("pg_app_database")) or user)
+    database = _identifier("pg_app_database", _text("pg_app_database", value("pg_app_database")) or user)
     if database in ("postgres", "template0", "template1"):
         raise SettingsError(f"pg_app_database: {database!r} is a system database. Fix: name the app's own database.")
     return App(
@@ -495,12 +583,12 @@ def _app(value: Callable[[str], Any]) -> App | None:
         database=database,
         password=_password(value),
         createdb=_as_bool("pg_app_createdb", value("pg_app_createdb")),
-        host=_app_host(_optional_text(value("pg_app_host"))),
-        env_file=_env_file(_optional_text(value("pg_app_env_file"))),
+        host=_app_host(_text("pg_app_host", value("pg_app_host"))),
+        env_file=_env_file(_text("pg_app_env_file", value("pg_app_env_file"))),
     )
 
 
-_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
 def _app_host(text: str | None) -> str | None:
@@ -519,14 +607,17 @@ def _app_host(text: str | None) -> str | None:
     return str(address)
 
 
-_ENV_FILE = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+$")
+# A plain absolute path: it goes into postgresql.conf between single quotes, shell scripts, URLs.
+_PLAIN_PATH = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+\Z")
+_ENV_FILE = _PLAIN_PATH
 
 
 def _env_file(text: str | None) -> str | None:
     if text is None:
         return None
     parts = text.split("/")
-    if not _ENV_FILE.match(text) or any(part in (".", "..") for part in parts) or text.startswith(("/proc/", "/sys/", "/dev/")):
+    special = text.startswith(("/proc/", "/sys/", "/dev/"))
+    if len(text) > _MAX_PATH or not _ENV_FILE.match(text) or any(part in (".", "..") for part in parts) or special:
         raise SettingsError(
             f"pg_app_env_file: {text!r} is not an absolute path we can write safely. Fix: give a plain absolute "
             "path such as /etc/pgvector-deploy/app.env (letters, digits, and . _ - @ +)."
@@ -536,7 +627,7 @@ def _env_file(text: str | None) -> str | None:
 
 def _tls(value: Callable[[str], Any]) -> ServerTls:
     names = ("pg_ssl_cert_file", "pg_ssl_key_file", "pg_ssl_ca_file")
-    cert, key, ca = (_host_file(name, _optional_text(value(name))) for name in names)
+    cert, key, ca = (_host_file(name, _text(name, value(name))) for name in names)
     if (cert is None) != (key is None):
         raise SettingsError(
             f"pg_ssl_cert_file and pg_ssl_key_file go together; only {'pg_ssl_cert_file' if cert else 'pg_ssl_key_file'} "
@@ -554,7 +645,7 @@ def _host_file(key: str, text: str | None) -> str | None:
     """A plain absolute path (it goes into postgresql.conf between single quotes)."""
     if text is None:
         return None
-    if not _ENV_FILE.match(text) or any(part in (".", "..") for part in text.split("/")):
+    if len(text) > _MAX_PATH or not _PLAIN_PATH.match(text) or any(part in (".", "..") for part in text.split("/")):
         raise SettingsError(
             f"{key}: {text!r} is not a plain absolute path. Fix: give a path on the host such as "
             "/etc/ssl/pgvector/server.pem (letters, digits, and . _ - @ +)."
@@ -574,7 +665,7 @@ def _migrations(text: str | None, app: App | None) -> tuple[Path | None, tuple[M
             )
         return None, ()
     folder = Path(text if explicit else DEFAULTS["pg_migrations_dir"]).expanduser()
-    if not folder.is_dir():
+    if not _is(folder, Path.is_dir):
         if explicit:
             raise SettingsError(
                 f"pg_migrations_dir {text!r} is not a folder on the control machine (relative paths start at "
@@ -600,12 +691,19 @@ def _password(value: Callable[[str], Any]) -> Secret:
             "(an SSM parameter name) or pg_app_password."
         )
     key = given[0]
+    if not isinstance(sources[key], str):  # the value itself is never shown: it may be the password
+        raise SettingsError(f"{key} is not text ({type(sources[key]).__name__}). {_quote_fix(key)}")
     if key == "pg_app_password":
-        password = str(sources[key])
-    elif not str(sources[key]).strip():
+        password = sources[key]
+    elif not sources[key].strip():
         raise SettingsError(f"{key} is empty. Fix: give the name of the variable or parameter that holds the password.")
     elif key == "pg_app_password_env":
-        name = str(sources[key]).strip()
+        name = _text(key, sources[key]) or ""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", name):
+            raise SettingsError(
+                f"pg_app_password_env: {name!r} is not an environment variable name. Fix: give the variable's "
+                "name (letters, digits and _), such as APP_DB_PASSWORD, not its value."
+            )
         password = os.environ.get(name, "")
         if not password:
             raise SettingsError(
@@ -613,7 +711,13 @@ def _password(value: Callable[[str], Any]) -> Secret:
                 f"machine. Fix: export {name}=... before running pyinfra."
             )
     else:
-        password = _ssm_parameter(str(sources[key]).strip())
+        name = _text(key, sources[key]) or ""
+        if not re.fullmatch(r"[A-Za-z0-9_.\-/]{1,2048}", name):
+            raise SettingsError(
+                f"pg_app_password_ssm: {name!r} is not an SSM parameter name. Fix: give the parameter's name "
+                "(letters, digits and _ . - /), such as /prod/app/db-password."
+            )
+        password = _ssm_parameter(name)
     if not password:
         raise SettingsError(f"{key}: the password is empty. Fix: give the app role a non-empty password.")
     if any(char in password for char in "\r\n\0"):
@@ -626,6 +730,12 @@ def _password(value: Callable[[str], Any]) -> Secret:
             "--value \"$(tr -d '\\n' < file)\"), or choose one without control characters."
         )
     return Secret(password)
+
+
+_SSM_FIX = (
+    "Fix: check the AWS configuration on the control machine "
+    "(AWS_REGION or the profile's region, credentials, permission ssm:GetParameter)."
+)
 
 
 @lru_cache(maxsize=None)
@@ -652,7 +762,7 @@ def _ssm_parameter(name: str) -> str:
                 f"{session.region_name or 'unset'}). Fix: create it as a SecureString, "
                 "or correct the name or AWS_REGION."
             ) from None
-        raise SettingsError(f"pg_app_password_ssm: reading {name!r} failed: {code or error}.") from None
+        raise SettingsError(f"pg_app_password_ssm: reading {name!r} failed: {code or error}. {_SSM_FIX}") from None
     except BotoCoreError as error:
-        raise SettingsError(f"pg_app_password_ssm: reading {name!r} failed: {error}.") from None
+        raise SettingsError(f"pg_app_password_ssm: reading {name!r} failed: {error}. {_SSM_FIX}") from None
     return response["Parameter"]["Value"]

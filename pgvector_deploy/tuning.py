@@ -29,6 +29,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from pyinfra import host, logger
 from pyinfra.api import operation
 
 from .facts import SETTINGS_ERRORS_SQL, ServerConfig, tuning_path
@@ -41,14 +42,16 @@ from .managed_files import (
     restart_decision,
     set_aside,
 )
+from .networking import pg_string
 from .platforms import UnsupportedHost
 from .preflight import Plan
-from .settings import TuningSettings
+from .settings import PG_MAX_MB, TuningSettings
 from .shell import SAFE_PATH, fails_host_on_error, host_locked
 
 HNSW_M = 16  # pgvector's default m; the graph estimate assumes it
 STOCK_MAINTENANCE_WORK_MEM_MB = 64
 MAX_AUTO_WORKERS = 8  # the default max_worker_processes and max_parallel_workers: no restart needed
+SHM_SHARE = 0.8  # of /dev/shm, the most a parallel build's graph may take (room for its other segments)
 TOLERANCE = 0.10  # an auto value on the host this close to the wanted one is kept
 RESTART_ONLY = ("shared_buffers",)  # of the settings we write, the ones PostgreSQL applies only at start
 RESTART_FIX = "lower pg_shared_buffers (or check the server log), then run again."
@@ -95,9 +98,36 @@ def _round_up(mb: float, step: int) -> int:
     return int(math.ceil(mb / step) * step)
 
 
+def shm_too_small(tuning: TuningSettings, profile: dict) -> str | None:
+    """Why index builds must not run in parallel here, or None: 80% of /dev/shm (where a
+    parallel build allocates its graph) is below the 64MB floor of maintenance_work_mem, so a
+    parallel build would fail with 'could not resize shared memory segment ... No space left on
+    device'. Only for auto workers; workers set in host data get a maintenance_work_mem sized
+    within /dev/shm instead."""
+    shm = profile.get("shm_mb")
+    if tuning.max_parallel_maintenance_workers is not None or not shm:
+        return None
+    if profile.get("cpus") is not None and min(max(profile["cpus"] - 1, 0), MAX_AUTO_WORKERS) == 0:
+        return None  # one CPU: serial anyway
+    if steady_mb(shm * SHM_SHARE, down=True) >= STOCK_MAINTENANCE_WORK_MEM_MB:
+        return None
+    return (
+        f"/dev/shm ({shm}MB) is too small for a parallel index build (it needs {STOCK_MAINTENANCE_WORK_MEM_MB}MB "
+        f"of maintenance_work_mem within {SHM_SHARE:.0%} of it): index builds run serially "
+        "(max_parallel_maintenance_workers = 0). Fix, for parallel builds: grow /dev/shm (docker run --shm-size=1g)."
+    )
+
+
+def _within_postgres(name: str, mb: int) -> tuple[int, str]:
+    """``mb`` clamped to the most PostgreSQL accepts for ``name``, and what to add to the reason."""
+    most = PG_MAX_MB[name]
+    return (most, f", clamped to {most}MB, the most PostgreSQL accepts") if mb > most else (mb, "")
+
+
 def plan_tuning(tuning: TuningSettings, profile: dict, max_connections: int = 100) -> list[Tuned]:
     """The settings to write, each with its reason. Overrides win; unknown memory or CPUs
-    leave those auto settings out (PostgreSQL keeps its defaults)."""
+    leave those auto settings out (PostgreSQL keeps its defaults). Every auto value is within
+    what PostgreSQL accepts (``PG_MAX_MB``), on any host size."""
     memory = profile.get("memory_mb")
     cpus = profile.get("cpus")
     shm = profile.get("shm_mb")
@@ -107,9 +137,12 @@ def plan_tuning(tuning: TuningSettings, profile: dict, max_connections: int = 10
         if override is not None:
             settings.append(Tuned(name, f"{override}{unit}", OVERRIDE_REASON, override=True))
         elif auto is not None:
-            settings.append(Tuned(name, f"{int(auto)}{unit}", reason))
+            clamped, note = _within_postgres(name, int(auto)) if unit == "MB" else (int(auto), "")
+            settings.append(Tuned(name, f"{clamped}{unit}", reason + note))
 
-    shared_buffers = tuning.shared_buffers_mb or (max(128, steady_mb(memory / 4)) if memory else None)
+    shared_buffers = tuning.shared_buffers_mb or (
+        min(max(128, steady_mb(memory / 4)), PG_MAX_MB["shared_buffers"]) if memory else None
+    )
     add(
         "shared_buffers",
         tuning.shared_buffers_mb,
@@ -125,32 +158,45 @@ def plan_tuning(tuning: TuningSettings, profile: dict, max_connections: int = 10
         "estimate only (allocates nothing), so HNSW index scans are costed as mostly cached",
     )
 
+    serial_reason = shm_too_small(tuning, profile)
     workers = tuning.max_parallel_maintenance_workers
-    if workers is None and cpus:
+    if serial_reason:
+        workers = 0
+    elif workers is None and cpus:
         workers = min(max(cpus - 1, 0), MAX_AUTO_WORKERS)
+    parallel = workers != 0  # None: PostgreSQL's default (2) stays
     graph_mb = hnsw_graph_bytes(tuning.hnsw_vectors, tuning.hnsw_dimensions) / (1 << 20)
     # 10% headroom, plus the ~4MB a parallel build keeps back from its shared area.
     wanted = _round_up(graph_mb * 1.1 + 8, 64)
     caps = {}
     if memory:
         caps[f"25% of {memory}MB memory"] = steady_mb(memory / 4, down=True)
-    if shm and workers:
+    floor = STOCK_MAINTENANCE_WORK_MEM_MB
+    if shm and parallel:
         # A parallel build puts the whole graph in one dynamic shared memory segment (/dev/shm).
-        caps[f"80% of the {shm}MB /dev/shm a parallel build allocates it in"] = steady_mb(shm * 4 / 5, down=True)
+        shm_cap = max(1, steady_mb(shm * SHM_SHARE, down=True))
+        caps[f"{SHM_SHARE:.0%} of the {shm}MB /dev/shm a parallel build allocates it in"] = shm_cap
+        floor = min(floor, shm_cap)  # workers set in host data: sized within /dev/shm, below the floor
     limit_reason, limit = min(caps.items(), key=lambda item: item[1]) if caps else ("", None)
-    mwm = max(STOCK_MAINTENANCE_WORK_MEM_MB, min(wanted, limit)) if limit is not None else wanted
+    mwm = max(floor, min(wanted, limit)) if limit is not None else wanted
+    mwm = min(mwm, PG_MAX_MB["maintenance_work_mem"])
     expected = f"{tuning.hnsw_vectors:,} x {tuning.hnsw_dimensions} HNSW graph (m={HNSW_M}) needs ~{math.ceil(graph_mb)}MB"
-    if limit is not None and wanted > limit:
+    if (limit is not None and wanted > limit) or mwm < wanted:
+        if limit is None or limit > PG_MAX_MB["maintenance_work_mem"]:
+            limit_reason = f"{PG_MAX_MB['maintenance_work_mem']}MB, the most PostgreSQL accepts"
         fits = int(mwm * (1 << 20) / hnsw_graph_bytes(1, tuning.hnsw_dimensions))
         reason = f"{expected}, capped at {limit_reason}: builds beyond ~{fits:,} vectors spill to disk (slower)"
     else:
         reason = f"{expected} (+10%): index builds of the expected size stay in memory"
+    if serial_reason:
+        reason += "; serial builds (see max_parallel_maintenance_workers), so /dev/shm does not cap it"
     add("maintenance_work_mem", tuning.maintenance_work_mem_mb, mwm, reason)
     add(
         "max_parallel_maintenance_workers",
         tuning.max_parallel_maintenance_workers,
         workers,
-        f"{cpus} CPUs minus the leader, which builds too: one process per CPU, never more "
+        serial_reason
+        or f"{cpus} CPUs minus the leader, which builds too: one process per CPU, never more "
         f"(at most {MAX_AUTO_WORKERS}, the default worker pool)",
         unit="",
     )
@@ -183,7 +229,7 @@ def check_overrides(tuning: TuningSettings, profile: dict) -> None:
             f"pg_maintenance_work_mem {tuning.maintenance_work_mem_mb}MB is more than half of this host's "
             f"{memory}MB memory. Fix: lower it, or set it to 'auto'."
         )
-    parallel = tuning.max_parallel_maintenance_workers != 0
+    parallel = tuning.max_parallel_maintenance_workers != 0 and not shm_too_small(tuning, profile)  # too small: serial
     if shm and parallel and tuning.maintenance_work_mem_mb and tuning.maintenance_work_mem_mb > shm:
         raise UnsupportedHost(
             f"pg_maintenance_work_mem {tuning.maintenance_work_mem_mb}MB is more than /dev/shm ({shm}MB): a parallel "
@@ -205,7 +251,7 @@ def render(settings: list[Tuned], profile: dict) -> str:
         f"# Sized for: {profile.get('memory_mb')}MB memory, {profile.get('cpus')} CPUs, /dev/shm {profile.get('shm_mb')}MB.",
     ]
     for tuned in settings:
-        lines += ["", f"# {tuned.reason}", f"{tuned.name} = '{tuned.value}'"]
+        lines += ["", f"# {' '.join(tuned.reason.split())}", f"{tuned.name} = {pg_string(tuned.value)}"]  # one comment line
     return "\n".join(lines) + "\n"
 
 
@@ -288,6 +334,9 @@ def server_settings(plan: Plan):
             restart = apply_restart(plan, "name = 'shared_buffers'", RESTART_FIX)
             yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{set_aside()}\n{reload_command(plan)}\n{restart}"
         return
+    serial = shm_too_small(plan.settings.tuning, plan.profile)
+    if serial and not getattr(getattr(host, "state", None), "is_executing", False):
+        logger.warning(f"{host.print_prefix}{serial}")  # once a run, while it plans (also with --dry)
     settings = plan_tuning(plan.settings.tuning, plan.profile, state["max_connections"])
     pending = [entry.split("|", 1)[1] for entry in state["pending_restart"] if entry.startswith(f"{path}|")]
     if not still_fits(current, settings):

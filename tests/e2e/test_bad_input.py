@@ -78,6 +78,18 @@ CASES = {
         {"pg_app_user": "app", "pg_app_password": "secret", "pg_app_database": "my-app;drop"},
         ["pg_app_database: 'my-app;drop' is not a valid name", "Fix:"],
     ),
+    "listen address with a zone id and a setting behind it": (
+        {"pg_listen_addresses": ["fe80::1%eth0'\nshared_preload_libraries = 'evil"]},
+        ["pg_listen_addresses: ", "has a zone id", "Fix:"],
+    ),
+    "app user that is an SQL keyword": (
+        {"pg_app_user": "user", "pg_app_password": "secret"},
+        ["pg_app_user: 'user' is an SQL keyword", "Fix:"],
+    ),
+    "a password that is not text": (
+        {"pg_app_user": "app", "pg_app_password": ["secret"]},
+        ["pg_app_password is not text (list)", "Fix:"],
+    ),
     "a boolean that is not true or false": (
         {"pgvector_portable": "maybe"},
         ["pgvector_portable: 'maybe' is not true or false. Fix:"],

@@ -5,6 +5,9 @@ restart pending. (The restart-or-roll-back shell itself: test_managed_files.py.)
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +18,16 @@ from pgvector_deploy.platforms import UnsupportedHost
 from pgvector_deploy.preflight import make_plan
 from pgvector_deploy.settings import SettingsError, TuningSettings, load_settings
 
-from .conftest import FactHost, run_operation, sh_syntax_error, with_changes
+from .conftest import (
+    AS_POSTGRES,
+    PG_BINDIR,
+    FactHost,
+    run_operation,
+    sh_syntax_error,
+    skip_or_fail,
+    throwaway_server_missing,
+    with_changes,
+)
 
 BASE = {"pgvector_version": "0.8.6"}
 
@@ -346,3 +358,147 @@ def test_disabled_with_report_sets_the_file_aside_without_restarting(provisioned
     (script,) = commands(plan, server_config({path: "shared_buffers = '1024MB'\n"}, shared_buffers_mb=1024))
     assert "systemctl restart" not in script and 'echo "restart pending: $pending' in script
     assert "[test-host] restart pending: shared_buffers" in caplog.text
+
+
+# --- small /dev/shm, huge memory: always what PostgreSQL accepts ------------------------------------
+
+# PostgreSQL 15's range of each setting we write, in MB (sizes) or processes; the numbers are
+# checked against the real server's own by test_the_ranges_are_postgresqls_own.
+PG_RANGE = {
+    "shared_buffers": (1, 1073741823 * 8 // 1024),  # 8kB pages, up to INT_MAX / 2
+    "effective_cache_size": (1, 2147483647 * 8 // 1024),  # 8kB pages, up to INT_MAX
+    "maintenance_work_mem": (1, 2147483647 // 1024),  # kB, up to INT_MAX (MAX_KILOBYTES)
+    "work_mem": (1, 2147483647 // 1024),
+    "max_parallel_maintenance_workers": (0, 1024),  # MAX_PARALLEL_WORKER_LIMIT
+}
+
+
+def number(value: str) -> int:
+    return int(value.removesuffix("MB"))
+
+
+@pytest.mark.parametrize("shm_mb", [32, 64, 79])
+def test_a_small_dev_shm_builds_serially_and_says_so(shm_mb, provisioned_profile, caplog):
+    """80% of /dev/shm below the 64MB floor of maintenance_work_mem: a parallel build would fail
+    with 'could not resize shared memory segment', so builds run serially (in the leader's own
+    memory, capped by memory only) and the file and the run say why."""
+    profile = lab_host(shm_mb=shm_mb)
+    chosen = tuning.plan_tuning(TuningSettings(), profile)
+    assert values(chosen)["max_parallel_maintenance_workers"] == "0"
+    assert values(chosen)["maintenance_work_mem"] == "5888MB"  # 25% of memory, as for a serial build
+    text = tuning.render(chosen, profile)
+    assert f"# /dev/shm ({shm_mb}MB) is too small for a parallel index build" in text
+    plan = make_plan(load_settings(BASE), with_changes(provisioned_profile, shm_mb=shm_mb))
+    commands(plan, server_config())
+    assert f"[test-host] /dev/shm ({shm_mb}MB) is too small for a parallel index build" in caplog.text
+
+
+def test_a_dev_shm_that_holds_the_floor_keeps_parallel_builds():
+    chosen = values(tuning.plan_tuning(TuningSettings(), lab_host(shm_mb=80)))  # 80% is 64MB
+    assert chosen["max_parallel_maintenance_workers"] == "1" and chosen["maintenance_work_mem"] == "64MB"
+
+
+def test_parallel_workers_set_in_host_data_size_maintenance_work_mem_within_a_small_dev_shm():
+    chosen = tuning.plan_tuning(TuningSettings(max_parallel_maintenance_workers=2), lab_host(shm_mb=32))
+    assert values(chosen)["max_parallel_maintenance_workers"] == "2"
+    mwm = next(tuned for tuned in chosen if tuned.name == "maintenance_work_mem")
+    assert mwm.value == "25MB" and "/dev/shm" in mwm.reason  # 80% of 32MB, below the 64MB floor
+
+
+def test_a_24_tib_host_gets_effective_cache_size_postgresql_accepts():
+    chosen = tuning.plan_tuning(TuningSettings(), lab_host(memory_mb=24 << 20, cpus=448, shm_mb=12 << 20))
+    ecs = next(tuned for tuned in chosen if tuned.name == "effective_cache_size")
+    assert number(ecs.value) == PG_RANGE["effective_cache_size"][1] and "most PostgreSQL accepts" in ecs.reason
+
+
+def _sweep():
+    """Memory from 0.5GB to 24TiB (log-spaced, ~3% steps), with several CPU counts, /dev/shm
+    sizes and expected graphs."""
+    memory = 512.0
+    while memory <= 24 << 20:
+        for cpus in (None, 1, 2, 16, 448):
+            for shm in (None, 1, 32, 64, int(memory) // 10, int(memory) // 2):
+                yield int(memory), cpus, shm
+        memory *= 1.03
+    yield 24 << 20, 448, 24 << 20
+
+
+GRAPHS = [TuningSettings(), TuningSettings(hnsw_vectors=1, hnsw_dimensions=1), TuningSettings(hnsw_vectors=10**10, hnsw_dimensions=16000)]
+
+
+def test_every_value_is_in_postgresqls_range_on_every_host_from_half_a_gb_to_24_tib():
+    checked = 0
+    for memory, cpus, shm in _sweep():
+        for settings in GRAPHS:
+            profile = {"memory_mb": memory, "cpus": cpus, "shm_mb": shm}
+            chosen = values(tuning.plan_tuning(settings, profile))
+            for name, value in chosen.items():
+                low, high = PG_RANGE[name]
+                assert low <= number(value) <= high, (profile, name, value)
+            if shm and chosen.get("max_parallel_maintenance_workers") != "0":
+                # a parallel build's graph fits the /dev/shm it is allocated in
+                assert number(chosen["maintenance_work_mem"]) <= shm * 0.8, (profile, chosen)
+            checked += 1
+    assert checked > 5000
+
+
+def _postgres_says(text: str, name: str) -> str:
+    """What the real postgres reads for ``name`` from a postgresql.conf holding ``text``."""
+    with tempfile.TemporaryDirectory(prefix="pgvd-tuning-") as folder:
+        Path(folder).chmod(0o755)  # postgres -C reads the folder as the postgres user
+        Path(folder, "postgresql.conf").write_text(text)
+        result = subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/postgres", "-D", folder, "-C", name], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def _need_postgres():
+    missing = throwaway_server_missing()
+    if missing:
+        skip_or_fail(f"no PostgreSQL 15 server binary: {missing}")
+
+
+@pytest.mark.parametrize("memory_mb, cpus, shm_mb", [(512, 1, 32), (24 << 20, 448, 12 << 20), (24 << 20, 448, None)])
+def test_the_real_postgres_reads_the_file_for_the_smallest_and_biggest_hosts(memory_mb, cpus, shm_mb):
+    _need_postgres()
+    profile = {"memory_mb": memory_mb, "cpus": cpus, "shm_mb": shm_mb}
+    big = TuningSettings(hnsw_vectors=10**10, hnsw_dimensions=16000)
+    chosen = tuning.plan_tuning(big, profile)
+    text = tuning.render(chosen, profile)
+    for tuned in chosen:
+        units = {"shared_buffers": 8, "effective_cache_size": 8}.get(tuned.name, 1)  # postgres -C prints 8kB pages or kB
+        expected = number(tuned.value) * 1024 // units if tuned.value.endswith("MB") else int(tuned.value)
+        assert _postgres_says(text, tuned.name) == str(expected), tuned
+
+
+def test_the_ranges_are_postgresqls_own():
+    _need_postgres()
+    described = subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/postgres", "--describe-config"], capture_output=True, text=True, check=True)
+    ranges = {fields[0]: (int(fields[5]), int(fields[6])) for fields in (line.split("\t") for line in described.stdout.splitlines())
+              if fields[0] in PG_RANGE}  # fmt: skip
+    units_kb = {"shared_buffers": 8, "effective_cache_size": 8, "maintenance_work_mem": 1, "work_mem": 1}
+    for name, (low, high) in ranges.items():
+        unit = units_kb.get(name)
+        assert PG_RANGE[name][1] == (high * unit // 1024 if unit else high), name
+        assert PG_RANGE[name][0] >= (-(-low * unit // 1024) if unit else low), name
+    assert set(ranges) == set(PG_RANGE)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("pg_effective_cache_size", "17TB"),
+        ("pg_shared_buffers", "9TB"),
+        ("pg_maintenance_work_mem", "3TB"),
+        ("pg_work_mem", "2097152MB"),
+    ],
+)
+def test_overrides_beyond_what_postgresql_accepts_are_refused(key, value):
+    with pytest.raises(SettingsError, match=f"{key}: {value!r} is more than PostgreSQL accepts") as raised:
+        load_settings({**BASE, key: value})
+    assert "Fix:" in str(raised.value)
+
+
+def test_the_largest_overrides_postgresql_accepts_are_kept():
+    settings = load_settings({**BASE, "pg_effective_cache_size": "16777215MB", "pg_work_mem": "2097151MB"})
+    assert (settings.tuning.effective_cache_size_mb, settings.tuning.work_mem_mb) == (16777215, 2097151)
