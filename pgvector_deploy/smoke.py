@@ -67,7 +67,7 @@ from pyinfra.api import FactBase, operation
 
 from . import tunnel
 from .networking import app_address
-from .platforms import POSTGRES_MAJOR, Platform
+from .platforms import Platform
 from .preflight import Plan
 from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, with_host_lock
 
@@ -550,7 +550,7 @@ def smoke_script(platform: Platform, port: int, version: str, app_user: str | No
             # Only in postgres and the scratch database, both owned by postgres.
             "AS_POSTGRES": as_postgres(platform, port, None, with_public=True, options=SMOKE_TIMEOUTS),
             "PG_CONFIG": shlex.quote(platform.pg_config),
-            "MAJOR": str(POSTGRES_MAJOR),
+            "MAJOR": str(platform.major),
             "PORT": str(int(port)),
             "COMMENT": f"'{SCRATCH_COMMENT}'",  # inside a double-quoted message
             "COMMENT_SQL": _sql_literal(SCRATCH_COMMENT),
