@@ -11,9 +11,10 @@ The major is a parameter of the data: a template's paths, packages and services 
 own repositories, or PGDG's). ``for_major`` fills one in; ``PLATFORMS`` holds every
 platform for the default major, 15 (host data ``pg_major`` picks another).
 
-The values come from ``shared/reference/platforms.md``. Only Debian 12 is proved on real
-hosts; entries marked "not verified here" are the best public knowledge, pinned by plan tests
-(tests/unit/test_plans.py, test_platform_plans.py).
+The values come from ``shared/reference/platforms.md``. Only Debian 12 (its own 15) and
+Debian 13 (its own 17) are proved on real hosts; entries marked "not verified here" are the
+best public knowledge, pinned by plan tests (tests/unit/test_plans.py, test_platform_plans.py,
+test_majors.py).
 
 Example::
 
