@@ -196,7 +196,7 @@ class Platform:
         return dict(self.majors)[self.major]
 
     def offers(self) -> str:
-        """``PostgreSQL 17 (distribution); 15, 16, 18 (PGDG)``: the majors, by where they come from."""
+        """``PostgreSQL 17 (the distribution); 15, 16, 18 (PGDG)``: the majors, by where they come from."""
         parts = []
         for source in (DISTRIBUTION, PGDG):
             found = [str(major) for major, where in self.majors if where == source]
