@@ -162,7 +162,8 @@ def _wait_for_port(address: str, port: int, timeout: float) -> None:
 
 
 class TestHost:
-    """A real Debian 12 host: own root filesystem, network namespace, and (optionally) systemd."""
+    """A real Debian 12 (or 13, ``suite="trixie"``) host: own root filesystem, network namespace,
+    and (optionally) systemd."""
 
     def __init__(self, lab: Lab, name: str, index: int, systemd: bool, arch: str = "amd64", suite: str = SUITE):
         self.lab = lab

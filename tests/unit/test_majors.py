@@ -315,3 +315,17 @@ def test_the_host_profile_reads_each_majors_stamp():
     assert "for major in 16 17 18; do [ -e /var/lib/pgvector-deploy/build-pg$major.json ]" in command
     for data_dir in ("/var/lib/postgresql/17/main", "/var/lib/pgsql/16/data", "/var/lib/pgsql/data"):
         assert data_dir in command
+
+
+# --- the test hosts' Debian 13 root filesystem ------------------------------------------------------
+
+
+def test_the_trixie_test_host_recipe_is_bookworms_with_trixies_sources_and_its_own_cache_key():
+    from tests.hosts import rootfs
+
+    trixie, bookworm = rootfs.customise("trixie"), rootfs.customise("bookworm")
+    assert "deb http://deb.debian.org/debian-security trixie-security main" in trixie and "bookworm" not in trixie
+    assert trixie.replace("trixie", "bookworm") == bookworm
+    assert rootfs._recipe_key("amd64", "trixie") != rootfs._recipe_key("amd64", "bookworm")
+    with pytest.raises(ValueError, match="no test-host recipe for suite 'sid'"):
+        rootfs.base_tarball("amd64", "sid")
