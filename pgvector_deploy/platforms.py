@@ -102,7 +102,7 @@ TOOL_PACKAGES = {
 
 @dataclass(frozen=True)
 class RepositoryStep:
-    """One step of making PostgreSQL 15 installable: a repository, a key, a module switch.
+    """One step of making a PostgreSQL major installable: a repository, a key, a module switch.
 
     ``check`` is a shell test that succeeds when the step is already done, so a converged
     host yields nothing; ``setup`` does the step. Both may say ``{arch}`` (``uname -m``).

@@ -1,4 +1,4 @@
-"""The vector smoke suite: does this host's PostgreSQL 15 really serve pgvector?
+"""The vector smoke suite: does this host's PostgreSQL (15, or pg_major) really serve pgvector?
 
 Ten checks, each reported by name as pass, fail or skip (with the reason). Nine run on the
 host in one round trip (the ``SmokeChecks`` fact, a shell script sent on standard input);
@@ -7,7 +7,7 @@ host in one round trip (the ``SmokeChecks`` fact, a shell script sent on standar
 
 ==================== ================================================================
 extension_files      vector.control and vector.so where the platform's pg_config puts
-                     them, and the server on the port is PostgreSQL 15
+                     them, and the server on the port is the platform's major
 template1_has_vector the scratch database, made from template1, has vector without
                      CREATE EXTENSION (and at the requested version)
 create_extension     ``DROP EXTENSION IF EXISTS vector CASCADE; CREATE EXTENSION vector``
