@@ -178,8 +178,8 @@ class Platform:
             value = getattr(template, spec.name)
             if isinstance(value, str):
                 filled[spec.name] = _fill(value, major)
-            elif spec.name in ("server_packages", "build_packages"):
-                filled[spec.name] = tuple(_fill(name, major) for name in value)
+            elif isinstance(value, tuple) and value and all(isinstance(item, str) for item in value):
+                filled[spec.name] = tuple(_fill(item, major) for item in value)  # package names
         filled.pop("proof")
         steps = tuple(step.for_major(major) for step in template.pgdg_repository) if source == PGDG else ()
         return dataclasses.replace(
