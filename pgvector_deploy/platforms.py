@@ -169,7 +169,8 @@ class Platform:
         source = dict(template.majors).get(major)
         if source is None:
             raise UnsupportedHost(
-                f"pg_major {major}: {template.label} has no PostgreSQL {major}; it offers {template.offers()}. "
+                f"pg_major {major}: {template.label} has no PostgreSQL {major} this toolkit installs; it offers "
+                f"{template.offers()}. "
                 f"Nothing was changed. Fix: set pg_major to one of {', '.join(str(m) for m, _ in template.majors)}, "
                 "or use another host."
             )

@@ -411,11 +411,12 @@ def _is(path: Path, test: Callable[[Path], bool]) -> bool:
 
 
 def _major(value: Any) -> int:
-    """A PostgreSQL major the toolkit knows (whether the host's platform has it is the preflight's)."""
+    """A PostgreSQL major number; whether the host's platform offers it (and this toolkit
+    knows it) is the preflight's to say, naming what that platform offers."""
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or int(text) not in KNOWN_MAJORS:
+    if isinstance(value, bool) or not text.isdigit():
         raise SettingsError(
-            f"pg_major: {value!r} is not a PostgreSQL major this toolkit installs. Fix: set pg_major to one of "
+            f"pg_major: {value!r} is not a PostgreSQL major number. Fix: set pg_major to one of "
             f"{', '.join(map(str, KNOWN_MAJORS))} (default {POSTGRES_MAJOR})."
         )
     return int(text)

@@ -47,20 +47,30 @@ def test_pg_major_defaults_to_15_and_takes_16_to_18():
     assert load_settings({"pg_allow_second_major": "yes"}).allow_second_major is True
 
 
-@pytest.mark.parametrize("value", [14, 19, "17.2", "seventeen", True, -15])
-def test_an_unknown_major_is_bad_host_data_naming_the_known_ones(value):
+@pytest.mark.parametrize("value", ["17.2", "seventeen", True, -15, ""])
+def test_a_major_that_is_not_a_number_is_bad_host_data(value):
     with pytest.raises(SettingsError) as error:
         load_settings({"pg_major": value})
     assert str(error.value) == (
-        f"pg_major: {value!r} is not a PostgreSQL major this toolkit installs. Fix: set pg_major to one of "
-        "15, 16, 17, 18 (default 15)."
+        f"pg_major: {value!r} is not a PostgreSQL major number. Fix: set pg_major to one of 15, 16, 17, 18 (default 15)."
     )
 
 
-def test_an_unknown_major_is_refused_before_the_host_is_looked_at():
-    host = recorded_host("debian13-x86_64", data={"pg_major": 14})
-    assert refusal_for(host).startswith("bad host data: pg_major: 14 is not a PostgreSQL major")
+def test_bad_host_data_is_refused_before_the_host_is_looked_at():
+    host = recorded_host("debian13-x86_64", data={"pg_major": "17.2"})
+    assert refusal_for(host).startswith("bad host data: pg_major: '17.2' is not a PostgreSQL major number")
     assert host.asked == []  # not even the host profile
+
+
+@pytest.mark.parametrize("value", [14, "19", 9])
+def test_a_major_the_toolkit_does_not_know_is_refused_naming_what_the_platform_offers(value):
+    host = recorded_host("debian13-x86_64", data={"pg_major": value})
+    assert refusal_for(host) == (
+        f"pg_major {value}: Debian 13 (trixie) has no PostgreSQL {value} this toolkit installs; it offers PostgreSQL 17 "
+        "(the distribution); 15, 16, 18 (PGDG). Nothing was changed. Fix: set pg_major to one of 15, 16, 17, 18, "
+        "or use another host."
+    )
+    assert [cls for cls, _, _ in host.asked] == [HostProfile]  # only looked
 
 
 # --- the platform data, per major ----------------------------------------------------------------
@@ -155,7 +165,8 @@ def test_a_major_the_platform_does_not_offer_is_refused_naming_what_it_offers(mo
     monkeypatch.setitem(platforms.TEMPLATES_BY_KEY, "ubuntu-22.04", dataclasses.replace(jammy, majors=platforms.offered(pgdg=(15, 16, 17))))
     host = recorded_host("ubuntu2204-x86_64", data={"pg_major": 18})
     assert refusal_for(host) == (
-        "pg_major 18: Ubuntu 22.04 (jammy) has no PostgreSQL 18; it offers PostgreSQL 15, 16, 17 (PGDG). Nothing was "
+        "pg_major 18: Ubuntu 22.04 (jammy) has no PostgreSQL 18 this toolkit installs; it offers PostgreSQL 15, 16, 17 "
+        "(PGDG). Nothing was "
         "changed. Fix: set pg_major to one of 15, 16, 17, or use another host."
     )
     assert [cls for cls, _, _ in host.asked] == [HostProfile]  # only looked
@@ -164,7 +175,7 @@ def test_a_major_the_platform_does_not_offer_is_refused_naming_what_it_offers(mo
 def test_offers_names_the_distributions_majors_then_pgdgs():
     debian13 = next(p for p in PLATFORMS if p.key == "debian-13")
     assert debian13.offers() == "PostgreSQL 17 (the distribution); 15, 16, 18 (PGDG)"
-    with pytest.raises(UnsupportedHost, match="has no PostgreSQL 14; it offers PostgreSQL 17 .the distribution.; 15, 16, 18 .PGDG."):
+    with pytest.raises(UnsupportedHost, match="has no PostgreSQL 14 this toolkit installs; it offers PostgreSQL 17 .the distribution.; 15, 16, 18 .PGDG."):
         debian13.for_major(14)
 
 
