@@ -149,14 +149,16 @@ def test_second_deploy_changes_nothing(trixie, release, provision):
     [
         ({}, "this host already has a cluster of another PostgreSQL major (17/main on port 5432, online), and pg_major is 15"),
         ({"pg_allow_second_major": True}, "port 5432 belongs to PostgreSQL 17 (cluster 17/main, online)"),
+        ({"pg_major": 14}, "pg_major 14: Debian 13 (trixie) has no PostgreSQL 14 this toolkit installs; it offers "
+                           "PostgreSQL 17 (the distribution); 15, 16, 18 (PGDG)"),
     ],
-    ids=["second-major-not-allowed", "second-major-allowed-but-17-owns-5432"],
+    ids=["second-major-not-allowed", "second-major-allowed-but-17-owns-5432", "major-not-offered"],
 )
 def test_another_major_is_refused_and_the_running_17_is_left_alone(trixie, release, provision, data, says):
     host, _ = trixie
     started = host.psql("SELECT pg_postmaster_start_time()")
     before = host.snapshot()
-    run = provision(host, **release, **data)  # pg_major: the default, 15
+    run = provision(host, **release, **data)  # pg_major: the default, 15, unless data says
     assert run.returncode != 0
     assert "REFUSED, nothing was changed on this host: " + says in run.output, run.output
     assert host.snapshot() == before
