@@ -221,10 +221,20 @@ def other_clusters(profile: dict, platform: Platform) -> list[tuple[int, str]]:
 def check_second_major(profile: dict, platform: Platform, allowed: bool) -> None:
     """Refuse to install pg_major beside a cluster of another major, unless host data allows it
     (pg_allow_second_major). Allowed, that cluster is never touched: every path, service and
-    stamp a run uses is pg_major's own, and check_port refuses it owning our port."""
+    stamp a run uses is pg_major's own; it must not have our port (refused here, naming the key)."""
     found = other_clusters(profile, platform)
-    if not found or allowed:
+    if not found:
         return
+    if allowed:
+        for cluster in profile["clusters"]:
+            if cluster["major"] != platform.major and cluster["port"] == POSTGRES_PORT:
+                raise UnsupportedHost(
+                    f"pg_allow_second_major lets PostgreSQL {platform.major} in beside cluster {cluster['major']}/"
+                    f"{cluster['name']} ({cluster['status']}), but that cluster has port {POSTGRES_PORT}, where this "
+                    f"toolkit runs PostgreSQL {platform.major}. Nothing was changed. Fix: move that cluster to another "
+                    f"port (its port setting, such as port = 5433, then restart it), or set pg_major to {cluster['major']}."
+                )
+        return  # that cluster is left as it is; a PostgreSQL listening on our port is check_port's
     majors = sorted({major for major, _ in found})
     manage = f"set pg_major to {majors[0]} to manage that cluster instead, or " if len(majors) == 1 else ""
     raise UnsupportedHost(

@@ -411,12 +411,16 @@ def _is(path: Path, test: Callable[[Path], bool]) -> bool:
 
 
 def _major(value: Any) -> int:
-    """A PostgreSQL major number; whether the host's platform offers it (and this toolkit
-    knows it) is the preflight's to say, naming what that platform offers."""
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit():
+    """A PostgreSQL major number (an int, or its ASCII digits as text); whether the host's
+    platform offers it (and this toolkit knows it) is the preflight's to say, naming what
+    that platform offers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        text = _text("pg_major", value) if isinstance(value, str) else None
+    if text is None or not re.match(r"[0-9]{1,3}\Z", text):
         raise SettingsError(
-            f"pg_major: {value!r} is not a PostgreSQL major number. Fix: set pg_major to one of "
+            f"pg_major: {value!r:.80} is not a PostgreSQL major number. Fix: set pg_major to one of "
             f"{', '.join(map(str, KNOWN_MAJORS))} (default {POSTGRES_MAJOR})."
         )
     return int(text)

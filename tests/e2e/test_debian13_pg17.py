@@ -148,7 +148,7 @@ def test_second_deploy_changes_nothing(trixie, release, provision):
     "data, says",
     [
         ({}, "this host already has a cluster of another PostgreSQL major (17/main on port 5432, online), and pg_major is 15"),
-        ({"pg_allow_second_major": True}, "port 5432 belongs to PostgreSQL 17 (cluster 17/main, online)"),
+        ({"pg_allow_second_major": True}, "pg_allow_second_major lets PostgreSQL 15 in beside cluster 17/main (online), but that cluster has port 5432"),
         ({"pg_major": 14}, "pg_major 14: Debian 13 (trixie) has no PostgreSQL 14 this toolkit installs; it offers "
                            "PostgreSQL 17 (the distribution); 15, 16, 18 (PGDG)"),
     ],

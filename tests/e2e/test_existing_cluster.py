@@ -63,7 +63,7 @@ def test_rerun_changes_nothing(adopted, tarball, provision):
     "data, says",
     [
         ({}, "this host already has a cluster of another PostgreSQL major (15/main on port 5432, online), and pg_major is 17"),
-        ({"pg_allow_second_major": True}, "port 5432 belongs to PostgreSQL 15 (cluster 15/main, online)"),
+        ({"pg_allow_second_major": True}, "pg_allow_second_major lets PostgreSQL 17 in beside cluster 15/main (online), but that cluster has port 5432"),
     ],
     ids=["not-allowed", "allowed-but-15-owns-5432"],
 )

@@ -239,8 +239,9 @@ def test_debian_12_with_15_running_refuses_17_unless_allowed_and_then_the_port_i
     assert "another PostgreSQL major (15/main on port 5432, online), and pg_major is 17" in refusal_for(host)
     host = recorded_host("debian12-x86_64", "provisioned", data={"pg_major": 17, "pg_allow_second_major": True})
     assert refusal_for(host) == (
-        "port 5432 belongs to PostgreSQL 15 (cluster 15/main, online). Fix: move or remove that cluster, so "
-        "PostgreSQL 17 can use port 5432."
+        "pg_allow_second_major lets PostgreSQL 17 in beside cluster 15/main (online), but that cluster has port 5432, "
+        "where this toolkit runs PostgreSQL 17. Nothing was changed. Fix: move that cluster to another port (its port "
+        "setting, such as port = 5433, then restart it), or set pg_major to 15."
     )
 
 
