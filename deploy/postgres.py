@@ -1,4 +1,4 @@
-"""PostgreSQL 15 + pgvector, compiled on each host. The recipe, stage by stage.
+"""PostgreSQL 15 (or host data pg_major) + pgvector, compiled on each host. The recipe, stage by stage.
 
     pyinfra @local deploy/postgres.py -y
     pyinfra inventories/prod.py deploy/postgres.py
@@ -28,12 +28,13 @@ else:
     # Stage 1, then fetch: the tarball's checksum is verified before PostgreSQL is installed.
     pgvector.fetch(plan, name="pgvector tarball is on the host, sha256 verified")
 
-    # Stage 2, PostgreSQL 15: its repository where the distribution lacks it, packages,
-    # cluster (adopted if it exists), running and at boot.
-    postgres.repository(plan, name="PostgreSQL 15 repositories are set up (PGDG, CRB) where needed")
-    postgres.packages(plan, name="PostgreSQL 15, PGXS headers and compiler are installed")
-    postgres.cluster(plan, name="PostgreSQL 15 cluster exists")
-    postgres.running(plan, name="PostgreSQL 15 is running and starts at boot")
+    # Stage 2, PostgreSQL (pg_major, 15 by default): its repository where the distribution
+    # lacks it, packages, cluster (adopted if it exists), running and at boot.
+    major = plan.platform.major
+    postgres.repository(plan, name=f"PostgreSQL {major} repositories are set up (PGDG, CRB) where needed")
+    postgres.packages(plan, name=f"PostgreSQL {major}, PGXS headers and compiler are installed")
+    postgres.cluster(plan, name=f"PostgreSQL {major} cluster exists")
+    postgres.running(plan, name=f"PostgreSQL {major} is running and starts at boot")
 
     # Stage 3, pgvector: compiled here against this host's pg_config, then enabled.
     pgvector.build(plan, name="pgvector is compiled on this host and installed")

@@ -22,13 +22,13 @@ from ipaddress import IPv4Interface, IPv4Network
 
 from pyinfra.api import FactBase
 
-from .platforms import PLATFORMS, Platform, parse_os_release
+from .platforms import KNOWN_MAJORS, PLATFORM_TEMPLATES, POSTGRES_MAJOR, Platform, parse_os_release
 from .shell import SAFE_PATH, as_postgres
 
 # Where the toolkit keeps its own state on a host.
 CACHE_DIR = "/var/cache/pgvector-deploy"
 STATE_DIR = "/var/lib/pgvector-deploy"
-BUILD_STAMP = f"{STATE_DIR}/build.json"
+BUILD_STAMP = f"{STATE_DIR}/build.json"  # PostgreSQL 15's (Platform.build_stamp: each major its own)
 BUILD_LOG = f"{STATE_DIR}/build.log"  # one line per build that ran: when, what, for which server
 # Configuration files it manages (beside the packaged ones, never instead of them).
 SETTINGS_FILE_NAME = "90-pgvector-deploy.conf"
@@ -85,10 +85,11 @@ class LoginAccess(FactBase):
         return {"uid": int(output[0].strip()), "sudo": output[0].strip() == "0" or "sudo=yes" in output[1:]}
 
 
-# Where each platform keeps a cluster (its data directory, and its configuration where that is
-# elsewhere): the preflight, which runs before the platform is known, looks at all of them.
-_DATA_DIRS = " ".join(sorted({platform.data_dir for platform in PLATFORMS}))
-_CONFIG_DIRS = " ".join(sorted({p.config_dir for p in PLATFORMS if p.config_dir != p.data_dir}))
+# Where each platform keeps a cluster of each major (its data directory, and its configuration
+# where that is elsewhere): the preflight, which runs before the platform is known, looks at all.
+_ALL = [template.for_major(major) for template in PLATFORM_TEMPLATES for major, _ in template.majors]
+_DATA_DIRS = " ".join(sorted({platform.data_dir for platform in _ALL}))
+_CONFIG_DIRS = " ".join(sorted({p.config_dir for p in _ALL if p.config_dir != p.data_dir}))
 # Traces of a cluster that is expected on the host, and what is (to be) mounted: which data
 # directories hold a cluster (PG_VERSION), which configuration directories exist, the build
 # stamp, /etc/fstab's entries (source|mount point|type|options) and the mount points in use.
@@ -96,6 +97,7 @@ _CLUSTER_TRACES = f"""echo data_dirs_checked=yes
 for dir in {_DATA_DIRS}; do [ -s "$dir/PG_VERSION" ] && echo "pg_version_file=$dir"; done
 for dir in {_CONFIG_DIRS}; do [ -d "$dir" ] && echo "config_dir=$dir"; done
 [ -e {BUILD_STAMP} ] && echo build_stamp=yes
+for major in {" ".join(str(m) for m in KNOWN_MAJORS if m != POSTGRES_MAJOR)}; do [ -e {STATE_DIR}/build-pg$major.json ] && echo "build_stamp_major=$major"; done
 [ -r /etc/fstab ] && awk '$1 !~ /^#/ && NF >= 3 {{print "fstab=" $1 "|" $2 "|" $3 "|" $4}}' /etc/fstab
 awk '{{print "mounted=" $5}}' /proc/self/mountinfo 2>/dev/null"""
 
@@ -193,7 +195,8 @@ def parse_host_profile(lines: list[str]) -> dict:
         # None: not looked at (a profile recorded before these lines existed).
         "initialised_data_dirs": values.get("pg_version_file", []) if "data_dirs_checked" in values else None,
         "config_dirs": values.get("config_dir", []),
-        "build_stamp": _first(values, "build_stamp") == "yes",
+        "build_stamp": _first(values, "build_stamp") == "yes",  # PostgreSQL 15's, build.json
+        "build_stamp_majors": [int(major) for major in values.get("build_stamp_major", []) if major.isdigit()],
         "fstab": parse_fstab(values.get("fstab", [])),
         "mounts": [_unescape_mount(point) for point in values.get("mounted", [])],
         "bridges": parse_bridges(values.get("address", [])),
@@ -374,7 +377,7 @@ if [ -x {platform.pg_config} ]; then
   [ -f "$share/extension/vector.control" ] && \
     echo "control_version=$(sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" "$share/extension/vector.control")"
 fi
-[ -f {BUILD_STAMP} ] && echo "stamp=$(tr -d '\\n' < {BUILD_STAMP})"
+[ -f {platform.build_stamp} ] && echo "stamp=$(tr -d '\\n' < {platform.build_stamp})"
 if [ -x {platform.bindir}/pg_isready ] && {platform.bindir}/pg_isready -q -h {platform.socket_dir} -p {int(port)}; then
   if versions=$({script} 2>/dev/null | {run_script} 2>/dev/null); then
     [ -z "$versions" ] || printf '%s\\n' "$versions"

@@ -24,7 +24,7 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
-from .facts import BUILD_LOG, BUILD_STAMP, CACHE_DIR, STATE_DIR, PgvectorState
+from .facts import BUILD_LOG, CACHE_DIR, STATE_DIR, PgvectorState
 from .platforms import Platform
 from .preflight import Plan
 from .releases import parse_version
@@ -161,9 +161,9 @@ PATH={SAFE_PATH}
 # Another run may have made this very build while this one waited for the lock: the stamp on
 # disk, the library and the control file say so, read now.
 sharedir=$({platform.pg_config} --sharedir)
-if [ "$(cat {BUILD_STAMP} 2>/dev/null)" = {shlex.quote(stamp_json)} ] && [ -f "$({platform.pg_config} --pkglibdir)/vector.so" ] \\
+if [ "$(cat {platform.build_stamp} 2>/dev/null)" = {shlex.quote(stamp_json)} ] && [ -f "$({platform.pg_config} --pkglibdir)/vector.so" ] \\
    && [ "$(sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" "$sharedir/extension/vector.control" 2>/dev/null)" = {version} ]; then
-  echo "pgvector {version} is already built for $({platform.pg_config} --version) (build stamp {BUILD_STAMP}); nothing to do"
+  echo "pgvector {version} is already built for $({platform.pg_config} --version) (build stamp {platform.build_stamp}); nothing to do"
   exit 0
 fi
 tarball={shlex.quote(tarball)}
@@ -192,8 +192,8 @@ installed=$(sed -n "s/^default_version *= *'\\(.*\\)'/\\1/p" "$({platform.pg_con
 [ "$installed" = {version} ] || {fail("installed vector.control says default_version ", Var("installed"), f", expected {version}")}
 {as_postgres(platform, port, "postgres", verify_sql)} >/dev/null
 mkdir -p -m 0755 {STATE_DIR}
-printf '%s\\n' {shlex.quote(stamp_json)} > {BUILD_STAMP}.new
-mv -f {BUILD_STAMP}.new {BUILD_STAMP}
+printf '%s\\n' {shlex.quote(stamp_json)} > {platform.build_stamp}.new
+mv -f {platform.build_stamp}.new {platform.build_stamp}
 built="pgvector {version} built and installed for $({platform.pg_config} --version)"
 printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$built" >> {BUILD_LOG}
 echo "$built"

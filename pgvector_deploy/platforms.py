@@ -1,13 +1,20 @@
 """The platform table: every per-distribution difference lives here, as data.
 
-A ``Platform`` says where PostgreSQL 15 comes from on a distribution, which packages a
+A ``Platform`` says where a PostgreSQL major comes from on a distribution, which packages a
 pgvector build needs, where ``pg_config`` is, how the cluster is created and started, and
 where its files are. Code elsewhere reads these fields and never branches on a distribution
-name. Adding a distribution is one entry in ``PLATFORMS`` plus recorded facts for its tests.
+name. Adding a distribution is one entry in ``PLATFORM_TEMPLATES`` plus recorded facts for
+its tests.
 
-The values come from ``shared/reference/platforms.md``. Only Debian 12 is proved on real
-hosts; entries marked "not verified here" are the best public knowledge, pinned by plan tests
-(tests/unit/test_plans.py, test_platform_plans.py).
+The major is a parameter of the data: a template's paths, packages and services say
+``{major}``, and ``majors`` says which majors the distribution offers and from where (its
+own repositories, or PGDG's). ``for_major`` fills one in; ``PLATFORMS`` holds every
+platform for the default major, 15 (host data ``pg_major`` picks another).
+
+The values come from ``shared/reference/platforms.md``. Only Debian 12 (its own 15) and
+Debian 13 (its own 17) are proved on real hosts; entries marked "not verified here" are the
+best public knowledge, pinned by plan tests (tests/unit/test_plans.py, test_platform_plans.py,
+test_majors.py).
 
 Example::
 
@@ -17,17 +24,24 @@ Example::
     'rhel-9'
     >>> detect_platform({"ID": "debian", "VERSION_ID": "13"}, "aarch64").key
     'debian-13'
+    >>> detect_platform({"ID": "debian", "VERSION_ID": "13"}, "x86_64").for_major(17).bindir
+    '/usr/lib/postgresql/17/bin'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass
 from os.path import dirname
 
 from .shell import fail
 
-POSTGRES_MAJOR = 15
+POSTGRES_MAJOR = 15  # the default major (host data pg_major)
+KNOWN_MAJORS = (15, 16, 17, 18)  # the majors the toolkit knows how to install
+# Where a platform's major comes from: the distribution's own repositories, or PGDG's.
+DISTRIBUTION = "distribution"
+PGDG = "PGDG"
 SUPPORTED_ARCHES = ("x86_64", "aarch64")
 
 
@@ -88,7 +102,7 @@ TOOL_PACKAGES = {
 
 @dataclass(frozen=True)
 class RepositoryStep:
-    """One step of making PostgreSQL 15 installable: a repository, a key, a module switch.
+    """One step of making a PostgreSQL major installable: a repository, a key, a module switch.
 
     ``check`` is a shell test that succeeds when the step is already done, so a converged
     host yields nothing; ``setup`` does the step. Both may say ``{arch}`` (``uname -m``).
@@ -103,9 +117,19 @@ class RepositoryStep:
         # replace, not str.format: shell is full of braces ({ ...; }, ${var}).
         return RepositoryStep(self.check.replace("{arch}", arch), self.setup.replace("{arch}", arch), self.os_ids)
 
+    def for_major(self, major: int) -> RepositoryStep:
+        return RepositoryStep(_fill(self.check, major), _fill(self.setup, major), self.os_ids)
+
+
+def _fill(text: str, major: int) -> str:
+    return text.replace("{major}", str(major))
+
 
 @dataclass(frozen=True)
 class Platform:
+    """One distribution for one major (``major``), or its template (``major`` 0: the string
+    fields say ``{major}``; ``for_major`` fills them in)."""
+
     key: str
     label: str
     os_ids: tuple[str, ...]  # os-release ID values
@@ -125,10 +149,68 @@ class Platform:
     service: str  # systemd unit of the cluster
     boot_unit: str  # systemd unit enabled so the cluster starts at boot
     proof: str  # "e2e": proved on real hosts in CI; "plan": plan-tested from recorded facts
-    repository: tuple[RepositoryStep, ...] = ()  # set-up before the packages can be installed
+    # The majors the distribution offers, each with where it comes from (DISTRIBUTION or PGDG).
+    majors: tuple[tuple[int, str], ...]
+    # Set-up before a PGDG major's packages can be installed (PGDG's repository, modules, CRB).
+    pgdg_repository: tuple[RepositoryStep, ...] = ()
+    # Set-up before this major's packages can be installed (for_major: PGDG's steps or none).
+    repository: tuple[RepositoryStep, ...] = ()
     # Base tools the run's shell uses on the host, from the distribution's own repositories
     # (installed first when missing: postgres.tools).
     tool_packages: tuple[str, ...] = ()
+    major: int = 0  # the major this entry is for; 0: a template
+    # Major-specific proof where it differs from ``proof`` (Debian 13's own 17 is proved e2e).
+    proof_by_major: tuple[tuple[int, str], ...] = ()
+
+    def for_major(self, major: int) -> Platform:
+        """This distribution for ``major``: paths, packages and services filled in, and the
+        repository steps its source needs. Raises UnsupportedHost naming what it offers."""
+        template = TEMPLATES_BY_KEY.get(self.key, self) if self.major else self
+        source = dict(template.majors).get(major)
+        if source is None:
+            raise UnsupportedHost(
+                f"pg_major {major}: {template.label} has no PostgreSQL {major} this toolkit installs; it offers "
+                f"{template.offers()}. "
+                f"Nothing was changed. Fix: set pg_major to one of {', '.join(str(m) for m, _ in template.majors)}, "
+                "or use another host."
+            )
+        filled = {}
+        for spec in dataclasses.fields(template):
+            value = getattr(template, spec.name)
+            if isinstance(value, str):
+                filled[spec.name] = _fill(value, major)
+            elif isinstance(value, tuple) and value and all(isinstance(item, str) for item in value):
+                filled[spec.name] = tuple(_fill(item, major) for item in value)  # package names
+        filled.pop("proof")
+        steps = tuple(step.for_major(major) for step in template.pgdg_repository) if source == PGDG else ()
+        return dataclasses.replace(
+            template,
+            **filled,
+            repository=steps,
+            major=major,
+            proof=dict(template.proof_by_major).get(major, template.proof),
+        )
+
+    @property
+    def source(self) -> str:
+        """Where this entry's major comes from: DISTRIBUTION or PGDG."""
+        return dict(self.majors)[self.major]
+
+    def offers(self) -> str:
+        """``PostgreSQL 17 (the distribution); 15, 16, 18 (PGDG)``: the majors, by where they come from."""
+        parts = []
+        for source in (DISTRIBUTION, PGDG):
+            found = [str(major) for major, where in self.majors if where == source]
+            if found:
+                parts.append(f"{', '.join(found)} ({'the distribution' if source == DISTRIBUTION else source})")
+        return "PostgreSQL " + "; ".join(parts)
+
+    @property
+    def build_stamp(self) -> str:
+        """The build stamp of pgvector for this major: 15 keeps the path it always had."""
+        from .facts import STATE_DIR  # facts reads this table when it loads
+
+        return f"{STATE_DIR}/build.json" if self.major == POSTGRES_MAJOR else f"{STATE_DIR}/build-pg{self.major}.json"
 
     def repository_steps(self, os_id: str, arch: str) -> tuple[RepositoryStep, ...]:
         """The repository steps for one host, in order, with its ``{arch}`` filled in."""
@@ -153,22 +235,29 @@ class Platform:
         return f"{self.bindir}/psql"
 
 
+# Templates: {major} is filled in by Platform.for_major. Each major has its own bindir,
+# cluster {major}/main, configuration and service (postgresql-common keeps majors apart).
 DEBIAN_FAMILY_PATHS = dict(
-    bindir=f"/usr/lib/postgresql/{POSTGRES_MAJOR}/bin",
-    data_dir=f"/var/lib/postgresql/{POSTGRES_MAJOR}/main",
-    config_dir=f"/etc/postgresql/{POSTGRES_MAJOR}/main",
+    bindir="/usr/lib/postgresql/{major}/bin",
+    data_dir="/var/lib/postgresql/{major}/main",
+    config_dir="/etc/postgresql/{major}/main",
     socket_dir="/var/run/postgresql",
-    create_cluster=f"pg_createcluster {POSTGRES_MAJOR} main --start-conf=auto",
-    start_without_systemd=f"pg_ctlcluster {POSTGRES_MAJOR} main start",
-    restart_without_systemd=f"pg_ctlcluster {POSTGRES_MAJOR} main restart",
-    service=f"postgresql@{POSTGRES_MAJOR}-main",
+    create_cluster="pg_createcluster {major} main --start-conf=auto",
+    start_without_systemd="pg_ctlcluster {major} main start",
+    restart_without_systemd="pg_ctlcluster {major} main restart",
+    service="postgresql@{major}-main",
     boot_unit="postgresql",
 )
 DEBIAN_FAMILY_PACKAGES = dict(
     tool_packages=TOOL_PACKAGES["apt"],
-    server_packages=(f"postgresql-{POSTGRES_MAJOR}",),
-    build_packages=(f"postgresql-server-dev-{POSTGRES_MAJOR}", "gcc", "make", "libc6-dev"),
+    server_packages=("postgresql-{major}",),
+    build_packages=("postgresql-server-dev-{major}", "gcc", "make", "libc6-dev"),
 )
+
+
+def offered(distribution: tuple[int, ...] = (), pgdg: tuple[int, ...] = ()) -> tuple[tuple[int, str], ...]:
+    """The ``majors`` of a platform: those its distribution ships, then those PGDG adds."""
+    return tuple(sorted([(m, DISTRIBUTION) for m in distribution] + [(m, PGDG) for m in pgdg]))
 
 PGDG_APT_KEY_URL = "https://www.postgresql.org/media/keys/ACCC4CF8.asc"
 PGDG_APT_KEYRING = "/etc/apt/keyrings/postgresql.asc"
@@ -209,9 +298,9 @@ def pg_ctl_start(bindir: str, data_dir: str, socket_dir: str, action: str = "sta
     )
 
 
-def ubuntu(version: str, codename: str) -> Platform:
+def ubuntu(version: str, codename: str, shipped: tuple[int, ...]) -> Platform:
     """Ubuntu LTS: PostgreSQL 15 from PGDG (22.04 ships 14, 24.04 ships 16, 26.04 ships 18),
-    Debian's layout."""
+    Debian's layout. ``shipped``: the known majors the distribution has itself."""
     return Platform(
         key=f"ubuntu-{version}",
         label=f"Ubuntu {version} ({codename})",
@@ -219,7 +308,8 @@ def ubuntu(version: str, codename: str) -> Platform:
         versions=(version,),
         package_manager=PACKAGE_MANAGERS["apt"],
         proof="plan",
-        repository=pgdg_apt(codename),
+        majors=offered(shipped, tuple(m for m in KNOWN_MAJORS if m not in shipped)),
+        pgdg_repository=pgdg_apt(codename),
         **DEBIAN_FAMILY_PACKAGES,
         **DEBIAN_FAMILY_PATHS,
     )
@@ -228,8 +318,8 @@ def ubuntu(version: str, codename: str) -> Platform:
 AMAZON_LINUX_2023_DATA_DIR = "/var/lib/pgsql/data"
 AMAZON_LINUX_2023_SOCKET_DIR = "/run/postgresql"  # not verified here (Fedora's packaging)
 
-PGDG_EL_BINDIR = f"/usr/pgsql-{POSTGRES_MAJOR}/bin"
-PGDG_EL_DATA_DIR = f"/var/lib/pgsql/{POSTGRES_MAJOR}/data"
+PGDG_EL_BINDIR = "/usr/pgsql-{major}/bin"
+PGDG_EL_DATA_DIR = "/var/lib/pgsql/{major}/data"
 PGDG_EL_SOCKET_DIR = "/run/postgresql"  # not verified here (PGDG's packaging)
 # dnf keeps a module's state in this file; reading it needs no repository metadata.
 POSTGRESQL_MODULE_DISABLED = "grep -qs '^state=disabled' /etc/dnf/modules.d/postgresql.module"
@@ -259,14 +349,14 @@ def rhel_crb(el_major: int) -> RepositoryStep:
     subscribed = f"codeready-builder-for-rhel-{el_major}-{{arch}}-rpms"
     neither = fail(
         f"CodeReady Builder cannot be enabled: dnf lists no RHUI repository codeready-builder-for-rhel-{el_major}-rhui-rpms "
-        f"and the host is not registered with subscription-manager. postgresql{POSTGRES_MAJOR}-devel needs it, so "
+        f"and the host is not registered with subscription-manager. postgresql{{major}}-devel needs it, so "
         "PostgreSQL was not installed. Fix: on a pay-as-you-go EC2 image (RHUI), make sure its RHUI client "
         f"repositories are present and run dnf config-manager --set-enabled codeready-builder-for-rhel-{el_major}-rhui-rpms; "
         f"on a subscribed host, register it (subscription-manager register) and run subscription-manager repos "
         f"--enable {subscribed}; then run again."
     )
     refused = fail(
-        f"subscription-manager could not enable {subscribed} (see above); postgresql{POSTGRES_MAJOR}-devel "
+        f"subscription-manager could not enable {subscribed} (see above); postgresql{{major}}-devel "
         "needs it, so PostgreSQL was not installed. Fix: attach a subscription that includes CodeReady "
         "Builder, then run again."
     )
@@ -291,7 +381,7 @@ ROCKY_ALMA_CRB = RepositoryStep(
 
 
 def enterprise_linux(el_major: int, postgresql_module: bool) -> Platform:
-    """RHEL, Rocky and AlmaLinux: PostgreSQL 15 from PGDG, CRB for the headers' dependencies.
+    """RHEL, Rocky and AlmaLinux: every major from PGDG, CRB for the headers' dependencies.
 
     ``postgresql_module``: AppStream has a postgresql module (EL 9), which would hide PGDG's
     packages, so it is disabled first. EL 10 has no modules.
@@ -308,29 +398,31 @@ def enterprise_linux(el_major: int, postgresql_module: bool) -> Platform:
         versions=(str(el_major),),
         package_manager=PACKAGE_MANAGERS["dnf"],
         tool_packages=TOOL_PACKAGES["dnf"],
-        server_packages=(f"postgresql{POSTGRES_MAJOR}-server",),
-        build_packages=(f"postgresql{POSTGRES_MAJOR}-devel", "gcc", "make", "redhat-rpm-config"),
+        server_packages=("postgresql{major}-server",),
+        build_packages=("postgresql{major}-devel", "gcc", "make", "redhat-rpm-config"),
         bindir=PGDG_EL_BINDIR,
         data_dir=PGDG_EL_DATA_DIR,
         config_dir=PGDG_EL_DATA_DIR,
         socket_dir=PGDG_EL_SOCKET_DIR,
-        create_cluster=f"{PGDG_EL_BINDIR}/postgresql-{POSTGRES_MAJOR}-setup initdb",
+        create_cluster=f"{PGDG_EL_BINDIR}/postgresql-{{major}}-setup initdb",
         start_without_systemd=pg_ctl_start(PGDG_EL_BINDIR, PGDG_EL_DATA_DIR, PGDG_EL_SOCKET_DIR),
         restart_without_systemd=pg_ctl_start(PGDG_EL_BINDIR, PGDG_EL_DATA_DIR, PGDG_EL_SOCKET_DIR, "restart"),
-        service=f"postgresql-{POSTGRES_MAJOR}",
-        boot_unit=f"postgresql-{POSTGRES_MAJOR}",
+        service="postgresql-{major}",
+        boot_unit="postgresql-{major}",
         proof="plan",
-        repository=(
+        # AppStream's own postgresql (EL 9 module, EL 10's 16) is not used: PGDG for every major.
+        majors=offered(pgdg=KNOWN_MAJORS),
+        pgdg_repository=(
             RepositoryStep(check="rpm -q --quiet pgdg-redhat-repo", setup=f"dnf -y install {pgdg_yum_repo_rpm(el_major)}"),
             *modules,
-            # postgresql15-devel needs perl(IPC::Run) from CRB, enabled differently per distribution.
+            # postgresql{major}-devel needs perl(IPC::Run) from CRB, enabled differently per distribution.
             rhel_crb(el_major),
             ROCKY_ALMA_CRB,
         ),
     )
 
 
-PLATFORMS: tuple[Platform, ...] = (
+PLATFORM_TEMPLATES: tuple[Platform, ...] = (
     Platform(
         key="debian-12",
         label="Debian 12 (bookworm)",
@@ -338,6 +430,10 @@ PLATFORMS: tuple[Platform, ...] = (
         versions=("12",),
         package_manager=PACKAGE_MANAGERS["apt"],
         proof="e2e",
+        # Only 15 (bookworm's own) is proved on real hosts; PGDG's are plan-tested.
+        proof_by_major=((16, "plan"), (17, "plan"), (18, "plan")),
+        majors=offered((15,), (16, 17, 18)),
+        pgdg_repository=pgdg_apt("bookworm"),
         **DEBIAN_FAMILY_PACKAGES,
         **DEBIAN_FAMILY_PATHS,
     ),
@@ -348,14 +444,16 @@ PLATFORMS: tuple[Platform, ...] = (
         versions=("13",),
         package_manager=PACKAGE_MANAGERS["apt"],
         proof="plan",
-        # trixie ships PostgreSQL 17; 15 comes from PGDG.
-        repository=pgdg_apt("trixie"),
+        # trixie ships PostgreSQL 17 (proved on real trixie hosts); 15, 16 and 18 come from PGDG.
+        proof_by_major=((17, "e2e"),),
+        majors=offered((17,), (15, 16, 18)),
+        pgdg_repository=pgdg_apt("trixie"),
         **DEBIAN_FAMILY_PACKAGES,
         **DEBIAN_FAMILY_PATHS,
     ),
-    ubuntu("22.04", "jammy"),
-    ubuntu("24.04", "noble"),
-    ubuntu("26.04", "resolute"),
+    ubuntu("22.04", "jammy", ()),
+    ubuntu("24.04", "noble", (16,)),
+    ubuntu("26.04", "resolute", (18,)),
     Platform(
         key="amzn-2023",
         label="Amazon Linux 2023",
@@ -363,12 +461,13 @@ PLATFORMS: tuple[Platform, ...] = (
         versions=("2023",),
         package_manager=PACKAGE_MANAGERS["dnf"],
         tool_packages=TOOL_PACKAGES["dnf"],
-        server_packages=(f"postgresql{POSTGRES_MAJOR}-server",),
+        server_packages=("postgresql{major}-server",),
         # postgresql15-server-devel, not libpq-devel: they conflict, and libpq-devel's pg_config
         # has no PGXS. amazon-rpm-config provides the -specs= files that `pg_config --ldflags`
         # names (public issue reports; not verified here).
-        build_packages=(f"postgresql{POSTGRES_MAJOR}-server-devel", "gcc", "make", "amazon-rpm-config"),
-        # postgresql15* conflict with the other majors' packages, so /usr/bin is 15's own.
+        build_packages=("postgresql{major}-server-devel", "gcc", "make", "amazon-rpm-config"),
+        # postgresql15* conflict with the other majors' packages, so /usr/bin is that major's
+        # own: one major per host (preflight.check_binaries refuses another one's server there).
         bindir="/usr/bin",
         data_dir=AMAZON_LINUX_2023_DATA_DIR,
         config_dir=AMAZON_LINUX_2023_DATA_DIR,
@@ -381,10 +480,16 @@ PLATFORMS: tuple[Platform, ...] = (
         service="postgresql",
         boot_unit="postgresql",
         proof="plan",
+        # The distribution's postgresql15..18 packages (platforms.md; not verified here).
+        majors=offered((15, 16, 17, 18)),
     ),
     enterprise_linux(9, postgresql_module=True),
     enterprise_linux(10, postgresql_module=False),
 )
+
+TEMPLATES_BY_KEY = {template.key: template for template in PLATFORM_TEMPLATES}
+# Every platform for the default major (what a host without pg_major gets).
+PLATFORMS: tuple[Platform, ...] = tuple(template.for_major(POSTGRES_MAJOR) for template in PLATFORM_TEMPLATES)
 
 # Distributions we recognise and refuse, with the reason a user should read.
 REFUSED = {

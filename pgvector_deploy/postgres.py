@@ -1,4 +1,4 @@
-"""PostgreSQL 15 itself: where it comes from, packages, the cluster, running now and at boot.
+"""PostgreSQL itself (15, or host data pg_major): where it comes from, packages, the cluster, running now and at boot.
 
 Each operation asks a fact first and yields commands only when the host differs from what
 is wanted, so a converged host reports no change. A cluster that exists (its data directory
@@ -19,7 +19,6 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from .facts import ClusterState, InstalledPackages, RepositoryChecks
-from .platforms import POSTGRES_MAJOR
 from .preflight import Plan
 from .shell import SAFE_PATH, fails_host_on_error, host_locked
 
@@ -54,7 +53,7 @@ def tools(plan: Plan):
 @host_locked
 @fails_host_on_error
 def repository(plan: Plan):
-    """Set up where PostgreSQL 15 comes from (PGDG repository, modules, CRB), only the steps
+    """Set up where the PostgreSQL major comes from (PGDG repository, modules, CRB), only the steps
     not done yet. One fact runs every step's check; a platform without steps asks nothing.
 
     .. code:: python
@@ -64,11 +63,11 @@ def repository(plan: Plan):
     platform = plan.platform
     steps = platform.repository_steps(plan.os_id, plan.arch)
     if not steps:
-        host.noop(f"{platform.label} ships PostgreSQL {POSTGRES_MAJOR} in its own repositories")
+        host.noop(f"{platform.label} ships PostgreSQL {platform.major} in its own repositories")
         return
     done = plan.fact(RepositoryChecks, checks=tuple(step.check for step in steps))
     if len(done) == len(steps):
-        host.noop(f"PostgreSQL {POSTGRES_MAJOR} repositories already set up")
+        host.noop(f"PostgreSQL {platform.major} repositories already set up")
         return
     for index, step in enumerate(steps):
         if index not in done:

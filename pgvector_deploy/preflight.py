@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pyinfra import host as current_host
 from pyinfra.api import operation
 
-from .facts import BUILD_STAMP, CACHE_DIR, FactBundle, HostProfile, LoginAccess
+from .facts import CACHE_DIR, FactBundle, HostProfile, LoginAccess
 from .platforms import POSTGRES_MAJOR, Platform, UnsupportedHost, detect_platform
 from .settings import Settings, SettingsError, load_settings
 from .shell import fail, fails_host_on_error, unexpected_error
@@ -121,7 +121,8 @@ class Plan:
         return self.profile["arch"]
 
     def __repr__(self) -> str:  # shown by pyinfra next to operation names
-        return f"Plan({self.platform.key}, pgvector {self.settings.version})"
+        major = "" if self.platform.major == POSTGRES_MAJOR else f", PostgreSQL {self.platform.major}"
+        return f"Plan({self.platform.key}{major}, pgvector {self.settings.version})"
 
 
 class UnreadableFact(Exception):
@@ -144,21 +145,22 @@ def tarball_path(version: str) -> str:
 
 
 def check_port(profile: dict, platform: Platform, port: int) -> None:
-    """Refuse when something other than our PostgreSQL 15 cluster owns (or will own) the port."""
+    """Refuse when something other than our cluster (of pg_major) owns (or will own) the port."""
+    major = platform.major
     for cluster in profile["clusters"]:
-        if cluster["major"] == POSTGRES_MAJOR and cluster["name"] == "main" and cluster["port"] != port:
+        if cluster["major"] == major and cluster["name"] == "main" and cluster["port"] != port:
             raise UnsupportedHost(
-                f"PostgreSQL {POSTGRES_MAJOR} cluster {POSTGRES_MAJOR}/main listens on port {cluster['port']}, "
+                f"PostgreSQL {major} cluster {major}/main listens on port {cluster['port']}, "
                 f"but this toolkit manages it on port {port}. Fix: move that cluster to port {port} "
                 f"(port = {port} in {platform.config_dir}/postgresql.conf, then restart it)."
             )
-        if cluster["major"] != POSTGRES_MAJOR and cluster["port"] == port:
+        if cluster["major"] != major and cluster["port"] == port:
             raise UnsupportedHost(
                 f"port {port} belongs to PostgreSQL {cluster['major']} (cluster {cluster['major']}/{cluster['name']}, "
-                f"{cluster['status']}). Fix: move or remove that cluster, so PostgreSQL {POSTGRES_MAJOR} can use port {port}."
+                f"{cluster['status']}). Fix: move or remove that cluster, so PostgreSQL {major} can use port {port}."
             )
     if any(
-        cluster["major"] == POSTGRES_MAJOR and cluster["port"] == port and cluster["status"] == "online"
+        cluster["major"] == major and cluster["port"] == port and cluster["status"] == "online"
         for cluster in profile["clusters"]
     ):
         return  # the distribution's cluster tool says our own cluster serves the port
@@ -166,13 +168,13 @@ def check_port(profile: dict, platform: Platform, port: int) -> None:
     for listener in profile["listeners"]:
         exe = listener["exe"]
         if exe == ours:
-            # Our own PostgreSQL 15 already serves the port. The server binary itself, not
+            # Our own PostgreSQL already serves the port. The server binary itself, not
             # anything in the bindir: Amazon Linux 2023's is /usr/bin, docker-proxy's too.
             continue
         owner = exe or listener["process"] or "an unknown process"
         if "postgres" in exe or listener["process"] == "postgres":
             raise UnsupportedHost(
-                f"port {port} is taken by another PostgreSQL ({owner}), not PostgreSQL {POSTGRES_MAJOR} "
+                f"port {port} is taken by another PostgreSQL ({owner}), not PostgreSQL {major} "
                 f"from {platform.bindir}. Fix: stop it or move it to another port."
             )
         raise UnsupportedHost(
@@ -182,7 +184,7 @@ def check_port(profile: dict, platform: Platform, port: int) -> None:
 
 
 def check_binaries(profile: dict, platform: Platform) -> None:
-    """Refuse when another major's server sits where the platform installs PostgreSQL 15.
+    """Refuse when another major's server sits where the platform installs pg_major.
 
     Only possible where the bindir is shared (Amazon Linux 2023's /usr/bin): its
     postgresql15 packages conflict with that major's, and the port check would take that
@@ -190,12 +192,56 @@ def check_binaries(profile: dict, platform: Platform) -> None:
     """
     ours = f"{platform.bindir}/postgres"
     for binary in profile["postgres_binaries"]:
-        if binary["path"] == ours and binary["major"] not in (None, POSTGRES_MAJOR):
+        if binary["path"] == ours and binary["major"] not in (None, platform.major):
             raise UnsupportedHost(
                 f"{ours} is PostgreSQL {binary['major']} ({binary['version']}), where {platform.label} puts "
-                f"PostgreSQL {POSTGRES_MAJOR}. Fix: remove PostgreSQL {binary['major']}'s packages, or use "
+                f"PostgreSQL {platform.major}. Fix: remove PostgreSQL {binary['major']}'s packages, or use "
                 f"another host."
             )
+
+
+def other_clusters(profile: dict, platform: Platform) -> list[tuple[int, str]]:
+    """Clusters of another major than pg_major on the host, as (major, description): those
+    pg_lsclusters lists (Debian's layout), and other majors' data directories holding a
+    PG_VERSION (PGDG's EL layout, where each major has its own)."""
+    found = [
+        (c["major"], f"{c['major']}/{c['name']} on port {c['port']}, {c['status']}")
+        for c in profile["clusters"]
+        if c["major"] != platform.major
+    ]
+    listed = {c["data_dir"].rstrip("/") for c in profile["clusters"]}
+    initialised = profile.get("initialised_data_dirs") or []
+    for major, _ in platform.majors:
+        data_dir = platform.for_major(major).data_dir
+        if major != platform.major and data_dir != platform.data_dir and data_dir not in listed and data_dir in initialised:
+            found.append((major, f"PostgreSQL {major} in {data_dir}"))
+    return found
+
+
+def check_second_major(profile: dict, platform: Platform, allowed: bool) -> None:
+    """Refuse to install pg_major beside a cluster of another major, unless host data allows it
+    (pg_allow_second_major). Allowed, that cluster is never touched: every path, service and
+    stamp a run uses is pg_major's own; it must not have our port (refused here, naming the key)."""
+    found = other_clusters(profile, platform)
+    if not found:
+        return
+    if allowed:
+        for cluster in profile["clusters"]:
+            if cluster["major"] != platform.major and cluster["port"] == POSTGRES_PORT:
+                raise UnsupportedHost(
+                    f"pg_allow_second_major lets PostgreSQL {platform.major} in beside cluster {cluster['major']}/"
+                    f"{cluster['name']} ({cluster['status']}), but that cluster has port {POSTGRES_PORT}, where this "
+                    f"toolkit runs PostgreSQL {platform.major}. Nothing was changed. Fix: move that cluster to another "
+                    f"port (its port setting, such as port = 5433, then restart it), or set pg_major to {cluster['major']}."
+                )
+        return  # that cluster is left as it is; a PostgreSQL listening on our port is check_port's
+    majors = sorted({major for major, _ in found})
+    manage = f"set pg_major to {majors[0]} to manage that cluster instead, or " if len(majors) == 1 else ""
+    raise UnsupportedHost(
+        f"this host already has a cluster of another PostgreSQL major ({'; '.join(text for _, text in found)}), and "
+        f"pg_major is {platform.major}. Nothing was changed. Fix: {manage}set pg_allow_second_major: True to install "
+        f"PostgreSQL {platform.major} beside it (that cluster is left as it is, and must not use port {POSTGRES_PORT})."
+    )
 
 
 def _under(path: str, mount_point: str) -> bool:
@@ -250,12 +296,16 @@ def check_data_directory(profile: dict, platform: Platform, data_mount: str | No
         if not undo:
             expected.append(f"its configuration directory {platform.config_dir} exists")
             undo.append(f"remove {platform.config_dir}")
-    if profile.get("build_stamp"):
-        expected.append(f"pgvector-deploy's build stamp {BUILD_STAMP} says it provisioned this host")
-        undo.append(f"rm {BUILD_STAMP}")
+    if platform.major == POSTGRES_MAJOR:
+        stamped = profile.get("build_stamp")  # build.json, the path 15's stamp always had
+    else:
+        stamped = platform.major in profile.get("build_stamp_majors", [])
+    if stamped:
+        expected.append(f"pgvector-deploy's build stamp {platform.build_stamp} says it provisioned this host")
+        undo.append(f"rm {platform.build_stamp}")
     if expected:
         raise UnsupportedHost(
-            f"a PostgreSQL {POSTGRES_MAJOR} cluster is expected in {data_dir} ({'; '.join(expected)}), but it has no "
+            f"a PostgreSQL {platform.major} cluster is expected in {data_dir} ({'; '.join(expected)}), but it has no "
             "PG_VERSION: its volume may not be mounted, or the directory was emptied. A run now would initialise a "
             "new, empty cluster there. Nothing was changed. Fix: mount the volume that holds the cluster's data at "
             f"its place, then run again; only if that data is gone for good and a new empty cluster is wanted, "
@@ -298,11 +348,13 @@ def make_plan(settings: Settings, profile: dict, *, ec2_architecture: str | None
     """
     # First: on a host that is not the instance EC2 described, every other finding is moot.
     check_ec2_architecture(ec2_architecture, profile["arch"])
-    platform = detect_platform(profile["os_release"], profile["arch"])
+    # The distribution, then pg_major on it: one it does not offer is refused, naming those it does.
+    platform = detect_platform(profile["os_release"], profile["arch"]).for_major(settings.major)
     tool = platform.package_manager.tool
     if tool not in profile["package_tools"]:
         raise UnsupportedHost(f"{platform.label} without {tool}: found {profile['package_tools'] or 'no package tool'}.")
     check_binaries(profile, platform)
+    check_second_major(profile, platform, settings.allow_second_major)
     # Before anything is installed: on Debian, installing postgresql-15 itself creates a cluster.
     check_data_directory(profile, platform, settings.data_mount)
     check_port(profile, platform, POSTGRES_PORT)
@@ -313,8 +365,8 @@ def make_plan(settings: Settings, profile: dict, *, ec2_architecture: str | None
     return Plan(settings=settings, platform=platform, profile=profile)
 
 
-# Free space a run may need: a pgvector build in /var/tmp, and (on a host without PostgreSQL
-# 15 yet) the server, headers and compiler under /usr, with apt/dnf's downloads.
+# Free space a run may need: a pgvector build in /var/tmp, and (on a host without pg_major
+# yet) the server, headers and compiler under /usr, with apt/dnf's downloads.
 BUILD_SPACE_MB = 200
 INSTALL_SPACE_MB = 1500
 
@@ -327,7 +379,7 @@ def check_disk_space(profile: dict, platform: Platform) -> None:
     for path, wanted in needs.items():
         free = profile.get("free_mb", {}).get(path)
         if free is not None and free < wanted:
-            what = "a pgvector build" if path == "/var/tmp" else "installing PostgreSQL 15, its headers and a compiler"
+            what = "a pgvector build" if path == "/var/tmp" else f"installing PostgreSQL {platform.major}, its headers and a compiler"
             raise UnsupportedHost(
                 f"only {free} MB free on the file system of {path}; {what} needs {wanted} MB. "
                 f"Fix: free space there (or grow the volume), then run again."

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .migrations import Migration, MigrationError, read_folder
+from .platforms import KNOWN_MAJORS, POSTGRES_MAJOR
 from .releases import NEWEST_RELEASE, Release, ReleaseError, SECURITY_FLOOR, choose_release
 
 
@@ -40,6 +41,18 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "pg_major",
+        POSTGRES_MAJOR,
+        f"PostgreSQL major to install and build pgvector for ({', '.join(map(str, KNOWN_MAJORS))}), from the "
+        "distribution or PGDG, whichever the platform has it from; one the platform lacks is refused, naming what it offers.",
+    ),
+    Setting(
+        "pg_allow_second_major",
+        False,
+        "allow installing pg_major on a host where a cluster of another major already exists; that cluster is never "
+        "touched, and must not use port 5432. False: such a host is refused.",
+    ),
     Setting("pgvector_version", NEWEST_RELEASE, "pgvector release to compile on the host (X.Y.Z)."),
     Setting(
         "pgvector_sha256",
@@ -237,6 +250,8 @@ class Settings:
     data_mount: str | None = None  # pg_data_mount: must be mounted before a cluster is made or adopted
     restart_allowed: bool = True  # pg_restart: allowed (True) or report (False)
     tls: ServerTls = ServerTls()
+    major: int = POSTGRES_MAJOR  # pg_major
+    allow_second_major: bool = False  # pg_allow_second_major
 
     @property
     def version(self) -> str:
@@ -367,6 +382,8 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         data_mount=_data_mount(_text("pg_data_mount", value("pg_data_mount"))),
         restart_allowed=_restart_allowed(value("pg_restart")),
         tls=_tls(value),
+        major=_major(value("pg_major")),
+        allow_second_major=_as_bool("pg_allow_second_major", value("pg_allow_second_major")),
     )
 
 
@@ -391,6 +408,22 @@ def _is(path: Path, test: Callable[[Path], bool]) -> bool:
         return test(path)
     except OSError:
         return False
+
+
+def _major(value: Any) -> int:
+    """A PostgreSQL major number (an int, or its ASCII digits as text); whether the host's
+    platform offers it (and this toolkit knows it) is the preflight's to say, naming what
+    that platform offers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        text = _text("pg_major", value) if isinstance(value, str) else None
+    if text is None or not re.match(r"[0-9]{1,3}\Z", text):
+        raise SettingsError(
+            f"pg_major: {value!r:.80} is not a PostgreSQL major number. Fix: set pg_major to one of "
+            f"{', '.join(map(str, KNOWN_MAJORS))} (default {POSTGRES_MAJOR})."
+        )
+    return int(text)
 
 
 def _data_mount(text: str | None) -> str | None:

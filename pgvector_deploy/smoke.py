@@ -1,4 +1,4 @@
-"""The vector smoke suite: does this host's PostgreSQL 15 really serve pgvector?
+"""The vector smoke suite: does this host's PostgreSQL (15, or pg_major) really serve pgvector?
 
 Ten checks, each reported by name as pass, fail or skip (with the reason). Nine run on the
 host in one round trip (the ``SmokeChecks`` fact, a shell script sent on standard input);
@@ -7,7 +7,7 @@ host in one round trip (the ``SmokeChecks`` fact, a shell script sent on standar
 
 ==================== ================================================================
 extension_files      vector.control and vector.so where the platform's pg_config puts
-                     them, and the server on the port is PostgreSQL 15
+                     them, and the server on the port is the platform's major
 template1_has_vector the scratch database, made from template1, has vector without
                      CREATE EXTENSION (and at the requested version)
 create_extension     ``DROP EXTENSION IF EXISTS vector CASCADE; CREATE EXTENSION vector``
@@ -67,7 +67,7 @@ from pyinfra.api import FactBase, operation
 
 from . import tunnel
 from .networking import app_address
-from .platforms import POSTGRES_MAJOR, Platform
+from .platforms import Platform
 from .preflight import Plan
 from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, with_host_lock
 
@@ -550,7 +550,7 @@ def smoke_script(platform: Platform, port: int, version: str, app_user: str | No
             # Only in postgres and the scratch database, both owned by postgres.
             "AS_POSTGRES": as_postgres(platform, port, None, with_public=True, options=SMOKE_TIMEOUTS),
             "PG_CONFIG": shlex.quote(platform.pg_config),
-            "MAJOR": str(POSTGRES_MAJOR),
+            "MAJOR": str(platform.major),
             "PORT": str(int(port)),
             "COMMENT": f"'{SCRATCH_COMMENT}'",  # inside a double-quoted message
             "COMMENT_SQL": _sql_literal(SCRATCH_COMMENT),

@@ -77,10 +77,10 @@ class Hosts:
         self.lab = lab
         self.made: list[TestHost] = []
 
-    def boot(self, name: str, systemd: bool = True, arch: str = "amd64") -> TestHost:
+    def boot(self, name: str, systemd: bool = True, arch: str = "amd64", suite: str = "bookworm") -> TestHost:
         index = Hosts._next_index
         Hosts._next_index += 1
-        host = self.lab.host(name, index, systemd=systemd, arch=arch).create().boot()
+        host = self.lab.host(name, index, systemd=systemd, arch=arch, suite=suite).create().boot()
         self.made.append(host)
         return host
 

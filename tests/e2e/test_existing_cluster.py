@@ -59,6 +59,25 @@ def test_rerun_changes_nothing(adopted, tarball, provision):
     assert run.changed(host.name) == []
 
 
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        ({}, "this host already has a cluster of another PostgreSQL major (15/main on port 5432, online), and pg_major is 17"),
+        ({"pg_allow_second_major": True}, "pg_allow_second_major lets PostgreSQL 17 in beside cluster 15/main (online), but that cluster has port 5432"),
+    ],
+    ids=["not-allowed", "allowed-but-15-owns-5432"],
+)
+def test_pg_major_17_beside_the_running_15_is_refused_and_15_is_left_alone(adopted, tarball, provision, data, says):
+    host, _, _ = adopted
+    started = host.psql("SELECT pg_postmaster_start_time()")
+    before = host.snapshot()
+    run = provision(host, **tarball, pg_major=17, **data)
+    assert run.returncode != 0
+    assert "REFUSED, nothing was changed on this host: " + says in run.output, run.output
+    assert host.snapshot() == before
+    assert host.psql("SELECT pg_postmaster_start_time()") == started
+
+
 # --- the data directory on its own volume (pg_data_mount; a volume that did not mount) ------------
 #
 # A tmpfs at /srv/pgvol stands in for the EBS volume, bind-mounted at /var/lib/postgresql as its

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from .rootfs import CACHE, base_tarball, ssh_keypair
+from .rootfs import CACHE, SUITE, base_tarball, ssh_keypair
 
 # Several labs can run side by side on one machine, one per slot (PGV_TEST_LAB_SLOT, 0-9):
 # each has its own bridge, /16, host directory, namespaces and lock. Slot 0 is the default.
@@ -130,8 +130,8 @@ class Lab:
         shutil.copyfile(path, self.files_dir / name)
         return f"http://{GATEWAY}:{FILES_PORT}/{name}"
 
-    def host(self, name: str, index: int, systemd: bool = True, arch: str = "amd64") -> "TestHost":
-        return TestHost(self, name, index, systemd, arch)
+    def host(self, name: str, index: int, systemd: bool = True, arch: str = "amd64", suite: str = SUITE) -> "TestHost":
+        return TestHost(self, name, index, systemd, arch, suite)
 
 
 def cleanup_stale() -> None:
@@ -162,15 +162,18 @@ def _wait_for_port(address: str, port: int, timeout: float) -> None:
 
 
 class TestHost:
-    """A real Debian 12 host: own root filesystem, network namespace, and (optionally) systemd."""
+    """A real Debian 12 (or 13, ``suite="trixie"``) host: own root filesystem, network namespace,
+    and (optionally) systemd."""
 
-    def __init__(self, lab: Lab, name: str, index: int, systemd: bool, arch: str = "amd64"):
+    def __init__(self, lab: Lab, name: str, index: int, systemd: bool, arch: str = "amd64", suite: str = SUITE):
         self.lab = lab
         self.name = name
         self.index = index
         self.systemd = systemd
         self.arch = arch  # Debian's name: amd64, or arm64 (emulated, see emulation.py)
-        self.apt_archives = APT_ARCHIVES / arch
+        self.suite = suite  # Debian's codename: bookworm (Debian 12), or trixie (Debian 13)
+        # .debs kept per suite: bookworm's where they always were.
+        self.apt_archives = APT_ARCHIVES / (arch if suite == SUITE else f"{suite}-{arch}")
         self.address = f"{NET}.{index}.2"
         self.netns = f"{NETNS_PREFIX}{name}"
         self.root = HOSTS_DIR / name
@@ -183,7 +186,7 @@ class TestHost:
     def create(self) -> "TestHost":
         shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True)
-        run("tar", "-C", str(self.root), "--numeric-owner", "-xf", str(base_tarball(self.arch)))
+        run("tar", "-C", str(self.root), "--numeric-owner", "-xf", str(base_tarball(self.arch, self.suite)))
         (self.root / "etc/hostname").write_text(self.name + "\n")
         (self.root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n::1 localhost\n")
         keys = self.root / "home/admin/.ssh/authorized_keys"

@@ -1,7 +1,9 @@
-"""Root filesystems for test hosts: a fresh, EC2-like Debian 12, built once and cached.
+"""Root filesystems for test hosts: a fresh, EC2-like Debian 12 (or 13), built once and cached.
 
 ``base_tarball()`` runs debootstrap (about a minute) only when the recipe below changed or
-no cached tarball exists; every test host unpacks its own copy (a few seconds). What makes
+no cached tarball exists; every test host unpacks its own copy (a few seconds). The suite
+is a parameter: ``bookworm`` (Debian 12, the default) or ``trixie`` (Debian 13), each with
+its own cache key, so a recipe change rebuilds both and CI builds each once. What makes
 it EC2-like: user ``admin`` with passwordless sudo (as cloud-init sets up), key-only SSH,
 ``PermitRootLogin no``, no resolver, apt through the lab's proxy.
 """
@@ -15,10 +17,12 @@ import subprocess
 from pathlib import Path
 
 CACHE = Path(os.environ.get("PGV_TEST_CACHE", "/var/cache/pgv-test"))
-SUITE = "bookworm"
+SUITE = "bookworm"  # the default suite
+SUITES = ("bookworm", "trixie")
 PACKAGES = "openssh-server,iproute2,procps,ca-certificates,sudo,curl,python3,systemd,systemd-sysv,dbus"
 
 # Applied inside the new root filesystem (chroot) after debootstrap; part of the cache key.
+# {suite} is the suite's codename (replaced, not str.format: the shell has braces).
 CUSTOMISE = r"""
 set -eu
 useradd --create-home --shell /bin/bash admin
@@ -31,9 +35,9 @@ echo 'UseDNS no' >> /etc/ssh/sshd_config
 rm -f /etc/ssh/ssh_host_*
 : > /etc/resolv.conf
 cat > /etc/apt/sources.list <<'EOF'
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
+deb http://deb.debian.org/debian {suite} main
+deb http://deb.debian.org/debian {suite}-updates main
+deb http://deb.debian.org/debian-security {suite}-security main
 EOF
 echo 'Acquire::http::Proxy "http://10.231.0.1:8899";' > /etc/apt/apt.conf.d/90-test-lab-proxy
 rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
@@ -51,25 +55,32 @@ def _mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def _recipe_key(arch: str) -> str:
-    text = "\n".join([SUITE, PACKAGES, CUSTOMISE, arch])
+def customise(suite: str) -> str:
+    return CUSTOMISE.replace("{suite}", suite)
+
+
+def _recipe_key(arch: str, suite: str = SUITE) -> str:
+    # The rendered recipe: bookworm's key is the one it had before suites were a parameter.
+    text = "\n".join([suite, PACKAGES, customise(suite), arch])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def base_tarball(arch: str = "amd64") -> Path:
-    """The cached root filesystem tarball for ``arch``, built if needed."""
+def base_tarball(arch: str = "amd64", suite: str = SUITE) -> Path:
+    """The cached root filesystem tarball for ``arch`` and ``suite``, built if needed."""
+    if suite not in SUITES:
+        raise ValueError(f"no test-host recipe for suite {suite!r}; known: {', '.join(SUITES)}")
     CACHE.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE / f"rootfs-{SUITE}-{arch}-{_recipe_key(arch)}.tar"
+    tarball = CACHE / f"rootfs-{suite}-{arch}-{_recipe_key(arch, suite)}.tar"
     if tarball.exists():
         return tarball
-    build = CACHE / f"build-{arch}"
+    build = CACHE / f"build-{suite}-{arch}"
     shutil.rmtree(build, ignore_errors=True)
     subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--include={PACKAGES}", f"--arch={arch}", SUITE, str(build), _mirror()],
+        ["debootstrap", "--variant=minbase", f"--include={PACKAGES}", f"--arch={arch}", suite, str(build), _mirror()],
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    subprocess.run(["chroot", str(build), "sh", "-c", CUSTOMISE], check=True)
+    subprocess.run(["chroot", str(build), "sh", "-c", customise(suite)], check=True)
     partial = tarball.with_suffix(".partial")
     subprocess.run(["tar", "-C", str(build), "--numeric-owner", "-cf", str(partial), "."], check=True)
     partial.rename(tarball)

@@ -92,6 +92,8 @@ KEYS: dict[str, Case] = {
     "pg_ssl_key_file": Case(TLS["pg_ssl_key_file"], {"pg_ssl_cert_file": TLS["pg_ssl_cert_file"], "pg_listen_addresses": ["10.0.1.10"]}),
     "pg_ssl_ca_file": Case("/etc/ssl/pgv/ca.pem", {**APP, **TLS, "pg_listen_addresses": ["10.0.1.10"], "pg_app_host": "10.0.1.10"}),
     "pg_restart": Case("report"),
+    "pg_major": Case(17, extra=("17.0", "１７", "¹⁷", "0x11", "+17", 14, 99, 999), accepts=(str, int)),
+    "pg_allow_second_major": Case(True, {"pg_major": 17}, accepts=(bool, str, int)),
     "pg_app_user": Case("app", {"pg_app_password": "pw-ok"}, extra=("all", "user", "public", "postgres", "pg_x", "sameuser", "App")),
     "pg_app_password": Case("pw-ok", {"pg_app_user": "app"}, extra=("it's", "\\'", "a\\", "p@ss:w/rd?#%", "x" * 100_000)),
     "pg_app_password_env": Case(PASSWORD_ENV, {"pg_app_user": "app"}),
