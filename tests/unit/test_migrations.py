@@ -694,3 +694,127 @@ def test_alembics_stock_template_fails_with_the_nameerror_this_example_avoids(al
     upgraded = alembic(project, alembic_database, "upgrade", "head")
     assert upgraded.returncode != 0
     assert "NameError: name 'pgvector' is not defined" in upgraded.stderr
+
+
+# --- issue 13: "each file once, in its own transaction, as the app role", against an adversary ----
+# Each test below failed on the code before the fix (the app connected as postgres with SET LOCAL
+# ROLE, the splitter counted BEGIN everywhere, the ledger matched names only).
+
+
+def test_a_begin_column_is_not_refused():
+    """psql counts BEGIN only in CREATE [OR REPLACE] FUNCTION|PROCEDURE bodies: a column named
+    begin is ordinary SQL (refused as 'never ends' before)."""
+    assert sql_problems("CREATE TABLE shifts (id int, begin timestamptz);\nSELECT 1;\n") == []
+    assert sql_problems("SELECT CASE WHEN true THEN 1 END AS begin;") == []
+
+
+def test_an_end_after_a_begin_column_is_refused_naming_its_line():
+    problems = sql_problems("CREATE TABLE spans (id int, begin int);\nEND;\nCREATE TABLE after_end (x int);\n")
+    assert problems and problems[0][0] == 2 and problems[0][1].startswith("END starts or ends a transaction"), problems
+
+
+@pytest.mark.parametrize(
+    "sql, what",
+    [
+        ("CREATE INDEX CONCURRENTLY items_body ON items (body);", "CREATE INDEX CONCURRENTLY"),
+        ("create unique index concurrently if not exists i on t (x);", "CREATE INDEX CONCURRENTLY"),
+        ("DROP INDEX CONCURRENTLY i;", "DROP INDEX CONCURRENTLY"),
+        ("REINDEX INDEX CONCURRENTLY i;", "REINDEX ... CONCURRENTLY"),
+        ("REINDEX DATABASE app;", "REINDEX DATABASE"),
+        ("VACUUM ANALYZE items;", "VACUUM"),
+        ("CREATE DATABASE other;", "CREATE DATABASE"),
+        ("DROP DATABASE other;", "DROP DATABASE"),
+        ("ALTER SYSTEM SET work_mem = '1GB';", "ALTER SYSTEM"),
+        ("CREATE TABLESPACE t LOCATION '/x';", "CREATE TABLESPACE"),
+        ("ALTER TABLE p DETACH PARTITION c CONCURRENTLY;", "DETACH PARTITION ... CONCURRENTLY"),
+    ],
+)
+def test_statements_that_cannot_run_in_a_transaction_are_refused_with_the_fix(tmp_path, sql, what):
+    folder = write(tmp_path / "m", {"0001_a.sql": "SELECT 1;", "0002_index.sql": f"SELECT 1;\n{sql}\n"})
+    with pytest.raises(SettingsError) as error:
+        load_settings({**APP, "pg_migrations_dir": str(folder)})
+    message = str(error.value)
+    assert f"0002_index.sql line 2: {what} cannot run inside a transaction" in message, message
+    assert "0002_index.notx.sql" in message  # the fix, named
+
+
+def test_concurrently_in_a_string_a_comment_or_refresh_is_not_refused():
+    assert sql_problems("SELECT 'CREATE INDEX CONCURRENTLY x'; -- VACUUM\nREFRESH MATERIALIZED VIEW CONCURRENTLY v;") == []
+    assert sql_problems('CREATE TABLE vacuum_log ("vacuum" int);') == []
+
+
+def test_a_notx_file_accepts_them_but_no_backslash_at_all():
+    assert parse_migration("0003_i.notx.sql", b"CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x);\n").name == "0003_i.notx.sql"
+    with pytest.raises(MigrationError, match=r"0003_i.notx.sql line 1: .*backslash"):
+        parse_migration("0003_i.notx.sql", b"SELECT E'\\\\';\n")
+
+
+def test_a_renamed_file_is_reported_not_pending():
+    seed = migration("0031_seed.sql", "INSERT INTO t VALUES (1);")
+    renamed = migration("0032_seed.sql", "INSERT INTO t VALUES (1);")
+    assert pending((renamed,), {seed.name: seed.sha256}) == []
+    assert migrations.renamed((renamed,), {seed.name: seed.sha256}) == [(renamed, "0031_seed.sql")]
+
+
+def test_real_server_a_renamed_file_is_not_applied_again(server, tmp_path):
+    seed = "CREATE TABLE IF NOT EXISTS seeded (id int);\nINSERT INTO seeded VALUES (1);\n"
+    _, results = deploy_once(server, tmp_path, {"0801_seed.sql": seed}, "rename")
+    assert all(r.returncode == 0 for r in results)
+    (tmp_path / "rename" / "0801_seed.sql").rename(tmp_path / "rename" / "0802_seed.sql")
+    commands, results = deploy_once(server, tmp_path, {}, "rename")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert server["psql"]("app", "SELECT count(*) FROM seeded") == "1", "the renamed file ran a second time"
+    assert commands == []
+
+
+def test_real_server_a_migration_runs_in_the_app_s_own_session(server, tmp_path):
+    """session_user is the app: nothing in the file can become anyone else (with session_user
+    postgres, SET LOCAL ROLE could be undone by code the app planted)."""
+    files = {"0901_who.sql": "CREATE TABLE who AS SELECT session_user::text AS s, current_user::text AS c;"}
+    _, results = deploy_once(server, tmp_path, files, "who")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert server["psql"]("app", "SELECT s || ' ' || c FROM who") == "app app"
+
+
+@pytest.mark.parametrize(
+    "name, sql",
+    [
+        ("0911_set_config.sql", "SELECT set_config('role', 'postgres', true);\nCREATE TABLE by_set_config (id int);"),
+        ("0912_quoted.sql", 'SET "role" TO postgres;\nCREATE TABLE by_quoted_role (id int);'),
+        ("0913_do.sql", "DO $$ BEGIN EXECUTE 'SET ROLE postgres'; END $$;\nCREATE TABLE by_do_role (id int);"),
+        ("0914_auth.sql", "SELECT set_config('session_authorization', 'postgres', false);\nCREATE TABLE by_auth (id int);"),
+    ],
+)
+def test_real_server_a_role_switch_in_any_spelling_creates_nothing_as_postgres(server, tmp_path, name, sql):
+    _, results = deploy_once(server, tmp_path, {name: sql}, name)
+    assert results[-1].returncode != 0, "the role switch was accepted"
+    assert f"migration {name} failed and was rolled back" in results[-1].stderr
+    owned = server["psql"]("app", "SELECT count(*) FROM pg_class WHERE relname LIKE 'by\\_%' AND relowner <> 'app'::regrole")
+    assert owned == "0"
+    assert name not in " ".join(ledger_rows(server))
+
+
+def test_real_server_a_file_ending_its_transaction_commits_nothing_and_says_so(server, tmp_path):
+    """The issue's file, the folder check bypassed: the server refuses the END inside the
+    wrapper, nothing of it exists, the ledger has nothing, the message names the file."""
+    plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "e", {"0951_x.sql": "SELECT 1;"}))}), server["platform"], {})
+    text = "CREATE TABLE spans (id int, begin int); END; CREATE TABLE after_end (x int);"
+    result = run_command(apply_command(plan, Migration("0951_x.sql", text, hashlib.sha256(text.encode()).hexdigest())))
+    assert result.returncode != 0
+    assert "migration 0951_x.sql failed and was rolled back" in result.stderr, result.stderr
+    assert server["psql"]("app", "SELECT to_regclass('spans') IS NULL AND to_regclass('after_end') IS NULL") == "t"
+    assert "0951_x.sql" not in " ".join(ledger_rows(server))
+
+
+def test_real_server_a_notx_file_builds_its_index_concurrently_as_the_app(server, tmp_path):
+    files = {
+        "1001_docs.sql": "CREATE TABLE docs (id int, body text);\n",
+        "1002_docs_body.notx.sql": "CREATE INDEX CONCURRENTLY IF NOT EXISTS docs_body ON docs (body);\nVACUUM (ANALYZE) docs;\n",
+    }
+    _, results = deploy_once(server, tmp_path, files, "notx")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert server["psql"]("app", "SELECT indisvalid FROM pg_index WHERE indexrelid = 'docs_body'::regclass") == "t"
+    assert server["psql"]("app", "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'docs_body'") == "app"
+    assert "1002_docs_body.notx.sql" in " ".join(ledger_rows(server))
+    commands, _ = deploy_once(server, tmp_path, files, "notx")
+    assert commands == []
