@@ -45,7 +45,7 @@ from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
-PSQL = f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
+PSQL = f"PGOPTIONS={shlex.quote(migrations.APP_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432 -U app"
 
 
 def migration(name: str, sql: str) -> Migration:
@@ -222,23 +222,32 @@ def test_files_gone_from_the_folder_are_left_in_the_ledger():
 # --- the SQL and the commands ---------------------------------------------------------------------
 
 
-def test_migration_sql_is_one_transaction_as_the_app_role_with_the_ledger_row_inside():
+def test_migration_sql_is_one_transaction_in_the_app_s_session_with_the_ledger_row_inside():
     sql = migration_sql(B, "app")
-    assert sql.startswith("BEGIN;\nSET LOCAL ROLE app;\n")
+    assert sql.startswith("BEGIN;\nDO $pgvector_deploy$ BEGIN IF session_user OPERATOR(pg_catalog.<>) 'app' OR current_user")
+    assert "SET LOCAL ROLE" not in sql  # the session is the app's own (as_app)
     # the file starts the text EXECUTE runs, so PostgreSQL's LINE n is the file's line n
     assert "EXECUTE $pgvector_deploy_file0$SELECT 2;" in sql
     assert "LANGUAGE plpgsql SECURITY DEFINER" in sql and "SELECT pg_temp.pgvector_deploy_migrate();" in sql
     insert = f"INSERT INTO {LEDGER} (name, sha256) VALUES ('0002_b.sql', '{B.sha256}');"
     assert sql.count("BEGIN;") == 1 and sql.count("COMMIT;") == 1
-    assert sql.index("SELECT 2;") < sql.index(insert) < sql.index("SET CONSTRAINTS ALL IMMEDIATE")
-    assert sql.index(insert) < sql.index(migrations.DEFERRED_CODE_SQL) < sql.index("COMMIT;") < sql.index(f"\\warn {DONE_MARKER} 0002_b.sql")
-    assert "current_user <> 'app'" in sql  # still our transaction and role before recording
-    # "already applied" is asked before the file runs, and told by psql itself (\warn), never an error text
-    applied = f"RETURN EXISTS (SELECT FROM ONLY {LEDGER} WHERE name = '0002_b.sql');"
-    assert sql.index(applied) < sql.index("\\if :pgvector_deploy_already") < sql.index("EXECUTE $pgvector_deploy_file0$")
+    assert sql.index("pg_catalog.pg_current_xact_id();\nBEGIN\n") < sql.index("SELECT 2;") < sql.index(insert)
+    assert sql.index("SELECT 2;") < sql.index("pg_catalog.pg_current_xact_id() OPERATOR(pg_catalog.<>) xact") < sql.index(insert)
+    assert sql.index(insert) < sql.index("COMMIT;") < sql.index(f"\\warn {DONE_MARKER} 0002_b.sql")
+    # "already applied" (by name, or by content under another name) is asked before the file
+    # runs, under a lock, and told by psql itself (\warn), never an error text
+    assert sql.index(f"LOCK TABLE ONLY {LEDGER}") < sql.index("\\if :pgvector_deploy_applied") < sql.index("EXECUTE $pgvector_deploy_file0$")
+    assert f"l.name <> '0002_b.sql' AND l.sha256 = '{B.sha256}') AS pgvector_deploy_renamed" in sql
     assert f"\\warn {migrations.ALREADY_APPLIED} 0002_b.sql\n\\quit" in sql
-    # a cursor the app's code left WITH HOLD is closed before COMMIT (it would run outside the function)
-    assert sql.index("SELECT pg_temp.pgvector_deploy_migrate();") < sql.index("CLOSE ALL;") < sql.index("COMMIT;")
+    assert f"\\warn {migrations.RENAMED_MARKER} 0002_b.sql\n\\quit" in sql
+
+
+def test_notx_sql_runs_the_file_at_top_level_then_checks_autocommit_then_records():
+    notx = migration("0003_i.notx.sql", "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x)")
+    sql = migration_sql(notx, "app")
+    assert "BEGIN;" not in sql and "EXECUTE" not in sql
+    assert sql.index("\\if :pgvector_deploy_applied") < sql.index("CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x)\n;\n")
+    assert sql.index("CREATE INDEX CONCURRENTLY") < sql.index("\\if :pgvector_deploy_autocommit") < sql.index("INSERT INTO")
 
 
 def test_a_file_holding_our_dollar_quote_tag_gets_another():
@@ -251,9 +260,10 @@ def test_the_file_is_ended_even_without_a_final_semicolon():
     assert "SELECT 1 -- no semicolon\n$pgvector_deploy_file0$;\n" in sql
 
 
-def test_ledger_sql_creates_the_table_as_the_app_role():
+def test_ledger_sql_creates_the_table_in_the_app_s_session():
     sql = migrations.ledger_sql("app")
-    assert sql.startswith("BEGIN;\nSET LOCAL ROLE app;\nCREATE SCHEMA IF NOT EXISTS pgvector_deploy;\n")
+    assert sql.startswith("BEGIN;\nDO $pgvector_deploy$ BEGIN IF session_user OPERATOR(pg_catalog.<>) 'app'")
+    assert "CREATE SCHEMA IF NOT EXISTS pgvector_deploy;\n" in sql
     assert f"CREATE TABLE IF NOT EXISTS {LEDGER} (\n    name text PRIMARY KEY," in sql
     assert "sha256 text NOT NULL" in sql and "applied_at timestamptz NOT NULL DEFAULT now()" in sql
     assert sql.endswith("COMMIT;\n")
@@ -294,31 +304,47 @@ def test_parse_ledger():
         "ledger": True,
         "applied": {"0001_a.sql": digest, "0002_b.sql": "b" * 64},
         "refused": None,
+        "app_login": True,
     }
 
 
 def test_parse_ledger_refused_reads_nothing():
     assert parse_ledger(["database=yes", "ledger_refused=relkind v", "applied=x|y"]) == {
-        "database": True, "ledger": True, "applied": {}, "refused": "relkind v",
+        "database": True, "ledger": True, "applied": {}, "refused": "relkind v", "app_login": True,
     }
 
 
-def test_parse_ledger_without_database_or_table():
-    assert parse_ledger([]) == {"database": False, "ledger": False, "applied": {}, "refused": None}
-    assert parse_ledger(["database=yes"]) == {"database": True, "ledger": False, "applied": {}, "refused": None}
-    assert MigrationLedger.default() == {"database": False, "ledger": False, "applied": {}, "refused": None}
+def test_parse_ledger_without_database_or_table_or_app_login():
+    empty = {"database": False, "ledger": False, "applied": {}, "refused": None, "app_login": True}
+    assert parse_ledger([]) == empty and MigrationLedger.default() == empty
+    assert parse_ledger(["database=yes"]) == {**empty, "database": True}
+    assert parse_ledger(["database=yes", "ledger=yes", "app_login=no"]) == {**empty, "database": True, "ledger": True, "app_login": False}
 
 
-def test_ledger_fact_command_is_valid_sh_and_reads_the_app_database(debian12):
-    command = MigrationLedger().command(platform=debian12, port=5432, database="vectors")
+def test_ledger_fact_command_is_valid_sh_and_reads_the_rows_in_the_app_s_session(debian12):
+    command = MigrationLedger().command(platform=debian12, port=5432, database="vectors", user="app")
     assert sh_syntax_error(command) == ""
     assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'vectors'") in command
-    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_SHAPE_SQL) in command
-    # the rows are read by a function with the ledger owner's rights, read only, cursors closed
-    for sql in (*migrations.LEDGER_READER_SQL, "BEGIN READ ONLY", "SELECT * FROM pg_temp.pgvector_deploy_ledger()", "CLOSE ALL"):
-        assert shlex.quote(sql) in command
-    assert "SELECT name || '|' || sha256 FROM ONLY" not in command  # never planned as superuser
+    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_SHAPE_SQL) in command  # the catalog only
+    # the rows: as the app role itself, read only
+    read = " ".join([migrations.as_app(debian12, 5432, "vectors", "app"),
+                     *(f"-c {shlex.quote(sql)}" for sql in ("BEGIN READ ONLY", migrations.LEDGER_ROWS_SQL, "COMMIT"))])  # fmt: skip
+    assert read in command
+    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_ROWS_SQL) not in command  # never as superuser
     assert command.rstrip().endswith("true"), "a fresh host (no server yet) must not fail the fact"
+
+
+def test_without_an_app_login_every_file_is_planned_and_each_asks_the_ledger_itself(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, FILES)
+    commands, _ = run_apply(plan, ["database=yes", "ledger=yes", "app_login=no"])
+    assert [c.connector_arguments["_stdin"] for c in commands] == [migration_sql(m, "app") for m in plan.settings.migrations]
+
+
+def test_a_renamed_file_is_reported_and_the_run_changes_nothing(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, {"0032_seed.sql": "SELECT 1;"})
+    commands, host = run_apply(plan, ["database=yes", "ledger=yes", f"applied=0031_seed.sql|{hashlib.sha256(b'SELECT 1;').hexdigest()}"])
+    assert commands == []
+    assert host.noops[0] == "0032_seed.sql is not run: its content was applied as 0031_seed.sql (renamed or copied)"
 
 
 # --- the operation ----------------------------------------------------------------------------------
@@ -346,7 +372,7 @@ def test_fresh_database_gets_the_ledger_then_every_file_in_order(debian12, provi
         migration_sql(plan.settings.migrations[1], "app"),
     ]
     [(fact, kwargs, _)] = host.asked
-    assert fact is MigrationLedger and kwargs == {"platform": debian12, "port": 5432, "database": "app"}
+    assert fact is MigrationLedger and kwargs == {"platform": debian12, "port": 5432, "database": "app", "user": "app"}
 
 
 def test_converged_database_yields_nothing(debian12, provisioned_profile, tmp_path):
@@ -478,7 +504,7 @@ def run_command(command) -> subprocess.CompletedProcess:
 def deploy_once(server, tmp_path, files: dict[str, str], folder: str = "migrations") -> tuple[list, list]:
     """One run of the operation against the server: the fact for real, then its commands."""
     plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / folder, files))}), server["platform"], {})
-    fact = MigrationLedger().command(platform=server["platform"], port=5432, database="app")
+    fact = MigrationLedger().command(platform=server["platform"], port=5432, database="app", user="app")
     lines = subprocess.run(["sh", "-c", fact], check=False, capture_output=True, text=True).stdout.splitlines()
     commands = run_operation(migrations.apply, plan, FactHost({MigrationLedger: lines}))
     results = []
@@ -584,20 +610,22 @@ def test_real_server_a_trigger_the_app_planted_cannot_reset_role(server, tmp_pat
         server["psql"]("postgres", "ALTER ROLE app NOSUPERUSER")
 
 
-def test_real_server_refuses_deferrable_checks_that_would_run_at_commit(server, tmp_path):
-    """A deferrable check could fire at COMMIT, after the wrapper returned (the wrapper's own
-    SET CONSTRAINTS ALL IMMEDIATE can be undone by the app's code): refused, rolled back."""
+def test_real_server_a_deferred_trigger_runs_at_commit_with_the_app_s_rights_only(server, tmp_path):
+    """A deferrable trigger fires at COMMIT, after the wrapper function returned; the session
+    is the app's own, so its RESET ROLE changes nothing: the app stays a plain role. (With the
+    session user postgres, such databases had to be refused.)"""
     as_app(server, "CREATE TABLE public.later (id int); "
-           "CREATE FUNCTION public.escalate() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RETURN NEW; END $f$; "
+           "CREATE FUNCTION public.escalate() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RESET ROLE; "
+           "IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = session_user) THEN EXECUTE 'ALTER ROLE app SUPERUSER'; "
+           "END IF; RETURN NEW; END $f$; "
            "CREATE CONSTRAINT TRIGGER later AFTER INSERT ON public.later DEFERRABLE INITIALLY DEFERRED "
            "FOR EACH ROW EXECUTE FUNCTION public.escalate()")  # fmt: skip
     try:
         _, results = deploy_once(server, tmp_path, {"0701_later.sql": "INSERT INTO later VALUES (1);"}, "later")
-        assert results[-1].returncode != 0
-        assert "the database has deferrable checks (trigger later on public.later)" in results[-1].stderr, results[-1].stderr
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
         assert app_is_superuser(server) == "f"
-        assert server["psql"]("app", "SELECT count(*) FROM public.later") == "0"
-        assert "0701_later.sql" not in " ".join(ledger_rows(server))
+        assert server["psql"]("app", "SELECT count(*) FROM public.later") == "1"
+        assert "0701_later.sql" in " ".join(ledger_rows(server))
     finally:
         as_app(server, "DROP TABLE public.later; DROP FUNCTION public.escalate()")
         server["psql"]("postgres", "ALTER ROLE app NOSUPERUSER")
@@ -613,13 +641,13 @@ def test_real_server_does_not_record_a_file_that_swallows_the_end(server, tmp_pa
 
 
 def test_real_server_refuses_a_changed_file_before_any_change(server, tmp_path):
-    files = {"0501_t.sql": "CREATE TABLE t501 (id int);"}
+    files = {"0751_t.sql": "CREATE TABLE t501 (id int);"}
     _, results = deploy_once(server, tmp_path, files, "changed")
     assert all(r.returncode == 0 for r in results)
-    changed = {"0501_t.sql": "CREATE TABLE t501 (id bigint);", "0502_more.sql": "CREATE TABLE t502 (id int);"}
+    changed = {"0751_t.sql": "CREATE TABLE t501 (id bigint);", "0752_more.sql": "CREATE TABLE t502 (id int);"}
     [_], [result] = deploy_once(server, tmp_path, changed, "changed")
     assert result.returncode != 0
-    assert f"0501_t.sql was applied with sha256 {hashlib.sha256(files['0501_t.sql'].encode()).hexdigest()}" in result.stderr
+    assert f"0751_t.sql was applied with sha256 {hashlib.sha256(files['0751_t.sql'].encode()).hexdigest()}" in result.stderr
     assert server["psql"]("app", "SELECT to_regclass('t502') IS NULL") == "t"
 
 
