@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -846,3 +847,51 @@ def test_real_server_a_notx_file_builds_its_index_concurrently_as_the_app(server
     assert "1002_docs_body.notx.sql" in " ".join(ledger_rows(server))
     commands, _ = deploy_once(server, tmp_path, files, "notx")
     assert commands == []
+
+
+def test_real_server_the_app_s_peer_map_lets_only_the_deploy_in_as_the_app(debian12_module, tmp_path):
+    """The pg_hba.conf and pg_ident.conf the deploy writes (networking.render_hba/render_ident,
+    through managed_files.replace_file_script with PostgreSQL's own checks), on a server of
+    their own: the deploy's sessions (OS user postgres) log in as the app with no password;
+    another OS user cannot, and the OS user postgres gets no other role that way."""
+    from pgvector_deploy import networking
+    from pgvector_deploy.managed_files import replace_file_script
+
+    with throwaway_server("pgvd-peer-") as base:
+        platform = dataclasses.replace(debian12_module, socket_dir=str(base))
+        psql = lambda sql, *who: subprocess.run(  # noqa: E731
+            ["runuser", "-u", who[0] if who else "postgres", "--", f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base),
+             "-U", who[1] if len(who) > 1 else "postgres", "-d", "app", "-c", sql],
+            check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base), "-d", "postgres", "-c",
+                        "CREATE ROLE app LOGIN; CREATE ROLE other LOGIN"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base), "-d", "postgres", "-c",
+                        "CREATE DATABASE app OWNER app"], check=True, capture_output=True)  # fmt: skip
+        settings = load_settings(APP)
+        data = base / "data"
+        ident = networking.render_ident((data / "pg_ident.conf").read_text(), settings)
+        for name, text in (("pg_ident.conf", ident), ("pg_hba.conf", networking.render_hba([], settings, ""))):
+            check = networking.IDENT_CHECK_SQL if name == "pg_ident.conf" else (
+                "SELECT 'line ' || line_number || ': ' || error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL")
+            script = replace_file_script(str(data / name), text, "0640", check, platform, 5432, name, backups=str(tmp_path / "copies"))
+            result = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+        subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/pg_ctl", "-D", str(data), "reload"], check=True, capture_output=True)
+        for _ in range(50):
+            if psql("SELECT 1", "postgres", "app").returncode == 0:
+                break
+            time.sleep(0.1)
+        who = subprocess.run(["sh", "-c", migrations.as_app(platform, 5432, "app", "app", "SELECT session_user")],
+                             capture_output=True, text=True)  # fmt: skip
+        assert (who.returncode, who.stdout.strip()) == (0, "app"), who.stderr
+        assert "Peer authentication failed" in psql("SELECT 1", "nobody", "app").stderr
+        assert "Peer authentication failed" in psql("SELECT 1", "postgres", "other").stderr
+        # the whole migration path, through the map: the ledger, a file, the fact
+        plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "m", {"0001_t.sql": "CREATE TABLE t (id int);"}))}), platform, {})
+        for command in (ledger_command(plan), apply_command(plan, plan.settings.migrations[0])):
+            result = run_command(command)
+            assert result.returncode == 0, result.stderr
+        fact = MigrationLedger().command(platform=platform, port=5432, database="app", user="app")
+        state = parse_ledger(subprocess.run(["sh", "-c", fact], capture_output=True, text=True).stdout.splitlines())
+        assert state["applied"] == {"0001_t.sql": plan.settings.migrations[0].sha256} and state["app_login"]
