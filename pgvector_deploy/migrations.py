@@ -67,7 +67,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, operation
 
 from .facts import parse_key_values
@@ -824,7 +824,9 @@ def apply(plan: Plan):
         return
     for migration, applied_as in renamed(settings.migrations, state["applied"]):
         shown = applied_as if FILE_NAME.match(applied_as) else "another name"  # the ledger is the app's to write
-        host.noop(f"{migration.name} is not run: its content was applied as {shown} (renamed or copied)")
+        message = f"{migration.name} is not run: its content was applied as {shown} (renamed or copied)"
+        host.noop(message)
+        logger.warning(f"{host.print_prefix}{message}")  # shown at every verbosity: a noop is not
     if not todo:
         host.noop(f"all {len(settings.migrations)} migrations in {settings.migrations_dir} are applied")
         return
