@@ -895,3 +895,20 @@ def test_real_server_the_app_s_peer_map_lets_only_the_deploy_in_as_the_app(debia
         fact = MigrationLedger().command(platform=platform, port=5432, database="app", user="app")
         state = parse_ledger(subprocess.run(["sh", "-c", fact], capture_output=True, text=True).stdout.splitlines())
         assert state["applied"] == {"0001_t.sql": plan.settings.migrations[0].sha256} and state["app_login"]
+
+
+def test_real_server_a_failure_after_the_commit_is_never_called_a_roll_back(server, tmp_path):
+    """psql fails after the file committed (here: a statement after our COMMIT): the ledger
+    has the row, so the run says it was committed and recorded, and goes on (the code
+    before said 'rolled back: nothing of it was applied')."""
+    plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "c", {"1101_c.sql": "CREATE TABLE committed_1101 (id int);"}))}),
+                server["platform"], {})  # fmt: skip
+    migration = plan.settings.migrations[0]
+    assert run_command(ledger_command(plan)).returncode == 0  # (made already when other tests ran first)
+    command = apply_command(plan, migration)
+    result = subprocess.run(["sh", "-c", str(command)], input=command.connector_arguments["_stdin"] + "SELECT 1/0;\n",
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "rolled back" not in result.stderr + result.stdout
+    assert result.returncode == 0 and result.stdout.startswith("1101_c.sql was committed and recorded, though psql then failed:")
+    assert "division by zero" in result.stdout
+    assert server["psql"]("app", "SELECT to_regclass('committed_1101') IS NOT NULL") == "t"
