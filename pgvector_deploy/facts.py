@@ -514,6 +514,10 @@ def hba_path(platform: Platform) -> str:
     return f"{platform.config_dir}/pg_hba.conf"
 
 
+def ident_path(platform: Platform) -> str:
+    return f"{platform.config_dir}/pg_ident.conf"
+
+
 class ServerConfig(FactBase):
     """The managed files as they are (bytes: a hand edit in another encoding simply differs),
     the running listen_addresses and shared_buffers, the file listen_addresses comes from,
@@ -521,7 +525,7 @@ class ServerConfig(FactBase):
     IPv4 addresses."""
 
     def command(self, platform: Platform, port: int):
-        managed = (hba_path(platform), settings_path(platform), tuning_path(platform), SYSCTL_FILE)
+        managed = (hba_path(platform), ident_path(platform), settings_path(platform), tuning_path(platform), SYSCTL_FILE)
         files = " ".join(shlex.quote(path) for path in managed)
         # One psql, one query per -c, each printing its own key= lines (a stopped server: none).
         queries = (

@@ -1,7 +1,7 @@
 """The configuration files the toolkit manages, and the one way it changes them.
 
-Every managed file (pg_hba.conf, conf.d/90-pgvector-deploy.conf, conf.d/80-pgvector-tuning.conf,
-the include line in postgresql.conf) is changed the same way, in one shell command:
+Every managed file (pg_hba.conf, pg_ident.conf, conf.d/90-pgvector-deploy.conf,
+conf.d/80-pgvector-tuning.conf, the include line in postgresql.conf) is changed the same way, in one shell command:
 
 1. write the new file beside the old one; if it is the same (another run wrote it while this
    one waited for the host lock), leave both alone; else keep a copy of the current file under

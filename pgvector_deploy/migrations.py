@@ -1,12 +1,15 @@
 """Ordered SQL migrations for the app's database: each file once, in name order, in its own
-transaction, as the app role, recorded in a ledger with its checksum.
+transaction, in the app role's own session, recorded in a ledger with its checksum.
 
 The files are the ``*.sql`` files directly in ``pg_migrations_dir`` on the control machine
 (default ``files/migrations/``; subfolders and other files are ignored). They are read and
 checked when the host data is validated, so a bad file refuses the host before anything
 changes: a name outside ``[A-Za-z0-9._-]``, a file that is not UTF-8, or SQL the deploy cannot
-wrap safely (a psql backslash command, ``BEGIN``/``COMMIT``/``ROLLBACK``, ``SET ROLE``,
-``COPY ... FROM STDIN``, an unterminated quote or comment).
+wrap (a psql backslash command, ``BEGIN``/``COMMIT``/``ROLLBACK``, ``SET ROLE``,
+``COPY ... FROM STDIN``, an unterminated quote or comment), or a statement that cannot run in
+a transaction (``CREATE INDEX CONCURRENTLY``, ``VACUUM``, ...: those go in a ``.notx.sql`` file).
+These checks read words outside quotes and comments; they only refuse early. What holds the
+guarantees is the server: see ``migration_sql``.
 
 The ledger is ``pgvector_deploy.schema_migrations(name, sha256, applied_at)`` in the app's
 database, owned by the app role. Before applying anything the operation reads it (the
@@ -14,31 +17,40 @@ database, owned by the app role. Before applying anything the operation reads it
 
 - a file whose sha256 differs from the one recorded stops the run, naming the file and both
   checksums: an applied migration is never applied again;
+- a file whose sha256 is recorded under another name (a renamed file) is reported, not run;
+  the ledger keeps the name it ran under;
 - a new file whose name sorts before one already applied stops the run too (it would run out
   of order);
 - otherwise the pending files are applied in name order; with none pending, the operation
   yields nothing.
 
-Each file is sent on psql's standard input (never on a command line) as the ``postgres`` OS
-user over the local socket, wrapped as::
+Every migration and every ledger read connects as the app role itself (``as_app``: the OS
+user postgres, mapped to the app role by pg_ident.conf's ``pgvector_deploy`` map, which
+``networking.client_access`` writes), so session_user is the app: nothing in a file, and no
+code of the app's that it sets off, can become anyone else. Each file is sent on psql's
+standard input (never on a command line), wrapped as::
 
-    BEGIN; SET LOCAL ROLE app;
+    BEGIN; <refuse unless session_user and current_user are the app role>
+    LOCK the ledger; <already applied, by name or content? then ROLLBACK, say so (psql \\warn), quit>
     CREATE FUNCTION pg_temp.pgvector_deploy_migrate() ... SECURITY DEFINER AS $$
-      LOCK the ledger; EXECUTE '<the file>';
-      <check: still our transaction, still the app role>
-      INSERT INTO pgvector_deploy.schema_migrations (name, sha256) VALUES (...);
-      SET CONSTRAINTS ALL IMMEDIATE; $$;
+      xact := pg_current_xact_id(); EXECUTE '<the file>';
+      <check: still that transaction, still the app role>
+      INSERT INTO pgvector_deploy.schema_migrations (name, sha256) VALUES (...); $$;
     SELECT pg_temp.pgvector_deploy_migrate();
-    <check: no deferrable trigger or constraint left to run at COMMIT>
     COMMIT;
 
-so whatever the file creates is owned by the app role, and the file and its ledger row commit
-together or not at all. A failing statement rolls the whole file back and the run stops naming
-the file, the line and PostgreSQL's error; later files are not run.
+PostgreSQL itself keeps the file in that transaction: no transaction control can run inside
+a function called in a transaction block (EXECUTE of COMMIT is "not implemented", a
+procedure's COMMIT is "invalid transaction termination"), and inside a security-definer
+function no role can be set. A failing statement rolls the whole file back and the run stops
+naming the file, the line and PostgreSQL's error; later files are not run. Whether it was
+rolled back is asked of the ledger afterwards, never assumed.
 
-``SET ROLE`` alone gives ownership, not a sandbox (the session user is postgres, so any code
-of the app's the file sets off could ``RESET ROLE``); inside the app-owned security-definer
-function PostgreSQL refuses any change of role or session authorization.
+A ``.notx.sql`` file runs statement by statement outside a transaction (psql's own
+autocommit), in the app's session, and is recorded after its last statement succeeded. It is
+not atomic: a failure leaves the statements before it committed, and the next run runs the
+whole file again. It may contain no backslash at all (so psql can only split it into SQL
+statements).
 
 Example::
 
@@ -55,11 +67,11 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, operation
 
 from .facts import parse_key_values
-from .shell import SAFE_PATH, Var, as_postgres, fail, fails_host_on_error, host_locked
+from .shell import SAFE_PATH, SUPERUSER_OPTIONS, Var, as_postgres, dbname_conninfo, fail, fails_host_on_error, host_locked
 
 if TYPE_CHECKING:  # preflight imports settings, which imports this module
     from .platforms import Platform
@@ -69,11 +81,20 @@ LEDGER_SCHEMA = "pgvector_deploy"
 LEDGER = f"{LEDGER_SCHEMA}.schema_migrations"
 # Plain names only: they go into SQL literals, shell words and fact output unquoted.
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,123}\.sql$")
+NOTX_SUFFIX = ".notx.sql"  # run outside a transaction, statement by statement
 DONE_MARKER = "pgvector-deploy applied"  # psql prints it (\warn) after the COMMIT
-# What psql prints (\warn, our own script: no server message can stand in for it, and psql
-# exits 0) when the ledger has the file already: another run applied it while this one waited
-# for the host lock. A success, decided before any of the file runs.
+# What psql prints (\warn, our own script, and psql exits 0 only after it: no server message
+# can stand in for it) when the ledger has the file already (another run applied it while this
+# one waited for the host lock), or its content under another name. Decided before any of the
+# file runs; a success.
 ALREADY_APPLIED = "pgvector-deploy already in the ledger (another run applied it meanwhile), skipped:"
+RENAMED_MARKER = "pgvector-deploy content already in the ledger under another name, skipped:"
+CHANGED_MARKER = "pgvector-deploy in the ledger with another sha256, not run:"
+OPEN_MARKER = "pgvector-deploy left a transaction open, rolled back:"
+# Our sessions as the app: the settings of SUPERUSER_OPTIONS (the app's ALTER DATABASE/ROLE SET
+# cannot reach our own statements), and standard_conforming_strings on, so that psql and the
+# server read quotes as our checks did.
+APP_OPTIONS = f"{SUPERUSER_OPTIONS} -c standard_conforming_strings=on"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -86,6 +107,11 @@ class Migration:
     name: str
     sql: str
     sha256: str  # of the file's bytes, exactly as they are on disk
+
+    @property
+    def notx(self) -> bool:
+        """Run outside a transaction (name ends ``.notx.sql``)?"""
+        return self.name.endswith(NOTX_SUFFIX)
 
     def __repr__(self) -> str:
         return f"Migration({self.name!r}, sha256={self.sha256[:12]}...)"
@@ -121,7 +147,7 @@ def parse_migration(name: str, raw: bytes) -> Migration:
         raise MigrationError(f"{name}: not UTF-8 ({error}). Fix: save the file as UTF-8.") from None
     if "\0" in text:
         raise MigrationError(f"{name}: contains a NUL byte. Fix: save it as a plain UTF-8 text file.")
-    problems = sql_problems(text.removeprefix("\ufeff"))
+    problems = sql_problems(text.removeprefix("\ufeff"), name)
     if problems:
         raise MigrationError(f"{name} line {problems[0][0]}: {problems[0][1]}")
     return Migration(name=name, sql=text.removeprefix("\ufeff"), sha256=hashlib.sha256(raw).hexdigest())
@@ -136,14 +162,21 @@ _TRANSACTION_FIX = (
     "cannot run in a transaction, such as CREATE INDEX CONCURRENTLY, cannot be a migration here)."
 )
 _ROLE_FIX = "the deploy runs every file as the app role. Fix: remove it."
+_NOTX_BACKSLASH = (
+    "a .notx.sql file is split into statements by psql itself, so it may hold no backslash at all (not even in a "
+    "string: psql would read it as a command). Fix: remove it, or write the string another way (chr(92))."
+)
 _BACKSLASH = (
     "a backslash outside quotes is a psql command (\\c, \\i, \\copy, \\set, ...), and files must be plain "
     "SQL. Fix: remove it; use INSERT instead of COPY FROM STDIN data."
 )
-_UNENDED = (
-    "the last statement never ends (a parenthesis or BEGIN ATOMIC ... END is not closed). "
-    "Fix: close it and end the statement with ;."
-)
+_UNENDED = "the last statement never ends (a parenthesis is not closed). Fix: close it and end the statement with ;."
+
+
+def _creates_routine(words: list[str]) -> bool:
+    """Does the statement so far start CREATE [OR REPLACE] FUNCTION|PROCEDURE (psql's test)?"""
+    kind = words[3:4] if words[1:3] == ["OR", "REPLACE"] else words[1:2]
+    return words[:1] == ["CREATE"] and kind in (["FUNCTION"], ["PROCEDURE"])
 
 
 @dataclass
@@ -254,9 +287,12 @@ def split_statements(sql: str) -> tuple[list[_Statement], list[tuple[int, str]]]
         word = _WORD.match(sql, i) if not _IDENT_CHAR.match(previous or " ") else None
         if word:
             text = word.group(0).upper()
-            # psql's rule: BEGIN or CASE after a statement's first word opens a block whose
-            # semicolons do not end the statement (BEGIN ATOMIC bodies); END closes it.
-            if text in ("BEGIN", "CASE") and words:
+            # psql's rule: in CREATE [OR REPLACE] FUNCTION|PROCEDURE only, BEGIN (and then
+            # CASE) opens a block whose semicolons do not end the statement (BEGIN ATOMIC
+            # bodies); END closes it. Anywhere else BEGIN is a word like any other (a column).
+            if text == "BEGIN" and _creates_routine(words):
+                begin_depth += 1
+            elif text == "CASE" and begin_depth:
                 begin_depth += 1
             elif text == "END" and begin_depth:
                 begin_depth -= 1
@@ -272,7 +308,7 @@ def split_statements(sql: str) -> tuple[list[_Statement], list[tuple[int, str]]]
             words.append(char)
         previous = char
         i += 1
-    if paren_depth or begin_depth:
+    if paren_depth:
         problems.append((first_line or line, _UNENDED))
     end_statement()
     return statements, problems
@@ -292,20 +328,90 @@ def statement_problem(words: list[str]) -> str | None:
         return f"{first} starts or ends a transaction, but {_TRANSACTION_FIX}"
     if first == "PREPARE" and second == "TRANSACTION":
         return f"PREPARE TRANSACTION ends the transaction, but {_TRANSACTION_FIX}"
+    return role_problem(words) or copy_problem(words)
+
+
+def role_problem(words: list[str]) -> str | None:
+    first, second, third = (words + ["", "", ""])[:3]
     if first == "SET" and (second == "ROLE" or (second in ("SESSION", "LOCAL") and third in ("ROLE", "AUTHORIZATION"))):
         return f"SET {second if second == 'ROLE' else second + ' ' + third} changes who runs the migration, but {_ROLE_FIX}"
     if first == "RESET" and second in ("ROLE", "SESSION", "ALL"):
         return f"RESET {second} changes who runs the migration, but {_ROLE_FIX}"
-    if first == "COPY" and any(a == "FROM" and b in ("STDIN", "PSTDIN") for a, b in pairwise(words)):
+    return None
+
+
+def copy_problem(words: list[str]) -> str | None:
+    if words[0] == "COPY" and any(a == "FROM" and b in ("STDIN", "PSTDIN") for a, b in pairwise(words)):
         return "COPY ... FROM STDIN reads data from psql's input, which carries the migration itself. Fix: use INSERT ... VALUES."
     return None
 
 
-def sql_problems(sql: str) -> list[tuple[int, str]]:
-    """Everything in ``sql`` the deploy refuses to run, as (line, message), in line order."""
+def _follows(words: list[str], *sequence: str) -> bool:
+    """Do ``sequence``'s words occur one after the other in ``words``?"""
+    n = len(sequence)
+    return any(words[i : i + n] == list(sequence) for i in range(len(words) - n + 1))
+
+
+def non_transactional(words: list[str]) -> str | None:
+    """The statement PostgreSQL refuses to run inside a transaction block (or a function), as
+    named in the message, or None. By its words (outside quotes and comments), so it errs
+    toward refusing: what it misses, the server refuses when the file runs (rolled back)."""
+    first, second = (words + ["", ""])[:2]
+    if first == "VACUUM":
+        return "VACUUM"
+    if first in ("CREATE", "DROP") and second in ("DATABASE", "TABLESPACE", "SUBSCRIPTION"):
+        return f"{first} {second}"
+    if first == "CREATE" and (_follows(words[:4], "INDEX", "CONCURRENTLY")):
+        return "CREATE INDEX CONCURRENTLY"
+    if first == "DROP" and _follows(words[:3], "INDEX", "CONCURRENTLY"):
+        return "DROP INDEX CONCURRENTLY"
+    if first == "REINDEX":
+        if "CONCURRENTLY" in words:
+            return "REINDEX ... CONCURRENTLY"
+        for scope in ("DATABASE", "SYSTEM"):
+            if scope in words[1:6]:
+                return f"REINDEX {scope}"
+    if first == "ALTER" and second == "SYSTEM":
+        return "ALTER SYSTEM"
+    if first == "ALTER" and second == "SUBSCRIPTION":
+        return "ALTER SUBSCRIPTION"
+    if first == "ALTER" and second == "DATABASE" and _follows(words, "SET", "TABLESPACE"):
+        return "ALTER DATABASE ... SET TABLESPACE"
+    if first == "ALTER" and second == "TABLE" and "DETACH" in words and "CONCURRENTLY" in words:
+        return "DETACH PARTITION ... CONCURRENTLY"
+    if first == "CLUSTER" and [w for w in words[1:] if w != "VERBOSE"] == []:
+        return "CLUSTER (every table)"
+    if first == "DISCARD" and second == "ALL":
+        return "DISCARD ALL"
+    return None
+
+
+def notx_name(name: str) -> str:
+    """The name a file of its own for statements outside a transaction should have."""
+    return name.removesuffix(NOTX_SUFFIX).removesuffix(".sql") + NOTX_SUFFIX
+
+
+def sql_problems(sql: str, name: str = "NNNN_name.sql") -> list[tuple[int, str]]:
+    """Everything in ``sql`` (the file ``name``) the deploy refuses to run, as (line, message),
+    in line order. A ``.notx.sql`` file may hold statements that cannot run in a transaction
+    (and transaction control), and no backslash at all."""
     statements, problems = split_statements(sql)
+    notx = name.endswith(NOTX_SUFFIX)
+    if notx:
+        problems = [p for p in problems if p[1] != _BACKSLASH]
+        for number, text in enumerate(sql.splitlines(), start=1):
+            if "\\" in text:
+                problems.append((number, _NOTX_BACKSLASH))
+                break
     for statement in statements:
-        problem = statement_problem(statement.words)
+        problem = (role_problem(statement.words) or copy_problem(statement.words)) if notx else statement_problem(statement.words)
+        outside = None if notx else non_transactional(statement.words)
+        if outside:
+            problem = (
+                f"{outside} cannot run inside a transaction, and the deploy runs each file in one. Fix: move it to a "
+                f"file of its own named like {notx_name(name)}, which runs statement by statement outside a transaction "
+                "as the app role (not atomic: write it to be safe to run again, e.g. CREATE INDEX CONCURRENTLY IF NOT EXISTS)."
+            )
         if problem:
             problems.append((statement.line, problem))
     return sorted(problems, key=lambda problem: problem[0])
@@ -314,12 +420,24 @@ def sql_problems(sql: str) -> list[tuple[int, str]]:
 # --- comparing the folder with the ledger --------------------------------------------------------
 
 
+def renamed(migrations: tuple[Migration, ...], applied: dict[str, str]) -> list[tuple[Migration, str]]:
+    """(file, name it was applied as) for each file whose name is not in the ledger but whose
+    sha256 is: its content was applied under another name (a rename, or a copy). Such a file
+    is never run again; the ledger keeps the name it ran under."""
+    by_content: dict[str, str] = {}
+    for name, digest in sorted(applied.items()):
+        by_content.setdefault(digest, name)
+    return [(m, by_content[m.sha256]) for m in sorted(migrations, key=lambda m: m.name) if m.name not in applied and m.sha256 in by_content]
+
+
 def pending(migrations: tuple[Migration, ...], applied: dict[str, str]) -> list[Migration]:
     """The migrations still to apply, in name order, given the ledger (name -> sha256).
 
     Raises ``MigrationError`` when a file changed after it was applied, or when a new file
     sorts before one that is already applied. Files in the ledger but no longer in the folder
-    are left alone (nothing is ever undone).
+    are left alone (nothing is ever undone); a file whose content the ledger has under another
+    name is not pending (``renamed``). Two new files with the same bytes are one migration:
+    the first in name order runs.
     """
     changed = [m for m in migrations if m.name in applied and applied[m.name] != m.sha256]
     if changed:
@@ -331,7 +449,12 @@ def pending(migrations: tuple[Migration, ...], applied: dict[str, str]) -> list[
             "nothing was applied. Fix: put the file back as it was when applied (e.g. git checkout it), and "
             "put the change in a new file that sorts after the last one."
         )
-    new = [m for m in sorted(migrations, key=lambda m: m.name) if m.name not in applied]
+    seen = set(applied.values())
+    new = []
+    for m in sorted(migrations, key=lambda m: m.name):
+        if m.name not in applied and m.sha256 not in seen:
+            new.append(m)
+            seen.add(m.sha256)
     if new and applied:
         last = max(applied)
         early = [m.name for m in new if m.name < last]
@@ -348,11 +471,32 @@ def pending(migrations: tuple[Migration, ...], applied: dict[str, str]) -> list[
 # --- the SQL we send -------------------------------------------------------------------------------
 
 
+def as_app(platform: Platform, port: int, database: str, user: str, sql: str | None = None) -> str:
+    """A psql command in the app role's own session: the OS user postgres over the local
+    socket, mapped to ``user`` by pg_ident.conf's ``pgvector_deploy`` map (peer; the pg_hba.conf
+    line ``networking`` writes). session_user is then the app, which no statement can change:
+    whatever a migration runs has the app's rights, never more. Settings pinned as for our
+    superuser sessions (``APP_OPTIONS``)."""
+    assert re.match(r"^[a-z_][a-z0-9_]{0,62}$", user)
+    parts = [
+        f"PGOPTIONS={shlex.quote(APP_OPTIONS)}",
+        "runuser -u postgres --",
+        platform.psql,
+        "-X -A -t -q -v ON_ERROR_STOP=1",
+        f"-h {shlex.quote(platform.socket_dir)} -p {int(port)}",
+        f"-U {user}",
+        f"-d {shlex.quote(dbname_conninfo(database))}",
+    ]
+    if sql is not None:
+        parts.append(f"-c {shlex.quote(sql)}")
+    return " ".join(parts)
+
+
 def ledger_sql(role: str) -> str:
-    """Create the ledger, owned by the app role (its own database; ORMs look only at public)."""
+    """Create the ledger, as the app role (its own database; ORMs look only at public)."""
     return (
         "BEGIN;\n"
-        f"SET LOCAL ROLE {role};\n"
+        f"{_session_check(role, 'the ledger')}"
         f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};\n"
         f"CREATE TABLE IF NOT EXISTS {LEDGER} (\n"
         "    name text PRIMARY KEY,\n"
@@ -365,17 +509,15 @@ def ledger_sql(role: str) -> str:
     )
 
 
-# Deferrable checks run at COMMIT, outside the security-definer function: a constraint
-# trigger or a deferrable unique/exclusion constraint (index expressions) could run the app's
-# code there, where it could still RESET ROLE. Foreign keys run as the table owner, safely;
-# a constraint trigger ('t') is listed as the trigger.
-DEFERRED_CODE_SQL = (
-    "SELECT pg_catalog.string_agg(what, ', ') FROM ("
-    "SELECT 'trigger ' || t.tgname || ' on ' || t.tgrelid::pg_catalog.regclass::pg_catalog.text AS what "
-    "FROM pg_catalog.pg_trigger t WHERE t.tgdeferrable AND NOT t.tgisinternal "
-    "UNION ALL SELECT 'constraint ' || c.conname || ' on ' || c.conrelid::pg_catalog.regclass::pg_catalog.text "
-    "FROM pg_catalog.pg_constraint c WHERE c.condeferrable AND c.contype NOT IN ('f', 't')) AS found"
-)
+def _session_check(role: str, what: str) -> str:
+    """SQL: stop unless this is the app role's own session (``as_app``): with another session
+    user, code the app planted could become that user."""
+    return (
+        "DO $pgvector_deploy$ BEGIN IF session_user OPERATOR(pg_catalog.<>) "
+        f"'{role}' OR current_user OPERATOR(pg_catalog.<>) '{role}' THEN "
+        f"RAISE EXCEPTION 'pgvector-deploy: {what} must run in the session of the app role {role}, not %', session_user; "
+        "END IF; END $pgvector_deploy$;\n"
+    )
 
 
 def _dollar_tag(base: str, *texts: str) -> str:
@@ -387,17 +529,38 @@ def _dollar_tag(base: str, *texts: str) -> str:
     raise ValueError("no free dollar-quote tag")  # 1000 tags in one file: not a real file
 
 
-def migration_sql(migration: Migration, role: str) -> str:
-    """The file wrapped in its transaction, as the app role, with its ledger row inside the same
-    transaction; the file runs inside a ``SECURITY DEFINER`` function owned by the app role.
+def _ledger_state(migration: Migration, locked: bool) -> str:
+    """psql: whether the ledger has this file (by name, or its content under another name),
+    asked before any of it runs; if so say so (our own \\warn, then exit 0) and stop."""
+    name, digest = migration.name, migration.sha256
+    where = f"FROM ONLY {LEDGER} AS l WHERE"
+    lock = f"LOCK TABLE ONLY {LEDGER} IN SHARE ROW EXCLUSIVE MODE;\n" if locked else ""
+    end = "ROLLBACK;\n" if locked else ""
+    return (
+        lock
+        + f"SELECT EXISTS (SELECT {where} l.name = '{name}' AND l.sha256 = '{digest}') AS pgvector_deploy_applied, "
+        f"EXISTS (SELECT {where} l.name = '{name}' AND l.sha256 <> '{digest}') AS pgvector_deploy_changed, "
+        f"EXISTS (SELECT {where} l.name <> '{name}' AND l.sha256 = '{digest}') AS pgvector_deploy_renamed \\gset\n"
+        f"\\if :pgvector_deploy_applied\n{end}\\warn {ALREADY_APPLIED} {name}\n\\quit\n\\endif\n"
+        f"\\if :pgvector_deploy_renamed\n{end}\\warn {RENAMED_MARKER} {name}\n\\quit\n\\endif\n"
+        f"\\if :pgvector_deploy_changed\n{end}\\warn {CHANGED_MARKER} {name}\n\\quit\n\\endif\n"
+    )
 
-    ``SET ROLE`` alone is no sandbox: the session user is postgres, so any code of the app's
-    that the file sets off (a trigger, a function it replaced) could ``RESET ROLE``. Inside a
-    security-definer function PostgreSQL refuses to change role or session authorization, so
-    that code has the app's rights only. After it, and before COMMIT, the database must have
-    no deferrable check that could run the app's code at COMMIT (``DEFERRED_CODE_SQL``).
+
+def migration_sql(migration: Migration, role: str) -> str:
+    """The file wrapped in its transaction, in the app role's session (``as_app``), with its
+    ledger row inside the same transaction; the file runs inside a function (``EXECUTE``).
+
+    That function is what keeps the file in our transaction, for certain and by PostgreSQL:
+    statements run by EXECUTE in a function called inside a transaction block cannot commit,
+    roll back or start a transaction (nor can a procedure they CALL), and CREATE INDEX
+    CONCURRENTLY or VACUUM are refused there. It checks anyway, after the file, that the
+    transaction id is the one it started with. It is ``SECURITY DEFINER`` (owned by the app),
+    so no role can be set inside either, not even one the app is a member of.
     The file starts on line 1 of the text EXECUTE runs, so PostgreSQL's ``LINE n`` is the file's.
     """
+    if migration.notx:
+        return notx_sql(migration, role)
     name = migration.name
     assert FILE_NAME.match(name) and _HEX64.match(migration.sha256)
     file_tag = _dollar_tag("pgvector_deploy_file", migration.sql)
@@ -405,47 +568,58 @@ def migration_sql(migration: Migration, role: str) -> str:
     # The file is the app's SQL: PostgreSQL's default search_path for it (our sessions pin
     # pg_catalog, pg_temp); everything of ours is schema-qualified.
     return (
-        f"BEGIN;\nSET LOCAL ROLE {role};\nSET LOCAL client_encoding TO 'UTF8';\n"
-        f"SELECT pg_catalog.set_config('pgvector_deploy.migration', '{name}', true);\n"
-        # Whether the ledger has it, asked as the app (its table): locked until COMMIT.
-        "CREATE FUNCTION pg_temp.pgvector_deploy_applied() RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER "
-        "SET search_path TO pg_catalog, pg_temp AS $pgvector_deploy$\nBEGIN\n"
-        f"LOCK TABLE {LEDGER} IN SHARE ROW EXCLUSIVE MODE;\n"
-        f"RETURN EXISTS (SELECT FROM ONLY {LEDGER} WHERE name = '{name}');\nEND $pgvector_deploy$;\n"
-        "SELECT pg_temp.pgvector_deploy_applied() AS pgvector_deploy_already \\gset\n"
-        "\\if :pgvector_deploy_already\nROLLBACK;\n"
-        f"\\warn {ALREADY_APPLIED} {name}\n\\quit\n\\endif\n"
-        "CREATE FUNCTION pg_temp.pgvector_deploy_migrate() RETURNS void LANGUAGE plpgsql SECURITY DEFINER "
-        f"SET search_path TO \"$user\", public AS {body_tag}\nBEGIN\n"
+        "BEGIN;\n"
+        + _session_check(role, name)
+        + f"SELECT pg_catalog.set_config('pgvector_deploy.migration', '{name}', true);\n"
+        + _ledger_state(migration, locked=True)
+        + "CREATE FUNCTION pg_temp.pgvector_deploy_migrate() RETURNS void LANGUAGE plpgsql SECURITY DEFINER "
+        f"SET search_path TO \"$user\", public AS {body_tag}\n"
+        "DECLARE xact pg_catalog.xid8 := pg_catalog.pg_current_xact_id();\nBEGIN\n"
         f"EXECUTE {file_tag}{migration.sql}\n{file_tag};\n"
-        f"IF current_user <> '{role}' OR pg_catalog.current_setting('pgvector_deploy.migration', true) "
+        f"IF pg_catalog.pg_current_xact_id() OPERATOR(pg_catalog.<>) xact OR session_user OPERATOR(pg_catalog.<>) '{role}' "
+        f"OR current_user OPERATOR(pg_catalog.<>) '{role}' OR pg_catalog.current_setting('pgvector_deploy.migration', true) "
         f"IS DISTINCT FROM '{name}' THEN\n"
-        f"  RAISE EXCEPTION 'pgvector-deploy: {name} ended the transaction or changed the role; it was not recorded';\n"
+        f"  RAISE EXCEPTION 'pgvector-deploy: {name} left its transaction or changed the role; it was not recorded';\n"
         "END IF;\n"
         f"INSERT INTO {LEDGER} (name, sha256) VALUES ('{name}', '{migration.sha256}');\n"
-        f"SET CONSTRAINTS ALL IMMEDIATE;\nEND {body_tag};\n"
+        f"END {body_tag};\n"
         "SELECT pg_temp.pgvector_deploy_migrate();\n"
-        # A WITH HOLD cursor the app's code declared would run its query at COMMIT, outside the
-        # function, where the session user (postgres) could be taken back: closed unread.
-        "CLOSE ALL;\n"
-        # Back as our own code: nothing of the app's on the path (it may have SET it).
-        "SET LOCAL search_path TO pg_catalog, pg_temp;\n"
-        f"DO $pgvector_deploy$ DECLARE found text := ({DEFERRED_CODE_SQL}); BEGIN IF found IS NOT NULL THEN "
-        f"RAISE EXCEPTION 'pgvector-deploy: {name} was rolled back: the database has deferrable checks (%), which "
-        "would run at COMMIT with more than the app role''s rights, so they must be NOT DEFERRABLE.', found; "
-        "END IF; END $pgvector_deploy$;\n"
         "COMMIT;\n"
         f"\\warn {DONE_MARKER} {name}\n"
     )
 
 
-def _psql_stdin(plan: Plan, database: str) -> str:
-    return f"{as_postgres(plan.platform, plan.port, database)} -f -"
+def notx_sql(migration: Migration, role: str) -> str:
+    """A ``.notx.sql`` file for psql to run statement by statement in autocommit, in the app
+    role's session, then its ledger row. The file holds no backslash (``sql_problems``), so
+    psql reads it as SQL only. Afterwards: a transaction the file left open is rolled back and
+    the file not recorded (two transaction ids that differ prove autocommit); a role it set is
+    reset before the row is written."""
+    name = migration.name
+    assert FILE_NAME.match(name) and _HEX64.match(migration.sha256) and "\\" not in migration.sql
+    return (
+        _session_check(role, name)
+        + _ledger_state(migration, locked=False)
+        # The file gets the search_path a wrapped file gets (our own statements pin theirs).
+        + "SET search_path TO \"$user\", public;\n"
+        + f"{migration.sql}\n;\n"
+        + "RESET search_path;\n"
+        # Not a transaction block: each statement is its own transaction, so two ids differ.
+        "SELECT pg_catalog.pg_current_xact_id()::pg_catalog.text AS pgvector_deploy_xact \\gset\n"
+        "SELECT pg_catalog.pg_current_xact_id()::pg_catalog.text OPERATOR(pg_catalog.<>) :'pgvector_deploy_xact' "
+        "AS pgvector_deploy_autocommit \\gset\n"
+        f"\\if :pgvector_deploy_autocommit\n\\else\nROLLBACK;\n\\warn {OPEN_MARKER} {name}\n\\quit\n\\endif\n"
+        "RESET ROLE;\n"
+        + _session_check(role, name)
+        + f"INSERT INTO {LEDGER} (name, sha256) VALUES ('{name}', '{migration.sha256}');\n"
+        f"\\warn {DONE_MARKER} {name}\n"
+    )
 
 
 def ledger_command(plan: Plan) -> StringCommand:
     app = plan.settings.app
-    return StringCommand(f"PATH={SAFE_PATH};", _psql_stdin(plan, app.database), "> /dev/null", _stdin=ledger_sql(app.user))
+    psql = as_app(plan.platform, plan.port, app.database, app.user)
+    return StringCommand(f"PATH={SAFE_PATH};", psql, "-f - > /dev/null", _stdin=ledger_sql(app.user))
 
 
 # psql's error -> one line "<file> line <n>: ERROR: ... DETAIL: ... HINT: ...": the line is
@@ -462,47 +636,83 @@ END { gsub(/[ \t]+/, " ", msg); sub(/^ /, "", msg); printf "%s%s: %s", name, (li
 """
 
 
-def apply_script(plan: Plan, name: str) -> str:
+def apply_script(plan: Plan, name: str, sha256: str = "0" * 64) -> str:
     """Shell: run psql on the SQL from standard input; on failure name the file, the line and
-    PostgreSQL's error; on success insist that psql reached the end (the marker after COMMIT)."""
-    assert FILE_NAME.match(name)
-    psql = _psql_stdin(plan, plan.settings.app.database)
-    failed = fail(
-        f"migration {name} failed and was rolled back: nothing of it was applied, and later files were not run. ",
-        Var("why"),
-        f" Fix: correct {name} (it is not in the ledger yet) and run the deploy again.",
-    )
-    unfinished = fail(
-        f"migration {name}: psql stopped before the end of the file, so it was not recorded. ", Var("why"),
-        " Fix: check the file for an unfinished statement.",
+    PostgreSQL's error, and say what the ledger says happened (the file and its row commit
+    together, so a row means it committed); on success insist that psql reached the end (the
+    marker after COMMIT)."""
+    assert FILE_NAME.match(name) and _HEX64.match(sha256)
+    app = plan.settings.app
+    psql = f"{as_app(plan.platform, plan.port, app.database, app.user)} -f -"
+    notx = name.endswith(NOTX_SUFFIX)
+    recorded_sql = f"SELECT pg_catalog.count(*) FROM ONLY {LEDGER} WHERE name = '{name}' AND sha256 = '{sha256}'"
+    recorded = as_app(plan.platform, plan.port, app.database, app.user, recorded_sql)
+    if notx:
+        after = (
+            f"migration {name} failed: it is a {NOTX_SUFFIX} file, run outside a transaction, so the statements "
+            "before the failing one may have been committed, and it was not recorded (the next run runs it again "
+            "from its first statement); later files were not run. "
+        )
+    else:
+        after = f"migration {name} failed and was rolled back: nothing of it was applied, and later files were not run. "
+    failed = fail(after, Var("why"), f" Fix: correct {name} (it is not in the ledger) and run the deploy again.")
+    unknown = fail(
+        f"migration {name} failed, and whether it was committed is unknown: the ledger could not be read "
+        f"afterwards. Later files were not run. ", Var("why"),
+        f" Fix: if psql could not log in as the app role, check the pgvector_deploy peer line in pg_hba.conf and the "
+        f"map in pg_ident.conf (the deploy writes both); otherwise look for {name} in {LEDGER}; then run the deploy again.",
     )  # fmt: skip
+    unfinished = fail(
+        f"migration {name}: psql stopped before the end of the file, so it was not recorded"
+        + (" (statements of this .notx.sql file may have been committed). " if notx else ". "),
+        Var("why"), " Fix: check the file for an unfinished statement.",
+    )  # fmt: skip
+    changed = fail(
+        f"migration {name} is in the ledger with another sha256 (another run recorded it meanwhile): an applied "
+        f"migration is never applied again; nothing of it was run. Fix: put {name} back as it was when applied, "
+        "and put the change in a new file."
+    )
+    left_open = fail(
+        f"migration {name} ({NOTX_SUFFIX}) left a transaction open at its end: that transaction was rolled back, the "
+        "statements before it were committed, and the file was not recorded. Fix: end every BEGIN with COMMIT in it."
+    )
+    line = lambda marker: shlex.quote(f"{marker} {name}")  # noqa: E731
     return (
         f"PATH={SAFE_PATH}; "
         # Only psql's own lines, and only when it exits 0, tell success or "already applied":
         # a server message (the app's RAISE) may say anything, line breaks included.
         f"if why=$({psql} 2>&1 >/dev/null); then "
-        f"if printf '%s\\n' \"$why\" | grep -qxF {shlex.quote(f'{DONE_MARKER} {name}')}; then :; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {shlex.quote(f'{ALREADY_APPLIED} {name}')}; then "
+        f"if printf '%s\\n' \"$why\" | grep -qxF {line(DONE_MARKER)}; then :; "
+        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(ALREADY_APPLIED)}; then "
         f"echo {shlex.quote(f'{name} was applied by another run meanwhile; skipped')}; "
+        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(RENAMED_MARKER)}; then "
+        f"echo {shlex.quote(f'{name}: its content was applied under another name (by another run meanwhile); skipped')}; "
+        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(CHANGED_MARKER)}; then {changed}; "
+        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(OPEN_MARKER)}; then {left_open}; "
         f"else {unfinished}; fi; "
         "else "
         f"why=$(printf '%s\\n' \"$why\" | awk -v name={name} {shlex.quote(_ERROR_AWK)}); "
-        f"{failed}; "
+        # The file and its ledger row commit together: the ledger says which happened.
+        f"case $({recorded} </dev/null 2>/dev/null) in "
+        f"1) echo {shlex.quote(f'{name} was committed and recorded, though psql then failed:')} \"$why\" ;; "
+        f"0) {failed} ;; "
+        f"*) {unknown} ;; esac; "
         "fi"
     )
 
 
 def apply_command(plan: Plan, migration: Migration) -> StringCommand:
-    return StringCommand(apply_script(plan, migration.name), _stdin=migration_sql(migration, plan.settings.app.user))
+    return StringCommand(apply_script(plan, migration.name, migration.sha256), _stdin=migration_sql(migration, plan.settings.app.user))
 
 
 # --- the fact and the operation ---------------------------------------------------------------------
 
 
 # What the ledger is, from pg_catalog alone: "none", "table" (the plain heap table we made,
-# name and sha256 of type pg_catalog.text), or what else it is. The app owns it, so it could
-# be a view, a foreign or partitioned table, or have columns of its own type whose casts or
-# output function run its code; only a plain table of text is read with superuser rights.
+# name and sha256 of type pg_catalog.text), or what else it is. The rows are read in the app's
+# own session, so nothing the app put there runs with more than its rights; the shape is still
+# checked (as superuser, reading the catalog only), so that a ledger replaced by a view or a
+# table of other types is refused, named, rather than read.
 LEDGER_SHAPE_SQL = (
     "SELECT CASE WHEN c.oid IS NULL THEN 'none' "
     "WHEN c.relkind <> 'r' THEN 'relkind ' || c.relkind::pg_catalog.text "
@@ -513,42 +723,20 @@ LEDGER_SHAPE_SQL = (
     "FROM (SELECT) AS one LEFT JOIN pg_catalog.pg_class c ON c.relname = 'schema_migrations' "
     f"AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = '{LEDGER_SCHEMA}')"
 )
-
-
-# The rows are read by a function owned by the ledger's owner (the app) and run with its
-# rights (SECURITY DEFINER, where no code can change role): planning a query on an app-owned
-# table evaluates the app's code (an index predicate, an expression), which must never run as
-# superuser. Read only (no write can set off a deferred trigger), and any cursor it declared
-# WITH HOLD closed unread before COMMIT (which would run it outside the function).
-LEDGER_READER_SQL = (
-    "CREATE FUNCTION pg_temp.pgvector_deploy_ledger() RETURNS SETOF pg_catalog.text LANGUAGE plpgsql "
-    "SECURITY DEFINER SET search_path TO pg_catalog, pg_temp AS $pgvector_deploy$ BEGIN RETURN QUERY "
-    f"SELECT l.name OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) l.sha256 FROM ONLY {LEDGER} AS l; "
-    "END $pgvector_deploy$",
-    "DO $pgvector_deploy$ BEGIN EXECUTE pg_catalog.format('ALTER FUNCTION pg_temp.pgvector_deploy_ledger() "
-    f"OWNER TO %I', (SELECT pg_catalog.pg_get_userbyid(relowner) FROM pg_catalog.pg_class WHERE oid = '{LEDGER}'"
-    "::pg_catalog.regclass)); END $pgvector_deploy$",
-)
+LEDGER_ROWS_SQL = f"SELECT 'applied=' || l.name || '|' || l.sha256 FROM ONLY {LEDGER} AS l"
+APP_LOGIN_TRIES = 20  # x 0.25 s: a pg_hba.conf/pg_ident.conf reload just sent may not be in force yet
 
 
 class MigrationLedger(FactBase):
     """The app database's ledger: whether the database and the ledger table exist, each
-    applied migration's name and sha256, and what refuses it (``LEDGER_SHAPE_SQL``).
-
-    The rows are read in one transaction holding a lock on the table (so it cannot be swapped
-    meanwhile) that checks the shape again, with ``FROM ONLY`` (no child table is read).
+    applied migration's name and sha256 (read in the app role's own session, ``as_app``), what
+    refuses it (``LEDGER_SHAPE_SQL``), and whether the app could log in at all (``app_login``:
+    no on a host whose pg_hba.conf has not the app's peer line yet, or without the role).
     """
 
-    def command(self, platform: Platform, port: int, database: str):
+    def command(self, platform: Platform, port: int, database: str, user: str):
         exists_sql = f"SELECT 1 FROM pg_catalog.pg_database WHERE datname = '{database}'"
-        recheck = (
-            f"DO $pgvector_deploy$ BEGIN IF ({LEDGER_SHAPE_SQL}) <> 'table' THEN "
-            "RAISE EXCEPTION 'the ledger changed while it was read'; END IF; END $pgvector_deploy$"
-        )
-        read = " ".join(
-            [as_postgres(platform, port, database)]
-            + [f"-c {shlex.quote(sql)}" for sql in (*LEDGER_READER_SQL, "BEGIN READ ONLY", f"LOCK TABLE ONLY {LEDGER} IN ACCESS SHARE MODE", recheck, "SELECT * FROM pg_temp.pgvector_deploy_ledger()", "CLOSE ALL", "COMMIT")]
-        )  # fmt: skip
+        read = " ".join([as_app(platform, port, database, user), *(f"-c {shlex.quote(sql)}" for sql in ("BEGIN READ ONLY", LEDGER_ROWS_SQL, "COMMIT"))])
         return f"""
 PATH={SAFE_PATH}
 if [ "$({as_postgres(platform, port, 'postgres', exists_sql)} 2>/dev/null)" = 1 ]; then
@@ -557,10 +745,14 @@ if [ "$({as_postgres(platform, port, 'postgres', exists_sql)} 2>/dev/null)" = 1 
   case $shape in
     table)
       echo ledger=yes
-      if rows=$({read} </dev/null 2>/dev/null); then
-        [ -z "$rows" ] || printf '%s\\n' "$rows" | sed -e 's/^/applied=/'
+      tries=0
+      until rows=$({read} </dev/null 2>/dev/null); do
+        tries=$((tries + 1)); [ $tries -lt {APP_LOGIN_TRIES} ] || break; sleep 0.25
+      done
+      if [ $tries -lt {APP_LOGIN_TRIES} ]; then
+        [ -z "$rows" ] || printf '%s\\n' "$rows" | grep '^applied='
       else
-        echo "ledger_refused=it changed while it was read"
+        echo app_login=no
       fi ;;
     none) ;;
     *) echo "ledger_refused=${{shape:-unreadable}}" ;;
@@ -590,6 +782,7 @@ def parse_ledger(lines: list[str]) -> dict:
         "ledger": values.get("ledger", [""])[0] == "yes" or refused is not None,
         "applied": {} if refused else applied,
         "refused": refused,
+        "app_login": values.get("app_login", [""])[0] != "no",
     }
 
 
@@ -597,8 +790,8 @@ def parse_ledger(lines: list[str]) -> dict:
 @host_locked
 @fails_host_on_error
 def apply(plan: Plan):
-    """Apply the app database's pending SQL migrations, each in its own transaction as the app
-    role, recording each in the ledger; refuse when an applied file changed.
+    """Apply the app database's pending SQL migrations, each in its own transaction in the app
+    role's session, recording each in the ledger; refuse when an applied file changed.
 
     .. code:: python
 
@@ -609,20 +802,31 @@ def apply(plan: Plan):
     if app is None or not settings.migrations:
         host.noop(f"no SQL migrations in {settings.migrations_dir or 'pg_migrations_dir'}")
         return
-    state = plan.fact(MigrationLedger, platform=plan.platform, port=plan.port, database=app.database)
+    state = plan.fact(MigrationLedger, platform=plan.platform, port=plan.port, database=app.database, user=app.user)
     if state["refused"]:
         yield fail(
             f"{LEDGER} in database {app.database} is not the plain table pgvector-deploy made ({state['refused']}); "
-            "it was not read, since reading it with superuser rights would run whatever the app role (its owner) "
-            "put there. Nothing was applied. Fix: find out who changed it, restore it as a plain table with text "
+            "it was not read. Nothing was applied. Fix: find out who changed it, restore it as a plain table with text "
             "columns name and sha256 listing the applied files, then run again."
         )
+        return
+    if not state["app_login"]:
+        # The ledger is there but the app cannot log in yet (this run's pg_hba.conf change is
+        # not executed yet, while pyinfra plans): every file is planned, each command asks the
+        # ledger itself, in the app's session, before any of it runs.
+        for migration in sorted(settings.migrations, key=lambda m: m.name):
+            yield apply_command(plan, migration)
         return
     try:
         todo = pending(settings.migrations, state["applied"])
     except MigrationError as error:
         yield fail(f"{settings.migrations_dir}: {error}")
         return
+    for migration, applied_as in renamed(settings.migrations, state["applied"]):
+        shown = applied_as if FILE_NAME.match(applied_as) else "another name"  # the ledger is the app's to write
+        message = f"{migration.name} is not run: its content was applied as {shown} (renamed or copied)"
+        host.noop(message)
+        logger.warning(f"{host.print_prefix}{message}")  # shown at every verbosity: a noop is not
     if not todo:
         host.noop(f"all {len(settings.migrations)} migrations in {settings.migrations_dir} are applied")
         return

@@ -48,6 +48,7 @@ from .facts import (
     TlsFiles,
     certificate_paths,
     hba_path,
+    ident_path,
     main_conf,
     settings_path,
 )
@@ -62,7 +63,7 @@ from .managed_files import (
 )
 from .platforms import Platform
 from .preflight import Plan
-from .shell import SAFE_PATH, Var, as_postgres, fail, fails_host_on_error, host_locked
+from .shell import SAFE_PATH, Failure, Var, as_postgres, fail, fails_host_on_error, host_locked
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 SYSCTL_TEXT = "# Managed by pgvector-deploy: lets PostgreSQL bind Docker bridge gateways before the bridges exist.\nnet.ipv4.ip_nonlocal_bind = 1\n"
@@ -279,13 +280,52 @@ def tls_wanted(settings, rules: str) -> bool:
 
 
 def render_hba(bridges: list[Bridge], settings, rules: str) -> str:
+    app = None if settings is None else settings.app
     return _environment().get_template("pg_hba.conf.j2").render(
         managed_note="rules for Docker bridges are generated from this host's interfaces and host data",
         user_begin=USER_BEGIN,
         user_end=USER_END,
         user_rules=rules,
         client_rules=client_rules(bridges, settings),
+        app_peer=None if app is None else {"database": app.database, "user": app.user},
     )
+
+
+# pg_ident.conf: our block (the map the app's peer line in pg_hba.conf names), everything else
+# in the file kept as it is. The map lets the OS user postgres (the deploy's sessions, as
+# migrations.as_app) and an OS user named like the app (as `local all all peer` did) in as the app.
+IDENT_MAP = "pgvector_deploy"
+IDENT_BEGIN = "# BEGIN pgvector-deploy (rewritten by every run: the app role's peer map for the deploy's own sessions)"
+IDENT_END = "# END pgvector-deploy"
+
+
+def render_ident(current: str | None, settings) -> str | None:
+    """The pg_ident.conf we want: ``current`` without our block (nor other lines of our map),
+    then our block for the app role; None when there is nothing to write (no app role, and no
+    file or none of ours in it)."""
+    lines = [] if current is None else current.splitlines()
+    kept, ours = [], False
+    for line in lines:
+        if line == IDENT_BEGIN:
+            ours = True
+        elif line == IDENT_END:
+            ours = False
+        elif not ours and (line.split() or [""])[0] != IDENT_MAP:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    app = None if settings is None else settings.app
+    if app is None:
+        if current is None or len(kept) == len(lines):
+            return None
+        return "\n".join(kept) + "\n"
+    block = [IDENT_BEGIN, f"{IDENT_MAP}  postgres  \"{app.user}\"", f"{IDENT_MAP}  {app.user}  \"{app.user}\"", IDENT_END]
+    return "\n".join([*kept, *([""] if kept else []), *block]) + "\n"
+
+
+IDENT_CHECK_SQL = (
+    "SELECT 'line ' || line_number || ': ' || error FROM pg_catalog.pg_ident_file_mappings WHERE error IS NOT NULL"
+)
 
 
 def _shown(line: str) -> str:
@@ -473,6 +513,27 @@ def listen(plan: Plan):
         yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{restart}"
 
 
+def ident_script(plan: Plan, state: dict) -> str | None:
+    """Shell writing pg_ident.conf (``render_ident``) through ``managed_files`` (a copy kept,
+    PostgreSQL checks it, put back on an error); None when it is already so; a ``Failure``
+    when the file cannot be carried over (not UTF-8, or holding our heredoc marker)."""
+    path = ident_path(plan.platform)
+    raw = state["files"].get(path)
+    try:
+        current = None if raw is None else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return fail(
+            f"refusing {path}: it is not UTF-8 text, and the deploy adds its map to it (for its sessions as the app "
+            "role). Nothing was changed. Fix: convert it to UTF-8 on the host (iconv -f latin1 -t utf-8), then run again."
+        )
+    wanted = render_ident(current, plan.settings)
+    if wanted is None or wanted.encode() == raw:
+        return None
+    if HEREDOC_MARKER in wanted:
+        return fail(f"refusing {path}: a line holds {HEREDOC_MARKER}, which cannot be written safely. Fix: remove it.")
+    return replace_file_script(path, wanted, "0640", IDENT_CHECK_SQL, plan.platform, plan.port, "pg_ident.conf")
+
+
 @operation()
 @host_locked
 @fails_host_on_error
@@ -510,6 +571,12 @@ def client_access(plan: Plan):
             "hostssl instead of host (the server then gets ssl = on), or as reject."
         )
         return
+    ident = ident_script(plan, state)
+    if isinstance(ident, Failure):
+        yield ident
+        return
+    if ident:
+        yield ident  # before pg_hba.conf: the map its app line names is there when that loads
     wanted = render_hba(state["bridges"], plan.settings, rules)
     if current == wanted.encode():
         if state["hba_errors"]:
@@ -518,6 +585,8 @@ def client_access(plan: Plan):
                 "(line|error). The running server keeps its previous rules; nothing was reloaded. "
                 "Fix: correct that line in the USER RULES section."
             )
+        elif ident:
+            yield reload_command(plan)
         return
     check_sql = "SELECT 'line ' || line_number || ': ' || error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL"
     yield replace_file_script(path, wanted, "0640", check_sql, plan.platform, plan.port, "pg_hba.conf")

@@ -453,7 +453,7 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
     if app is not None:
         facts.append((AppState, {"platform": platform, "port": port, "user": app.user, "database": app.database}))
         if settings.migrations:
-            facts.append((MigrationLedger, {"platform": platform, "port": port, "database": app.database}))
+            facts.append((MigrationLedger, {"platform": platform, "port": port, "database": app.database, "user": app.user}))
         if app.env_file is not None:
             facts.append((EnvFileState, {"path": app.env_file}))
     return facts

@@ -160,6 +160,34 @@ def test_a_changed_migration_stops_the_run_before_any_change(migrated, provision
     assert provision(host, env=ENV, **data).changed(host.name) == []
 
 
+def test_migrations_log_in_as_the_app_role_itself_and_no_role_switch_gets_past(migrated, provision):
+    """The deploy's migrations connect as the app (pg_ident.conf's pgvector_deploy map, the
+    app's peer line in pg_hba.conf): set_config('role', 'postgres', true) creates nothing owned
+    by postgres; a file sees session_user app; a renamed applied file is not run again; the
+    next run changes nothing (issue 13)."""
+    host, _, _, folder, data = migrated
+    assert 'pgvector_deploy  postgres  "app"' in host.sudo("cat /etc/postgresql/15/main/pg_ident.conf")
+    assert 'peer map=pgvector_deploy' in host.sudo("cat /etc/postgresql/15/main/pg_hba.conf")
+    switch = folder / "0005_switch.sql"
+    switch.write_text("SELECT set_config('role', 'postgres', true);\nCREATE TABLE by_postgres (id int);\n")
+    try:
+        run = provision(host, env=ENV, **data)
+        assert run.returncode != 0
+        assert "migration 0005_switch.sql failed and was rolled back" in run.output, run.output
+        assert host.psql("SELECT to_regclass('by_postgres') IS NULL", "app") == "t"
+    finally:
+        switch.unlink()
+    (folder / "0005_who.sql").write_text("CREATE TABLE migration_session AS SELECT session_user::text AS s, current_user::text AS c;\n")
+    (folder / "0002_documents_hnsw.sql").rename(folder / "0006_hnsw_renamed.sql")
+    run = provision(host, env=ENV, **data)
+    assert run.returncode == 0, run.output
+    assert host.psql("SELECT s || ' ' || c FROM migration_session", "app") == "app app"
+    assert host.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'migration_session'", "app") == "app"
+    assert "0006_hnsw_renamed.sql is not run: its content was applied as 0002_documents_hnsw.sql" in run.output, run.output
+    assert "0006_hnsw_renamed.sql" not in " ".join(ledger(host))
+    assert provision(host, env=ENV, **data).changed(host.name) == []
+
+
 # --- the env file ----------------------------------------------------------------------------------
 
 

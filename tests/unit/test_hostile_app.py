@@ -58,7 +58,7 @@ def test_reading_the_ledger_never_plans_the_app_s_index_predicate_as_superuser(s
         "app", user="app",
     )
     assert _superuser(server) == "f"
-    command = MigrationLedger().command(platform=server["platform"], port=5432, database="app")
+    command = MigrationLedger().command(platform=server["platform"], port=5432, database="app", user="app")
     state = MigrationLedger().process(subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout.splitlines())
     assert state["refused"] is None and state["ledger"] is True  # the shape check passed it
     assert _superuser(server) == "f", "the app became superuser while the toolkit read its ledger"
@@ -84,12 +84,12 @@ def test_a_hold_cursor_in_a_migration_never_runs_outside_the_app_s_function(serv
         "CREATE TRIGGER plant BEFORE INSERT ON public.docs FOR EACH ROW EXECUTE FUNCTION public.plant()",
         "app", user="app",
     )
-    subprocess.run(["sh", "-c", as_postgres(server["platform"], 5432, "app")], input=migrations.ledger_sql("app"),
+    subprocess.run(["sh", "-c", migrations.as_app(server["platform"], 5432, "app", "app")], input=migrations.ledger_sql("app"),
                    text=True, check=True, capture_output=True)  # fmt: skip
     sql = "INSERT INTO public.docs VALUES (1);\n"  # an ordinary migration; the app's trigger does the rest
     migration = migrations.parse_migration("0001_hold.sql", sql.encode())
     script = migrations.migration_sql(migration, "app")
-    result = subprocess.run(["sh", "-c", as_postgres(server["platform"], 5432, "app") + " -f -"], input=script,
+    result = subprocess.run(["sh", "-c", migrations.as_app(server["platform"], 5432, "app", "app") + " -f -"], input=script,
                             text=True, capture_output=True)  # fmt: skip
     print(result.stdout, result.stderr)
     assert _superuser(server) == "f", f"a migration's hold cursor made the app superuser: {result.stderr}"
@@ -107,7 +107,7 @@ def test_an_app_error_text_never_passes_for_already_applied(server, tmp_path):
         f"RAISE EXCEPTION '{migrations.ALREADY_APPLIED} 0002_b.sql'; END $f$",
         "app", user="app",
     )
-    subprocess.run(["sh", "-c", as_postgres(server["platform"], 5432, "app")], input=migrations.ledger_sql("app"),
+    subprocess.run(["sh", "-c", migrations.as_app(server["platform"], 5432, "app", "app")], input=migrations.ledger_sql("app"),
                    text=True, check=True, capture_output=True)  # fmt: skip
     migration = migrations.parse_migration("0002_b.sql", b"SELECT public.helper();\n")
 

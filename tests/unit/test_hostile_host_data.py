@@ -302,12 +302,15 @@ def check_rendered(s, real: RealReader | None) -> None:
     # pg_hba.conf: the fixed records and one per client rule, each token meaning itself.
     hba = networking.render_hba(BRIDGES, s, "")
     rules = networking.client_rules(BRIDGES, s)
+    # with an app: its peer line (migrations), its names quoted, so never a keyword
+    app_peer = [["local", s.app.database, s.app.user, "peer", "map=pgvector_deploy"]] if s.app else []
     intended_hba = [
-        ["local", "all", "postgres", "peer"], ["local", "all", "all", "peer"],
+        ["local", "all", "postgres", "peer"], *app_peer, ["local", "all", "all", "peer"],
         ["host", "all", "all", "127.0.0.1/32", "scram-sha-256"], ["host", "all", "all", "::1/128", "scram-sha-256"],
         *([rule["type"], "all", rule["user"], rule["cidr"], "scram-sha-256"] for rule in rules),
         ["local", "replication", "all", "peer"],
     ]  # fmt: skip
+    fixed = 4 + len(app_peer)  # records before the client rules
     assert hba_records(hba) == intended_hba
     assert all(rule["user"] == s.app.user for rule in rules)
     cidrs = {rule["cidr"] for rule in rules}
@@ -317,8 +320,8 @@ def check_rendered(s, real: RealReader | None) -> None:
     read_hba = real and real.hba(hba)
     if read_hba is not None:
         assert [row[0] for row in read_hba] == [record[0] for record in intended_hba]
-        assert [row[2] for row in read_hba][4:-1] == [[rule["user"]] for rule in rules]
-        assert [row[3] for row in read_hba][4:-1] == [rule["cidr"].split("/")[0] for rule in rules]
+        assert [row[2] for row in read_hba][fixed:-1] == [[rule["user"]] for rule in rules]
+        assert [row[3] for row in read_hba][fixed:-1] == [rule["cidr"].split("/")[0] for rule in rules]
 
     # The tuning file.
     if s.tuning.enabled:

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
-PSQL = f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
+PSQL = f"PGOPTIONS={shlex.quote(migrations.APP_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432 -U app"
 
 
 def migration(name: str, sql: str) -> Migration:
@@ -222,23 +223,32 @@ def test_files_gone_from_the_folder_are_left_in_the_ledger():
 # --- the SQL and the commands ---------------------------------------------------------------------
 
 
-def test_migration_sql_is_one_transaction_as_the_app_role_with_the_ledger_row_inside():
+def test_migration_sql_is_one_transaction_in_the_app_s_session_with_the_ledger_row_inside():
     sql = migration_sql(B, "app")
-    assert sql.startswith("BEGIN;\nSET LOCAL ROLE app;\n")
+    assert sql.startswith("BEGIN;\nDO $pgvector_deploy$ BEGIN IF session_user OPERATOR(pg_catalog.<>) 'app' OR current_user")
+    assert "SET LOCAL ROLE" not in sql  # the session is the app's own (as_app)
     # the file starts the text EXECUTE runs, so PostgreSQL's LINE n is the file's line n
     assert "EXECUTE $pgvector_deploy_file0$SELECT 2;" in sql
     assert "LANGUAGE plpgsql SECURITY DEFINER" in sql and "SELECT pg_temp.pgvector_deploy_migrate();" in sql
     insert = f"INSERT INTO {LEDGER} (name, sha256) VALUES ('0002_b.sql', '{B.sha256}');"
     assert sql.count("BEGIN;") == 1 and sql.count("COMMIT;") == 1
-    assert sql.index("SELECT 2;") < sql.index(insert) < sql.index("SET CONSTRAINTS ALL IMMEDIATE")
-    assert sql.index(insert) < sql.index(migrations.DEFERRED_CODE_SQL) < sql.index("COMMIT;") < sql.index(f"\\warn {DONE_MARKER} 0002_b.sql")
-    assert "current_user <> 'app'" in sql  # still our transaction and role before recording
-    # "already applied" is asked before the file runs, and told by psql itself (\warn), never an error text
-    applied = f"RETURN EXISTS (SELECT FROM ONLY {LEDGER} WHERE name = '0002_b.sql');"
-    assert sql.index(applied) < sql.index("\\if :pgvector_deploy_already") < sql.index("EXECUTE $pgvector_deploy_file0$")
+    assert sql.index("pg_catalog.pg_current_xact_id();\nBEGIN\n") < sql.index("SELECT 2;") < sql.index(insert)
+    assert sql.index("SELECT 2;") < sql.index("pg_catalog.pg_current_xact_id() OPERATOR(pg_catalog.<>) xact") < sql.index(insert)
+    assert sql.index(insert) < sql.index("COMMIT;") < sql.index(f"\\warn {DONE_MARKER} 0002_b.sql")
+    # "already applied" (by name, or by content under another name) is asked before the file
+    # runs, under a lock, and told by psql itself (\warn), never an error text
+    assert sql.index(f"LOCK TABLE ONLY {LEDGER}") < sql.index("\\if :pgvector_deploy_applied") < sql.index("EXECUTE $pgvector_deploy_file0$")
+    assert f"l.name <> '0002_b.sql' AND l.sha256 = '{B.sha256}') AS pgvector_deploy_renamed" in sql
     assert f"\\warn {migrations.ALREADY_APPLIED} 0002_b.sql\n\\quit" in sql
-    # a cursor the app's code left WITH HOLD is closed before COMMIT (it would run outside the function)
-    assert sql.index("SELECT pg_temp.pgvector_deploy_migrate();") < sql.index("CLOSE ALL;") < sql.index("COMMIT;")
+    assert f"\\warn {migrations.RENAMED_MARKER} 0002_b.sql\n\\quit" in sql
+
+
+def test_notx_sql_runs_the_file_at_top_level_then_checks_autocommit_then_records():
+    notx = migration("0003_i.notx.sql", "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x)")
+    sql = migration_sql(notx, "app")
+    assert "BEGIN;" not in sql and "EXECUTE" not in sql
+    assert sql.index("\\if :pgvector_deploy_applied") < sql.index("CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x)\n;\n")
+    assert sql.index("CREATE INDEX CONCURRENTLY") < sql.index("\\if :pgvector_deploy_autocommit") < sql.index("INSERT INTO")
 
 
 def test_a_file_holding_our_dollar_quote_tag_gets_another():
@@ -251,9 +261,10 @@ def test_the_file_is_ended_even_without_a_final_semicolon():
     assert "SELECT 1 -- no semicolon\n$pgvector_deploy_file0$;\n" in sql
 
 
-def test_ledger_sql_creates_the_table_as_the_app_role():
+def test_ledger_sql_creates_the_table_in_the_app_s_session():
     sql = migrations.ledger_sql("app")
-    assert sql.startswith("BEGIN;\nSET LOCAL ROLE app;\nCREATE SCHEMA IF NOT EXISTS pgvector_deploy;\n")
+    assert sql.startswith("BEGIN;\nDO $pgvector_deploy$ BEGIN IF session_user OPERATOR(pg_catalog.<>) 'app'")
+    assert "CREATE SCHEMA IF NOT EXISTS pgvector_deploy;\n" in sql
     assert f"CREATE TABLE IF NOT EXISTS {LEDGER} (\n    name text PRIMARY KEY," in sql
     assert "sha256 text NOT NULL" in sql and "applied_at timestamptz NOT NULL DEFAULT now()" in sql
     assert sql.endswith("COMMIT;\n")
@@ -294,31 +305,47 @@ def test_parse_ledger():
         "ledger": True,
         "applied": {"0001_a.sql": digest, "0002_b.sql": "b" * 64},
         "refused": None,
+        "app_login": True,
     }
 
 
 def test_parse_ledger_refused_reads_nothing():
     assert parse_ledger(["database=yes", "ledger_refused=relkind v", "applied=x|y"]) == {
-        "database": True, "ledger": True, "applied": {}, "refused": "relkind v",
+        "database": True, "ledger": True, "applied": {}, "refused": "relkind v", "app_login": True,
     }
 
 
-def test_parse_ledger_without_database_or_table():
-    assert parse_ledger([]) == {"database": False, "ledger": False, "applied": {}, "refused": None}
-    assert parse_ledger(["database=yes"]) == {"database": True, "ledger": False, "applied": {}, "refused": None}
-    assert MigrationLedger.default() == {"database": False, "ledger": False, "applied": {}, "refused": None}
+def test_parse_ledger_without_database_or_table_or_app_login():
+    empty = {"database": False, "ledger": False, "applied": {}, "refused": None, "app_login": True}
+    assert parse_ledger([]) == empty and MigrationLedger.default() == empty
+    assert parse_ledger(["database=yes"]) == {**empty, "database": True}
+    assert parse_ledger(["database=yes", "ledger=yes", "app_login=no"]) == {**empty, "database": True, "ledger": True, "app_login": False}
 
 
-def test_ledger_fact_command_is_valid_sh_and_reads_the_app_database(debian12):
-    command = MigrationLedger().command(platform=debian12, port=5432, database="vectors")
+def test_ledger_fact_command_is_valid_sh_and_reads_the_rows_in_the_app_s_session(debian12):
+    command = MigrationLedger().command(platform=debian12, port=5432, database="vectors", user="app")
     assert sh_syntax_error(command) == ""
     assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'vectors'") in command
-    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_SHAPE_SQL) in command
-    # the rows are read by a function with the ledger owner's rights, read only, cursors closed
-    for sql in (*migrations.LEDGER_READER_SQL, "BEGIN READ ONLY", "SELECT * FROM pg_temp.pgvector_deploy_ledger()", "CLOSE ALL"):
-        assert shlex.quote(sql) in command
-    assert "SELECT name || '|' || sha256 FROM ONLY" not in command  # never planned as superuser
+    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_SHAPE_SQL) in command  # the catalog only
+    # the rows: as the app role itself, read only
+    read = " ".join([migrations.as_app(debian12, 5432, "vectors", "app"),
+                     *(f"-c {shlex.quote(sql)}" for sql in ("BEGIN READ ONLY", migrations.LEDGER_ROWS_SQL, "COMMIT"))])  # fmt: skip
+    assert read in command
+    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_ROWS_SQL) not in command  # never as superuser
     assert command.rstrip().endswith("true"), "a fresh host (no server yet) must not fail the fact"
+
+
+def test_without_an_app_login_every_file_is_planned_and_each_asks_the_ledger_itself(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, FILES)
+    commands, _ = run_apply(plan, ["database=yes", "ledger=yes", "app_login=no"])
+    assert [c.connector_arguments["_stdin"] for c in commands] == [migration_sql(m, "app") for m in plan.settings.migrations]
+
+
+def test_a_renamed_file_is_reported_and_the_run_changes_nothing(debian12, provisioned_profile, tmp_path):
+    plan = plan_with(debian12, provisioned_profile, tmp_path, {"0032_seed.sql": "SELECT 1;"})
+    commands, host = run_apply(plan, ["database=yes", "ledger=yes", f"applied=0031_seed.sql|{hashlib.sha256(b'SELECT 1;').hexdigest()}"])
+    assert commands == []
+    assert host.noops[0] == "0032_seed.sql is not run: its content was applied as 0031_seed.sql (renamed or copied)"
 
 
 # --- the operation ----------------------------------------------------------------------------------
@@ -346,7 +373,7 @@ def test_fresh_database_gets_the_ledger_then_every_file_in_order(debian12, provi
         migration_sql(plan.settings.migrations[1], "app"),
     ]
     [(fact, kwargs, _)] = host.asked
-    assert fact is MigrationLedger and kwargs == {"platform": debian12, "port": 5432, "database": "app"}
+    assert fact is MigrationLedger and kwargs == {"platform": debian12, "port": 5432, "database": "app", "user": "app"}
 
 
 def test_converged_database_yields_nothing(debian12, provisioned_profile, tmp_path):
@@ -478,7 +505,7 @@ def run_command(command) -> subprocess.CompletedProcess:
 def deploy_once(server, tmp_path, files: dict[str, str], folder: str = "migrations") -> tuple[list, list]:
     """One run of the operation against the server: the fact for real, then its commands."""
     plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / folder, files))}), server["platform"], {})
-    fact = MigrationLedger().command(platform=server["platform"], port=5432, database="app")
+    fact = MigrationLedger().command(platform=server["platform"], port=5432, database="app", user="app")
     lines = subprocess.run(["sh", "-c", fact], check=False, capture_output=True, text=True).stdout.splitlines()
     commands = run_operation(migrations.apply, plan, FactHost({MigrationLedger: lines}))
     results = []
@@ -584,20 +611,22 @@ def test_real_server_a_trigger_the_app_planted_cannot_reset_role(server, tmp_pat
         server["psql"]("postgres", "ALTER ROLE app NOSUPERUSER")
 
 
-def test_real_server_refuses_deferrable_checks_that_would_run_at_commit(server, tmp_path):
-    """A deferrable check could fire at COMMIT, after the wrapper returned (the wrapper's own
-    SET CONSTRAINTS ALL IMMEDIATE can be undone by the app's code): refused, rolled back."""
+def test_real_server_a_deferred_trigger_runs_at_commit_with_the_app_s_rights_only(server, tmp_path):
+    """A deferrable trigger fires at COMMIT, after the wrapper function returned; the session
+    is the app's own, so its RESET ROLE changes nothing: the app stays a plain role. (With the
+    session user postgres, such databases had to be refused.)"""
     as_app(server, "CREATE TABLE public.later (id int); "
-           "CREATE FUNCTION public.escalate() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RETURN NEW; END $f$; "
+           "CREATE FUNCTION public.escalate() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RESET ROLE; "
+           "IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = session_user) THEN EXECUTE 'ALTER ROLE app SUPERUSER'; "
+           "END IF; RETURN NEW; END $f$; "
            "CREATE CONSTRAINT TRIGGER later AFTER INSERT ON public.later DEFERRABLE INITIALLY DEFERRED "
            "FOR EACH ROW EXECUTE FUNCTION public.escalate()")  # fmt: skip
     try:
         _, results = deploy_once(server, tmp_path, {"0701_later.sql": "INSERT INTO later VALUES (1);"}, "later")
-        assert results[-1].returncode != 0
-        assert "the database has deferrable checks (trigger later on public.later)" in results[-1].stderr, results[-1].stderr
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
         assert app_is_superuser(server) == "f"
-        assert server["psql"]("app", "SELECT count(*) FROM public.later") == "0"
-        assert "0701_later.sql" not in " ".join(ledger_rows(server))
+        assert server["psql"]("app", "SELECT count(*) FROM public.later") == "1"
+        assert "0701_later.sql" in " ".join(ledger_rows(server))
     finally:
         as_app(server, "DROP TABLE public.later; DROP FUNCTION public.escalate()")
         server["psql"]("postgres", "ALTER ROLE app NOSUPERUSER")
@@ -613,13 +642,13 @@ def test_real_server_does_not_record_a_file_that_swallows_the_end(server, tmp_pa
 
 
 def test_real_server_refuses_a_changed_file_before_any_change(server, tmp_path):
-    files = {"0501_t.sql": "CREATE TABLE t501 (id int);"}
+    files = {"0751_t.sql": "CREATE TABLE t501 (id int);"}
     _, results = deploy_once(server, tmp_path, files, "changed")
     assert all(r.returncode == 0 for r in results)
-    changed = {"0501_t.sql": "CREATE TABLE t501 (id bigint);", "0502_more.sql": "CREATE TABLE t502 (id int);"}
+    changed = {"0751_t.sql": "CREATE TABLE t501 (id bigint);", "0752_more.sql": "CREATE TABLE t502 (id int);"}
     [_], [result] = deploy_once(server, tmp_path, changed, "changed")
     assert result.returncode != 0
-    assert f"0501_t.sql was applied with sha256 {hashlib.sha256(files['0501_t.sql'].encode()).hexdigest()}" in result.stderr
+    assert f"0751_t.sql was applied with sha256 {hashlib.sha256(files['0751_t.sql'].encode()).hexdigest()}" in result.stderr
     assert server["psql"]("app", "SELECT to_regclass('t502') IS NULL") == "t"
 
 
@@ -694,3 +723,192 @@ def test_alembics_stock_template_fails_with_the_nameerror_this_example_avoids(al
     upgraded = alembic(project, alembic_database, "upgrade", "head")
     assert upgraded.returncode != 0
     assert "NameError: name 'pgvector' is not defined" in upgraded.stderr
+
+
+# --- issue 13: "each file once, in its own transaction, as the app role", against an adversary ----
+# Each test below failed on the code before the fix (the app connected as postgres with SET LOCAL
+# ROLE, the splitter counted BEGIN everywhere, the ledger matched names only).
+
+
+def test_a_begin_column_is_not_refused():
+    """psql counts BEGIN only in CREATE [OR REPLACE] FUNCTION|PROCEDURE bodies: a column named
+    begin is ordinary SQL (refused as 'never ends' before)."""
+    assert sql_problems("CREATE TABLE shifts (id int, begin timestamptz);\nSELECT 1;\n") == []
+    assert sql_problems("SELECT CASE WHEN true THEN 1 END AS begin;") == []
+
+
+def test_an_end_after_a_begin_column_is_refused_naming_its_line():
+    problems = sql_problems("CREATE TABLE spans (id int, begin int);\nEND;\nCREATE TABLE after_end (x int);\n")
+    assert problems and problems[0][0] == 2 and problems[0][1].startswith("END starts or ends a transaction"), problems
+
+
+@pytest.mark.parametrize(
+    "sql, what",
+    [
+        ("CREATE INDEX CONCURRENTLY items_body ON items (body);", "CREATE INDEX CONCURRENTLY"),
+        ("create unique index concurrently if not exists i on t (x);", "CREATE INDEX CONCURRENTLY"),
+        ("DROP INDEX CONCURRENTLY i;", "DROP INDEX CONCURRENTLY"),
+        ("REINDEX INDEX CONCURRENTLY i;", "REINDEX ... CONCURRENTLY"),
+        ("REINDEX DATABASE app;", "REINDEX DATABASE"),
+        ("VACUUM ANALYZE items;", "VACUUM"),
+        ("CREATE DATABASE other;", "CREATE DATABASE"),
+        ("DROP DATABASE other;", "DROP DATABASE"),
+        ("ALTER SYSTEM SET work_mem = '1GB';", "ALTER SYSTEM"),
+        ("CREATE TABLESPACE t LOCATION '/x';", "CREATE TABLESPACE"),
+        ("ALTER TABLE p DETACH PARTITION c CONCURRENTLY;", "DETACH PARTITION ... CONCURRENTLY"),
+    ],
+)
+def test_statements_that_cannot_run_in_a_transaction_are_refused_with_the_fix(tmp_path, sql, what):
+    folder = write(tmp_path / "m", {"0001_a.sql": "SELECT 1;", "0002_index.sql": f"SELECT 1;\n{sql}\n"})
+    with pytest.raises(SettingsError) as error:
+        load_settings({**APP, "pg_migrations_dir": str(folder)})
+    message = str(error.value)
+    assert f"0002_index.sql line 2: {what} cannot run inside a transaction" in message, message
+    assert "0002_index.notx.sql" in message  # the fix, named
+
+
+def test_concurrently_in_a_string_a_comment_or_refresh_is_not_refused():
+    assert sql_problems("SELECT 'CREATE INDEX CONCURRENTLY x'; -- VACUUM\nREFRESH MATERIALIZED VIEW CONCURRENTLY v;") == []
+    assert sql_problems('CREATE TABLE vacuum_log ("vacuum" int);') == []
+
+
+def test_a_notx_file_accepts_them_but_no_backslash_at_all():
+    assert parse_migration("0003_i.notx.sql", b"CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x);\n").name == "0003_i.notx.sql"
+    with pytest.raises(MigrationError, match=r"0003_i.notx.sql line 1: .*backslash"):
+        parse_migration("0003_i.notx.sql", b"SELECT E'\\\\';\n")
+
+
+def test_a_renamed_file_is_reported_not_pending():
+    seed = migration("0031_seed.sql", "INSERT INTO t VALUES (1);")
+    renamed = migration("0032_seed.sql", "INSERT INTO t VALUES (1);")
+    assert pending((renamed,), {seed.name: seed.sha256}) == []
+    assert migrations.renamed((renamed,), {seed.name: seed.sha256}) == [(renamed, "0031_seed.sql")]
+
+
+def test_real_server_a_renamed_file_is_not_applied_again(server, tmp_path):
+    seed = "CREATE TABLE IF NOT EXISTS seeded (id int);\nINSERT INTO seeded VALUES (1);\n"
+    _, results = deploy_once(server, tmp_path, {"0801_seed.sql": seed}, "rename")
+    assert all(r.returncode == 0 for r in results)
+    (tmp_path / "rename" / "0801_seed.sql").rename(tmp_path / "rename" / "0802_seed.sql")
+    commands, results = deploy_once(server, tmp_path, {}, "rename")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert server["psql"]("app", "SELECT count(*) FROM seeded") == "1", "the renamed file ran a second time"
+    assert commands == []
+
+
+def test_real_server_a_migration_runs_in_the_app_s_own_session(server, tmp_path):
+    """session_user is the app: nothing in the file can become anyone else (with session_user
+    postgres, SET LOCAL ROLE could be undone by code the app planted)."""
+    files = {"0901_who.sql": "CREATE TABLE who AS SELECT session_user::text AS s, current_user::text AS c;"}
+    _, results = deploy_once(server, tmp_path, files, "who")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert server["psql"]("app", "SELECT s || ' ' || c FROM who") == "app app"
+
+
+@pytest.mark.parametrize(
+    "name, sql",
+    [
+        ("0911_set_config.sql", "SELECT set_config('role', 'postgres', true);\nCREATE TABLE by_set_config (id int);"),
+        ("0912_quoted.sql", 'SET "role" TO postgres;\nCREATE TABLE by_quoted_role (id int);'),
+        ("0913_do.sql", "DO $$ BEGIN EXECUTE 'SET ROLE postgres'; END $$;\nCREATE TABLE by_do_role (id int);"),
+        ("0914_auth.sql", "SELECT set_config('session_authorization', 'postgres', false);\nCREATE TABLE by_auth (id int);"),
+    ],
+)
+def test_real_server_a_role_switch_in_any_spelling_creates_nothing_as_postgres(server, tmp_path, name, sql):
+    _, results = deploy_once(server, tmp_path, {name: sql}, name)
+    assert results[-1].returncode != 0, "the role switch was accepted"
+    assert f"migration {name} failed and was rolled back" in results[-1].stderr
+    owned = server["psql"]("app", "SELECT count(*) FROM pg_class WHERE relname LIKE 'by\\_%' AND relowner <> 'app'::regrole")
+    assert owned == "0"
+    assert name not in " ".join(ledger_rows(server))
+
+
+def test_real_server_a_file_ending_its_transaction_commits_nothing_and_says_so(server, tmp_path):
+    """The issue's file, the folder check bypassed: the server refuses the END inside the
+    wrapper, nothing of it exists, the ledger has nothing, the message names the file."""
+    plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "e", {"0951_x.sql": "SELECT 1;"}))}), server["platform"], {})
+    text = "CREATE TABLE spans (id int, begin int); END; CREATE TABLE after_end (x int);"
+    result = run_command(apply_command(plan, Migration("0951_x.sql", text, hashlib.sha256(text.encode()).hexdigest())))
+    assert result.returncode != 0
+    assert "migration 0951_x.sql failed and was rolled back" in result.stderr, result.stderr
+    assert server["psql"]("app", "SELECT to_regclass('spans') IS NULL AND to_regclass('after_end') IS NULL") == "t"
+    assert "0951_x.sql" not in " ".join(ledger_rows(server))
+
+
+def test_real_server_a_notx_file_builds_its_index_concurrently_as_the_app(server, tmp_path):
+    files = {
+        "1001_docs.sql": "CREATE TABLE docs (id int, body text);\n",
+        "1002_docs_body.notx.sql": "CREATE INDEX CONCURRENTLY IF NOT EXISTS docs_body ON docs (body);\nVACUUM (ANALYZE) docs;\n",
+    }
+    _, results = deploy_once(server, tmp_path, files, "notx")
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert server["psql"]("app", "SELECT indisvalid FROM pg_index WHERE indexrelid = 'docs_body'::regclass") == "t"
+    assert server["psql"]("app", "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'docs_body'") == "app"
+    assert "1002_docs_body.notx.sql" in " ".join(ledger_rows(server))
+    commands, _ = deploy_once(server, tmp_path, files, "notx")
+    assert commands == []
+
+
+def test_real_server_the_app_s_peer_map_lets_only_the_deploy_in_as_the_app(debian12_module, tmp_path):
+    """The pg_hba.conf and pg_ident.conf the deploy writes (networking.render_hba/render_ident,
+    through managed_files.replace_file_script with PostgreSQL's own checks), on a server of
+    their own: the deploy's sessions (OS user postgres) log in as the app with no password;
+    another OS user cannot, and the OS user postgres gets no other role that way."""
+    from pgvector_deploy import networking
+    from pgvector_deploy.managed_files import replace_file_script
+
+    with throwaway_server("pgvd-peer-") as base:
+        platform = dataclasses.replace(debian12_module, socket_dir=str(base))
+        psql = lambda sql, *who: subprocess.run(  # noqa: E731
+            ["runuser", "-u", who[0] if who else "postgres", "--", f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base),
+             "-U", who[1] if len(who) > 1 else "postgres", "-d", "app", "-c", sql],
+            check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base), "-d", "postgres", "-c",
+                        "CREATE ROLE app LOGIN; CREATE ROLE other LOGIN"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base), "-d", "postgres", "-c",
+                        "CREATE DATABASE app OWNER app"], check=True, capture_output=True)  # fmt: skip
+        settings = load_settings(APP)
+        data = base / "data"
+        ident = networking.render_ident((data / "pg_ident.conf").read_text(), settings)
+        for name, text in (("pg_ident.conf", ident), ("pg_hba.conf", networking.render_hba([], settings, ""))):
+            check = networking.IDENT_CHECK_SQL if name == "pg_ident.conf" else (
+                "SELECT 'line ' || line_number || ': ' || error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL")
+            script = replace_file_script(str(data / name), text, "0640", check, platform, 5432, name, backups=str(tmp_path / "copies"))
+            result = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+        subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/pg_ctl", "-D", str(data), "reload"], check=True, capture_output=True)
+        for _ in range(50):
+            if psql("SELECT 1", "postgres", "app").returncode == 0:
+                break
+            time.sleep(0.1)
+        who = subprocess.run(["sh", "-c", migrations.as_app(platform, 5432, "app", "app", "SELECT session_user")],
+                             capture_output=True, text=True)  # fmt: skip
+        assert (who.returncode, who.stdout.strip()) == (0, "app"), who.stderr
+        assert "Peer authentication failed" in psql("SELECT 1", "nobody", "app").stderr
+        assert "Peer authentication failed" in psql("SELECT 1", "postgres", "other").stderr
+        # the whole migration path, through the map: the ledger, a file, the fact
+        plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "m", {"0001_t.sql": "CREATE TABLE t (id int);"}))}), platform, {})
+        for command in (ledger_command(plan), apply_command(plan, plan.settings.migrations[0])):
+            result = run_command(command)
+            assert result.returncode == 0, result.stderr
+        fact = MigrationLedger().command(platform=platform, port=5432, database="app", user="app")
+        state = parse_ledger(subprocess.run(["sh", "-c", fact], capture_output=True, text=True).stdout.splitlines())
+        assert state["applied"] == {"0001_t.sql": plan.settings.migrations[0].sha256} and state["app_login"]
+
+
+def test_real_server_a_failure_after_the_commit_is_never_called_a_roll_back(server, tmp_path):
+    """psql fails after the file committed (here: a statement after our COMMIT): the ledger
+    has the row, so the run says it was committed and recorded, and goes on (the code
+    before said 'rolled back: nothing of it was applied')."""
+    plan = Plan(load_settings({**APP, "pg_migrations_dir": str(write(tmp_path / "c", {"1101_c.sql": "CREATE TABLE committed_1101 (id int);"}))}),
+                server["platform"], {})  # fmt: skip
+    migration = plan.settings.migrations[0]
+    assert run_command(ledger_command(plan)).returncode == 0  # (made already when other tests ran first)
+    command = apply_command(plan, migration)
+    result = subprocess.run(["sh", "-c", str(command)], input=command.connector_arguments["_stdin"] + "SELECT 1/0;\n",
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "rolled back" not in result.stderr + result.stdout
+    assert result.returncode == 0 and result.stdout.startswith("1101_c.sql was committed and recorded, though psql then failed:")
+    assert "division by zero" in result.stdout
+    assert server["psql"]("app", "SELECT to_regclass('committed_1101') IS NOT NULL") == "t"

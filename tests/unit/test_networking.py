@@ -52,6 +52,7 @@ from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, dbname_conninfo
 from .conftest import RECORDED, FactHost, recorded_lines, run_operation, sh_syntax_error, with_changes
 
 HBA = "/etc/postgresql/15/main/pg_hba.conf"
+IDENT = "/etc/postgresql/15/main/pg_ident.conf"
 SETTINGS_FILE = "/etc/postgresql/15/main/conf.d/90-pgvector-deploy.conf"
 MAIN_CONF = "/etc/postgresql/15/main/postgresql.conf"
 PSQL = f"PGOPTIONS={shlex.quote(SUPERUSER_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432"
@@ -254,6 +255,8 @@ def test_without_an_app_role_there_are_no_bridge_rules():
 
 APP_DATA = {"pg_app_user": "app", "pg_app_password": "not-used-here"}
 MANAGED_HEAD = [["local", "all", "postgres", "peer"], ["local", "all", "all", "peer"]]
+# with an app role: its peer line (the deploy's own sessions as the app, the pgvector_deploy map)
+APP_HEAD = [MANAGED_HEAD[0], ["local", '"app"', '"app"', "peer", "map=pgvector_deploy"], MANAGED_HEAD[1]]
 LOOPBACK = [["host", "all", "all", "127.0.0.1/32", "scram-sha-256"], ["host", "all", "all", "::1/128", "scram-sha-256"]]
 REPLICATION = [["local", "replication", "all", "peer"]]
 
@@ -261,7 +264,7 @@ REPLICATION = [["local", "replication", "all", "peer"]]
 def test_render_hba_rules_in_order_one_per_bridge_and_subnet():
     settings = load_settings({**APP_DATA, "pg_docker_subnets": ["172.20.0.0/16", "172.18.0.0/16", "10.10.0.0/24"]})
     text = render_hba([BR, DOCKER0], settings, "")
-    assert rules_of(text) == MANAGED_HEAD + LOOPBACK + [
+    assert rules_of(text) == APP_HEAD + LOOPBACK + [
         ["host", "all", "app", "172.18.0.0/16", "scram-sha-256"],
         ["host", "all", "app", "172.17.0.0/16", "scram-sha-256"],
         ["hostssl", "all", "app", "172.20.0.0/16", "scram-sha-256"],
@@ -530,9 +533,11 @@ def docker_state(mine: str = "", hba: str | None = None, drop: tuple[str, ...] =
     ``drop`` left out."""
     if hba is None:
         hba = render_hba([BR, DOCKER0], load_settings(data or {}), mine)
+    ident = networking.render_ident(None, load_settings(data or {}))
     recorded = [line for line in recorded_lines("docker", "server-config") if not (drop and line.startswith(drop))]
     return [
         file_line(HBA, hba),
+        *([file_line(IDENT, ident)] if ident else []),
         file_line(SETTINGS_FILE, render_settings(DEBIAN12, DOCKER_ADDRESSES)),
         file_line(SYSCTL_FILE, networking.SYSCTL_TEXT),
         *recorded,
@@ -636,7 +641,7 @@ def test_new_bridge_rewrites_pg_hba_keeping_user_rules(app_plan):
     script, reload = access
     assert f"file={HBA}\n" in script and "pg_hba_file_rules" in script and "chmod 0640 " in script
     assert sh_syntax_error(script) == ""
-    assert rules_of(heredoc_body(script)) == MANAGED_HEAD + [["host", "mydb", "myuser", "172.18.0.0/16", "scram-sha-256"]] + LOOPBACK + [
+    assert rules_of(heredoc_body(script)) == APP_HEAD + [["host", "mydb", "myuser", "172.18.0.0/16", "scram-sha-256"]] + LOOPBACK + [
         ["host", "all", "app", "172.18.0.0/16", "scram-sha-256"],
         ["host", "all", "app", "172.19.0.0/16", "scram-sha-256"],
         ["host", "all", "app", "172.17.0.0/16", "scram-sha-256"],
@@ -1092,3 +1097,55 @@ def test_the_check_before_ssl_on_refuses_what_postgresql_would_not_start_with(tl
     shutil.chown(key, "root", "postgres")
     key.chmod(0o640)
     assert run_sh(check).returncode == 0  # root-owned, group-readable by postgres: accepted
+
+
+# --- pg_ident.conf: the app role's peer map for the deploy's own sessions (issue 13) -------------
+
+STOCK_IDENT = "# PostgreSQL User Name Maps\n# MAPNAME       SYSTEM-USERNAME         PG-USERNAME\nmine  alice  bob\n"
+
+
+def test_render_ident_keeps_other_maps_and_adds_ours_once():
+    settings = load_settings(APP_DATA)
+    text = networking.render_ident(STOCK_IDENT, settings)
+    assert text.startswith(STOCK_IDENT + "\n" + networking.IDENT_BEGIN + "\n")
+    assert 'pgvector_deploy  postgres  "app"\npgvector_deploy  app  "app"\n' + networking.IDENT_END + "\n" in text
+    assert networking.render_ident(text, settings) == text  # a second run converges
+
+
+def test_render_ident_drops_stray_lines_of_our_map_and_our_block_without_an_app():
+    planted = STOCK_IDENT + "pgvector_deploy  www-data  app\n"
+    assert "www-data" not in networking.render_ident(planted, load_settings(APP_DATA))
+    ours = networking.render_ident(STOCK_IDENT, load_settings(APP_DATA))
+    assert networking.render_ident(ours, load_settings({})) == STOCK_IDENT
+    assert networking.render_ident(STOCK_IDENT, load_settings({})) is None  # nothing of ours: left alone
+    assert networking.render_ident(None, load_settings({})) is None
+
+
+def test_an_existing_app_host_gets_the_map_then_the_peer_line_then_a_reload(app_plan):
+    """A host provisioned before the app's peer line: pg_ident.conf (Debian's stock file kept)
+    first, then pg_hba.conf, then one reload; the next run changes nothing."""
+    new_hba = render_hba([BR, DOCKER0], load_settings(APP_DATA), "")
+    old_hba = new_hba.replace('local   "app"', '#local   "app"')  # as before: no app peer line
+    lines = [line for line in docker_state(data=APP_DATA) if not line.startswith((f"file={HBA}|", f"file={IDENT}|"))]
+    lines += [file_line(HBA, old_hba), file_line(IDENT, STOCK_IDENT)]
+    ident, hba, reload = run_operation(networking.client_access, app_plan, FactHost({ServerConfig: lines}))
+    assert f"file={IDENT}\n" in ident and "pg_ident_file_mappings" in ident and "chmod 0640 " in ident
+    assert heredoc_body(ident) == networking.render_ident(STOCK_IDENT, app_plan.settings)
+    assert sh_syntax_error(ident) == ""
+    assert f"file={HBA}\n" in hba and reload == RELOAD
+    fresh = Plan(app_plan.settings, app_plan.platform, app_plan.profile)  # nothing remembered
+    assert run_operation(networking.client_access, fresh, FactHost({ServerConfig: docker_state(data=APP_DATA)})) == []
+
+
+def test_only_the_map_missing_writes_it_and_reloads(app_plan):
+    lines = [line for line in docker_state(data=APP_DATA) if not line.startswith(f"file={IDENT}|")]
+    ident, reload = run_operation(networking.client_access, app_plan, FactHost({ServerConfig: lines}))
+    assert f"file={IDENT}\n" in ident and reload == RELOAD
+
+
+def test_a_pg_ident_conf_that_is_not_utf8_is_refused_and_nothing_written(app_plan):
+    lines = [line for line in docker_state(data=APP_DATA) if not line.startswith(f"file={IDENT}|")]
+    latin1 = base64.b64encode("caf\xe9 alice bob\n".encode("latin-1")).decode()
+    lines.append(f"file={IDENT}|{latin1}")
+    [command] = run_operation(networking.client_access, app_plan, FactHost({ServerConfig: lines}))
+    assert "pg_ident.conf: it is not UTF-8" in command and "<<" not in command

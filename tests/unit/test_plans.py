@@ -37,6 +37,7 @@ from pgvector_deploy.facts import (
     TlsFiles,
     certificate_paths,
     hba_path,
+    ident_path,
     settings_path,
 )
 from pgvector_deploy.migrations import MigrationLedger
@@ -464,6 +465,7 @@ def converged_outputs(plan: Plan) -> dict:
         TlsFiles: ["openssl=yes", "usable=yes", "covers=yes", "key=600|postgres:postgres"],
         ServerConfig: [
             f"file={hba_path(platform)}|{encoded(networking.render_hba([docker0], settings, ''))}",
+            *([f"file={ident_path(platform)}|{encoded(networking.render_ident(None, settings))}"] if settings.app else []),
             f"file={settings_path(platform)}|{encoded(networking.render_settings(platform, addresses, tls))}",
             f"file={SYSCTL_FILE}|{encoded(networking.SYSCTL_TEXT)}",
             f"file={tuning_path(platform)}|{encoded(tuning.render(tuning.plan_tuning(settings.tuning, plan.profile), plan.profile))}",

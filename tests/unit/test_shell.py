@@ -268,13 +268,13 @@ def test_the_ledger_is_read_only_when_it_is_a_plain_table_of_text(hostile_server
     platform = hostile_server["platform"]
 
     def read():
-        command = MigrationLedger().command(platform=platform, port=5432, database="app")
+        command = MigrationLedger().command(platform=platform, port=5432, database="app", user="app")
         return MigrationLedger().process(subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout.splitlines())
 
     assert read()["ledger"] is False
     psql("CREATE SCHEMA pgvector_deploy; CREATE TABLE pgvector_deploy.schema_migrations (name text PRIMARY KEY, sha256 text); "
          "INSERT INTO pgvector_deploy.schema_migrations VALUES ('0001_a.sql', 'aa')", "app", user="app")  # fmt: skip
-    assert read() == {"database": True, "ledger": True, "applied": {"0001_a.sql": "aa"}, "refused": None}
+    assert read() == {"database": True, "ledger": True, "applied": {"0001_a.sql": "aa"}, "refused": None, "app_login": True}
     psql("CREATE TABLE public.child () INHERITS (pgvector_deploy.schema_migrations); "
          "INSERT INTO public.child VALUES ('0002_fake.sql', 'bb')", "app", user="app")  # fmt: skip
     assert read()["applied"] == {"0001_a.sql": "aa"}, "FROM ONLY: a child table is not read"
@@ -283,7 +283,7 @@ def test_the_ledger_is_read_only_when_it_is_a_plain_table_of_text(hostile_server
     psql("DROP TABLE pgvector_deploy.schema_migrations CASCADE; "
          "CREATE VIEW pgvector_deploy.schema_migrations AS SELECT extname::text AS name, extversion AS sha256 FROM public.escalate()",
          "app", user="app")  # fmt: skip
-    assert read() == {"database": True, "ledger": True, "applied": {}, "refused": "relkind v"}
+    assert read() == {"database": True, "ledger": True, "applied": {}, "refused": "relkind v", "app_login": True}
     assert psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'app'") == "f"
 
 
