@@ -13,7 +13,8 @@ from tests.hosts.tarballs import DEFAULT_VERSION, TarballMismatch, TarballMissin
 
 @contextmanager
 def fresh_hosts(names_and_indexes: list[tuple[str, int]]):
-    """A started lab serving the real tarball, with fresh booted hosts; all torn down after.
+    """A started lab serving the default release (the real 0.8.6 tarball, from the shared
+    directory), with fresh booted hosts; all torn down after.
 
     Yields ``(data, hosts, workdir)``, ``data`` being the host data that builds that tarball.
     """
