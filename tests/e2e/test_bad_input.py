@@ -7,7 +7,9 @@ import re
 
 import pytest
 
+from pgvector_deploy.releases import RELEASES
 from tests.hosts.lab import GATEWAY, NET
+from tests.hosts.tarballs import DEFAULT_VERSION
 
 
 AMAZON_LINUX_2 = """NAME="Amazon Linux"
@@ -44,7 +46,7 @@ def fresh(hosts):
 CASES = {
     "wrong sha256": (
         {"pgvector_sha256": "0" * 64},
-        ["has sha256 867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0", "expected " + "0" * 64],
+        [f"has sha256 {RELEASES[DEFAULT_VERSION].sha256}", "expected " + "0" * 64],
     ),
     "unreachable pgvector_url": (
         {"pgvector_url": f"http://{GATEWAY}:9/v0.8.6.tar.gz"},

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from pgvector_deploy.facts import BUILD_STAMP
+from pgvector_deploy.releases import RELEASES
 from tests.hosts.runner import DEPLOY, REPO, write_inventory
 from tests.hosts.tarballs import DEFAULT_VERSION
 
@@ -173,4 +174,4 @@ def test_security_scan_of_the_live_host(hardened):
     assert world_writable.strip() == ""
     assert host.sudo("grep -rlsF -f - /etc /var /home /root /tmp || true", input=PASSWORD).split() == []
     cached = host.sudo("sha256sum /var/cache/pgvector-deploy/*.tar.gz").split()
-    assert "867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0" in cached
+    assert RELEASES[DEFAULT_VERSION].sha256 in cached, cached
