@@ -25,11 +25,12 @@ KNN_SQL = f"SELECT id FROM items ORDER BY embedding <-> '{POINT}' LIMIT 10"
 INDEX_SQL = "SELECT indexrelid || ':' || indisvalid FROM pg_index WHERE indexrelid = 'items_embedding_idx'::regclass"
 # A role that is not superuser owns a database with a pg_extension view whose function makes
 # it superuser when a superuser runs it, and points the database's search_path there: the
-# upgrade's ALTER EXTENSION UPDATE must act on the real catalog and never run it.
+# upgrade's ALTER EXTENSION UPDATE must act on the real catalog and never run it. (The name
+# has a quote; not a space, which the lab's snapshot cannot take.)
 TRAPS = """
 CREATE ROLE mallory NOLOGIN;
-CREATE DATABASE mallory_db OWNER mallory;
-\\connect mallory_db
+CREATE DATABASE "mallory's_db" OWNER mallory;
+\\connect "mallory's_db"
 SET ROLE mallory;
 CREATE FUNCTION public.escalate() RETURNS TABLE (extname name, extversion text) LANGUAGE plpgsql AS $f$
 BEGIN
@@ -37,7 +38,7 @@ BEGIN
   RETURN QUERY SELECT 'vector'::name, '9.9.9'::text;
 END $f$;
 CREATE VIEW public.pg_extension AS SELECT * FROM public.escalate();
-ALTER DATABASE mallory_db SET search_path = public, pg_catalog;
+ALTER DATABASE "mallory's_db" SET search_path = public, pg_catalog;
 """
 
 
@@ -89,6 +90,7 @@ def test_real_upgrade_keeps_the_rows_and_the_hnsw_index_and_updates_every_databa
         "app",
     )
     host.sudo("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d postgres -f -", input=TRAPS)
+    assert host.psql("SET ROLE mallory; SELECT extversion FROM pg_extension", "mallory's_db") == "9.9.9"  # armed
     rows, index = host.psql(ROWS_SQL, "app"), host.psql(INDEX_SQL, "app")
     exact = knn(host, "enable_indexscan = off")[1]
     assert set(extversions(host).values()) == {OLD}
@@ -98,7 +100,7 @@ def test_real_upgrade_keeps_the_rows_and_the_hnsw_index_and_updates_every_databa
 
     assert run.returncode == 0, run.output
     assert BUILD_OP in run.changed(host.name)
-    databases = ("app", "mallory_db", "postgres", "template1")
+    databases = ("app", "mallory's_db", "postgres", "template1")
     assert extversions(host) == dict.fromkeys(databases, DEFAULT_VERSION)
     assert json.loads(host.sudo(f"cat {BUILD_STAMP}"))["version"] == DEFAULT_VERSION
     assert host.psql("SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'") == "f", run.output
