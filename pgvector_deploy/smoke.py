@@ -815,7 +815,7 @@ class SmokeChecks(FactBase):
 
     .. code:: python
 
-        host.get_fact(SmokeChecks, _stdin=SmokeStdin(smoke_script(platform, 5432, "0.8.0", "app")))
+        host.get_fact(SmokeChecks, _stdin=SmokeStdin(smoke_script(platform, 5432, "0.8.6", "app")))
     """
 
     def command(self):

@@ -8,24 +8,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.hosts.lab import Lab, prerequisites_missing
-from tests.hosts.tarballs import REAL_VERSION, real_tarball
+from tests.hosts.tarballs import DEFAULT_VERSION, TarballMismatch, TarballMissing, release_tarball
 
 
 @contextmanager
 def fresh_hosts(names_and_indexes: list[tuple[str, int]]):
-    """A started lab serving the real tarball, with fresh booted hosts; all torn down after.
+    """A started lab serving the default release (the real 0.8.6 tarball, from the shared
+    directory), with fresh booted hosts; all torn down after.
 
     Yields ``(data, hosts, workdir)``, ``data`` being the host data that builds that tarball.
     """
     missing = prerequisites_missing()
     if missing:
         sys.exit(f"cannot run: {missing}")
+    try:
+        tarball = release_tarball(DEFAULT_VERSION)
+    except (TarballMissing, TarballMismatch) as error:
+        sys.exit(f"cannot run: {error}")
     work = Path(tempfile.mkdtemp(prefix="pgv-bench-"))
     lab = Lab(work).start()
     made = []
     try:
-        url = lab.serve(real_tarball(), f"v{REAL_VERSION}.tar.gz")
-        data = {"pgvector_version": REAL_VERSION, "pgvector_allow_insecure": True, "pgvector_url": url}
+        data = {"pgvector_version": DEFAULT_VERSION, "pgvector_url": lab.serve(tarball)}
         for name, index in names_and_indexes:
             made.append(lab.host(name, index).create().boot())
         yield data, made, work

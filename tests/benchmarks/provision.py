@@ -22,7 +22,7 @@ import time
 
 from tests.benchmarks.common import fresh_hosts, print_table
 from tests.hosts.runner import deploy, write_inventory
-from tests.hosts.tarballs import REAL_VERSION
+from tests.hosts.tarballs import DEFAULT_VERSION
 
 REPEATS = 5
 
@@ -48,7 +48,7 @@ def main() -> int:
         empty = work / "empty_deploy.py"
         empty.write_text("# no operations: what any pyinfra run costs\n")
 
-        commands = RAW_COMMANDS.format(version=REAL_VERSION, url=data["pgvector_url"])
+        commands = RAW_COMMANDS.format(version=DEFAULT_VERSION, url=data["pgvector_url"])
         raw_seconds, _ = timed(lambda: raw_host.ssh(commands))
         fresh = deploy(inventory)
         assert fresh.returncode == 0, fresh.output

@@ -13,11 +13,7 @@ import pytest
 
 from tests.hosts.lab import Lab, TestHost, prerequisites_missing
 from tests.hosts.runner import DeployRun, deploy, write_inventory
-from tests.hosts.tarballs import REAL_VERSION, real_tarball, sha256
-
-# 0.8.0 is the one real pgvector tarball reachable here (see tests/hosts/tarballs.py). It is
-# below the security floor, so every test that builds it says so openly.
-REAL = {"pgvector_version": REAL_VERSION, "pgvector_allow_insecure": True}
+from tests.hosts.tarballs import DEFAULT_VERSION, TarballMismatch, TarballMissing, release_tarball
 
 
 def pytest_collection_modifyitems(items):
@@ -38,12 +34,35 @@ def lab(tmp_path_factory):
     lab.stop()
 
 
+def shared_tarball(version: str = DEFAULT_VERSION) -> Path:
+    """A real release tarball from the shared directory (tests/hosts/tarballs.py). Missing:
+    a failure under ``CI=true``, a skip naming the path elsewhere; a wrong digest always fails."""
+    try:
+        return release_tarball(version)
+    except TarballMissing as missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"real-host tests cannot run under CI: {missing}")
+        pytest.skip(str(missing))
+    except TarballMismatch as mismatch:
+        pytest.fail(str(mismatch))
+
+
 @pytest.fixture(scope="session")
-def tarball(lab) -> dict:
-    """Host data that makes hosts download the real 0.8.0 tarball from the lab."""
-    path = real_tarball()
-    assert sha256(path) == "867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0"
-    return {**REAL, "pgvector_url": lab.serve(path, f"v{REAL_VERSION}.tar.gz")}
+def release(lab):
+    """``release(version)``: host data that makes hosts download that real release from the
+    lab, with its pinned digest (no ``pgvector_allow_insecure``: a test of an old release
+    says that itself)."""
+
+    def data(version: str) -> dict:
+        return {"pgvector_version": version, "pgvector_url": lab.serve(shared_tarball(version))}
+
+    return data
+
+
+@pytest.fixture(scope="session")
+def tarball(release) -> dict:
+    """Host data that makes hosts download the product's default release (0.8.6) from the lab."""
+    return release(DEFAULT_VERSION)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 
 from pgvector_deploy.facts import BUILD_STAMP
 from tests.hosts.emulation import aarch64_missing, enable_aarch64
+from tests.hosts.tarballs import DEFAULT_VERSION
 
 EM_AARCH64 = "b7 00"  # ELF e_machine of an aarch64 binary, little-endian
 
@@ -46,7 +47,7 @@ def test_deploy_builds_an_aarch64_pgvector_on_the_host(arm64):
 
 def test_vector_works_on_aarch64(arm64):
     host, _ = arm64
-    assert host.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'", "template1") == "0.8.0"
+    assert host.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'", "template1") == DEFAULT_VERSION
     assert host.psql("SELECT '[1,2,3]'::vector <-> '[4,6,3]'::vector") == "5"
 
 

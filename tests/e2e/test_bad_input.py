@@ -7,7 +7,9 @@ import re
 
 import pytest
 
+from pgvector_deploy.releases import RELEASES
 from tests.hosts.lab import GATEWAY, NET
+from tests.hosts.tarballs import DEFAULT_VERSION
 
 
 AMAZON_LINUX_2 = """NAME="Amazon Linux"
@@ -44,15 +46,15 @@ def fresh(hosts):
 CASES = {
     "wrong sha256": (
         {"pgvector_sha256": "0" * 64},
-        ["has sha256 867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0", "expected " + "0" * 64],
+        [f"has sha256 {RELEASES[DEFAULT_VERSION].sha256}", "expected " + "0" * 64],
     ),
     "unreachable pgvector_url": (
-        {"pgvector_url": f"http://{GATEWAY}:9/v0.8.0.tar.gz"},
-        [f"could not download the pgvector tarball from http://{GATEWAY}:9/v0.8.0.tar.gz", "Fix:"],
+        {"pgvector_url": f"http://{GATEWAY}:9/v0.8.6.tar.gz"},
+        [f"could not download the pgvector tarball from http://{GATEWAY}:9/v0.8.6.tar.gz", "Fix:"],
     ),
     "pgvector_tarball missing on the control machine": (
-        {"pgvector_tarball": "/nonexistent/v0.8.0.tar.gz"},
-        ["pgvector_tarball '/nonexistent/v0.8.0.tar.gz' does not exist on the control machine", "Fix:"],
+        {"pgvector_tarball": "/nonexistent/v0.8.6.tar.gz"},
+        ["pgvector_tarball '/nonexistent/v0.8.6.tar.gz' does not exist on the control machine", "Fix:"],
     ),
     "version that is not a version": (
         {"pgvector_version": "latest"},

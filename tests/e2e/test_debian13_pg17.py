@@ -19,21 +19,12 @@ import pytest
 
 from pgvector_deploy.facts import BUILD_STAMP, ClusterState, HostProfile, InstalledPackages, PgvectorState, parse_host_profile
 from pgvector_deploy.platforms import PLATFORMS
+from tests.hosts.tarballs import DEFAULT_VERSION
 
-TARBALLS = Path("/work/shared/pgvector-tarballs")
-VERSION = "0.8.6"
+VERSION = DEFAULT_VERSION  # conftest's tarball fixture: the default release, checked against its pin
 BUILD_OP = "pgvector is compiled on this host and installed"
 RECORDED = Path(__file__).resolve().parents[1] / "unit" / "recorded"
 DEBIAN13 = next(p for p in PLATFORMS if p.key == "debian-13")
-
-
-@pytest.fixture(scope="module")
-def release(lab) -> dict:
-    """The real pgvector 0.8.6 tarball, served by the lab (its pinned sha256 is checked on the host)."""
-    path = Path(os.environ.get("PGV_TEST_TARBALLS", TARBALLS)) / f"v{VERSION}.tar.gz"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: the real pgvector {VERSION} tarball is needed")
-    return {"pgvector_version": VERSION, "pgvector_url": lab.serve(path, f"v{VERSION}.tar.gz")}
 
 
 def facts_output(host, state: str, platform) -> dict[str, str]:
@@ -73,14 +64,14 @@ def _stamp(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def trixie(hosts, release, tmp_path_factory):
+def trixie(hosts, tarball, tmp_path_factory):
     """A fresh trixie host, its facts before any run, then one deploy with pg_major 17."""
     from tests.e2e.conftest import run_deploy
 
     host = hosts.boot("trixie-pg17", suite="trixie")
     # pg_major 15's facts on the fresh host: the plan tests plan Debian 13 with PGDG's 15 from them.
     record_or_compare("debian13-x86_64-fresh", facts_output(host, "fresh", DEBIAN13))
-    run = run_deploy(tmp_path_factory.mktemp("deploy"), [host.inventory_entry(**release, pg_major=17)])
+    run = run_deploy(tmp_path_factory.mktemp("deploy"), [host.inventory_entry(**tarball, pg_major=17)])
     return host, run
 
 
@@ -131,11 +122,11 @@ def test_pgvector_0_8_6_is_built_for_17_with_its_own_build_stamp(trixie):
     assert "shared_buffers" in host.sudo("cat /etc/postgresql/17/main/conf.d/80-pgvector-tuning.conf")
 
 
-def test_second_deploy_changes_nothing(trixie, release, provision):
+def test_second_deploy_changes_nothing(trixie, tarball, provision):
     host, _ = trixie
     started = host.psql("SELECT pg_postmaster_start_time()")
     before = host.snapshot()
-    run = provision(host, **release, pg_major=17)
+    run = provision(host, **tarball, pg_major=17)
     assert run.returncode == 0, run.output
     assert run.changed(host.name) == []
     assert host.snapshot() == before
@@ -154,11 +145,11 @@ def test_second_deploy_changes_nothing(trixie, release, provision):
     ],
     ids=["second-major-not-allowed", "second-major-allowed-but-17-owns-5432", "major-not-offered"],
 )
-def test_another_major_is_refused_and_the_running_17_is_left_alone(trixie, release, provision, data, says):
+def test_another_major_is_refused_and_the_running_17_is_left_alone(trixie, tarball, provision, data, says):
     host, _ = trixie
     started = host.psql("SELECT pg_postmaster_start_time()")
     before = host.snapshot()
-    run = provision(host, **release, **data)  # pg_major: the default, 15, unless data says
+    run = provision(host, **tarball, **data)  # pg_major: the default, 15, unless data says
     assert run.returncode != 0
     assert "REFUSED, nothing was changed on this host: " + says in run.output, run.output
     assert host.snapshot() == before

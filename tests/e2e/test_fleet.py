@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from tests.hosts.runner import REPO, deploy, write_inventory
-from tests.hosts.tarballs import real_tarball
+from tests.hosts.tarballs import DEFAULT_VERSION
 
 GOOD = ("fleet-a", "fleet-b", "fleet-c")
 HBA = "/etc/postgresql/15/main/pg_hba.conf"
@@ -47,7 +47,7 @@ def test_parallel_run_provisions_the_good_hosts_and_names_the_failed_one(fleet):
     assert first.returncode != 0  # one host failed
     for name in GOOD:
         assert "pgvector is compiled on this host and installed" in first.changed(name), first.output
-        assert machines[name].psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'") == "0.8.0"
+        assert machines[name].psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'") == DEFAULT_VERSION
     assert first.failed("fleet-broken") == ["Refuse this host (nothing changed)"]
     assert "[fleet-broken]" in first.output and "port 5432 is taken by /usr/bin/python3" in first.output
 
@@ -157,8 +157,10 @@ def test_a_latin1_byte_in_pg_hba_fails_that_host_alone_with_one_line_and_the_fle
 
 
 def test_relative_paths_in_host_data_start_where_the_nightly_command_runs(fleet, tarball, tmp_path):
+    from tests.e2e.conftest import shared_tarball
+
     machines, _, _, work = fleet
-    shutil.copy(real_tarball(), tmp_path / "pgvector.tar.gz")
+    shutil.copy(shared_tarball(), tmp_path / "pgvector.tar.gz")
     data = {**tarball, "pgvector_tarball": "pgvector.tar.gz", "smoke_report_dir": "smoke"}
     inventory = write_inventory(tmp_path / "relative.py", [machines[name].inventory_entry(**data) for name in GOOD])
     status, report, output = nightly(inventory, work, cwd=tmp_path)

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from pgvector_deploy.facts import BUILD_STAMP
+from tests.hosts.tarballs import DEFAULT_VERSION
 
 BUILD_OP = "pgvector is compiled on this host and installed"
 
@@ -38,7 +39,7 @@ def test_vector_is_enabled_in_template1_and_postgres_at_the_requested_version(pr
     host, _ = provisioned
     for database in ("template1", "postgres"):
         version = host.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'", database)
-        assert version == "0.8.0", database
+        assert version == DEFAULT_VERSION, database
 
 
 def test_vector_queries_give_the_right_numbers(provisioned):
@@ -56,7 +57,7 @@ def test_new_databases_are_born_with_vector(provisioned):
     """What an ORM shadow database (Prisma migrate dev) relies on."""
     host, _ = provisioned
     host.psql("CREATE DATABASE shadow_check")
-    assert host.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'", "shadow_check") == "0.8.0"
+    assert host.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'", "shadow_check") == DEFAULT_VERSION
 
 
 def test_build_stamp_records_what_was_built_on_this_host(provisioned):
@@ -64,7 +65,7 @@ def test_build_stamp_records_what_was_built_on_this_host(provisioned):
     stamp = json.loads(host.sudo(f"cat {BUILD_STAMP}"))
     assert stamp["arch"] == host.ssh("uname -m").stdout.strip()
     assert stamp["pg_version"] == host.sudo("/usr/lib/postgresql/15/bin/pg_config --version").strip()
-    assert stamp["version"] == "0.8.0"
+    assert stamp["version"] == DEFAULT_VERSION
     assert stamp["optflags"] == "" and stamp["with_llvm"] == "no"
     assert host.sudo("test -f /usr/lib/postgresql/15/lib/vector.so && echo yes").strip() == "yes"
 
@@ -147,7 +148,7 @@ def test_two_deploys_started_together_on_a_fresh_host_both_succeed_and_build_onc
         assert run.returncode == 0, run.output
         assert "already exists" not in run.output, run.output
     # The host's own record of builds (one line per build that ran), and the one download.
-    assert host.sudo("cat /var/lib/pgvector-deploy/build.log").count("pgvector 0.8.0 built and installed for") == 1
+    assert host.sudo("cat /var/lib/pgvector-deploy/build.log").count(f"pgvector {DEFAULT_VERSION} built and installed for") == 1
     assert downloads == 1
     assert host.psql("SELECT rolname FROM pg_roles WHERE rolname = 'app'") == "app"
     assert host.psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'") == "app"

@@ -25,6 +25,8 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.hosts.tarballs import DEFAULT_VERSION
+
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "c0rrect-Horse:battery$staple"
 ENV = {"PGV_TEST_APP_PASSWORD": PASSWORD}
@@ -93,7 +95,7 @@ def test_deploy_applies_the_migrations_as_the_app_role(migrated):
     host, run, _, _, _ = migrated
     assert run.returncode == 0, run.output
     assert "App SQL migrations are applied" in run.changed(host.name)
-    assert "Vector smoke suite, pgvector 0.8.0: 10 passed, 0 failed, 0 skipped" in run.output
+    assert f"Vector smoke suite, pgvector {DEFAULT_VERSION}: 10 passed, 0 failed, 0 skipped" in run.output
     assert ledger(host) == [f"{name} {sha256(text)}" for name, text in FIRST.items()]
     assert host.psql("SELECT tableowner FROM pg_tables WHERE tablename = 'documents'", "app") == "app"
     assert host.psql("SELECT indexdef FROM pg_indexes WHERE indexname = 'documents_embedding_hnsw'", "app").endswith(
@@ -326,7 +328,7 @@ def test_prisma_shadow_database_as_the_app_role(migrated):
     assert 'CREATE EXTENSION IF NOT EXISTS "vector";' in PRISMA_MIGRATION.read_text()
     result = container.run(sys.executable, "-c", SHADOW_REPLAY, dsn(), str(PRISMA_MIGRATION), "-", check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["0.8.0", "1.0"]
+    assert result.stdout.split() == [DEFAULT_VERSION, "1.0"]
     assert host.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'prisma_migrate_shadow_db_%'") == "0"
 
 

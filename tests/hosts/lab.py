@@ -388,8 +388,8 @@ class TestHost:
         }  # fmt: skip
         found = {key: (self.psql(sql),) for key, sql in queries.items()}
         for database in self.psql("SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1").split():
-            found[f"server:extensions:{database}"] = (
-                self.psql("SELECT string_agg(extname || ' ' || extversion, ';' ORDER BY extname) FROM pg_extension", database),
+            found[f"server:extensions:{database}"] = (  # qualified: a planted public.pg_extension may come first
+                self.psql("SELECT string_agg(extname || ' ' || extversion, ';' ORDER BY extname) FROM pg_catalog.pg_extension", database),
             )
         # pg_dumpall (15.14 on) wraps its output in \restrict <a random key>: not contents.
         dump = (

@@ -1,83 +1,69 @@
-"""The real pgvector tarball for tests, and a synthetic "next release" made from it.
+"""The real pgvector release tarballs for tests, read from the project's shared directory.
 
-GitHub is out of reach here. Debian's source archive carries pgvector 0.8.0's upstream
-tarball byte-identical to GitHub's (its sha256 is the pinned one), fetched with apt-get
-through a private apt configuration that leaves the machine's own sources alone. 0.8.0 is
-below the security floor, so tests that use it say ``pgvector_allow_insecure`` openly.
+``<project root>/../shared/pgvector-tarballs/`` holds every pinned release as the exact
+GitHub tag tarball (``v<VERSION>.tar.gz``, made from the upstream git tags, byte for byte).
+``PGV_TEST_TARBALLS`` points elsewhere (a worktree whose ``../shared`` does not exist).
+Nothing is ever fetched from the network: a file is used only if its sha256 is the pin in
+``pgvector_deploy/releases.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import subprocess
-import tarfile
+import os
+from functools import lru_cache
 from pathlib import Path
 
-from .rootfs import CACHE
+from pgvector_deploy.releases import NEWEST_RELEASE, RELEASES
 
-REAL_VERSION = "0.8.0"
-DEBIAN_SOURCE = "pgvector=0.8.0-1"
+REPO = Path(__file__).resolve().parents[2]
+TARBALLS_ENV = "PGV_TEST_TARBALLS"
+# The product's default: what every test builds unless it is about another version.
+DEFAULT_VERSION = NEWEST_RELEASE
 
 
-def real_tarball() -> Path:
-    """pgvector 0.8.0's upstream tarball, as ``v0.8.0.tar.gz`` (cached)."""
-    target = CACHE / "tarballs" / f"v{REAL_VERSION}.tar.gz"
-    if target.exists():
-        return target
-    apt = CACHE / "apt-source"
-    for sub in ("lists/partial", "cache/archives/partial", "download"):
-        (apt / sub).mkdir(parents=True, exist_ok=True)
-    (apt / "sources.list").write_text(
-        "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main\n"
-    )
-    options = [
-        f"-oDir::Etc::SourceList={apt / 'sources.list'}",
-        "-oDir::Etc::SourceParts=/dev/null",
-        f"-oDir::State::Lists={apt / 'lists'}",
-        f"-oDir::Cache={apt / 'cache'}",
-        "-oAPT::Sandbox::User=root",
-    ]
-    subprocess.run(["apt-get", *options, "-q", "update"], check=True, capture_output=True)
-    subprocess.run(
-        ["apt-get", *options, "source", "--download-only", DEBIAN_SOURCE],
-        check=True,
-        capture_output=True,
-        cwd=apt / "download",
-    )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    (apt / "download" / f"pgvector_{REAL_VERSION}.orig.tar.gz").rename(target)
-    return target
+class TarballMissing(LookupError):
+    """The shared tarball directory, or one release in it, is not on this machine."""
+
+
+class TarballMismatch(ValueError):
+    """A shared tarball whose sha256 is not the pin: never used."""
+
+
+def tarball_dir() -> Path:
+    return Path(os.environ.get(TARBALLS_ENV) or REPO.parent / "shared" / "pgvector-tarballs")
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def synthetic_release(version: str) -> Path:
-    """The real 0.8.0 source renamed as ``version``: its control file says ``version`` and it
-    carries an empty upgrade script from 0.8.0, so the real build and ``ALTER EXTENSION
-    UPDATE`` paths can be exercised without a second real release. Not a real pgvector."""
-    target = CACHE / "tarballs" / f"v{version}.tar.gz"
-    if target.exists():
-        return target
-    old_prefix, new_prefix = f"pgvector-{REAL_VERSION}/", f"pgvector-{version}/"
-    buffer = io.BytesIO()
-    with tarfile.open(real_tarball()) as source, tarfile.open(fileobj=buffer, mode="w:gz") as out:
-        for member in source.getmembers():
-            data = source.extractfile(member).read() if member.isfile() else None
-            member.name = new_prefix + member.name[len(old_prefix):] if member.name.startswith(old_prefix) else member.name
-            if member.name == new_prefix + "vector.control":
-                data = data.replace(f"default_version = '{REAL_VERSION}'".encode(), f"default_version = '{version}'".encode())
-            if member.name == new_prefix + "Makefile":
-                data = data.replace(f"EXTVERSION = {REAL_VERSION}".encode(), f"EXTVERSION = {version}".encode())
-            if data is not None:
-                member.size = len(data)
-            out.addfile(member, io.BytesIO(data) if data is not None else None)
-        upgrade = f"-- synthetic test release: no catalog changes from {REAL_VERSION}\n".encode()
-        info = tarfile.TarInfo(f"{new_prefix}sql/vector--{REAL_VERSION}--{version}.sql")
-        info.size = len(upgrade)
-        info.mode = 0o644
-        out.addfile(info, io.BytesIO(upgrade))
-    target.write_bytes(buffer.getvalue())
-    return target
+@lru_cache(maxsize=None)
+def release_tarball(version: str = DEFAULT_VERSION) -> Path:
+    """``v<version>.tar.gz`` from the shared directory, checked against its pinned sha256."""
+    pinned = RELEASES[version].sha256
+    folder = tarball_dir()
+    path = folder / f"v{version}.tar.gz"
+    if not folder.is_dir():
+        raise TarballMissing(
+            f"the pgvector release tarballs are not at {folder}. Fix: put the shared directory "
+            f"there (every pinned release as v<VERSION>.tar.gz), or set {TARBALLS_ENV} to it."
+        )
+    if not path.is_file():
+        raise TarballMissing(f"{path} is missing (pgvector {version}). Fix: copy v{version}.tar.gz into {folder}.")
+    found = sha256(path)
+    if found != pinned:
+        raise TarballMismatch(
+            f"{path} has sha256 {found}, not pgvector {version}'s pin {pinned} (pgvector_deploy/releases.py). "
+            f"Fix: replace it with the GitHub tag tarball v{version}.tar.gz."
+        )
+    return path
+
+
+if __name__ == "__main__":  # tests/bootstrap.sh: print the checked path of one release
+    import sys
+
+    try:
+        print(release_tarball(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_VERSION))
+    except (TarballMissing, TarballMismatch) as error:
+        sys.exit(f"tests/hosts/tarballs.py: {error}")

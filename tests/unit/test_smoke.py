@@ -749,7 +749,7 @@ class StubHost:
 
 @pytest.fixture
 def plan(fresh_profile):
-    return make_plan(load_settings({"pgvector_version": "0.8.0", "pgvector_allow_insecure": True}), fresh_profile)
+    return make_plan(load_settings({}), fresh_profile)  # the default release
 
 
 def run_verify(monkeypatch, stub, plan, tmp_path, app=None, app_status="pass"):
@@ -772,13 +772,13 @@ def test_verify_all_pass_yields_nothing_and_writes_the_report(monkeypatch, plan,
         assert run_verify(monkeypatch, stub, plan, tmp_path, app=APP) == []
     ((fact, kwargs),) = stub.asked
     assert fact is SmokeChecks and set(kwargs) == {"_stdin"}
-    assert kwargs["_stdin"].readlines() == smoke_script(plan.platform, 5432, "0.8.0", "app").splitlines(keepends=True)
+    assert kwargs["_stdin"].readlines() == smoke_script(plan.platform, 5432, "0.8.6", "app").splitlines(keepends=True)
     assert "".join(kwargs["_stdin"].readlines()).count("s3cret") == 0  # the password stays here
     # app_over_tcp ran here, after the host's checks, with what the host said of the role.
     ((target, app, port, checked),) = stub.app_checks
     assert (target, app, port, checked.app_role) == (stub, APP, 5432, "scram")
     report = json.loads((tmp_path / "reports" / "smoke-db1.json").read_text())
-    assert report["passed"] is True and report["pgvector_version"] == "0.8.0"
+    assert report["passed"] is True and report["pgvector_version"] == "0.8.6"
     assert [check["name"] for check in report["checks"]] == list(CHECKS)
     assert report["checks"][CHECKS.index("app_over_tcp")]["detail"] == "over the tunnel, <hidden>"  # redacted
     assert PASSWORD not in caplog.text and PASSWORD not in json.dumps(report)
