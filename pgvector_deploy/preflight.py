@@ -244,6 +244,40 @@ def check_second_major(profile: dict, platform: Platform, allowed: bool) -> None
     )
 
 
+def check_packaged_pgvector(profile: dict, platform: Platform) -> None:
+    """Refuse a host whose pgvector for the target major comes from a package.
+
+    The build installs vector.so, vector.control and the SQL scripts where the package put
+    them: the package manager's files overwritten under it (its next upgrade or removal
+    takes our build away, or puts its own older one back), and its LLVM bitcode (bitcode/
+    vector*, which our build, without LLVM, does not replace) left for the JIT to inline
+    code of another version. Found by the package's name in the package database, or by a
+    package of any name that owns the target's vector.so or vector.control.
+    """
+    manager = platform.package_manager
+    names = [
+        found["name"]
+        for found in profile.get("pgvector_packages", [])
+        if found["manager"] == manager.name and found["name"] in platform.pgvector_packages
+    ]
+    files = []
+    for owner in profile.get("pgvector_owners", []):
+        if owner["manager"] == manager.name and owner["pg_config"] == platform.pg_config:
+            files.append(f"{owner['file']} belongs to {', '.join(owner['packages'])}")
+            names += [name for name in owner["packages"] if name not in names]
+    if not names:
+        return
+    packages = " ".join(names)
+    owned = f" ({'; '.join(files)})" if files else ""
+    raise UnsupportedHost(
+        f"pgvector for PostgreSQL {platform.major} is installed from the package {packages}{owned}: building it here "
+        "would overwrite files that package owns and leave its LLVM bitcode behind. Nothing was changed. Fix: "
+        f"remove the package ({manager.remove.format(packages=packages)}), then run again; the run then builds "
+        "pgvector and updates the vector extension in every database. Removing the package does not drop the "
+        "extension from any database, but until the run has built pgvector, queries that use vector fail."
+    )
+
+
 def _under(path: str, mount_point: str) -> bool:
     """Is ``path`` the directory ``mount_point`` or inside it?"""
     return mount_point == "/" or path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
@@ -355,6 +389,7 @@ def make_plan(settings: Settings, profile: dict, *, ec2_architecture: str | None
         raise UnsupportedHost(f"{platform.label} without {tool}: found {profile['package_tools'] or 'no package tool'}.")
     check_binaries(profile, platform)
     check_second_major(profile, platform, settings.allow_second_major)
+    check_packaged_pgvector(profile, platform)
     # Before anything is installed: on Debian, installing postgresql-15 itself creates a cluster.
     check_data_directory(profile, platform, settings.data_mount)
     check_port(profile, platform, POSTGRES_PORT)

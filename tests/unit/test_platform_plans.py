@@ -401,3 +401,75 @@ def test_rhui_crb_check_is_not_fooled_by_debug_or_source_repositories(tmp_path):
     check = plan_for(host).platform.repository_steps("rhel", "x86_64")[-1].check
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "LOG": str(tmp_path / "log"), "REPOLIST": str(tmp_path / "repolist")}
     assert subprocess.run(["sh", "-c", check], env=env, timeout=20).returncode == 1
+
+
+# --- pgvector already installed from a package: refused on every platform ------------------------
+
+# One recorded host per platform row, and the recording whose pgvector package lines (the
+# HostProfile's pgvector_package=/pgvector_owner= lines) that platform's hosts would print:
+# Debian's are captured (apt), EL's come from a real rpm database, Amazon Linux's are
+# reconstructed (recorded/README.md).
+PACKAGED = {
+    "debian12-x86_64": "debian12-x86_64",
+    "debian13-aarch64": "debian12-x86_64",
+    "ubuntu2204-x86_64": "debian12-x86_64",
+    "ubuntu2404-aarch64": "debian12-x86_64",
+    "ubuntu2604-x86_64": "debian12-x86_64",
+    "amzn2023.9-x86_64": "amzn2023.9-x86_64",
+    "rhel9-x86_64": "rhel9-x86_64",
+    "rocky10-aarch64": "rhel9-x86_64",
+}
+# Per platform: the package named, and the fix, written out from platforms.md and PGDG's names.
+PACKAGED_REFUSAL = {
+    "debian-12": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "debian-13": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "ubuntu-22.04": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "ubuntu-24.04": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "ubuntu-26.04": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "amzn-2023": ("postgresql15-pgvector", "/usr/lib64/pgsql/vector.so", "dnf remove postgresql15-pgvector"),
+    "rhel-9": ("pgvector_15", "/usr/pgsql-15/lib/vector.so", "dnf remove pgvector_15"),
+    "rhel-10": ("pgvector_15", "/usr/pgsql-15/lib/vector.so", "dnf remove pgvector_15"),
+}
+
+
+def packaged_host(name: str) -> FactHost:
+    """``name``'s fresh recordings, its host profile with the pgvector package lines of
+    ``PACKAGED[name]``'s recording added."""
+    host = recorded_host(name)
+    lines = recorded_output(PACKAGED[name], "pgvector-package", "host-profile")
+    host.outputs[HostProfile] = host.outputs[HostProfile] + [line for line in lines if line.startswith("pgvector_")]
+    return host
+
+
+def test_every_platform_row_has_a_packaged_pgvector_case():
+    assert {plan_for(recorded_host(name)).platform.key for name in PACKAGED} == set(PACKAGED_REFUSAL) == {p.key for p in PLATFORMS}
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_pgvector_from_a_package_is_refused_naming_the_package_and_its_removal(name):
+    key = plan_for(recorded_host(name)).platform.key
+    package, library, removal = PACKAGED_REFUSAL[key]
+    result = preflight.look(packaged_host(name))
+    assert isinstance(result, preflight.Refusal), result
+    assert result.message.startswith(
+        f"pgvector for PostgreSQL 15 is installed from the package {package} ({library} belongs to {package}; "
+    ), result.message
+    assert f"Nothing was changed. Fix: remove the package ({removal}), then run again" in result.message
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_pgvector_from_a_package_is_refused_by_its_name_alone(name):
+    # Before any pg_config is installed (no headers yet), only the package database's name.
+    key = plan_for(recorded_host(name)).platform.key
+    package, _, removal = PACKAGED_REFUSAL[key]
+    host = packaged_host(name)
+    host.outputs[HostProfile] = [line for line in host.outputs[HostProfile] if not line.startswith("pgvector_owner=")]
+    result = preflight.look(host)
+    assert isinstance(result, preflight.Refusal) and f"from the package {package}: building" in result.message
+    assert f"({removal})" in result.message
+
+
+@pytest.mark.parametrize("key", sorted(PACKAGED_REFUSAL))
+def test_every_platform_names_its_pgvector_package(key):
+    platform = next(p for p in PLATFORMS if p.key == key)
+    assert PACKAGED_REFUSAL[key][0] in platform.pgvector_packages
