@@ -92,9 +92,11 @@ _DATA_DIRS = " ".join(sorted({platform.data_dir for platform in _ALL}))
 _CONFIG_DIRS = " ".join(sorted({p.config_dir for p in _ALL if p.config_dir != p.data_dir}))
 # Traces of a cluster that is expected on the host, and what is (to be) mounted: which data
 # directories hold a cluster (PG_VERSION), which configuration directories exist, the build
-# stamp, /etc/fstab's entries (source|mount point|type|options) and the mount points in use.
+# stamp, /etc/fstab's entries (source|mount point|type|options) and the mount points in use;
+# and where each data directory really is (a symlink above it may lead onto another volume).
 _CLUSTER_TRACES = f"""echo data_dirs_checked=yes
 for dir in {_DATA_DIRS}; do [ -s "$dir/PG_VERSION" ] && echo "pg_version_file=$dir"; done
+for dir in {_DATA_DIRS}; do echo "data_dir_real=$dir|$(realpath -m "$dir" 2>/dev/null)"; done
 for dir in {_CONFIG_DIRS}; do [ -d "$dir" ] && echo "config_dir=$dir"; done
 [ -e {BUILD_STAMP} ] && echo build_stamp=yes
 for major in {" ".join(str(m) for m in KNOWN_MAJORS if m != POSTGRES_MAJOR)}; do [ -e {STATE_DIR}/build-pg$major.json ] && echo "build_stamp_major=$major"; done
@@ -236,6 +238,12 @@ def parse_host_profile(lines: list[str]) -> dict:
         "build_stamp_majors": [int(major) for major in values.get("build_stamp_major", []) if major.isdigit()],
         "fstab": parse_fstab(values.get("fstab", [])),
         "mounts": [_unescape_mount(point) for point in values.get("mounted", [])],
+        # Data directories that a symlink leads elsewhere: path -> where it really is.
+        "resolved_data_dirs": {
+            path: real
+            for path, _, real in (entry.partition("|") for entry in values.get("data_dir_real", []))
+            if real and real != path
+        },
         "bridges": parse_bridges(values.get("address", [])),
         "pgvector_packages": parse_pgvector_packages(values.get("pgvector_package", [])),
         "pgvector_owners": parse_pgvector_owners(values.get("pgvector_owner", [])),

@@ -294,9 +294,12 @@ def check_data_directory(profile: dict, platform: Platform, data_mount: str | No
     our build stamp) must have its PG_VERSION.
     """
     data_dir = platform.data_dir
+    # Where it really is: /var/lib/postgresql may be a symlink onto the volume (/data/...).
+    real = profile.get("resolved_data_dirs", {}).get(data_dir, data_dir)
+    really = f" (really {real}: a symlink leads there)" if real != data_dir else ""
     mounts = set(profile.get("mounts", []))
     if data_mount is not None:
-        if not _under(data_dir, data_mount):
+        if not (_under(data_dir, data_mount) or _under(real, data_mount)):
             raise UnsupportedHost(
                 f"pg_data_mount is {data_mount}, but {platform.label} keeps the cluster in {data_dir}, which is not "
                 f"under it. Nothing was changed. Fix: set pg_data_mount to the mount point of the volume that holds "
@@ -311,12 +314,20 @@ def check_data_directory(profile: dict, platform: Platform, data_mount: str | No
             )
     for entry in profile.get("fstab", []):
         point = entry["mount_point"]
-        if point != "/" and _under(data_dir, point) and point not in mounts:
+        if point != "/" and (_under(data_dir, point) or _under(real, point)) and point not in mounts:
+            # noauto: nothing mounts it at boot (nofail alone only hides a failure).
+            noauto = (
+                f" Its /etc/fstab options say noauto ({entry['options']}): nothing mounts it at boot, which is "
+                "likely why it is not mounted; drop noauto from that line so the next boot mounts it."
+                if "noauto" in entry["options"].split(",")
+                else ""
+            )
             raise UnsupportedHost(
                 f"/etc/fstab mounts {entry['source']} at {point}, which holds the cluster's data directory "
-                f"{data_dir}, but nothing is mounted there: a run now would create a new, empty cluster on the "
-                f"disk underneath. Nothing was changed. Fix: mount it (mount {point}; an EBS volume must be "
+                f"{data_dir}{really}, but nothing is mounted there: a run now would create a new, empty cluster on "
+                f"the disk underneath. Nothing was changed. Fix: mount it (mount {point}; an EBS volume must be "
                 "attached first), then run again; if that volume is gone for good, remove its line from /etc/fstab."
+                f"{noauto}"
             )
     initialised = profile.get("initialised_data_dirs")
     if initialised is None or data_dir in initialised:

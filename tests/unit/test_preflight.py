@@ -614,3 +614,52 @@ def test_pgvector_packages_of_another_major_or_package_manager_are_not_ours(prov
     )  # fmt: skip
     assert isinstance(make_plan(load_settings({}), profile), Plan)
 
+
+
+# --- the data directory on its own volume: a symlinked data directory, a noauto fstab entry ------
+
+
+def _symlinked_to_data(profile: dict) -> dict:
+    """/var/lib/postgresql is a symlink to /data/postgresql, /data the volume in /etc/fstab."""
+    profile["fstab"].append({"source": "UUID=5e1d", "mount_point": "/data", "type": "xfs", "options": "defaults,nofail"})
+    profile["resolved_data_dirs"] = {"/var/lib/postgresql/15/main": "/data/postgresql/15/main"}
+    return profile
+
+
+def test_host_profile_reads_where_each_data_directory_really_is():
+    profile = parse_host_profile(["data_dir_real=/var/lib/postgresql/15/main|/data/postgresql/15/main",
+                                  "data_dir_real=/var/lib/pgsql/data|/var/lib/pgsql/data"])  # fmt: skip
+    assert profile["resolved_data_dirs"] == {"/var/lib/postgresql/15/main": "/data/postgresql/15/main"}
+    assert HostProfile().command(port=5432, cached_tarball="/x").count('realpath -m "$dir"') == 1
+
+
+def test_a_symlinked_data_directory_whose_fstab_volume_is_not_mounted_is_refused():
+    profile = _symlinked_to_data(profile_of("fresh-volume-unmounted"))
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({}), profile)
+    assert str(error.value).startswith(
+        "/etc/fstab mounts UUID=5e1d at /data, which holds the cluster's data directory /var/lib/postgresql/15/main "
+        "(really /data/postgresql/15/main: a symlink leads there), but nothing is mounted there"
+    )
+
+
+def test_a_symlinked_data_directory_on_its_mounted_pg_data_mount_is_planned():
+    profile = _symlinked_to_data(profile_of("fresh-volume-unmounted"))
+    profile["mounts"].append("/data")
+    plan = make_plan(load_settings({"pg_data_mount": "/data"}), profile)
+    assert plan.settings.data_mount == "/data"
+
+
+def test_a_noauto_fstab_entry_is_named_as_the_likely_cause():
+    profile = profile_of("volume-unmounted")
+    profile["fstab"][1]["options"] = "defaults,noauto,nofail"
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({}), profile)
+    assert (
+        "Its /etc/fstab options say noauto (defaults,noauto,nofail): nothing mounts it at boot, which is likely why it "
+        "is not mounted; drop noauto from that line so the next boot mounts it."
+    ) in str(error.value)
+    profile["fstab"][1]["options"] = "defaults,nofail"
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({}), profile)
+    assert "noauto" not in str(error.value)
