@@ -98,19 +98,20 @@ PACKAGE_MANAGERS = {
 
 
 # The base tools the run's shell uses on a host, by the package that provides them: curl and
-# ca-certificates (the tarball download, PGDG's key), tar and gzip (unpacking the tarball),
+# ca-certificates (the tarball download, PGDG's key), openssl (the TLS certificate: made and
+# checked on the host), tar and gzip (unpacking the tarball),
 # coreutils (mktemp, sha256sum, nproc, base64, ...), findutils, sed, grep, awk, procps
 # (sysctl, pkill), util-linux (flock for the host lock, runuser), iproute2 (ip, ss).
 # Minimal images may lack some (a Debian minbase has no curl, procps or iproute2), so they
 # are installed when missing instead of assumed; sudo and a POSIX sh must already be there.
 TOOL_PACKAGES = {
     "apt": (
-        "curl", "ca-certificates", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "mawk",
+        "curl", "ca-certificates", "openssl", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "mawk",
         "procps", "util-linux", "iproute2",
     ),
     # Asked by what they provide (PackageManager "dnf"): curl-minimal and coreutils-single count.
     "dnf": (
-        "curl", "ca-certificates", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "gawk",
+        "curl", "ca-certificates", "openssl", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "gawk",
         "procps-ng", "util-linux", "iproute",
     ),
 }  # fmt: skip
