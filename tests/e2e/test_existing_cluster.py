@@ -278,3 +278,31 @@ def test_once_the_package_is_removed_the_deploy_builds_pgvector_and_keeps_the_ex
     assert host.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'", "appdata") == PACKAGED_VERSION
     assert host.psql("SELECT '[3,4]'::vector <-> '[0,0]'::vector", "appdata") == "5"
     assert host.sudo("dpkg-query -S /usr/lib/postgresql/15/lib/vector.so 2>/dev/null || echo unowned").strip() == "unowned"
+
+
+# --- a data directory reached through a symlink onto the volume -------------------------------
+#
+# /var/lib/postgresql -> /data/postgresql, the volume in /etc/fstab at /data (a bind of a tmpfs
+# at /srv/datavol stands in for it). The data directory is judged where it really is.
+
+
+def test_a_symlinked_data_directory_whose_volume_did_not_mount_is_refused_then_provisioned_on_it(hosts, tarball, provision):
+    from tests.e2e.test_bad_input import refused_without_change
+
+    host = hosts.boot("symlinked")
+    host.ssh("sudo true")  # sudo's first use writes ~/.sudo_as_admin_successful: not ours
+    host.sudo("mkdir -p /srv/datavol /data/postgresql && ln -s /data/postgresql /var/lib/postgresql && "
+              "printf '%s\\n' '/srv/datavol /data none bind,noauto 0 0' >> /etc/fstab")  # fmt: skip
+    refused_without_change(
+        host,
+        lambda: provision(host, **tarball),
+        "REFUSED, nothing was changed on this host: /etc/fstab mounts /srv/datavol at /data, which holds the cluster's "
+        "data directory /var/lib/postgresql/15/main (really /data/postgresql/15/main: a symlink leads there), but "
+        "nothing is mounted there",
+        "Its /etc/fstab options say noauto (bind,noauto): nothing mounts it at boot",
+    )
+    host.sudo("mount -t tmpfs -o size=1g,mode=0755 datavol /srv/datavol && mount /data && mkdir -p /data/postgresql")
+    run = provision(host, **tarball, pg_data_mount="/data")
+    assert run.returncode == 0, run.output
+    assert host.sudo("findmnt -n -o FSTYPE --target /var/lib/postgresql/15/main").strip() == "tmpfs"
+    assert host.psql("SELECT current_setting('data_directory')") == "/var/lib/postgresql/15/main"
