@@ -199,7 +199,9 @@ def with_host_lock(command):
         f'[ -n "$(find {HOST_LOCK_DIR} -maxdepth 0 -type d -user 0 ! -perm /022 2>/dev/null)" ] || {untrusted};',
         f"( flock -w {HOST_LOCK_WAIT} {_LOCK_FD} || {busy}; sh -c",
     ]
-    after = [f"{_LOCK_FD}>&- ) {_LOCK_FD}>>{HOST_LOCK}"]
+    # "; exit $?": the command must not be the subshell's last, which dash would exec in the
+    # subshell's own process, closing the descriptor and so letting the lock go at its start.
+    after = [f"{_LOCK_FD}>&-; exit $? ) {_LOCK_FD}>>{HOST_LOCK}"]
     if isinstance(command, str):
         return " ".join([*wrap, shlex.quote(command), *after])
     if isinstance(command, StringCommand):
