@@ -306,3 +306,20 @@ def test_a_symlinked_data_directory_whose_volume_did_not_mount_is_refused_then_p
     assert run.returncode == 0, run.output
     assert host.sudo("findmnt -n -o FSTYPE --target /var/lib/postgresql/15/main").strip() == "tmpfs"
     assert host.psql("SELECT current_setting('data_directory')") == "/var/lib/postgresql/15/main"
+
+
+def test_debian_13_s_own_postgresql_17_pgvector_package_is_refused_naming_it(hosts, tarball, provision):
+    """Trixie ships pgvector for its PostgreSQL 17: the real package, installed through apt."""
+    host = hosts.boot("trixie-packaged", suite="trixie")
+    host.ssh("sudo true")  # sudo's first use writes ~/.sudo_as_admin_successful: not ours
+    host.sudo(
+        "DEBIAN_FRONTEND=noninteractive apt-get -q update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get -q -y "
+        "install --no-install-recommends postgresql-17 postgresql-17-pgvector >/dev/null"
+    )
+    assert host.sudo("dpkg-query -W -f='${db:Status-Status}' postgresql-17-pgvector").strip() == "installed"
+    _refused_naming(
+        host, {**tarball, "pg_major": 17}, provision,
+        "REFUSED, nothing was changed on this host: pgvector for PostgreSQL 17 is installed from the package "
+        "postgresql-17-pgvector (/usr/lib/postgresql/17/lib/vector.so belongs to postgresql-17-pgvector",
+        "Fix: remove the package (apt-get remove postgresql-17-pgvector), then run again",
+    )  # fmt: skip
