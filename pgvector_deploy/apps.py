@@ -28,9 +28,23 @@ from pyinfra.api import StringCommand, operation
 from . import appenv
 from .facts import AppState
 from .preflight import Plan
-from .shell import SAFE_PATH, as_postgres, fails_host_on_error, host_locked
+from .shell import SAFE_PATH, Var, as_postgres, fail, fails_host_on_error, host_locked
 
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
+# CREATE DATABASE copies template1 and fails ("source database "template1" is being accessed
+# by other users") when another session is connected to it for longer than the server's own
+# 5 s wait: our template1 extension step's backend still exiting, a monitor, an app that
+# connects there. So the creation is tried up to this many times, this many seconds apart
+# (about a minute in all); then the failure names the sessions.
+CREATE_DATABASE_TRIES = 6
+CREATE_DATABASE_PAUSE = 5
+# Who is on template1: pid, role and application_name (chosen by the client: only ever
+# expanded inside double quotes, never run).
+TEMPLATE1_SESSIONS_SQL = (
+    "SELECT pg_catalog.string_agg(pg_catalog.format('pid %s (%s, %s)%s', pid, usename, "
+    "coalesce(nullif(application_name, ''), 'no application_name'), coalesce(' from ' || client_addr, '')), '; ') "
+    "FROM pg_catalog.pg_stat_activity WHERE datname = 'template1'"
+)
 
 
 def saslprep(password: str) -> str:
@@ -124,6 +138,36 @@ def _password_sql(plan: Plan, statement: str, before: str = "") -> StringCommand
     return appenv.with_role_password(plan, psql, statement)
 
 
+def create_database_script(plan: Plan, database: str) -> str:
+    """Shell: run the SQL on standard input (the CREATE DATABASE) as postgres, again while
+    template1 is busy with other sessions (``CREATE_DATABASE_TRIES``); any other error ends it."""
+    psql = as_postgres(plan.platform, plan.port, "postgres")
+    sessions = as_postgres(plan.platform, plan.port, "postgres", TEMPLATE1_SESSIONS_SQL)
+    waited = CREATE_DATABASE_TRIES * (CREATE_DATABASE_PAUSE + 5)
+    busy = fail(
+        f"CREATE DATABASE {database} could not copy template1: other sessions stayed connected to it for "
+        f"{CREATE_DATABASE_TRIES} tries over about {waited}s (",
+        Var("sessions"),
+        "). Nothing was created. Fix: close those connections (a client that needs a database to connect to "
+        "should use postgres or its own, never template1, the template every new database is copied from), "
+        "then run again.",
+    )
+    return f"""PATH={SAFE_PATH}
+sql=$(cat)
+try=1
+while ! out=$(printf '%s\\n' "$sql" | {psql} 2>&1); do
+  case $out in *"is being accessed by other users"*) ;; *) printf '%s\\n' "$out" >&2; exit 1 ;; esac
+  if [ "$try" -ge {CREATE_DATABASE_TRIES} ]; then
+    sessions=$({sessions} 2>/dev/null)
+    {busy}
+  fi
+  try=$((try + 1))
+  sleep {CREATE_DATABASE_PAUSE}
+done
+[ -z "$out" ] || printf '%s\\n' "$out"
+"""
+
+
 @operation()
 @host_locked
 @fails_host_on_error
@@ -144,7 +188,7 @@ def database(plan: Plan):
             f"SELECT 'CREATE DATABASE {app.database} OWNER {app.user}' WHERE NOT EXISTS "
             f"(SELECT FROM pg_catalog.pg_database WHERE datname = '{app.database}') \\gexec\n"
         )
-        yield _sql_on_stdin(plan, "postgres", create)
+        yield StringCommand(create_database_script(plan, app.database), _stdin=create)
         return
     if state["database_owner"] != app.user:
         yield _sql_on_stdin(plan, "postgres", f"ALTER DATABASE {app.database} OWNER TO {app.user};\n")

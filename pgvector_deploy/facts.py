@@ -22,7 +22,7 @@ from ipaddress import IPv4Interface, IPv4Network
 
 from pyinfra.api import FactBase
 
-from .platforms import KNOWN_MAJORS, PLATFORM_TEMPLATES, POSTGRES_MAJOR, Platform, parse_os_release
+from .platforms import KNOWN_MAJORS, PACKAGE_MANAGERS, PLATFORM_TEMPLATES, POSTGRES_MAJOR, Platform, parse_os_release
 from .shell import SAFE_PATH, as_postgres
 
 # Where the toolkit keeps its own state on a host.
@@ -92,14 +92,52 @@ _DATA_DIRS = " ".join(sorted({platform.data_dir for platform in _ALL}))
 _CONFIG_DIRS = " ".join(sorted({p.config_dir for p in _ALL if p.config_dir != p.data_dir}))
 # Traces of a cluster that is expected on the host, and what is (to be) mounted: which data
 # directories hold a cluster (PG_VERSION), which configuration directories exist, the build
-# stamp, /etc/fstab's entries (source|mount point|type|options) and the mount points in use.
+# stamp, /etc/fstab's entries (source|mount point|type|options) and the mount points in use;
+# and where each data directory really is (a symlink above it may lead onto another volume).
 _CLUSTER_TRACES = f"""echo data_dirs_checked=yes
 for dir in {_DATA_DIRS}; do [ -s "$dir/PG_VERSION" ] && echo "pg_version_file=$dir"; done
+for dir in {_DATA_DIRS}; do echo "data_dir_real=$dir|$(realpath -m "$dir" 2>/dev/null)"; done
 for dir in {_CONFIG_DIRS}; do [ -d "$dir" ] && echo "config_dir=$dir"; done
 [ -e {BUILD_STAMP} ] && echo build_stamp=yes
 for major in {" ".join(str(m) for m in KNOWN_MAJORS if m != POSTGRES_MAJOR)}; do [ -e {STATE_DIR}/build-pg$major.json ] && echo "build_stamp_major=$major"; done
 [ -r /etc/fstab ] && awk '$1 !~ /^#/ && NF >= 3 {{print "fstab=" $1 "|" $2 "|" $3 "|" $4}}' /etc/fstab
 awk '{{print "mounted=" $5}}' /proc/self/mountinfo 2>/dev/null"""
+
+
+def _packaged_pgvector_lines() -> str:
+    """Shell: pgvector from a package, asked of every package database on the host (each only
+    where its tool exists): every platform's and major's pgvector packages by name
+    (``pgvector_package=<manager>|<name> installed``), and who owns the vector.so and
+    vector.control of each such ``pg_config`` (``pgvector_owner=<manager>|<pg_config>|<file>|
+    <the tool's line>``), so that a package by another name is caught too. The preflight
+    keeps what concerns the host's own platform and major (preflight.check_packaged_pgvector)."""
+    lines = []
+    for manager in PACKAGE_MANAGERS.values():
+        if not manager.database_tool:
+            continue
+        # Only the names of this manager's platforms (pgvector_15 means nothing to dpkg).
+        names = sorted({n for p in _ALL if p.package_manager == manager for n in p.pgvector_packages})
+        query = manager.query_installed.format(packages=" ".join(names)) if names else "true"
+        owner = manager.query_owner.format(file='"$file"')
+        lines.append(
+            f"""if command -v {manager.database_tool} >/dev/null 2>&1; then
+  {{ {query}; }} | sed -e 's/^/pgvector_package={manager.name}|/'
+  for found in $pgvector_files; do
+    file=${{found#*|}}
+    {owner} | while IFS= read -r line; do echo "pgvector_owner={manager.name}|$found|$line"; done
+  done
+fi"""
+        )
+    pg_configs = " ".join(sorted({platform.pg_config for platform in _ALL}))
+    return f"""pgvector_files=
+for pg_config in {pg_configs}; do
+  [ -x "$pg_config" ] || continue
+  dirs=$("$pg_config" --pkglibdir --sharedir 2>/dev/null) || continue
+  for file in "$(echo "$dirs" | sed -n 1p)/vector.so" "$(echo "$dirs" | sed -n 2p)/extension/vector.control"; do
+    [ -e "$file" ] && pgvector_files="$pgvector_files $pg_config|$file"
+  done
+done
+""" + "\n".join(lines)
 
 
 class HostProfile(FactBase):
@@ -144,6 +182,7 @@ echo "cpus=$(nproc 2>/dev/null)"
 echo "shm_kb=$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {{print $2}}')"
 [ -f {shlex.quote(cached_tarball)} ] && echo "cached_tarball_sha256=$(sha256sum {shlex.quote(cached_tarball)} | cut -d' ' -f1)"
 {_CLUSTER_TRACES}
+{_packaged_pgvector_lines()}
 true
 """
 
@@ -199,7 +238,15 @@ def parse_host_profile(lines: list[str]) -> dict:
         "build_stamp_majors": [int(major) for major in values.get("build_stamp_major", []) if major.isdigit()],
         "fstab": parse_fstab(values.get("fstab", [])),
         "mounts": [_unescape_mount(point) for point in values.get("mounted", [])],
+        # Data directories that a symlink leads elsewhere: path -> where it really is.
+        "resolved_data_dirs": {
+            path: real
+            for path, _, real in (entry.partition("|") for entry in values.get("data_dir_real", []))
+            if real and real != path
+        },
         "bridges": parse_bridges(values.get("address", [])),
+        "pgvector_packages": parse_pgvector_packages(values.get("pgvector_package", [])),
+        "pgvector_owners": parse_pgvector_owners(values.get("pgvector_owner", [])),
         "memory_mb": _memory_mb(values),
         "cpus": _int_or_none(_first(values, "cpus")),
         "shm_mb": _kb_to_mb(_first(values, "shm_kb")),
@@ -209,6 +256,46 @@ def parse_host_profile(lines: list[str]) -> dict:
             if kb.isdigit()
         },
     }
+
+
+def parse_pgvector_packages(entries: list[str]) -> list[dict]:
+    """``apt|postgresql-15-pgvector installed`` -> ``{"manager": "apt", "name": "postgresql-15-pgvector"}``
+    (the package manager's ``query_installed`` words; a package in any other state is not there)."""
+    found = []
+    for entry in entries:
+        manager, _, line = entry.partition("|")
+        fields = line.split()
+        if len(fields) == 2 and fields[1] == "installed":
+            found.append({"manager": manager, "name": fields[0]})
+    return found
+
+
+def parse_pgvector_owners(entries: list[str]) -> list[dict]:
+    """``<manager>|<pg_config>|<file>|<line>`` -> who owns the file, one dict per file and
+    package database: ``{"manager", "pg_config", "file", "packages": [...]}``.
+
+    The line is the tool's own: dpkg-query -S says ``pkg[, pkg...]: <file>`` (and, for a
+    diverted file, ``diversion by <pkg> from|to: <file>``, which names no owner); rpm -qf
+    with ``%{NAME}`` says the package's name alone.
+    """
+    owners: dict[tuple[str, str, str], list[str]] = {}
+    for entry in entries:
+        manager, pg_config, file, line = (entry.split("|", 3) + ["", "", ""])[:4]
+        line = line.strip()
+        if not line or line.startswith("diversion by ") or " is not owned " in line:
+            continue
+        if manager == "apt":
+            packages, sep, _ = line.rpartition(": ")
+            names = [name.strip() for name in packages.split(",")] if sep else []
+        else:
+            names = [line]
+        owned = owners.setdefault((manager, pg_config, file), [])
+        owned += [name for name in names if name and name not in owned]
+    return [
+        {"manager": manager, "pg_config": pg_config, "file": file, "packages": packages}
+        for (manager, pg_config, file), packages in owners.items()
+        if packages
+    ]
 
 
 def _unescape_mount(text: str) -> str:

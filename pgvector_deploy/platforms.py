@@ -53,6 +53,13 @@ class PackageManager:
     install: str
     # Shell that prints "<name> installed" for each installed package of {packages}.
     query_installed: str
+    # The package database's own tool (HostProfile asks it only where it exists).
+    database_tool: str = ""
+    # Shell that prints which package owns {file}, in the tool's own words (facts.parse_pgvector_owners
+    # reads both); prints nothing for a file no package owns.
+    query_owner: str = ""
+    # What the user runs to remove {packages} (named in refusals, never run by the toolkit).
+    remove: str = ""
 
 
 PACKAGE_MANAGERS = {
@@ -65,6 +72,10 @@ PACKAGE_MANAGERS = {
             "apt-get -q -y -o DPkg::Lock::Timeout=600 install --no-install-recommends {packages}"
         ),
         query_installed="dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' {packages} 2>/dev/null || true",
+        database_tool="dpkg-query",
+        # "<package>[, <package>...]: <file>" (and "diversion by ..." lines for a diverted file).
+        query_owner="dpkg-query -S {file} 2>/dev/null",
+        remove="apt-get remove {packages}",
     ),
     "dnf": PackageManager(
         name="dnf",
@@ -77,24 +88,30 @@ PACKAGE_MANAGERS = {
         query_installed=(
             'for name in {packages}; do rpm -q --quiet --whatprovides "$name" 2>/dev/null && echo "$name installed"; done; true'
         ),
+        database_tool="rpm",
+        # One package name a line; rpm prints "file ... is not owned by any package" (exit 1)
+        # on standard output for a file no package owns, so only a success counts.
+        query_owner="owners=$(rpm -qf --qf '%{{NAME}}\\n' {file} 2>/dev/null) && printf '%s\\n' \"$owners\"",
+        remove="dnf remove {packages}",
     ),
 }
 
 
 # The base tools the run's shell uses on a host, by the package that provides them: curl and
-# ca-certificates (the tarball download, PGDG's key), tar and gzip (unpacking the tarball),
+# ca-certificates (the tarball download, PGDG's key), openssl (the TLS certificate: made and
+# checked on the host), tar and gzip (unpacking the tarball),
 # coreutils (mktemp, sha256sum, nproc, base64, ...), findutils, sed, grep, awk, procps
 # (sysctl, pkill), util-linux (flock for the host lock, runuser), iproute2 (ip, ss).
 # Minimal images may lack some (a Debian minbase has no curl, procps or iproute2), so they
 # are installed when missing instead of assumed; sudo and a POSIX sh must already be there.
 TOOL_PACKAGES = {
     "apt": (
-        "curl", "ca-certificates", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "mawk",
+        "curl", "ca-certificates", "openssl", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "mawk",
         "procps", "util-linux", "iproute2",
     ),
     # Asked by what they provide (PackageManager "dnf"): curl-minimal and coreutils-single count.
     "dnf": (
-        "curl", "ca-certificates", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "gawk",
+        "curl", "ca-certificates", "openssl", "tar", "gzip", "coreutils", "findutils", "sed", "grep", "gawk",
         "procps-ng", "util-linux", "iproute",
     ),
 }  # fmt: skip
@@ -158,6 +175,11 @@ class Platform:
     # Base tools the run's shell uses on the host, from the distribution's own repositories
     # (installed first when missing: postgres.tools).
     tool_packages: tuple[str, ...] = ()
+    # Packages that ship pgvector for the major (``{major}`` filled in like the others): the
+    # build would overwrite their files, so the preflight refuses a host that has one
+    # (preflight.check_packaged_pgvector). A package by another name is caught by owning the
+    # files (HostProfile asks the package database who owns vector.so and vector.control).
+    pgvector_packages: tuple[str, ...] = ()
     major: int = 0  # the major this entry is for; 0: a template
     # Major-specific proof where it differs from ``proof`` (Debian 13's own 17 is proved e2e).
     proof_by_major: tuple[tuple[int, str], ...] = ()
@@ -252,6 +274,8 @@ DEBIAN_FAMILY_PACKAGES = dict(
     tool_packages=TOOL_PACKAGES["apt"],
     server_packages=("postgresql-{major}",),
     build_packages=("postgresql-server-dev-{major}", "gcc", "make", "libc6-dev"),
+    # Debian's own (trixie on; bookworm has none) and PGDG's apt package have this name.
+    pgvector_packages=("postgresql-{major}-pgvector",),
 )
 
 
@@ -321,6 +345,8 @@ AMAZON_LINUX_2023_SOCKET_DIR = "/run/postgresql"  # not verified here (Fedora's 
 PGDG_EL_BINDIR = "/usr/pgsql-{major}/bin"
 PGDG_EL_DATA_DIR = "/var/lib/pgsql/{major}/data"
 PGDG_EL_SOCKET_DIR = "/run/postgresql"  # not verified here (PGDG's packaging)
+# PGDG's yum package of pgvector (pgvector_15).
+PGDG_EL_PGVECTOR = ("pgvector_{major}",)
 # dnf keeps a module's state in this file; reading it needs no repository metadata.
 POSTGRESQL_MODULE_DISABLED = "grep -qs '^state=disabled' /etc/dnf/modules.d/postgresql.module"
 
@@ -400,6 +426,7 @@ def enterprise_linux(el_major: int, postgresql_module: bool) -> Platform:
         tool_packages=TOOL_PACKAGES["dnf"],
         server_packages=("postgresql{major}-server",),
         build_packages=("postgresql{major}-devel", "gcc", "make", "redhat-rpm-config"),
+        pgvector_packages=PGDG_EL_PGVECTOR,
         bindir=PGDG_EL_BINDIR,
         data_dir=PGDG_EL_DATA_DIR,
         config_dir=PGDG_EL_DATA_DIR,
@@ -466,6 +493,11 @@ PLATFORM_TEMPLATES: tuple[Platform, ...] = (
         # has no PGXS. amazon-rpm-config provides the -specs= files that `pg_config --ldflags`
         # names (public issue reports; not verified here).
         build_packages=("postgresql{major}-server-devel", "gcc", "make", "amazon-rpm-config"),
+        # Not verified here whether Amazon Linux 2023's own repositories carry pgvector, or
+        # by which name: postgresql15-pgvector follows its postgresql15-* names (a guess);
+        # PGDG's name covers a host that added PGDG's EL-9 repository. A package by any other
+        # name is caught by owning vector.so or vector.control.
+        pgvector_packages=("postgresql{major}-pgvector", *PGDG_EL_PGVECTOR),
         # postgresql15* conflict with the other majors' packages, so /usr/bin is that major's
         # own: one major per host (preflight.check_binaries refuses another one's server there).
         bindir="/usr/bin",

@@ -244,6 +244,40 @@ def check_second_major(profile: dict, platform: Platform, allowed: bool) -> None
     )
 
 
+def check_packaged_pgvector(profile: dict, platform: Platform) -> None:
+    """Refuse a host whose pgvector for the target major comes from a package.
+
+    The build installs vector.so, vector.control and the SQL scripts where the package put
+    them: the package manager's files overwritten under it (its next upgrade or removal
+    takes our build away, or puts its own older one back), and its LLVM bitcode (bitcode/
+    vector*, which our build, without LLVM, does not replace) left for the JIT to inline
+    code of another version. Found by the package's name in the package database, or by a
+    package of any name that owns the target's vector.so or vector.control.
+    """
+    manager = platform.package_manager
+    names = [
+        found["name"]
+        for found in profile.get("pgvector_packages", [])
+        if found["manager"] == manager.name and found["name"] in platform.pgvector_packages
+    ]
+    files = []
+    for owner in profile.get("pgvector_owners", []):
+        if owner["manager"] == manager.name and owner["pg_config"] == platform.pg_config:
+            files.append(f"{owner['file']} belongs to {', '.join(owner['packages'])}")
+            names += [name for name in owner["packages"] if name not in names]
+    if not names:
+        return
+    packages = " ".join(names)
+    owned = f" ({'; '.join(files)})" if files else ""
+    raise UnsupportedHost(
+        f"pgvector for PostgreSQL {platform.major} is installed from the package {packages}{owned}: building it here "
+        "would overwrite files that package owns and leave its LLVM bitcode behind. Nothing was changed. Fix: "
+        f"remove the package ({manager.remove.format(packages=packages)}), then run again; the run then builds "
+        "pgvector and updates the vector extension in every database. Removing the package does not drop the "
+        "extension from any database, but until the run has built pgvector, queries that use vector fail."
+    )
+
+
 def _under(path: str, mount_point: str) -> bool:
     """Is ``path`` the directory ``mount_point`` or inside it?"""
     return mount_point == "/" or path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
@@ -260,9 +294,12 @@ def check_data_directory(profile: dict, platform: Platform, data_mount: str | No
     our build stamp) must have its PG_VERSION.
     """
     data_dir = platform.data_dir
+    # Where it really is: /var/lib/postgresql may be a symlink onto the volume (/data/...).
+    real = profile.get("resolved_data_dirs", {}).get(data_dir, data_dir)
+    really = f" (really {real}: a symlink leads there)" if real != data_dir else ""
     mounts = set(profile.get("mounts", []))
     if data_mount is not None:
-        if not _under(data_dir, data_mount):
+        if not (_under(data_dir, data_mount) or _under(real, data_mount)):
             raise UnsupportedHost(
                 f"pg_data_mount is {data_mount}, but {platform.label} keeps the cluster in {data_dir}, which is not "
                 f"under it. Nothing was changed. Fix: set pg_data_mount to the mount point of the volume that holds "
@@ -277,12 +314,20 @@ def check_data_directory(profile: dict, platform: Platform, data_mount: str | No
             )
     for entry in profile.get("fstab", []):
         point = entry["mount_point"]
-        if point != "/" and _under(data_dir, point) and point not in mounts:
+        if point != "/" and (_under(data_dir, point) or _under(real, point)) and point not in mounts:
+            # noauto: nothing mounts it at boot (nofail alone only hides a failure).
+            noauto = (
+                f" Its /etc/fstab options say noauto ({entry['options']}): nothing mounts it at boot, which is "
+                "likely why it is not mounted; drop noauto from that line so the next boot mounts it."
+                if "noauto" in entry["options"].split(",")
+                else ""
+            )
             raise UnsupportedHost(
                 f"/etc/fstab mounts {entry['source']} at {point}, which holds the cluster's data directory "
-                f"{data_dir}, but nothing is mounted there: a run now would create a new, empty cluster on the "
-                f"disk underneath. Nothing was changed. Fix: mount it (mount {point}; an EBS volume must be "
+                f"{data_dir}{really}, but nothing is mounted there: a run now would create a new, empty cluster on "
+                f"the disk underneath. Nothing was changed. Fix: mount it (mount {point}; an EBS volume must be "
                 "attached first), then run again; if that volume is gone for good, remove its line from /etc/fstab."
+                f"{noauto}"
             )
     initialised = profile.get("initialised_data_dirs")
     if initialised is None or data_dir in initialised:
@@ -355,6 +400,7 @@ def make_plan(settings: Settings, profile: dict, *, ec2_architecture: str | None
         raise UnsupportedHost(f"{platform.label} without {tool}: found {profile['package_tools'] or 'no package tool'}.")
     check_binaries(profile, platform)
     check_second_major(profile, platform, settings.allow_second_major)
+    check_packaged_pgvector(profile, platform)
     # Before anything is installed: on Debian, installing postgresql-15 itself creates a cluster.
     check_data_directory(profile, platform, settings.data_mount)
     check_port(profile, platform, POSTGRES_PORT)

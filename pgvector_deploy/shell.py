@@ -169,14 +169,17 @@ def fails_host_on_error(operation_function):
 # One lock per host, held by each command that changes something: two overlapping runs (a
 # nightly run and a manual one, say) queue command by command instead of building or writing
 # configuration at the same time. flock releases it when the command ends or dies, so a
-# killed run never leaves a stale lock behind. -o: a daemon the command starts (pg_ctlcluster
-# on a host without systemd) must not inherit, and so hold, the lock.
+# killed run never leaves a stale lock behind. The lock is taken on a descriptor of a subshell
+# that the command itself runs without (9>&-): a daemon the command starts (pg_ctlcluster on a
+# host without systemd) must not inherit, and so hold, the lock. Only flock's own failure
+# says "busy": the command's exit status, whatever it is (75, EX_TEMPFAIL, included), passes
+# through untouched.
 # The lock lives in a directory only root can write (not /run/lock, which is 1777: any local
 # user could create the lock file, hold it, and stall every run; or plant a symlink there).
 HOST_LOCK_DIR = "/run/pgvector-deploy"
 HOST_LOCK = f"{HOST_LOCK_DIR}/lock"
 HOST_LOCK_WAIT = 1800  # seconds; a build under emulation can take minutes
-_LOCK_TIMEOUT_EXIT = 75
+_LOCK_FD = 9
 
 
 def with_host_lock(command):
@@ -190,16 +193,15 @@ def with_host_lock(command):
         f"root can write (a symlink, or made by someone else). Nothing was changed. Fix: remove it "
         f"(rm -rf {HOST_LOCK_DIR}; it holds only the lock), then run again."
     )
+    busy = fail(f"another pgvector-deploy run held {HOST_LOCK} for {HOST_LOCK_WAIT}s. Fix: let it finish, then run again.")
     wrap = [
         f"mkdir -p -m 0700 {HOST_LOCK_DIR} 2>/dev/null;",
         f'[ -n "$(find {HOST_LOCK_DIR} -maxdepth 0 -type d -user 0 ! -perm /022 2>/dev/null)" ] || {untrusted};',
-        f"flock -o -E {_LOCK_TIMEOUT_EXIT} -w {HOST_LOCK_WAIT} {HOST_LOCK} sh -c",
+        f"( flock -w {HOST_LOCK_WAIT} {_LOCK_FD} || {busy}; sh -c",
     ]
-    after = [
-        "; status=$?; [ $status -ne", str(_LOCK_TIMEOUT_EXIT), "] ||",
-        fail(f"another pgvector-deploy run held {HOST_LOCK} for {HOST_LOCK_WAIT}s. Fix: let it finish, then run again."),
-        "; exit $status",
-    ]  # fmt: skip
+    # "; exit $?": the command must not be the subshell's last, which dash would exec in the
+    # subshell's own process, closing the descriptor and so letting the lock go at its start.
+    after = [f"{_LOCK_FD}>&-; exit $? ) {_LOCK_FD}>>{HOST_LOCK}"]
     if isinstance(command, str):
         return " ".join([*wrap, shlex.quote(command), *after])
     if isinstance(command, StringCommand):

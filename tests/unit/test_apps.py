@@ -279,10 +279,14 @@ def test_role_that_cannot_log_in_and_has_another_password(debian12, provisioned_
 def test_missing_database_is_created_owned_by_the_app(debian12, provisioned_profile):
     plan = app_plan(debian12, provisioned_profile, pg_app_database="vectors")
     [command], host = run_app(apps.database, plan, state_lines(role_row(PASSWORD), owner=None))
-    assert check_sql_command(command, "postgres") == (
+    # SQL on stdin only; psql again while template1 is busy (tested on a real server below).
+    assert str(command) == apps.create_database_script(plan, "vectors")
+    assert f"| {PSQL} -d {shlex.quote(dbname_conninfo('postgres'))} 2>&1)" in str(command)
+    assert command.connector_arguments == {"_stdin": (
         "SELECT 'CREATE DATABASE vectors OWNER app' WHERE NOT EXISTS "
         "(SELECT FROM pg_catalog.pg_database WHERE datname = 'vectors') \\gexec\n"
-    )
+    )}  # fmt: skip
+    assert sh_syntax_error(str(command)) == ""
     assert host.asked[0][1]["database"] == "vectors"
 
 
@@ -448,3 +452,81 @@ def test_the_combined_command_on_a_missing_file_removes_it_again_when_the_sql_fa
         failed = rotation.run(rotation.command(PASSWORD, role_row("old")))  # ALTER ROLE of a role that is not there
         assert failed.returncode != 0 and "could not be set" in failed.stderr
         assert list(tmp_path.iterdir()) == []
+
+
+# --- CREATE DATABASE while another session is connected to template1 ---------------------------
+
+
+def _create_database_on(base, debian12, provisioned_profile, replace: dict | None = None):
+    """Run the command apps.database yields for a missing database against the throwaway
+    server at ``base`` (the platform's socket directory pointed there); returns the result."""
+    import dataclasses
+    import subprocess
+
+    platform = dataclasses.replace(debian12, socket_dir=str(base))
+    plan = app_plan(platform, provisioned_profile)
+    [command] = run_app(apps.database, plan, state_lines(role_row(PASSWORD), owner=None))[0]
+    script = str(command)
+    for old, new in (replace or {}).items():
+        assert old in script, old
+        script = script.replace(old, new)
+    return subprocess.run(["sh", "-c", script], input=command.connector_arguments.get("_stdin"), text=True,
+                          capture_output=True, timeout=120)  # fmt: skip
+
+
+def _hold_template1(base, seconds: int):
+    import subprocess
+
+    from .conftest import AS_POSTGRES, PG_BINDIR
+
+    holder = subprocess.Popen(
+        [*AS_POSTGRES, "env", "PGAPPNAME=template1-holder", f"{PG_BINDIR}/psql", "-XAtq", "-h", str(base), "-d", "template1",
+         "-c", f"SELECT pg_sleep({seconds})"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    from .conftest import throwaway_psql
+
+    psql = throwaway_psql(base)
+    for _ in range(50):
+        if psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'template1'") == "1":
+            return holder
+        __import__("time").sleep(0.1)
+    holder.kill()
+    raise AssertionError("the template1 holder never connected")
+
+
+def test_the_app_database_is_created_though_a_session_held_template1_for_a_while(debian12, provisioned_profile):
+    # CREATE DATABASE fails at once ("source database "template1" is being accessed by other
+    # users") when a session stays on template1 past the server's own 5 s wait: our template1
+    # step's backend still exiting, an app's or a monitor's connection.
+    from .conftest import throwaway_psql, throwaway_server
+
+    with throwaway_server("pgvd-apps-") as base:
+        psql = throwaway_psql(base)
+        psql("CREATE ROLE app LOGIN")
+        holder = _hold_template1(base, 9)
+        try:
+            result = _create_database_on(base, debian12, provisioned_profile)
+        finally:
+            holder.kill()
+        assert (result.returncode, result.stderr) == (0, ""), result.stderr
+        assert psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'") == "app"
+
+
+def test_a_session_that_stays_on_template1_fails_the_creation_naming_it(debian12, provisioned_profile):
+    from .conftest import throwaway_psql, throwaway_server
+
+    with throwaway_server("pgvd-apps-") as base:
+        psql = throwaway_psql(base)
+        psql("CREATE ROLE app LOGIN")
+        holder = _hold_template1(base, 60)
+        try:
+            result = _create_database_on(base, debian12, provisioned_profile,
+                                         {f"-ge {apps.CREATE_DATABASE_TRIES} ": "-ge 2 ", f"sleep {apps.CREATE_DATABASE_PAUSE}": "sleep 0"})  # fmt: skip
+        finally:
+            holder.kill()
+        assert result.returncode == 1
+        assert "CREATE DATABASE app could not copy template1: other sessions stayed connected to it" in result.stderr
+        assert "(postgres, template1-holder)" in result.stderr, result.stderr
+        assert "Nothing was created. Fix: close those connections" in result.stderr
+        assert psql("SELECT count(*) FROM pg_database WHERE datname = 'app'") == "0"

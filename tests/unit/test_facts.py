@@ -17,6 +17,8 @@ from pgvector_deploy.facts import (
     parse_host_profile,
     parse_installed,
     parse_key_values,
+    parse_pgvector_owners,
+    parse_pgvector_packages,
     parse_pgvector_state,
     parse_postgres_version,
 )
@@ -405,3 +407,76 @@ def test_parse_bundle_ignores_lines_before_the_first_marker():
     from pgvector_deploy.facts import FactBundle, parse_bundle
 
     assert parse_bundle(["noise", f"{FactBundle.MARKER} 0 0", "x=1", f"{FactBundle.MARKER} 1 1"]) == [(0, ["x=1"]), (1, [])]
+
+
+# --- pgvector from a package (HostProfile's pgvector_package / pgvector_owner lines) -----------
+
+
+def test_host_profile_reads_a_pgvector_package_from_dpkg_by_name_and_by_its_files():
+    # Captured on a lab host with a postgresql-15-pgvector .deb installed through apt
+    # (test_existing_cluster.py builds it: bookworm itself has none).
+    profile = parse_host_profile(recorded_lines("pgvector-package", "host-profile"))
+    assert profile["pgvector_packages"] == [{"manager": "apt", "name": "postgresql-15-pgvector"}]
+    debian = "/usr/lib/postgresql/15/bin/pg_config"
+    assert [owner for owner in profile["pgvector_owners"] if owner["pg_config"] == debian] == [
+        {"manager": "apt", "pg_config": debian, "file": "/usr/lib/postgresql/15/lib/vector.so",
+         "packages": ["postgresql-15-pgvector"]},
+        {"manager": "apt", "pg_config": debian, "file": "/usr/share/postgresql/15/extension/vector.control",
+         "packages": ["postgresql-15-pgvector"]},
+    ]  # fmt: skip
+
+
+def test_host_profile_finds_a_pgvector_package_by_another_name_only_by_its_files():
+    profile = parse_host_profile(recorded_lines("pgvector-other-name", "host-profile"))
+    assert profile["pgvector_packages"] == []
+    assert {owner["file"]: owner["packages"] for owner in profile["pgvector_owners"]} == {
+        "/usr/lib/postgresql/15/lib/vector.so": ["acme-pgvector"],
+        "/usr/share/postgresql/15/extension/vector.control": ["acme-pgvector"],
+    }
+
+
+def test_host_profile_reads_a_pgvector_package_from_rpm():
+    # The rpm lines: the fact's own rpm shell run against a real rpm database (rpm 4.18 with
+    # --root) holding a pgvector_15 package built with rpmbuild (recorded/README.md).
+    profile = parse_host_profile(recorded_lines("pgvector-package", "host-profile", host="rhel9-x86_64"))
+    assert profile["pgvector_packages"] == [{"manager": "dnf", "name": "pgvector_15"}]
+    assert profile["pgvector_owners"] == [
+        {"manager": "dnf", "pg_config": "/usr/pgsql-15/bin/pg_config", "file": "/usr/pgsql-15/lib/vector.so",
+         "packages": ["pgvector_15"]},
+        {"manager": "dnf", "pg_config": "/usr/pgsql-15/bin/pg_config",
+         "file": "/usr/pgsql-15/share/extension/vector.control", "packages": ["pgvector_15"]},
+    ]  # fmt: skip
+
+
+def test_hosts_without_a_pgvector_package_have_none(fresh_profile, provisioned_profile):
+    # The provisioned host has our own build: no package owns it.
+    for profile in (fresh_profile, provisioned_profile):
+        assert (profile["pgvector_packages"], profile["pgvector_owners"]) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "line, found",
+    [
+        ("apt|postgresql-15-pgvector installed", [{"manager": "apt", "name": "postgresql-15-pgvector"}]),
+        ("apt|postgresql-15-pgvector config-files", []),  # removed, not purged: its files are gone
+        ("apt|postgresql-15-pgvector not-installed", []),
+        ("apt|postgresql-15-pgvector half-installed", []),
+    ],
+)
+def test_parse_pgvector_packages_counts_only_installed_packages(line, found):
+    assert parse_pgvector_packages([line]) == found
+
+
+def test_parse_pgvector_owners_reads_dpkg_s_lines_with_several_packages_and_diversions():
+    file = "/usr/lib/postgresql/15/lib/vector.so"
+    prefix = f"apt|/usr/lib/postgresql/15/bin/pg_config|{file}|"
+    owners = parse_pgvector_owners([
+        prefix + f"diversion by local-pgvector from: {file}",
+        prefix + f"diversion by local-pgvector to: {file}.distrib",
+        prefix + f"postgresql-15-pgvector, local-pgvector: {file}",
+    ])  # fmt: skip
+    assert owners == [{"manager": "apt", "pg_config": "/usr/lib/postgresql/15/bin/pg_config", "file": file,
+                       "packages": ["postgresql-15-pgvector", "local-pgvector"]}]  # fmt: skip
+    assert parse_pgvector_owners([prefix + f"diversion by local-pgvector from: {file}"]) == []
+    assert parse_pgvector_owners(["dnf|/usr/pgsql-15/bin/pg_config|/x|file /x is not owned by any package"]) == []
+

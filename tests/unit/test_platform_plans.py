@@ -60,8 +60,8 @@ def planned(operation, name: str, state: str = "fresh", **replaced) -> list:
 
 # --- what the reference says (platforms.md), written out --------------------------------------
 
-APT_TOOLS = "curl ca-certificates tar gzip coreutils findutils sed grep mawk procps util-linux iproute2"
-DNF_TOOLS = "curl ca-certificates tar gzip coreutils findutils sed grep gawk procps-ng util-linux iproute"
+APT_TOOLS = "curl ca-certificates openssl tar gzip coreutils findutils sed grep mawk procps util-linux iproute2"
+DNF_TOOLS = "curl ca-certificates openssl tar gzip coreutils findutils sed grep gawk procps-ng util-linux iproute"
 APT_INSTALL = (
     "export DEBIAN_FRONTEND=noninteractive && apt-get -q -o DPkg::Lock::Timeout=600 update && "
     "apt-get -q -y -o DPkg::Lock::Timeout=600 install --no-install-recommends "
@@ -242,9 +242,10 @@ def test_every_platform_row_is_covered_above():
 
 def test_a_minimal_debian_13_gets_the_missing_tools_before_anything_else():
     # Captured: a debootstrap --variant=minbase trixie has no curl, ca-certificates, procps
-    # or iproute2 (recorded/README.md).
+    # or iproute2 (recorded/README.md); openssl was not asked then (the recording has no line
+    # for it): it is not in a minbase (priority optional; ca-certificates pulls it in).
     assert planned(postgres.tools, "debian13-x86_64", installed_packages="minbase") == [
-        SAFE + APT_INSTALL + "curl ca-certificates procps iproute2"
+        SAFE + APT_INSTALL + "curl ca-certificates openssl procps iproute2"
     ]
 
 
@@ -401,3 +402,87 @@ def test_rhui_crb_check_is_not_fooled_by_debug_or_source_repositories(tmp_path):
     check = plan_for(host).platform.repository_steps("rhel", "x86_64")[-1].check
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "LOG": str(tmp_path / "log"), "REPOLIST": str(tmp_path / "repolist")}
     assert subprocess.run(["sh", "-c", check], env=env, timeout=20).returncode == 1
+
+
+# --- pgvector already installed from a package: refused on every platform ------------------------
+
+# One recorded host per platform row, and the recording whose pgvector package lines (the
+# HostProfile's pgvector_package=/pgvector_owner= lines) that platform's hosts would print:
+# Debian's are captured (apt), EL's come from a real rpm database, Amazon Linux's are
+# reconstructed (recorded/README.md).
+PACKAGED = {
+    "debian12-x86_64": "debian12-x86_64",
+    "debian13-aarch64": "debian12-x86_64",
+    "ubuntu2204-x86_64": "debian12-x86_64",
+    "ubuntu2404-aarch64": "debian12-x86_64",
+    "ubuntu2604-x86_64": "debian12-x86_64",
+    "amzn2023.9-x86_64": "amzn2023.9-x86_64",
+    "rhel9-x86_64": "rhel9-x86_64",
+    "rocky10-aarch64": "rhel9-x86_64",
+}
+# Per platform: the package named, and the fix, written out from platforms.md and PGDG's names.
+PACKAGED_REFUSAL = {
+    "debian-12": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "debian-13": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "ubuntu-22.04": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "ubuntu-24.04": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "ubuntu-26.04": ("postgresql-15-pgvector", "/usr/lib/postgresql/15/lib/vector.so", "apt-get remove postgresql-15-pgvector"),
+    "amzn-2023": ("postgresql15-pgvector", "/usr/lib64/pgsql/vector.so", "dnf remove postgresql15-pgvector"),
+    "rhel-9": ("pgvector_15", "/usr/pgsql-15/lib/vector.so", "dnf remove pgvector_15"),
+    "rhel-10": ("pgvector_15", "/usr/pgsql-15/lib/vector.so", "dnf remove pgvector_15"),
+}
+
+
+def packaged_host(name: str) -> FactHost:
+    """``name``'s fresh recordings, its host profile with the pgvector package lines of
+    ``PACKAGED[name]``'s recording added."""
+    host = recorded_host(name)
+    lines = recorded_output(PACKAGED[name], "pgvector-package", "host-profile")
+    host.outputs[HostProfile] = host.outputs[HostProfile] + [line for line in lines if line.startswith("pgvector_")]
+    return host
+
+
+def test_every_platform_row_has_a_packaged_pgvector_case():
+    assert {plan_for(recorded_host(name)).platform.key for name in PACKAGED} == set(PACKAGED_REFUSAL) == {p.key for p in PLATFORMS}
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_pgvector_from_a_package_is_refused_naming_the_package_and_its_removal(name):
+    key = plan_for(recorded_host(name)).platform.key
+    package, library, removal = PACKAGED_REFUSAL[key]
+    result = preflight.look(packaged_host(name))
+    assert isinstance(result, preflight.Refusal), result
+    assert result.message.startswith(
+        f"pgvector for PostgreSQL 15 is installed from the package {package} ({library} belongs to {package}; "
+    ), result.message
+    assert f"Nothing was changed. Fix: remove the package ({removal}), then run again" in result.message
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_pgvector_from_a_package_is_refused_by_its_name_alone(name):
+    # Before any pg_config is installed (no headers yet), only the package database's name.
+    key = plan_for(recorded_host(name)).platform.key
+    package, _, removal = PACKAGED_REFUSAL[key]
+    host = packaged_host(name)
+    host.outputs[HostProfile] = [line for line in host.outputs[HostProfile] if not line.startswith("pgvector_owner=")]
+    result = preflight.look(host)
+    assert isinstance(result, preflight.Refusal) and f"from the package {package}: building" in result.message
+    assert f"({removal})" in result.message
+
+
+@pytest.mark.parametrize("key", sorted(PACKAGED_REFUSAL))
+def test_every_platform_names_its_pgvector_package(key):
+    platform = next(p for p in PLATFORMS if p.key == key)
+    assert PACKAGED_REFUSAL[key][0] in platform.pgvector_packages
+
+
+@pytest.mark.parametrize("key", sorted(p.key for p in PLATFORMS))
+def test_every_platform_installs_openssl_which_the_tls_steps_run_on_the_host(key):
+    # The self-signed certificate is made, and every certificate checked, with openssl on the
+    # host; minimal images lack it (a Debian minbase has no ca-certificates to pull it in).
+    from pgvector_deploy.facts import TLS_USABLE_SH
+    from pgvector_deploy.networking import self_signed_script
+
+    assert "openssl req -x509" in self_signed_script("/c.crt", "/c.key", ["10.0.0.1"])
+    assert "-- openssl x509" in TLS_USABLE_SH
+    assert "openssl" in next(p for p in PLATFORMS if p.key == key).tool_packages

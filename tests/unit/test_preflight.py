@@ -554,3 +554,112 @@ def test_sudo_that_fails_under_pyinfra_sudo_is_refused_clearly():
     assert isinstance(refusal, Refusal)
     assert refusal.message.startswith("could not run a command on the host with sudo (pyinfra --sudo). Fix:")
     assert config.SUDO is False  # so that the refusal itself runs
+
+
+# --- pgvector already installed from a package ---------------------------------------------------
+
+DEBIAN_PACKAGED_REFUSAL = (
+    "pgvector for PostgreSQL 15 is installed from the package postgresql-15-pgvector "
+    "(/usr/lib/postgresql/15/lib/vector.so belongs to postgresql-15-pgvector; "
+    "/usr/share/postgresql/15/extension/vector.control belongs to postgresql-15-pgvector): building it here "
+    "would overwrite files that package owns and leave its LLVM bitcode behind. Nothing was changed. Fix: "
+    "remove the package (apt-get remove postgresql-15-pgvector), then run again; the run then builds pgvector "
+    "and updates the vector extension in every database. Removing the package does not drop the extension "
+    "from any database, but until the run has built pgvector, queries that use vector fail."
+)
+
+
+def test_a_debian_host_with_postgresql_15_pgvector_is_refused_with_the_fix():
+    # Captured on a lab host (recorded/README.md).
+    profile = parse_host_profile(recorded_lines("pgvector-package", "host-profile"))
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({}), profile)
+    assert str(error.value) == DEBIAN_PACKAGED_REFUSAL
+
+
+def test_look_refuses_a_packaged_pgvector_from_the_host_profile_alone():
+    class Host:
+        data = {}
+        asked = []
+
+        def get_fact(self, cls, **kwargs):
+            self.asked.append(cls)
+            return parse_host_profile(recorded_lines("pgvector-package", "host-profile"))
+
+    host = Host()
+    result = look(host)
+    assert isinstance(result, Refusal) and result.message == DEBIAN_PACKAGED_REFUSAL
+    assert host.asked == [HostProfile]
+
+
+def test_a_package_by_the_platform_s_name_alone_is_refused(fresh_profile):
+    # No pg_config yet to find the files by (the headers are not installed): the name is enough.
+    profile = with_changes(fresh_profile, pgvector_packages=[{"manager": "apt", "name": "postgresql-15-pgvector"}])
+    with pytest.raises(UnsupportedHost, match=r"installed from the package postgresql-15-pgvector: building"):
+        make_plan(load_settings({}), profile)
+
+
+def test_pgvector_packages_of_another_major_or_package_manager_are_not_ours(provisioned_profile):
+    # postgresql-16-pgvector belongs to PostgreSQL 16 (found through /usr/bin/pg_config, which
+    # picks the newest major); an rpm database on a Debian host is not the one apt installs into.
+    profile = with_changes(
+        provisioned_profile,
+        pgvector_packages=[{"manager": "apt", "name": "postgresql-16-pgvector"}, {"manager": "dnf", "name": "pgvector_15"}],
+        pgvector_owners=[
+            {"manager": "apt", "pg_config": "/usr/bin/pg_config", "file": "/usr/lib/postgresql/16/lib/vector.so",
+             "packages": ["postgresql-16-pgvector"]},
+            {"manager": "dnf", "pg_config": "/usr/lib/postgresql/15/bin/pg_config",
+             "file": "/usr/lib/postgresql/15/lib/vector.so", "packages": ["pgvector_15"]},
+        ],
+    )  # fmt: skip
+    assert isinstance(make_plan(load_settings({}), profile), Plan)
+
+
+
+# --- the data directory on its own volume: a symlinked data directory, a noauto fstab entry ------
+
+
+def _symlinked_to_data(profile: dict) -> dict:
+    """/var/lib/postgresql is a symlink to /data/postgresql, /data the volume in /etc/fstab."""
+    profile["fstab"].append({"source": "UUID=5e1d", "mount_point": "/data", "type": "xfs", "options": "defaults,nofail"})
+    profile["resolved_data_dirs"] = {"/var/lib/postgresql/15/main": "/data/postgresql/15/main"}
+    return profile
+
+
+def test_host_profile_reads_where_each_data_directory_really_is():
+    profile = parse_host_profile(["data_dir_real=/var/lib/postgresql/15/main|/data/postgresql/15/main",
+                                  "data_dir_real=/var/lib/pgsql/data|/var/lib/pgsql/data"])  # fmt: skip
+    assert profile["resolved_data_dirs"] == {"/var/lib/postgresql/15/main": "/data/postgresql/15/main"}
+    assert HostProfile().command(port=5432, cached_tarball="/x").count('realpath -m "$dir"') == 1
+
+
+def test_a_symlinked_data_directory_whose_fstab_volume_is_not_mounted_is_refused():
+    profile = _symlinked_to_data(profile_of("fresh-volume-unmounted"))
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({}), profile)
+    assert str(error.value).startswith(
+        "/etc/fstab mounts UUID=5e1d at /data, which holds the cluster's data directory /var/lib/postgresql/15/main "
+        "(really /data/postgresql/15/main: a symlink leads there), but nothing is mounted there"
+    )
+
+
+def test_a_symlinked_data_directory_on_its_mounted_pg_data_mount_is_planned():
+    profile = _symlinked_to_data(profile_of("fresh-volume-unmounted"))
+    profile["mounts"].append("/data")
+    plan = make_plan(load_settings({"pg_data_mount": "/data"}), profile)
+    assert plan.settings.data_mount == "/data"
+
+
+def test_a_noauto_fstab_entry_is_named_as_the_likely_cause():
+    profile = profile_of("volume-unmounted")
+    profile["fstab"][1]["options"] = "defaults,noauto,nofail"
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({}), profile)
+    assert (
+        "Its /etc/fstab options say noauto (defaults,noauto,nofail): nothing mounts it at boot, which is likely why it "
+        "is not mounted; drop noauto from that line so the next boot mounts it."
+    ) in str(error.value)
+    profile["fstab"][1]["options"] = "defaults,nofail"
+    with pytest.raises(UnsupportedHost) as error:
+        make_plan(load_settings({}), profile)
+    assert "noauto" not in str(error.value)

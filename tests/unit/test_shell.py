@@ -90,6 +90,39 @@ def test_host_lock_wraps_a_command_and_keeps_its_exit_status(tmp_path):
     assert result.returncode == 3
 
 
+@pytest.mark.parametrize("status", [75, 0, 1])
+def test_a_command_that_itself_exits_75_is_not_taken_for_a_busy_lock(tmp_path, status):
+    # flock -E 75 said "busy" with the very status a command inside the lock may exit with
+    # (EX_TEMPFAIL: sendmail, some package scripts): only the lock's own failure is "busy".
+    import subprocess
+
+    from pgvector_deploy.shell import HOST_LOCK_DIR, with_host_lock
+
+    command = with_host_lock(f"echo inside; exit {status}").replace(HOST_LOCK_DIR, str(tmp_path / "locks"))
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
+    assert (result.returncode, result.stdout, result.stderr) == (status, "inside\n", "")
+
+
+def test_the_host_lock_is_held_while_the_command_runs(tmp_path):
+    # dash runs the last command of a subshell in the subshell's own process (exec): a lock
+    # taken on the subshell's descriptor and closed for the command would then be let go as
+    # the command starts (seen on a real host: two overlapping runs' apt-get at once).
+    import subprocess
+    import time
+
+    from pgvector_deploy.shell import HOST_LOCK_DIR, with_host_lock
+
+    command = with_host_lock("sleep 3").replace(HOST_LOCK_DIR, str(tmp_path / "locks"))
+    holder = subprocess.Popen(["sh", "-c", command])
+    try:
+        time.sleep(1)
+        free = subprocess.run(["flock", "-n", str(tmp_path / "locks" / "lock"), "true"], timeout=10)
+        assert free.returncode == 1, "the lock was free while the locked command ran"
+    finally:
+        holder.wait(10)
+    assert holder.returncode == 0
+
+
 def test_host_lock_timeout_names_the_other_run(tmp_path):
     import subprocess
 
