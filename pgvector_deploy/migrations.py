@@ -368,7 +368,7 @@ def non_transactional(words: list[str]) -> str | None:
     if first == "REINDEX":
         if "CONCURRENTLY" in words:
             return "REINDEX ... CONCURRENTLY"
-        for scope in ("DATABASE", "SYSTEM"):
+        for scope in ("DATABASE", "SYSTEM", "SCHEMA"):
             if scope in words[1:6]:
                 return f"REINDEX {scope}"
     if first == "ALTER" and second == "SYSTEM":
@@ -682,13 +682,15 @@ def apply_script(plan: Plan, name: str, sha256: str = "0" * 64) -> str:
         # Only psql's own lines, and only when it exits 0, tell success or "already applied":
         # a server message (the app's RAISE) may say anything, line breaks included.
         f"if why=$({psql} 2>&1 >/dev/null); then "
-        f"if printf '%s\\n' \"$why\" | grep -qxF {line(DONE_MARKER)}; then :; "
+        # The failure markers first: a forged success line must not hide one (a forged failure
+        # line only fails the run, the safe way).
+        f"if printf '%s\\n' \"$why\" | grep -qxF {line(CHANGED_MARKER)}; then {changed}; "
+        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(OPEN_MARKER)}; then {left_open}; "
+        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(DONE_MARKER)}; then :; "
         f"elif printf '%s\\n' \"$why\" | grep -qxF {line(ALREADY_APPLIED)}; then "
         f"echo {shlex.quote(f'{name} was applied by another run meanwhile; skipped')}; "
         f"elif printf '%s\\n' \"$why\" | grep -qxF {line(RENAMED_MARKER)}; then "
         f"echo {shlex.quote(f'{name}: its content was applied under another name (by another run meanwhile); skipped')}; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(CHANGED_MARKER)}; then {changed}; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(OPEN_MARKER)}; then {left_open}; "
         f"else {unfinished}; fi; "
         "else "
         f"why=$(printf '%s\\n' \"$why\" | awk -v name={name} {shlex.quote(_ERROR_AWK)}); "

@@ -917,20 +917,18 @@ def test_real_server_a_failure_after_the_commit_is_never_called_a_roll_back(serv
 # --- adversary review (branch adv) --------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="adversary: a NOTICE line forged as the done marker hides a .notx.sql file's open transaction")
 def test_real_server_a_forged_done_line_does_not_hide_a_notx_file_left_open(server, tmp_path):
     """A server message may hold line breaks (an app function a .notx.sql statement calls can
     RAISE one): a line equal to our done marker must not turn "left a transaction open, rolled
     back, not recorded" into a success."""
-    forged = "'x' || chr(10) || 'pgvector-deploy applied 0911_open.notx.sql'"
-    files = {"0911_open.notx.sql": f"DO $$ BEGIN RAISE NOTICE '%', {forged}; END $$;\nBEGIN;\nSELECT 1;\n"}
+    forged = "'x' || chr(10) || 'pgvector-deploy applied 9911_open.notx.sql'"
+    files = {"9911_open.notx.sql": f"DO $$ BEGIN RAISE NOTICE '%', {forged}; END $$;\nBEGIN;\nSELECT 1;\n"}
     _, results = deploy_once(server, tmp_path, files, "forged")
-    assert "0911_open.notx.sql" not in " ".join(ledger_rows(server))
+    assert "9911_open.notx.sql" not in " ".join(ledger_rows(server))
     assert results[-1].returncode != 0, "reported success for a file that was rolled back and not recorded"
     assert "left a transaction open" in results[-1].stderr
 
 
-@pytest.mark.xfail(strict=True, reason="adversary: REINDEX SCHEMA cannot run in a transaction but is not refused at validation")
 def test_reindex_schema_is_refused_before_anything_runs(tmp_path):
     folder = write(tmp_path / "m", {"0001_a.sql": "SELECT 1;", "0002_r.sql": "REINDEX SCHEMA public;\n"})
     with pytest.raises(SettingsError, match=r"0002_r.sql line 1: REINDEX SCHEMA cannot run inside a transaction"):
