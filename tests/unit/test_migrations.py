@@ -933,3 +933,21 @@ def test_reindex_schema_is_refused_before_anything_runs(tmp_path):
     folder = write(tmp_path / "m", {"0001_a.sql": "SELECT 1;", "0002_r.sql": "REINDEX SCHEMA public;\n"})
     with pytest.raises(SettingsError, match=r"0002_r.sql line 1: REINDEX SCHEMA cannot run inside a transaction"):
         load_settings({**APP, "pg_migrations_dir": str(folder)})
+
+
+@pytest.mark.xfail(strict=True, reason="adversary: SAVEPOINT/RELEASE/ROLLBACK TO pass validation but the EXECUTE wrapper refuses them at run time")
+@pytest.mark.parametrize("sql", ["SAVEPOINT s;", "RELEASE SAVEPOINT s;", "RELEASE s;", "ROLLBACK TO SAVEPOINT s;", "COPY items TO STDOUT;"])
+def test_statements_the_wrapper_refuses_are_refused_before_anything_runs(sql):
+    problems = sql_problems(f"SELECT 1;\n{sql}\n")
+    assert problems and problems[0][0] == 2 and "Fix:" in problems[0][1], problems
+
+
+@pytest.mark.xfail(strict=True, reason="adversary: SAVEPOINT passes validation but the EXECUTE wrapper refuses it at run time")
+def test_real_server_a_savepoint_is_refused_at_validation_not_after_earlier_files_ran(server, tmp_path):
+    files = {"9960_first.sql": "CREATE TABLE before_savepoint (id int);\n", "9961_sp.sql": "SAVEPOINT a;\nSELECT 1;\nRELEASE SAVEPOINT a;\n"}
+    try:
+        _, results = deploy_once(server, tmp_path, files, "savepoint")
+    except SettingsError:
+        results = []
+    assert server["psql"]("app", "SELECT to_regclass('before_savepoint') IS NULL") == "t", "an earlier file ran"
+    assert not any(r.returncode for r in results), [r.stderr for r in results]
