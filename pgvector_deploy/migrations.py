@@ -328,6 +328,15 @@ def statement_problem(words: list[str]) -> str | None:
         return f"{first} starts or ends a transaction, but {_TRANSACTION_FIX}"
     if first == "PREPARE" and second == "TRANSACTION":
         return f"PREPARE TRANSACTION ends the transaction, but {_TRANSACTION_FIX}"
+    if first in ("SAVEPOINT", "RELEASE") or (first == "ROLLBACK" and second == "TO"):
+        # The file runs inside a function (EXECUTE): PostgreSQL refuses these there.
+        return (
+            f"{first}{' TO' if first == 'ROLLBACK' else ''} is a savepoint command, which PostgreSQL refuses in the deploy's "
+            "wrapper (the file runs inside a function). Fix: remove it; to catch an error, use a DO block with "
+            "BEGIN ... EXCEPTION ... END (its own subtransaction)."
+        )
+    if first == "COPY" and any(a == "TO" and b in ("STDOUT", "PSTDOUT") for a, b in pairwise(words)):
+        return "COPY ... TO STDOUT cannot run in the deploy's wrapper (the file runs inside a function). Fix: remove it (use SELECT)."
     return role_problem(words) or copy_problem(words)
 
 
