@@ -689,17 +689,18 @@ def apply_script(plan: Plan, name: str, sha256: str = "0" * 64) -> str:
     return (
         f"PATH={SAFE_PATH}; "
         # Only psql's own lines, and only when it exits 0, tell success or "already applied":
-        # a server message (the app's RAISE) may say anything, line breaks included.
+        # a server message (the app's RAISE, from a trigger or a row security policy) may say
+        # anything, line breaks included, but only before our last line: each marker is the
+        # last thing psql prints (\quit or the end follows it), so only the last line counts.
         f"if why=$({psql} 2>&1 >/dev/null); then "
-        # The failure markers first: a forged success line must not hide one (a forged failure
-        # line only fails the run, the safe way).
-        f"if printf '%s\\n' \"$why\" | grep -qxF {line(CHANGED_MARKER)}; then {changed}; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(OPEN_MARKER)}; then {left_open}; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(DONE_MARKER)}; then :; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(ALREADY_APPLIED)}; then "
+        "last=$(printf '%s\\n' \"$why\" | tail -n 1); "
+        f"if [ \"$last\" = {line(DONE_MARKER)} ]; then :; "
+        f"elif [ \"$last\" = {line(ALREADY_APPLIED)} ]; then "
         f"echo {shlex.quote(f'{name} was applied by another run meanwhile; skipped')}; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(RENAMED_MARKER)}; then "
+        f"elif [ \"$last\" = {line(RENAMED_MARKER)} ]; then "
         f"echo {shlex.quote(f'{name}: its content was applied under another name (by another run meanwhile); skipped')}; "
+        f"elif [ \"$last\" = {line(CHANGED_MARKER)} ]; then {changed}; "
+        f"elif [ \"$last\" = {line(OPEN_MARKER)} ]; then {left_open}; "
         f"else {unfinished}; fi; "
         "else "
         f"why=$(printf '%s\\n' \"$why\" | awk -v name={name} {shlex.quote(_ERROR_AWK)}); "

@@ -948,3 +948,14 @@ def test_real_server_a_savepoint_is_refused_at_validation_not_after_earlier_file
         results = []
     assert server["psql"]("app", "SELECT to_regclass('before_savepoint') IS NULL") == "t", "an earlier file ran"
     assert not any(r.returncode for r in results), [r.stderr for r in results]
+
+
+def test_real_server_a_forged_failure_line_does_not_turn_a_committed_file_into_a_roll_back(server, tmp_path):
+    """The other way round: a line forged as "in the ledger with another sha256, not run" (or
+    "left a transaction open, rolled back") in a file that committed must not be reported as
+    not run: the run never claims a roll-back that did not happen."""
+    forged = "'x' || chr(10) || 'pgvector-deploy in the ledger with another sha256, not run: 9971_ok.sql'"
+    files = {"9971_ok.sql": f"CREATE TABLE forged_ok (id int);\nDO $$ BEGIN RAISE NOTICE '%', {forged}; END $$;\n"}
+    _, results = deploy_once(server, tmp_path, files, "forged_fail")
+    assert "9971_ok.sql" in " ".join(ledger_rows(server))
+    assert results[-1].returncode == 0, results[-1].stderr
