@@ -328,6 +328,15 @@ def statement_problem(words: list[str]) -> str | None:
         return f"{first} starts or ends a transaction, but {_TRANSACTION_FIX}"
     if first == "PREPARE" and second == "TRANSACTION":
         return f"PREPARE TRANSACTION ends the transaction, but {_TRANSACTION_FIX}"
+    if first in ("SAVEPOINT", "RELEASE") or (first == "ROLLBACK" and second == "TO"):
+        # The file runs inside a function (EXECUTE): PostgreSQL refuses these there.
+        return (
+            f"{first}{' TO' if first == 'ROLLBACK' else ''} is a savepoint command, which PostgreSQL refuses in the deploy's "
+            "wrapper (the file runs inside a function). Fix: remove it; to catch an error, use a DO block with "
+            "BEGIN ... EXCEPTION ... END (its own subtransaction)."
+        )
+    if first == "COPY" and any(a == "TO" and b in ("STDOUT", "PSTDOUT") for a, b in pairwise(words)):
+        return "COPY ... TO STDOUT cannot run in the deploy's wrapper (the file runs inside a function). Fix: remove it (use SELECT)."
     return role_problem(words) or copy_problem(words)
 
 
@@ -368,7 +377,7 @@ def non_transactional(words: list[str]) -> str | None:
     if first == "REINDEX":
         if "CONCURRENTLY" in words:
             return "REINDEX ... CONCURRENTLY"
-        for scope in ("DATABASE", "SYSTEM"):
+        for scope in ("DATABASE", "SYSTEM", "SCHEMA"):
             if scope in words[1:6]:
                 return f"REINDEX {scope}"
     if first == "ALTER" and second == "SYSTEM":
@@ -680,15 +689,18 @@ def apply_script(plan: Plan, name: str, sha256: str = "0" * 64) -> str:
     return (
         f"PATH={SAFE_PATH}; "
         # Only psql's own lines, and only when it exits 0, tell success or "already applied":
-        # a server message (the app's RAISE) may say anything, line breaks included.
+        # a server message (the app's RAISE, from a trigger or a row security policy) may say
+        # anything, line breaks included, but only before our last line: each marker is the
+        # last thing psql prints (\quit or the end follows it), so only the last line counts.
         f"if why=$({psql} 2>&1 >/dev/null); then "
-        f"if printf '%s\\n' \"$why\" | grep -qxF {line(DONE_MARKER)}; then :; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(ALREADY_APPLIED)}; then "
+        "last=$(printf '%s\\n' \"$why\" | tail -n 1); "
+        f"if [ \"$last\" = {line(DONE_MARKER)} ]; then :; "
+        f"elif [ \"$last\" = {line(ALREADY_APPLIED)} ]; then "
         f"echo {shlex.quote(f'{name} was applied by another run meanwhile; skipped')}; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(RENAMED_MARKER)}; then "
+        f"elif [ \"$last\" = {line(RENAMED_MARKER)} ]; then "
         f"echo {shlex.quote(f'{name}: its content was applied under another name (by another run meanwhile); skipped')}; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(CHANGED_MARKER)}; then {changed}; "
-        f"elif printf '%s\\n' \"$why\" | grep -qxF {line(OPEN_MARKER)}; then {left_open}; "
+        f"elif [ \"$last\" = {line(CHANGED_MARKER)} ]; then {changed}; "
+        f"elif [ \"$last\" = {line(OPEN_MARKER)} ]; then {left_open}; "
         f"else {unfinished}; fi; "
         "else "
         f"why=$(printf '%s\\n' \"$why\" | awk -v name={name} {shlex.quote(_ERROR_AWK)}); "

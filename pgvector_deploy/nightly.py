@@ -269,14 +269,26 @@ def run_in_progress(report_dir: Path) -> bool:
     return False
 
 
+def unfinished_reports(report_dir: Path) -> list[dict]:
+    """The reports still saying "running", oldest first: the latest one, and each run's own file
+    (an overlapping run that finished may have replaced ``nightly-latest.json`` since)."""
+    found = {}
+    for path in [report_dir / LATEST, *sorted(report_dir.glob("nightly-*.json"))]:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(report, dict) and report.get("status") == "running" and isinstance(report.get("started"), str):
+            found[report["started"]] = report
+    return [found[started] for started in sorted(found)]
+
+
 def settle_unfinished(report_dir: Path) -> None:
-    """With no run going on, a "running" latest report is from a run that died: its own report
-    file says failed from now on (``nightly-latest.json`` is the new run's next)."""
-    report = read_latest(report_dir)
-    if report is None or report.get("status") != "running" or not isinstance(report.get("started"), str):
-        return
-    failed = {**report, "status": "failed", "problems": [did_not_finish(report), *report.get("problems", [])]}
-    write_json_atomically(report_path(report_dir, report["started"]), failed)
+    """With no run going on, a "running" report is from a run that died: its own report file
+    says failed from now on (``nightly-latest.json`` is the new run's next)."""
+    for report in unfinished_reports(report_dir):
+        failed = {**report, "status": "failed", "problems": [did_not_finish(report), *report.get("problems", [])]}
+        write_json_atomically(report_path(report_dir, report["started"]), failed)
 
 
 def read_status(report_dir: Path) -> tuple[int, str]:
@@ -286,10 +298,11 @@ def read_status(report_dir: Path) -> tuple[int, str]:
     if report is None:
         return FAILED, f"nightly: failed: no nightly report readable in {report_dir}"
     status, started = report.get("status"), report.get("started")
-    if status == "running":
-        if run_in_progress(report_dir):
-            return RUNNING, f"nightly: running since {started} (pid {report.get('pid')})"
-        return FAILED, f"nightly: failed: {did_not_finish(report)}"
+    if status == "running" and run_in_progress(report_dir):
+        return RUNNING, f"nightly: running since {started} (pid {report.get('pid')})"
+    dead = [] if run_in_progress(report_dir) else unfinished_reports(report_dir)
+    if dead:  # the latest, or a run an overlapping one's latest report hides
+        return FAILED, f"nightly: failed: {did_not_finish(dead[-1])}"
     codes = {name: code for code, name in STATUS_NAMES.items()}
     if status not in codes:
         return FAILED, f"nightly: failed: the latest report has no known status ({status!r})"

@@ -160,10 +160,9 @@ def test_refused_sql(sql, line, start):
         "SELECT E'it\\'s \\\\ fine; COMMIT';",
         'CREATE TABLE "commit" ("begin" int);',
         "-- COMMIT; in a comment\nSELECT 1; /* ROLLBACK; /* nested */ still comment */",
-        "SAVEPOINT s; SELECT 1; ROLLBACK TO SAVEPOINT s; RELEASE s;",
         "PREPARE q(int) AS SELECT $1; EXECUTE q(1);",
         "SET LOCAL lock_timeout = '5s'; SET search_path TO public;",
-        "COPY items TO STDOUT;",
+        "COPY items TO '/dev/null';",  # refused by the server (needs pg_write_server_files), not by us
         "SELECT 1",  # no final semicolon: the deploy ends the statement
         "",
         "-- only a comment",
@@ -912,3 +911,51 @@ def test_real_server_a_failure_after_the_commit_is_never_called_a_roll_back(serv
     assert result.returncode == 0 and result.stdout.startswith("1101_c.sql was committed and recorded, though psql then failed:")
     assert "division by zero" in result.stdout
     assert server["psql"]("app", "SELECT to_regclass('committed_1101') IS NOT NULL") == "t"
+
+
+# --- adversary review (branch adv) --------------------------------------------------------------
+
+
+def test_real_server_a_forged_done_line_does_not_hide_a_notx_file_left_open(server, tmp_path):
+    """A server message may hold line breaks (an app function a .notx.sql statement calls can
+    RAISE one): a line equal to our done marker must not turn "left a transaction open, rolled
+    back, not recorded" into a success."""
+    forged = "'x' || chr(10) || 'pgvector-deploy applied 9911_open.notx.sql'"
+    files = {"9911_open.notx.sql": f"DO $$ BEGIN RAISE NOTICE '%', {forged}; END $$;\nBEGIN;\nSELECT 1;\n"}
+    _, results = deploy_once(server, tmp_path, files, "forged")
+    assert "9911_open.notx.sql" not in " ".join(ledger_rows(server))
+    assert results[-1].returncode != 0, "reported success for a file that was rolled back and not recorded"
+    assert "left a transaction open" in results[-1].stderr
+
+
+def test_reindex_schema_is_refused_before_anything_runs(tmp_path):
+    folder = write(tmp_path / "m", {"0001_a.sql": "SELECT 1;", "0002_r.sql": "REINDEX SCHEMA public;\n"})
+    with pytest.raises(SettingsError, match=r"0002_r.sql line 1: REINDEX SCHEMA cannot run inside a transaction"):
+        load_settings({**APP, "pg_migrations_dir": str(folder)})
+
+
+@pytest.mark.parametrize("sql", ["SAVEPOINT s;", "RELEASE SAVEPOINT s;", "RELEASE s;", "ROLLBACK TO SAVEPOINT s;", "COPY items TO STDOUT;"])
+def test_statements_the_wrapper_refuses_are_refused_before_anything_runs(sql):
+    problems = sql_problems(f"SELECT 1;\n{sql}\n")
+    assert problems and problems[0][0] == 2 and "Fix:" in problems[0][1], problems
+
+
+def test_real_server_a_savepoint_is_refused_at_validation_not_after_earlier_files_ran(server, tmp_path):
+    files = {"9960_first.sql": "CREATE TABLE before_savepoint (id int);\n", "9961_sp.sql": "SAVEPOINT a;\nSELECT 1;\nRELEASE SAVEPOINT a;\n"}
+    try:
+        _, results = deploy_once(server, tmp_path, files, "savepoint")
+    except SettingsError:
+        results = []
+    assert server["psql"]("app", "SELECT to_regclass('before_savepoint') IS NULL") == "t", "an earlier file ran"
+    assert not any(r.returncode for r in results), [r.stderr for r in results]
+
+
+def test_real_server_a_forged_failure_line_does_not_turn_a_committed_file_into_a_roll_back(server, tmp_path):
+    """The other way round: a line forged as "in the ledger with another sha256, not run" (or
+    "left a transaction open, rolled back") in a file that committed must not be reported as
+    not run: the run never claims a roll-back that did not happen."""
+    forged = "'x' || chr(10) || 'pgvector-deploy in the ledger with another sha256, not run: 9971_ok.sql'"
+    files = {"9971_ok.sql": f"CREATE TABLE forged_ok (id int);\nDO $$ BEGIN RAISE NOTICE '%', {forged}; END $$;\n"}
+    _, results = deploy_once(server, tmp_path, files, "forged_fail")
+    assert "9971_ok.sql" in " ".join(ledger_rows(server))
+    assert results[-1].returncode == 0, results[-1].stderr

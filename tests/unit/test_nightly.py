@@ -404,3 +404,17 @@ def test_pyinfra_s_own_json_for_a_host_that_failed_midway_reads_failed_then_not_
     assert hosts["@fake/db-2"]["failed"] == ["Step two"]
     assert hosts["@fake/db-2"]["not_run"] == ["Step three", "Step four"]
     assert hosts["@fake/db-1"]["failed"] == [] and hosts["@fake/db-1"]["not_run"] == []
+
+
+def test_a_killed_run_is_not_hidden_by_an_overlapping_run_that_finished(tmp_path):
+    """Overlapping runs are allowed (the run lock is shared): a run A that finishes while a
+    later run B is going on replaces nightly-latest.json; B then killed must still read failed."""
+    reports = tmp_path / "reports"
+    run_b = start_slow_run(reports)
+    try:
+        nightly.write_report(reports, {"started": "2026-11-21T03:15:00Z", "finished": "2026-11-21T03:40:00Z", "status": "clean", "hosts": {}})
+    finally:
+        run_b.kill()
+        run_b.wait()
+    status, out = status_of(reports)
+    assert status == nightly.FAILED and "did not finish" in out, out
