@@ -508,7 +508,7 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
 def look(host) -> Plan | Refusal:
     """Validate the host's data, gather the host profile (one round trip) and plan."""
     try:
-        settings = load_settings(host.data)
+        settings = load_settings(host.data, host_name=getattr(host, "name", None))
     except SettingsError as error:
         return Refusal(f"bad host data: {error}")
     profile = host.get_fact(HostProfile, port=POSTGRES_PORT, cached_tarball=tarball_path(settings.version))
