@@ -8,7 +8,7 @@ Host data keys and their defaults: pgvector_deploy/settings.py (and the README).
 
 from pyinfra import config, host
 
-from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, smoke, tuning
+from pgvector_deploy import appenv, apps, backups, migrations, networking, pgvector, postgres, preflight, smoke, tuning
 
 # Stage 0, look: the login can become root, the host data is valid, the host is one we
 # provision (two round trips of facts), then the facts every stage below asks (one more
@@ -63,6 +63,16 @@ else:
         # once, in its own transaction, as the app role.
         appenv.env_file(plan, name="App connection details for containers are current")
         migrations.apply(plan, name="App SQL migrations are applied")
+
+    # Stage 6b, backups (pg_backup_s3_bucket): pgBackRest, its S3 repository (reached with the
+    # new settings before they replace the old), WAL archiving (one restart, as pg_restart
+    # decides), the timers, and the first full backup. Without a bucket: nothing (archiving of
+    # ours is turned off again).
+    backups.packages(plan, name="pgBackRest is installed (backups to S3)")
+    backups.repository(plan, name="pgBackRest repository in S3 is configured")
+    backups.archiving(plan, name="WAL is archived to S3 continuously")
+    backups.schedules(plan, name="Backup and restore drill schedules are in place")
+    backups.first_backup(plan, name="A full backup exists")
 
     # Stage 7, proof: the vector smoke suite (a fact: it reports no change when it passes).
     smoke.verify(

@@ -502,6 +502,9 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
             facts.append((MigrationLedger, {"platform": platform, "port": port, "database": app.database, "user": app.user}))
         if app.env_file is not None:
             facts.append((EnvFileState, {"path": app.env_file}))
+    from .backups import expected_facts as backup_facts
+
+    facts += backup_facts(plan)
     return facts
 
 

@@ -67,8 +67,9 @@ class LabCA:
         csr = self.dir / "server.csr"
         openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={address}",
                 "-keyout", str(self.key), "-out", str(csr))  # fmt: skip
+        # pgBackRest 2.45 matches the endpoint against DNS names only, so the address is a DNS name too.
         ext = self.dir / "server.ext"
-        ext.write_text(f"subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
+        ext.write_text(f"subjectAltName=IP:{address},DNS:{address}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
         openssl("x509", "-req", "-in", str(csr), "-CA", str(self.ca), "-CAkey", str(ca_key), "-CAcreateserial",
                 "-days", "2", "-extfile", str(ext), "-out", str(self.cert))  # fmt: skip
         self.key.chmod(0o600)
