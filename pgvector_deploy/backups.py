@@ -452,6 +452,18 @@ def repository(plan: Plan, create_stanza: bool = True):
     configured = _configured(plan, state)
     if not configured:
         yield StringCommand(config_script(), _stdin=render_config(plan))
+    elif state["stanza_code"] is None or state["stanza_code"] not in (0, 1, 2):
+        # The file is current, but pgBackRest cannot read the repository (the bucket was
+        # deleted, the role lost its rights or has no credentials): a clear failure, not a
+        # stanza-create that would fail with a misleading message.
+        backup = plan.settings.backup
+        yield fail(
+            f"pgBackRest cannot read the repository s3://{backup.bucket}/{backup.prefix}: "
+            f"{' '.join((state['stanza_message'] or 'no answer').split())[:600]}. Nothing was changed; WAL archiving "
+            "fails until this is fixed, and the WAL waits on this host's disk. Fix: check that the bucket exists, "
+            "that the instance role (IMDSv2) has credentials and S3 rights, then run again."
+        )
+        return
     if create_stanza and (not configured or state["stanza_code"] not in (0, 2)):
         # stanza-create is idempotent in pgBackRest: a stanza that exists for this cluster is kept.
         yield stanza_script()
