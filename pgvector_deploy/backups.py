@@ -369,7 +369,7 @@ chown postgres:postgres "$probe"
 cat > "$probe/pgbackrest.conf"
 chown postgres:postgres "$probe/pgbackrest.conf"
 if ! out=$(runuser -u postgres -- timeout 120 pgbackrest --config="$probe/pgbackrest.conf" --stanza={STANZA} \\
-    --log-level-console=off --log-level-stderr=error --lock-path="$probe" repo-ls 2>&1); then
+    --log-level-console=off --log-level-stderr=error repo-ls 2>&1); then
   {REASON}
   {unreachable}
 fi

@@ -133,7 +133,9 @@ def test_a_deploy_with_a_bucket_archives_wal_and_takes_the_first_full_backup(pai
     assert pair.a.sudo("stat -c %a:%U:%G /etc/pgbackrest/pgbackrest.conf").strip() == "600:postgres:postgres"
     conf = pair.a.sudo("cat /etc/pgbackrest/pgbackrest.conf")
     assert "repo1-s3-key-type=auto" in conf and "repo1-s3-key=" not in conf and "repo1-s3-key-secret" not in conf
-    assert pair.a.sudo(f"grep -rl {CIPHER} /etc /var /tmp /root /home 2>/dev/null || true").split() == ["/etc/pgbackrest/pgbackrest.conf"]
+    # (the pattern on standard input: on sudo's command line it would land in the journal)
+    found = pair.a.sudo("grep -rlF -f /dev/stdin /etc /var /tmp /root /home 2>/dev/null || true", input=CIPHER + "\n")
+    assert found.split() == ["/etc/pgbackrest/pgbackrest.conf"]
     # The instance-role path: a token first, then the role's credentials with it.
     asked = pair.imds["bk-a"].requests()
     assert asked[0].startswith("PUT /latest/api/token 200")

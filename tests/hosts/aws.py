@@ -7,7 +7,7 @@
   ``--ssl`` ends TLS without a close_notify, which pgBackRest refuses
   (see /work/shared/reference/lab-stand-ins.md).
 - ``Imds``: an IMDSv2 stand-in for one test host, answering at 169.254.169.254:80 inside the
-  host's network namespace (an address on a dummy interface there; the server process runs on
+  host's network namespace (an address on its loopback; the server process runs on
   the machine side, in that namespace, as the real IMDS is outside the instance). It demands
   the token (``PUT /latest/api/token``) as Amazon Linux 2023 does, then hands out role
   credentials that moto accepts. ``deny()`` makes it answer 404 for the role (an instance
@@ -127,9 +127,9 @@ class Imds:
         self.state = workdir / f"imds-{host.name}.state"
         self.state.write_text("allow\n")
         self.log = workdir / f"imds-{host.name}.log"
-        host.netns_run("ip", "link", "add", "imds0", "type", "dummy")
-        host.netns_run("ip", "addr", "add", f"{IMDS_ADDRESS}/32", "dev", "imds0")
-        host.netns_run("ip", "link", "set", "imds0", "up")
+        # On the namespace's loopback (this machine's kernel has no dummy interfaces): packets
+        # from the host to it stay in the namespace and reach the server below.
+        host.netns_run("ip", "addr", "add", f"{IMDS_ADDRESS}/32", "dev", "lo")
         with open(self.log, "ab") as log:
             self._process = subprocess.Popen(
                 ["ip", "netns", "exec", host.netns, sys.executable, "-m", "tests.hosts.aws", str(self.state)],
