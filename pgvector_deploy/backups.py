@@ -229,8 +229,8 @@ class BackupState(FactBase):
         queries = (
             "SELECT 'archive_mode=' || pg_catalog.current_setting('archive_mode')",
             "SELECT 'archiver=' || archived_count || '|' || failed_count || '|' || "
-            "coalesce(pg_catalog.extract(epoch FROM last_archived_time)::bigint::text, '') || '|' || "
-            "coalesce(pg_catalog.extract(epoch FROM last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
+            "coalesce(pg_catalog.date_part('epoch', last_archived_time)::bigint::text, '') || '|' || "
+            "coalesce(pg_catalog.date_part('epoch', last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
             "FROM pg_catalog.pg_stat_archiver",
             "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_catalog.pg_file_settings "
             f"WHERE error = '{PENDING_RESTART}'",
@@ -287,7 +287,8 @@ def parse_backup_state(lines: list[str]) -> dict:
         "last_failed": int(archiver[3]) if archiver[3] else None,
         "last_failed_wal": archiver[4],
         "pending_restart": values.get("pending_restart", []),
-        "user_databases": int((values.get("user_databases") or ["0"])[0] or 0),
+        # None: not answered (PostgreSQL down, or a query failed): a restore refuses then.
+        "user_databases": int(values["user_databases"][0]) if values.get("user_databases") else None,
         "backlog": int((values.get("backlog") or ["0"])[0] or 0),
         "data_dir": values.get("data_dir", [""])[0] == "yes",
         "timers": {entry.split("|")[0]: tuple(entry.split("|")[1:3]) for entry in values.get("timer", [])},
@@ -587,6 +588,11 @@ def restore_refusal(plan: Plan, state: dict, now: datetime | None = None) -> str
         )
     if not state["backups"]:
         return f"the repository at {where} holds no backup yet. Nothing was changed. Fix: back the source host up first."
+    if state["user_databases"] is None:
+        return (
+            "could not ask PostgreSQL which databases this cluster holds (is it running?), so a restore might replace "
+            "data. Nothing was changed. Fix: start PostgreSQL (deploy/postgres.py does), then run again."
+        )
     if state["user_databases"] and not restore.over_existing:
         return (
             f"this cluster holds {state['user_databases']} database(s) of its own; a restore would replace them. Nothing "

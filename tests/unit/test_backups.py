@@ -210,3 +210,27 @@ def test_the_generated_shell_is_valid_sh():
     plan, _ = plan_with(BACKUP)
     for script in (backups.config_script(), backups.stanza_script(), backups.install_from_stdin("/etc/x", "644", "root:root")):
         assert sh_syntax_error(script) == ""
+
+
+def test_the_backup_state_fact_runs_on_a_real_postgresql_15(debian12):
+    """Its queries, as pyinfra runs them (sh, as root), against a throwaway server: every line
+    comes back (a query that fails stops the ones after it, and user_databases once read 0
+    on a host with a database: the restore then went over it)."""
+    import dataclasses
+    import subprocess
+
+    from .conftest import throwaway_psql, throwaway_server
+
+    with throwaway_server("pgv-backup-state-") as base:
+        throwaway_psql(base)("CREATE DATABASE app")
+        platform = dataclasses.replace(debian12, socket_dir=str(base), data_dir=f"{base}/data")
+        command = BackupState().command(platform, 5432, ("/nonexistent",))
+        output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
+    state = backups.parse_backup_state(output)
+    assert state["user_databases"] == 1 and state["archive_mode"] == "off" and state["data_dir"]
+    assert (state["archived_count"], state["failed_count"], state["last_archived"]) == (0, 0, None)
+
+
+def test_an_unknown_database_count_refuses_the_restore():
+    plan, _ = plan_with(BACKUP)
+    assert "could not ask PostgreSQL" in backups.restore_refusal(plan, {**state(), "user_databases": None})
