@@ -86,7 +86,7 @@ def render_config(plan: Plan) -> str:
     platform = plan.platform
     lines = [
         "# Managed by pgvector-deploy (pg_backup_* host data); readable by postgres alone: it holds the",
-        "# repository's passphrase. Credentials: the instance role (IMDSv2), never a key in this file.",
+        "# repository's passphrase. Credentials: the instance role (IMDSv2) unless host data gives a static key.",
         "[global]",
         "repo1-type=s3",
         f"repo1-path=/{backup.prefix}",
@@ -94,8 +94,11 @@ def render_config(plan: Plan) -> str:
         f"repo1-s3-endpoint={backup.host}",
         f"repo1-s3-region={backup.region}",
         f"repo1-s3-uri-style={backup.uri_style}",
-        "repo1-s3-key-type=auto",
     ]
+    if backup.access_key is None:
+        lines.append("repo1-s3-key-type=auto")  # the instance role, through IMDSv2
+    else:  # given explicitly in host data: in this 0600 file only
+        lines += ["repo1-s3-key-type=shared", f"repo1-s3-key={backup.access_key[0]}", f"repo1-s3-key-secret={backup.access_key[1]}"]
     if backup.port is not None:
         lines.append(f"repo1-storage-port={backup.port}")
     if backup.ca_file:

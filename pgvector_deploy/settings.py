@@ -235,6 +235,18 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "name of an SSM Parameter Store SecureString that holds the repository passphrase (boto3, control machine).",
     ),
+    Setting(
+        "pg_backup_s3_access_key_env",
+        None,
+        "name of an environment variable on the control machine holding a static AWS access key id, for hosts "
+        "without an instance role; unset: the instance role (IMDSv2). Set with pg_backup_s3_secret_key_env.",
+    ),
+    Setting(
+        "pg_backup_s3_secret_key_env",
+        None,
+        "name of an environment variable on the control machine holding that key's secret; both go into "
+        "pgbackrest.conf (0600 postgres), on standard input only.",
+    ),
     Setting("pg_backup_retention_full", 2, "full backups kept (with their differentials and the WAL they need), 1 to 100."),
     Setting(
         "pg_backup_retention_days",
@@ -355,6 +367,7 @@ class Backup:
     uri_style: str
     ca_file: str | None
     cipher_pass: Secret
+    access_key: tuple[Secret, Secret] | None  # (key id, secret); None: the instance role
     retention_full: int
     retention_days: int | None
     full: Schedule
@@ -613,6 +626,7 @@ def _backup(value: Callable[[str], Any], host_name: str | None) -> Backup | None
         uri_style=uri_style,
         ca_file=_host_file("pg_backup_s3_ca_file", _optional_text(value("pg_backup_s3_ca_file"))),
         cipher_pass=_cipher_pass(value),
+        access_key=_static_key(value),
         retention_full=_count("pg_backup_retention_full", value("pg_backup_retention_full"), 1, 100),  # type: ignore[arg-type]
         retention_days=None if days is None else _count("pg_backup_retention_days", days, 1, 3650),
         full=_schedule("pg_backup_full_schedule", value("pg_backup_full_schedule"), optional=False),  # type: ignore[arg-type]
@@ -705,6 +719,37 @@ def _cipher_pass(value: Callable[[str], Any]) -> Secret:
             "openssl rand -base64 48."
         )
     return Secret(text)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+
+
+def _static_key(value: Callable[[str], Any]) -> tuple[Secret, Secret] | None:
+    """Static keys only when the user gives both explicitly (by environment variable name)."""
+    names = {key: _optional_text(value(key)) for key in ("pg_backup_s3_access_key_env", "pg_backup_s3_secret_key_env")}
+    if not any(names.values()):
+        return None
+    if not all(names.values()):
+        raise SettingsError(
+            "pg_backup_s3_access_key_env and pg_backup_s3_secret_key_env go together. Fix: set both (a static key for "
+            "a host without an instance role), or neither (the instance role, through IMDSv2)."
+        )
+    found = []
+    for key, name in names.items():
+        if not _ENV_NAME.match(name):  # type: ignore[arg-type]
+            raise SettingsError(f"{key}: {name!r} is not an environment variable name. Fix: give one such as PGV_S3_KEY.")
+        text = os.environ.get(name, "")  # type: ignore[arg-type]
+        if not text:
+            raise SettingsError(f"{key}: the environment variable {name} is not set or empty on the control machine. Fix: export it.")
+        found.append(text)
+    key_id, secret = found
+    if not _ACCESS_KEY_ID.match(key_id) or len(secret) < 16 or any(ord(c) <= 32 or ord(c) == 127 for c in secret):
+        raise SettingsError(
+            "pg_backup_s3_access_key_env / pg_backup_s3_secret_key_env: that is not an AWS access key (an id of capital "
+            "letters and digits, a secret without spaces or control characters). Fix: export the key as AWS gave it."
+        )
+    return Secret(key_id), Secret(secret)
 
 
 def _restore(value: Callable[[str], Any]) -> Restore:

@@ -234,3 +234,21 @@ def test_the_backup_state_fact_runs_on_a_real_postgresql_15(debian12):
 def test_an_unknown_database_count_refuses_the_restore():
     plan, _ = plan_with(BACKUP)
     assert "could not ask PostgreSQL" in backups.restore_refusal(plan, {**state(), "user_databases": None})
+
+
+def test_static_keys_only_when_given_and_then_only_on_stdin(monkeypatch):
+    plan, _ = plan_with(BACKUP)
+    assert "repo1-s3-key-type=auto" in backups.render_config(plan) and "repo1-s3-key=" not in backups.render_config(plan)
+    monkeypatch.setenv("PGV_UNIT_KEY", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("PGV_UNIT_SECRET", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    keyed, host = plan_with({**BACKUP, "pg_backup_s3_access_key_env": "PGV_UNIT_KEY", "pg_backup_s3_secret_key_env": "PGV_UNIT_SECRET"})
+    config = backups.render_config(keyed)
+    assert "repo1-s3-key-type=shared" in config and "repo1-s3-key=AKIAIOSFODNN7EXAMPLE" in config
+    host.outputs[BackupState] = ["archive_mode=off", "data_dir=yes"]
+    command = run_operation(backups.repository, keyed, host)[0]
+    assert "EXAMPLEKEY" not in str(command) and "EXAMPLEKEY" in command.connector_arguments["_stdin"]
+    with pytest.raises(SettingsError, match="go together"):
+        load_settings({**BACKUP, "pg_backup_s3_access_key_env": "PGV_UNIT_KEY"}, host_name="db")
+    monkeypatch.setenv("PGV_UNIT_SECRET", "has a space in it, no")
+    with pytest.raises(SettingsError, match="not an AWS access key"):
+        load_settings({**BACKUP, "pg_backup_s3_access_key_env": "PGV_UNIT_KEY", "pg_backup_s3_secret_key_env": "PGV_UNIT_SECRET"}, host_name="db")
