@@ -861,6 +861,32 @@ fi
         return parse_smoke(output, ("wal_archive",))[0]
 
 
+class SmokeStatusFile(FactBase):
+    """Writes the suite's result for monitoring, ``pgvector_smoke.prom`` in node_exporter's
+    textfile directory (with backups on, beside their state). A fact like the suite itself:
+    monitoring state, not configuration, so a passing run still reports no change."""
+
+    def command(self, passed: int, failed: int):
+        from .backups import TEXTFILE_DIR
+
+        lines = (
+            "# HELP pgvector_smoke_success 1 if the last vector smoke suite passed.",
+            "# TYPE pgvector_smoke_success gauge",
+            f"pgvector_smoke_success {0 if failed else 1}",
+            f"pgvector_smoke_checks_passed {int(passed)}",
+            f"pgvector_smoke_checks_failed {int(failed)}",
+        )
+        body = "\\n".join(lines)
+        return (
+            f"PATH={SAFE_PATH}; install -d -m 0755 {TEXTFILE_DIR} && tmp=$(mktemp {TEXTFILE_DIR}/.pgvector_smoke.XXXXXX) && "
+            f"printf '{body}\\npgvector_smoke_timestamp_seconds %s\\n' \"$(date +%s)\" > \"$tmp\" && chmod 0644 \"$tmp\" && "
+            f"mv -f \"$tmp\" {TEXTFILE_DIR}/pgvector_smoke.prom; echo written"
+        )
+
+    def process(self, output):
+        return output
+
+
 @operation()
 @fails_host_on_error
 def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports"):
@@ -903,5 +929,7 @@ def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports")
     for line in table[1:]:
         logger.info(f"{host.print_prefix}{line}")
     failed = [r.name for r in results if r.status == "fail"]
+    if plan.settings.backup is not None:  # monitoring beside the backup state (node_exporter's textfile)
+        host.get_fact(SmokeStatusFile, passed=sum(r.status == "pass" for r in results), failed=len(failed))
     if failed:
         yield fail(f"vector smoke suite failed: {', '.join(failed)}. Details above and in {path}")
