@@ -150,7 +150,7 @@ def test_a_deploy_with_a_bucket_archives_wal_and_takes_the_first_full_backup(pai
     assert timers.split() == ["enabled"] * 3
     assert "pgvector_backup_last_age_seconds" in pair.a.sudo("cat /var/lib/prometheus/node-exporter/pgvector_backup.prom")
     # The smoke suite's 11th check proved a WAL segment reaches S3; its result is monitored too.
-    assert re.search(r"wal_archive\s+pass", result.output), result.output
+    assert re.search(r"wal_archive\s+PASS", result.output), result.output
     assert "pgvector_smoke_success 1" in pair.a.sudo("cat /var/lib/prometheus/node-exporter/pgvector_smoke.prom")
 
 
