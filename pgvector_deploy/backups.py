@@ -255,11 +255,13 @@ command -v pgbackrest >/dev/null 2>&1 && echo pgbackrest=yes
 echo "backlog=$(find {shlex.quote(platform.data_dir)}/pg_wal/archive_status -name '*.ready' 2>/dev/null | wc -l)"
 [ -s {shlex.quote(platform.data_dir)}/PG_VERSION ] && echo data_dir=yes
 {timer_lines}if [ -f {PGBR_CONFIG} ] && command -v pgbackrest >/dev/null 2>&1; then
-  if out=$({PGBR} --output=json --log-level-console=off --log-level-stderr=error info 2>&1); then
+  # The JSON alone on stdout; pgBackRest's warnings and errors (stderr) apart.
+  err=$(mktemp)
+  if out=$({PGBR} --output=json --log-level-console=off --log-level-stderr=warn info 2>"$err"); then
     echo "info=$(printf '%s' "$out" | tr -d '\\n')"
-  else
-    echo "info_error=$(printf '%s' "$out" | head -n1)"
   fi
+  [ ! -s "$err" ] || echo "info_error=$(grep -m1 -E 'ERROR|WARN' "$err" || head -n1 "$err")"
+  rm -f "$err"
 fi
 true
 """
@@ -277,8 +279,11 @@ def parse_backup_state(lines: list[str]) -> dict:
     archiver = (values.get("archiver", [""])[0].split("|") + ["", "", "", "", ""])[:5]
     info = None
     if values.get("info"):
-        info = json.loads(values["info"][0])
-    stanza = (info or [{}])[0] if info else {}
+        try:
+            info = json.loads(values["info"][0])
+        except ValueError:  # never a crash on output we did not expect: unreadable, as an error
+            values.setdefault("info_error", [f"unreadable pgbackrest info output: {values['info'][0][:200]}"])
+    stanza = info[0] if isinstance(info, list) and info and isinstance(info[0], dict) else {}
     status = stanza.get("status", {}) if stanza else {}
     return {
         "files": files,
@@ -296,7 +301,7 @@ def parse_backup_state(lines: list[str]) -> dict:
         "data_dir": values.get("data_dir", [""])[0] == "yes",
         "timers": {entry.split("|")[0]: tuple(entry.split("|")[1:3]) for entry in values.get("timer", [])},
         "stanza_code": status.get("code") if stanza else None,  # 0 ok, 1 missing stanza path, 2 no backup
-        "stanza_message": status.get("message", "") if stanza else values.get("info_error", [""])[0],
+        "stanza_message": (status.get("message", "") if stanza else "") or values.get("info_error", [""])[0],
         "backups": [
             {"label": b["label"], "type": b["type"], "start": b["timestamp"]["start"], "stop": b["timestamp"]["stop"]}
             for b in stanza.get("backup", [])

@@ -252,3 +252,12 @@ def test_static_keys_only_when_given_and_then_only_on_stdin(monkeypatch):
     monkeypatch.setenv("PGV_UNIT_SECRET", "has a space in it, no")
     with pytest.raises(SettingsError, match="not an AWS access key"):
         load_settings({**BACKUP, "pg_backup_s3_access_key_env": "PGV_UNIT_KEY", "pg_backup_s3_secret_key_env": "PGV_UNIT_SECRET"}, host_name="db")
+
+
+def test_pgbackrest_output_that_is_not_json_is_an_error_not_a_crash():
+    """pgBackRest printed an error line before its JSON (credentials missing): the fact once
+    raised, and the host was refused with a traceback's one line instead of the clear error."""
+    state = backups.parse_backup_state(["info=ERROR: [039]: unable to get credentials[{}]", "archive_mode=on"])
+    assert state["stanza_code"] is None and "unreadable pgbackrest info output" in state["stanza_message"]
+    warned = backups.parse_backup_state(['info=[{"name":"pgvector","status":{"code":99,"message":"other"}}]', "info_error=WARN: role not found"])
+    assert warned["stanza_code"] == 99 and warned["stanza_message"] == "other"
