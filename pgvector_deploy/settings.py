@@ -590,17 +590,19 @@ def _major(value: Any) -> int:
             f"{', '.join(map(str, KNOWN_MAJORS))} (default {POSTGRES_MAJOR})."
         )
     return int(text)
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
-_PREFIX_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-_SCHEDULE = re.compile(r"^(daily|[A-Z][a-z]{2}(,[A-Z][a-z]{2})*) ([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\Z")
+_PREFIX_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+_SCHEDULE = re.compile(r"^(daily|[A-Z][a-z]{2}(,[A-Z][a-z]{2})*) ([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 MIN_CIPHER_PASS = 20
 
 
 def _backup(value: Callable[[str], Any], host_name: str | None) -> Backup | None:
     """The ``pg_backup_*`` keys, each checked strictly: they go into pgbackrest.conf, systemd
     units and cron lines, so only the characters each needs are let through."""
-    bucket = _optional_text(value("pg_backup_s3_bucket"))
+    bucket = _text("pg_backup_s3_bucket", value("pg_backup_s3_bucket"))
     if bucket is None:
         return None
     if not _BUCKET.match(bucket) or ".." in bucket:
@@ -608,23 +610,23 @@ def _backup(value: Callable[[str], Any], host_name: str | None) -> Backup | None
             f"pg_backup_s3_bucket: {bucket!r} is not an S3 bucket name. Fix: 3 to 63 lowercase letters, digits, "
             "dots and hyphens, starting and ending with a letter or digit (e.g. acme-db-backups)."
         )
-    region = str(value("pg_backup_s3_region")).strip()
+    region = _text("pg_backup_s3_region", value("pg_backup_s3_region")) or ""
     if not _REGION.match(region):
         raise SettingsError(f"pg_backup_s3_region: {region!r} is not an AWS region. Fix: give one such as eu-west-1.")
-    endpoint = _endpoint(_optional_text(value("pg_backup_s3_endpoint")), region)
-    uri_style = _optional_text(value("pg_backup_s3_uri_style"))
+    endpoint = _endpoint(_text("pg_backup_s3_endpoint", value("pg_backup_s3_endpoint")), region)
+    uri_style = _text("pg_backup_s3_uri_style", value("pg_backup_s3_uri_style"))
     if uri_style is None:
-        uri_style = "path" if _optional_text(value("pg_backup_s3_endpoint")) else "host"
+        uri_style = "path" if _text("pg_backup_s3_endpoint", value("pg_backup_s3_endpoint")) else "host"
     if uri_style not in ("host", "path"):
         raise SettingsError(f"pg_backup_s3_uri_style: {uri_style!r} is neither host nor path. Fix: give host or path.")
     days = value("pg_backup_retention_days")
     return Backup(
         bucket=bucket,
         region=region,
-        prefix=_prefix(_optional_text(value("pg_backup_s3_prefix")), host_name),
+        prefix=_prefix(_text("pg_backup_s3_prefix", value("pg_backup_s3_prefix")), host_name),
         endpoint=endpoint,
         uri_style=uri_style,
-        ca_file=_host_file("pg_backup_s3_ca_file", _optional_text(value("pg_backup_s3_ca_file"))),
+        ca_file=_host_file("pg_backup_s3_ca_file", _text("pg_backup_s3_ca_file", value("pg_backup_s3_ca_file"))),
         cipher_pass=_cipher_pass(value),
         access_key=_static_key(value),
         retention_full=_count("pg_backup_retention_full", value("pg_backup_retention_full"), 1, 100),  # type: ignore[arg-type]
@@ -648,7 +650,7 @@ def _endpoint(text: str | None, region: str) -> str:
     except ValueError:
         address_ok = False
     name_ok = len(host) <= 253 and all(_HOST_LABEL.match(label) for label in host.split(".")) and not host.replace(".", "").isdigit()
-    if not (address_ok or name_ok) or (colon and not (port.isdigit() and 1 <= int(port) <= 65535)):
+    if not (address_ok or name_ok) or (colon and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535)):
         raise SettingsError(f"pg_backup_s3_endpoint: {text!r} is not a host or host:port. {fix}")
     return text
 
@@ -670,7 +672,7 @@ def _prefix(text: str | None, host_name: str | None) -> str:
 
 
 def _schedule(key: str, value: Any, optional: bool = True) -> Schedule | None:
-    text = str(value).strip()
+    text = _text(key, value) or ""
     if optional and text == "none":
         return None
     match = _SCHEDULE.match(text)
@@ -702,9 +704,11 @@ def _cipher_pass(value: Callable[[str], Any]) -> Secret:
             "safe elsewhere too: without it no backup can be restored."
         )
     key = given[0]
-    text = str(value(key))
+    if not isinstance(value(key), str):
+        raise SettingsError(f"{key}: {value(key)!r} is not text ({type(value(key)).__name__}). {_quote_fix(key)}")
+    text = value(key) if key == "pg_backup_cipher_pass" else (_text(key, value(key)) or "")
     if key == "pg_backup_cipher_pass_env":
-        text = os.environ.get(text.strip(), "")
+        text = os.environ.get(text, "")
         if not text:
             raise SettingsError(
                 f"pg_backup_cipher_pass_env: the environment variable {str(value(key)).strip()} is not set or empty on "
@@ -712,7 +716,7 @@ def _cipher_pass(value: Callable[[str], Any]) -> Secret:
             )
     elif key == "pg_backup_cipher_pass_ssm":
         text = _ssm_parameter(text.strip(), key)
-    if len(text) < MIN_CIPHER_PASS or any(ord(char) < 32 or ord(char) == 127 for char in text) or text != text.strip():
+    if len(text) < MIN_CIPHER_PASS or any(unicodedata.category(char) == "Cc" for char in text) or text != text.strip():
         raise SettingsError(
             f"{key}: the passphrase must be at least {MIN_CIPHER_PASS} characters, without control characters, line "
             "breaks or spaces at either end (it is one line of pgbackrest.conf). Fix: generate one, e.g. "
@@ -721,13 +725,13 @@ def _cipher_pass(value: Callable[[str], Any]) -> Secret:
     return Secret(text)
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}\Z")
 
 
 def _static_key(value: Callable[[str], Any]) -> tuple[Secret, Secret] | None:
     """Static keys only when the user gives both explicitly (by environment variable name)."""
-    names = {key: _optional_text(value(key)) for key in ("pg_backup_s3_access_key_env", "pg_backup_s3_secret_key_env")}
+    names = {key: _text(key, value(key)) for key in ("pg_backup_s3_access_key_env", "pg_backup_s3_secret_key_env")}
     if not any(names.values()):
         return None
     if not all(names.values()):
@@ -744,7 +748,7 @@ def _static_key(value: Callable[[str], Any]) -> tuple[Secret, Secret] | None:
             raise SettingsError(f"{key}: the environment variable {name} is not set or empty on the control machine. Fix: export it.")
         found.append(text)
     key_id, secret = found
-    if not _ACCESS_KEY_ID.match(key_id) or len(secret) < 16 or any(ord(c) <= 32 or ord(c) == 127 for c in secret):
+    if not _ACCESS_KEY_ID.match(key_id) or len(secret) < 16 or any(c == " " or unicodedata.category(c) == "Cc" for c in secret):
         raise SettingsError(
             "pg_backup_s3_access_key_env / pg_backup_s3_secret_key_env: that is not an AWS access key (an id of capital "
             "letters and digits, a secret without spaces or control characters). Fix: export the key as AWS gave it."
@@ -753,7 +757,7 @@ def _static_key(value: Callable[[str], Any]) -> tuple[Secret, Secret] | None:
 
 
 def _restore(value: Callable[[str], Any]) -> Restore:
-    text = _optional_text(value("restore_target_time"))
+    text = _text("restore_target_time", value("restore_target_time"))
     target = None
     if text is not None:
         try:
