@@ -59,10 +59,16 @@ def main() -> int:
             result = deploy(inventory, env={"PGV_BENCH_CIPHER": CIPHER})
             assert result.returncode == 0, result.output
             host.psql(f"CREATE TABLE items (id bigint PRIMARY KEY, embedding vector({dims}))")
-            load_s, _ = timed(lambda: host.psql(
-                f"INSERT INTO items SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, {dims}) WHERE i > 0)::vector "
-                f"FROM generate_series(1, {rows}) i; CHECKPOINT"
-            ))  # fmt: skip
+            def load():
+                for first in range(1, rows + 1, 25_000):  # batches: each psql well within ssh's timeout
+                    last = min(rows, first + 24_999)
+                    host.psql(
+                        f"INSERT INTO items SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, {dims}) "
+                        f"WHERE i > 0)::vector FROM generate_series({first}, {last}) i"
+                    )
+                host.psql("CHECKPOINT")
+
+            load_s, _ = timed(load)
             size = int(host.sudo("du -sb /var/lib/postgresql/15/main | cut -f1"))
             database = int(host.psql("SELECT pg_database_size('postgres')"))
             copy_s, _ = timed(lambda: host.sudo("cp -a /var/lib/postgresql/15/main /var/tmp/copy && sync && rm -rf /var/tmp/copy"))
