@@ -252,14 +252,14 @@ def test_a_backup_killed_mid_run_is_followed_by_one_that_succeeds(pair):
         assert time.monotonic() < deadline, "the backup never started"
         time.sleep(0.2)
     time.sleep(2)
-    a.sudo(f"kill -KILL -- -{pid}")  # the whole session: the script, runuser, pgBackRest and its workers
+    a.sudo(f"/bin/kill -s KILL -- -{pid}")  # the whole session: the script, runuser, pgBackRest and its workers (dash's kill has no --)
     assert len(info(a)["backup"]) == count  # nothing half-done counts as a backup
     result = a.sudo("/usr/local/lib/pgvector-deploy/pgvector-backup full; echo rc=$?")
     assert result.strip().endswith("rc=0"), result
     assert len(info(a)["backup"]) == count + 1
 
 
-def test_the_restore_drill_passes_and_reports(pair):
+def test_the_restore_drill_passes_and_reports(pair, moment):
     a = pair.a
     started = a.psql("SELECT pg_postmaster_start_time()")
     out = a.sudo("/usr/local/lib/pgvector-deploy/pgvector-restore-drill; echo rc=$?")
