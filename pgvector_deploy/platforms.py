@@ -233,6 +233,7 @@ class Platform:
         from .facts import STATE_DIR  # facts reads this table when it loads
 
         return f"{STATE_DIR}/build.json" if self.major == POSTGRES_MAJOR else f"{STATE_DIR}/build-pg{self.major}.json"
+    backup_packages: tuple[str, ...] = ()
 
     def repository_steps(self, os_id: str, arch: str) -> tuple[RepositoryStep, ...]:
         """The repository steps for one host, in order, with its ``{arch}`` filled in."""
@@ -245,7 +246,8 @@ class Platform:
 
     @property
     def packages(self) -> tuple[str, ...]:
-        """Every package the run needs, tools first (InstalledPackages asks about all of them)."""
+        """Every package the run needs, tools first (InstalledPackages asks about all of them;
+        backup_packages are asked by backups.BackupState, only on hosts with backups)."""
         return self.tool_packages + self.postgres_packages
 
     @property
@@ -276,6 +278,8 @@ DEBIAN_FAMILY_PACKAGES = dict(
     build_packages=("postgresql-server-dev-{major}", "gcc", "make", "libc6-dev"),
     # Debian's own (trixie on; bookworm has none) and PGDG's apt package have this name.
     pgvector_packages=("postgresql-{major}-pgvector",),
+    # Debian 12 ships pgBackRest 2.45; Debian 13 and Ubuntu have it too (and PGDG newer ones).
+    backup_packages=("pgbackrest",),
 )
 
 
@@ -427,6 +431,7 @@ def enterprise_linux(el_major: int, postgresql_module: bool) -> Platform:
         server_packages=("postgresql{major}-server",),
         build_packages=("postgresql{major}-devel", "gcc", "make", "redhat-rpm-config"),
         pgvector_packages=PGDG_EL_PGVECTOR,
+        backup_packages=("pgbackrest",),  # from PGDG, already set up for PostgreSQL (not verified here)
         bindir=PGDG_EL_BINDIR,
         data_dir=PGDG_EL_DATA_DIR,
         config_dir=PGDG_EL_DATA_DIR,

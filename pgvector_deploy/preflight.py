@@ -502,13 +502,16 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
             facts.append((MigrationLedger, {"platform": platform, "port": port, "database": app.database, "user": app.user}))
         if app.env_file is not None:
             facts.append((EnvFileState, {"path": app.env_file}))
+    from .backups import expected_facts as backup_facts
+
+    facts += backup_facts(plan)
     return facts
 
 
 def look(host) -> Plan | Refusal:
     """Validate the host's data, gather the host profile (one round trip) and plan."""
     try:
-        settings = load_settings(host.data)
+        settings = load_settings(host.data, host_name=getattr(host, "name", None))
     except SettingsError as error:
         return Refusal(f"bad host data: {error}")
     profile = host.get_fact(HostProfile, port=POSTGRES_PORT, cached_tarball=tarball_path(settings.version))

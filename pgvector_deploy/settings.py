@@ -19,6 +19,7 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from ipaddress import IPv4Network, ip_address, ip_network
 from pathlib import Path
@@ -188,6 +189,104 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("pg_hnsw_expected_vectors", 1_000_000, "rows in the largest HNSW index you expect to build (sizes maintenance_work_mem)."),
     Setting("pg_hnsw_expected_dimensions", 1536, "dimensions of those vectors (1536: OpenAI text-embedding-3-small)."),
+    Setting(
+        "pg_backup_s3_bucket",
+        None,
+        "S3 bucket for pgBackRest's repository (full and differential backups, and the WAL archived "
+        "continuously); unset: no backups, no archiving.",
+    ),
+    Setting("pg_backup_s3_region", "us-east-1", "the bucket's AWS region (e.g. eu-west-1)."),
+    Setting(
+        "pg_backup_s3_prefix",
+        None,
+        "path in the bucket under which this host's repository lives; default: the host's name. A restore on "
+        "another host names the source host's prefix.",
+    ),
+    Setting(
+        "pg_backup_s3_endpoint",
+        None,
+        "S3 endpoint, host[:port], for S3-compatible servers (MinIO, a lab); default: s3.<region>.amazonaws.com. "
+        "HTTPS always.",
+    ),
+    Setting(
+        "pg_backup_s3_uri_style",
+        None,
+        "host (bucket.endpoint) or path (endpoint/bucket); default: host for AWS, path with pg_backup_s3_endpoint.",
+    ),
+    Setting(
+        "pg_backup_s3_ca_file",
+        None,
+        "absolute path on the host of the CA certificate (PEM) that signed the S3 endpoint's certificate "
+        "(MinIO with a private CA); unset: the system's trusted CAs.",
+    ),
+    Setting(
+        "pg_backup_cipher_pass",
+        None,
+        "passphrase that encrypts the repository (aes-256-cbc), at least 20 characters (prefer "
+        "pg_backup_cipher_pass_env or pg_backup_cipher_pass_ssm); exactly one source is required with a bucket.",
+    ),
+    Setting(
+        "pg_backup_cipher_pass_env",
+        None,
+        "name of an environment variable on the control machine that holds the repository passphrase.",
+    ),
+    Setting(
+        "pg_backup_cipher_pass_ssm",
+        None,
+        "name of an SSM Parameter Store SecureString that holds the repository passphrase (boto3, control machine).",
+    ),
+    Setting(
+        "pg_backup_s3_access_key_env",
+        None,
+        "name of an environment variable on the control machine holding a static AWS access key id, for hosts "
+        "without an instance role; unset: the instance role (IMDSv2). Set with pg_backup_s3_secret_key_env.",
+    ),
+    Setting(
+        "pg_backup_s3_secret_key_env",
+        None,
+        "name of an environment variable on the control machine holding that key's secret; both go into "
+        "pgbackrest.conf (0600 postgres), on standard input only.",
+    ),
+    Setting("pg_backup_retention_full", 2, "full backups kept (with their differentials and the WAL they need), 1 to 100."),
+    Setting(
+        "pg_backup_retention_days",
+        None,
+        "keep full backups by age instead: every full backup younger than this many days (1 to 3650), and the "
+        "newest older one; overrides pg_backup_retention_full.",
+    ),
+    Setting(
+        "pg_backup_full_schedule",
+        "Sun 01:00",
+        "when the full backup runs: days (daily, or Mon..Sun, comma-separated) and HH:MM, host time; a systemd "
+        "timer (a cron entry without systemd).",
+    ),
+    Setting(
+        "pg_backup_diff_schedule",
+        "Mon,Tue,Wed,Thu,Fri,Sat 01:00",
+        "when the differential backup runs (same form as pg_backup_full_schedule); none: no differentials.",
+    ),
+    Setting(
+        "pg_backup_drill_schedule",
+        "Sat 04:00",
+        "when the restore drill runs (same form); none: only when run by hand.",
+    ),
+    Setting(
+        "pg_backup_drill_port",
+        54329,
+        "port of the drill's scratch server (sockets only, in its own directory; 1024 to 65535, not 5432).",
+    ),
+    Setting(
+        "restore_target_time",
+        None,
+        "deploy/restore.py: the moment to restore to, ISO 8601 with a time zone (2026-12-01T12:00:00+00:00); "
+        "unset: the latest state in the archive.",
+    ),
+    Setting(
+        "restore_over_existing",
+        False,
+        "deploy/restore.py: restore over a cluster that holds databases of its own (its data directory is kept "
+        "aside); refused otherwise, nothing changed.",
+    ),
 )
 
 DEFAULTS = {setting.key: setting.default for setting in SETTINGS}
@@ -234,6 +333,68 @@ class ServerTls:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A backup or drill time: ``days`` (systemd names, empty: daily) at ``hour``:``minute``."""
+
+    days: tuple[str, ...]
+    hour: int
+    minute: int
+
+    @property
+    def on_calendar(self) -> str:
+        """systemd.time(7): ``Sun *-*-* 01:00:00``."""
+        days = ",".join(self.days)
+        return f"{days + ' ' if days else ''}*-*-* {self.hour:02d}:{self.minute:02d}:00"
+
+    @property
+    def cron(self) -> str:
+        """crontab(5)'s first five fields: ``0 1 * * 0``."""
+        days = ",".join(str(WEEKDAYS.index(day)) for day in self.days) or "*"
+        return f"{self.minute} {self.hour} * * {days}"
+
+
+WEEKDAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
+
+
+@dataclass(frozen=True)
+class Backup:
+    """pgBackRest to S3 (``pg_backup_*``); None in ``Settings`` when no bucket is set."""
+
+    bucket: str
+    region: str
+    prefix: str
+    endpoint: str
+    uri_style: str
+    ca_file: str | None
+    cipher_pass: Secret
+    access_key: tuple[Secret, Secret] | None  # (key id, secret); None: the instance role
+    retention_full: int
+    retention_days: int | None
+    full: Schedule
+    diff: Schedule | None
+    drill: Schedule | None
+    drill_port: int
+
+    @property
+    def port(self) -> int | None:
+        """The endpoint's port, when it names one (pgBackRest's repo1-storage-port)."""
+        host, _, port = self.endpoint.rpartition(":")
+        return int(port) if host else None
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.rpartition(":")[0] or self.endpoint
+
+
+@dataclass(frozen=True)
+class Restore:
+    """deploy/restore.py's keys."""
+
+    target_time: datetime | None = None
+    over_existing: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     release: Release
     url: str
@@ -252,6 +413,8 @@ class Settings:
     tls: ServerTls = ServerTls()
     major: int = POSTGRES_MAJOR  # pg_major
     allow_second_major: bool = False  # pg_allow_second_major
+    backup: Backup | None = None  # pg_backup_s3_bucket unset: no backups
+    restore: Restore = Restore()
 
     @property
     def version(self) -> str:
@@ -314,8 +477,9 @@ def sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
-    """Validate a host's data (a mapping, or pyinfra's ``host.data``) into ``Settings``."""
+def load_settings(data: Mapping[str, Any] | Callable[[str], Any], host_name: str | None = None) -> Settings:
+    """Validate a host's data (a mapping, or pyinfra's ``host.data``) into ``Settings``;
+    ``host_name`` is the default ``pg_backup_s3_prefix``."""
     get = data.get if hasattr(data, "get") else data  # type: ignore[union-attr]
 
     def value(key: str) -> Any:
@@ -384,6 +548,8 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any]) -> Settings:
         tls=_tls(value),
         major=_major(value("pg_major")),
         allow_second_major=_as_bool("pg_allow_second_major", value("pg_allow_second_major")),
+        backup=_backup(value, host_name),
+        restore=_restore(value),
     )
 
 
@@ -424,6 +590,186 @@ def _major(value: Any) -> int:
             f"{', '.join(map(str, KNOWN_MAJORS))} (default {POSTGRES_MAJOR})."
         )
     return int(text)
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\Z")
+_PREFIX_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+_SCHEDULE = re.compile(r"^(daily|[A-Z][a-z]{2}(,[A-Z][a-z]{2})*) ([01][0-9]|2[0-3]):([0-5][0-9])\Z")
+MIN_CIPHER_PASS = 20
+
+
+def _backup(value: Callable[[str], Any], host_name: str | None) -> Backup | None:
+    """The ``pg_backup_*`` keys, each checked strictly: they go into pgbackrest.conf, systemd
+    units and cron lines, so only the characters each needs are let through."""
+    bucket = _text("pg_backup_s3_bucket", value("pg_backup_s3_bucket"))
+    if bucket is None:
+        return None
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise SettingsError(
+            f"pg_backup_s3_bucket: {bucket!r} is not an S3 bucket name. Fix: 3 to 63 lowercase letters, digits, "
+            "dots and hyphens, starting and ending with a letter or digit (e.g. acme-db-backups)."
+        )
+    region = _text("pg_backup_s3_region", value("pg_backup_s3_region")) or ""
+    if not _REGION.match(region):
+        raise SettingsError(f"pg_backup_s3_region: {region!r} is not an AWS region. Fix: give one such as eu-west-1.")
+    endpoint = _endpoint(_text("pg_backup_s3_endpoint", value("pg_backup_s3_endpoint")), region)
+    uri_style = _text("pg_backup_s3_uri_style", value("pg_backup_s3_uri_style"))
+    if uri_style is None:
+        uri_style = "path" if _text("pg_backup_s3_endpoint", value("pg_backup_s3_endpoint")) else "host"
+    if uri_style not in ("host", "path"):
+        raise SettingsError(f"pg_backup_s3_uri_style: {uri_style!r} is neither host nor path. Fix: give host or path.")
+    days = value("pg_backup_retention_days")
+    return Backup(
+        bucket=bucket,
+        region=region,
+        prefix=_prefix(_text("pg_backup_s3_prefix", value("pg_backup_s3_prefix")), host_name),
+        endpoint=endpoint,
+        uri_style=uri_style,
+        ca_file=_host_file("pg_backup_s3_ca_file", _text("pg_backup_s3_ca_file", value("pg_backup_s3_ca_file"))),
+        cipher_pass=_cipher_pass(value),
+        access_key=_static_key(value),
+        retention_full=_count("pg_backup_retention_full", value("pg_backup_retention_full"), 1, 100),  # type: ignore[arg-type]
+        retention_days=None if days is None else _count("pg_backup_retention_days", days, 1, 3650),
+        full=_schedule("pg_backup_full_schedule", value("pg_backup_full_schedule"), optional=False),  # type: ignore[arg-type]
+        diff=_schedule("pg_backup_diff_schedule", value("pg_backup_diff_schedule")),
+        drill=_schedule("pg_backup_drill_schedule", value("pg_backup_drill_schedule")),
+        drill_port=_drill_port(value("pg_backup_drill_port")),
+    )
+
+
+def _endpoint(text: str | None, region: str) -> str:
+    if text is None:
+        return f"s3.{region}.amazonaws.com"
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        host, port = text, ""
+    fix = "Fix: give the endpoint as host or host:port, such as minio.internal:9000 or 10.0.0.5:443 (no https://)."
+    try:
+        address_ok = ip_address(host).version == 4
+    except ValueError:
+        address_ok = False
+    name_ok = len(host) <= 253 and all(_HOST_LABEL.match(label) for label in host.split(".")) and not host.replace(".", "").isdigit()
+    if not (address_ok or name_ok) or (colon and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535)):
+        raise SettingsError(f"pg_backup_s3_endpoint: {text!r} is not a host or host:port. {fix}")
+    return text
+
+
+def _prefix(text: str | None, host_name: str | None) -> str:
+    given = text if text is not None else host_name
+    parts = (given or "").strip("/").split("/")
+    if not given or not all(_PREFIX_PART.match(part) for part in parts) or any(part in (".", "..") for part in parts):
+        if text is None:
+            raise SettingsError(
+                f"pg_backup_s3_prefix is unset and the host's name {host_name!r} cannot be a path in the bucket. "
+                "Fix: set pg_backup_s3_prefix, such as db-1 or prod/db-1."
+            )
+        raise SettingsError(
+            f"pg_backup_s3_prefix: {text!r} is not a plain path in the bucket. Fix: letters, digits, _ . - and "
+            "/ between parts (no .., no spaces), such as prod/db-1."
+        )
+    return "/".join(parts)
+
+
+def _schedule(key: str, value: Any, optional: bool = True) -> Schedule | None:
+    text = _text(key, value) or ""
+    if optional and text == "none":
+        return None
+    match = _SCHEDULE.match(text)
+    days = () if match is None or match.group(1) == "daily" else tuple(match.group(1).split(","))
+    if match is None or any(day not in WEEKDAYS for day in days) or len(set(days)) != len(days):
+        none = " or none" if optional else ""
+        raise SettingsError(
+            f"{key}: {value!r} is not a schedule. Fix: give days and a time, such as 'Sun 01:00', "
+            f"'Mon,Wed,Fri 02:30' or 'daily 01:00'{none} (days: {', '.join(WEEKDAYS)})."
+        )
+    return Schedule(days, int(match.group(3)), int(match.group(4)))
+
+
+def _drill_port(value: Any) -> int:
+    port = _count("pg_backup_drill_port", value, 1024, 65535)
+    if port == 5432:
+        raise SettingsError("pg_backup_drill_port: 5432 is the cluster's own port. Fix: give another, such as 54329.")
+    return port  # type: ignore[return-value]
+
+
+def _cipher_pass(value: Callable[[str], Any]) -> Secret:
+    keys = ("pg_backup_cipher_pass", "pg_backup_cipher_pass_env", "pg_backup_cipher_pass_ssm")
+    given = [key for key in keys if value(key) is not None]
+    if len(given) != 1:
+        raise SettingsError(
+            f"pg_backup_s3_bucket is set, so exactly one repository passphrase source is needed; found "
+            f"{given or 'none'}. Fix: set one of pg_backup_cipher_pass_env (an environment variable name), "
+            "pg_backup_cipher_pass_ssm (an SSM parameter name) or pg_backup_cipher_pass. Keep the passphrase "
+            "safe elsewhere too: without it no backup can be restored."
+        )
+    key = given[0]
+    if not isinstance(value(key), str):
+        raise SettingsError(f"{key}: {value(key)!r} is not text ({type(value(key)).__name__}). {_quote_fix(key)}")
+    text = value(key) if key == "pg_backup_cipher_pass" else (_text(key, value(key)) or "")
+    if key == "pg_backup_cipher_pass_env":
+        text = os.environ.get(text, "")
+        if not text:
+            raise SettingsError(
+                f"pg_backup_cipher_pass_env: the environment variable {str(value(key)).strip()} is not set or empty on "
+                "the control machine. Fix: export it before running pyinfra."
+            )
+    elif key == "pg_backup_cipher_pass_ssm":
+        text = _ssm_parameter(text.strip(), key)
+    if len(text) < MIN_CIPHER_PASS or any(unicodedata.category(char) == "Cc" for char in text) or text != text.strip():
+        raise SettingsError(
+            f"{key}: the passphrase must be at least {MIN_CIPHER_PASS} characters, without control characters, line "
+            "breaks or spaces at either end (it is one line of pgbackrest.conf). Fix: generate one, e.g. "
+            "openssl rand -base64 48."
+        )
+    return Secret(text)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}\Z")
+
+
+def _static_key(value: Callable[[str], Any]) -> tuple[Secret, Secret] | None:
+    """Static keys only when the user gives both explicitly (by environment variable name)."""
+    names = {key: _text(key, value(key)) for key in ("pg_backup_s3_access_key_env", "pg_backup_s3_secret_key_env")}
+    if not any(names.values()):
+        return None
+    if not all(names.values()):
+        raise SettingsError(
+            "pg_backup_s3_access_key_env and pg_backup_s3_secret_key_env go together. Fix: set both (a static key for "
+            "a host without an instance role), or neither (the instance role, through IMDSv2)."
+        )
+    found = []
+    for key, name in names.items():
+        if not _ENV_NAME.match(name):  # type: ignore[arg-type]
+            raise SettingsError(f"{key}: {name!r} is not an environment variable name. Fix: give one such as PGV_S3_KEY.")
+        text = os.environ.get(name, "")  # type: ignore[arg-type]
+        if not text:
+            raise SettingsError(f"{key}: the environment variable {name} is not set or empty on the control machine. Fix: export it.")
+        found.append(text)
+    key_id, secret = found
+    if not _ACCESS_KEY_ID.match(key_id) or len(secret) < 16 or any(c == " " or unicodedata.category(c) == "Cc" for c in secret):
+        raise SettingsError(
+            "pg_backup_s3_access_key_env / pg_backup_s3_secret_key_env: that is not an AWS access key (an id of capital "
+            "letters and digits, a secret without spaces or control characters). Fix: export the key as AWS gave it."
+        )
+    return Secret(key_id), Secret(secret)
+
+
+def _restore(value: Callable[[str], Any]) -> Restore:
+    text = _text("restore_target_time", value("restore_target_time"))
+    target = None
+    if text is not None:
+        try:
+            target = datetime.fromisoformat(text)
+        except ValueError:
+            target = None
+        if target is None or target.tzinfo is None:
+            raise SettingsError(
+                f"restore_target_time: {text!r} is not an ISO 8601 time with a time zone. Fix: give one such as "
+                "2026-12-01T12:00:00+00:00 (or ...Z)."
+            )
+    return Restore(target_time=target, over_existing=_as_bool("restore_over_existing", value("restore_over_existing")))
 
 
 def _data_mount(text: str | None) -> str | None:
@@ -772,7 +1118,7 @@ _SSM_FIX = (
 
 
 @lru_cache(maxsize=None)
-def _ssm_parameter(name: str) -> str:
+def _ssm_parameter(name: str, key: str = "pg_app_password_ssm") -> str:
     """A SecureString from SSM Parameter Store, decrypted (boto3's standard configuration)."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -784,18 +1130,18 @@ def _ssm_parameter(name: str) -> str:
         response = session.client("ssm").get_parameter(Name=name, WithDecryption=True)
     except NoCredentialsError:
         raise SettingsError(
-            f"pg_app_password_ssm: no AWS credentials to read {name!r}. "
+            f"{key}: no AWS credentials to read {name!r}. "
             "Fix: configure credentials (AWS_PROFILE, environment, or an instance role)."
         ) from None
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         if code == "ParameterNotFound":
             raise SettingsError(
-                f"pg_app_password_ssm: SSM parameter {name!r} does not exist (region "
+                f"{key}: SSM parameter {name!r} does not exist (region "
                 f"{session.region_name or 'unset'}). Fix: create it as a SecureString, "
                 "or correct the name or AWS_REGION."
             ) from None
-        raise SettingsError(f"pg_app_password_ssm: reading {name!r} failed: {code or error}. {_SSM_FIX}") from None
+        raise SettingsError(f"{key}: reading {name!r} failed: {code or error}. {_SSM_FIX}") from None
     except BotoCoreError as error:
-        raise SettingsError(f"pg_app_password_ssm: reading {name!r} failed: {error}. {_SSM_FIX}") from None
+        raise SettingsError(f"{key}: reading {name!r} failed: {error}. {_SSM_FIX}") from None
     return response["Parameter"]["Value"]

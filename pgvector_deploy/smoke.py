@@ -830,6 +830,63 @@ class SmokeChecks(FactBase):
         return parse_host_checks(output)
 
 
+class ArchiveCheck(FactBase):
+    """``wal_archive`` (only with pg_backup_s3_bucket): ``pgbackrest check`` switches a WAL
+    segment and waits for it in S3, so a bucket gone or credentials expired fail here, named,
+    with the backlog of WAL that waits on the host's disk. Skipped while archiving is off
+    (its restart pending, or a host restored with deploy/restore.py)."""
+
+    def command(self, platform: Platform, port: int):
+        from .backups import PGBR, REASON
+
+        mode = as_postgres(platform, port, "postgres", "SHOW archive_mode")
+        ready = f"{shlex.quote(platform.data_dir)}/pg_wal/archive_status"
+        return f"""PATH={SAFE_PATH}
+backlog=$(find {ready} -name '*.ready' 2>/dev/null | wc -l)
+if [ "$({mode} 2>/dev/null)" != on ]; then
+  echo "check=wal_archive|skip|archive_mode is off on this host (a restart pending, or restored by deploy/restore.py)"
+elif out=$({PGBR} --archive-timeout=60 --log-level-console=off --log-level-stderr=error check 2>&1); then
+  echo "check=wal_archive|pass|a WAL segment reached the repository (pgbackrest check); $backlog segment(s) waiting"
+else
+  {REASON}
+  echo "check=wal_archive|fail|WAL archiving to S3 fails: $reason; $backlog WAL segment(s) wait on this host's disk"
+fi
+"""
+
+    @staticmethod
+    def default():
+        return CheckResult("wal_archive", "fail", "no result: the archive check did not run")
+
+    def process(self, output):
+        return parse_smoke(output, ("wal_archive",))[0]
+
+
+class SmokeStatusFile(FactBase):
+    """Writes the suite's result for monitoring, ``pgvector_smoke.prom`` in node_exporter's
+    textfile directory (with backups on, beside their state). A fact like the suite itself:
+    monitoring state, not configuration, so a passing run still reports no change."""
+
+    def command(self, passed: int, failed: int):
+        from .backups import TEXTFILE_DIR
+
+        lines = (
+            "# HELP pgvector_smoke_success 1 if the last vector smoke suite passed.",
+            "# TYPE pgvector_smoke_success gauge",
+            f"pgvector_smoke_success {0 if failed else 1}",
+            f"pgvector_smoke_checks_passed {int(passed)}",
+            f"pgvector_smoke_checks_failed {int(failed)}",
+        )
+        body = "\\n".join(lines)
+        return (
+            f"PATH={SAFE_PATH}; install -d -m 0755 {TEXTFILE_DIR} && tmp=$(mktemp {TEXTFILE_DIR}/.pgvector_smoke.XXXXXX) && "
+            f"printf '{body}\\npgvector_smoke_timestamp_seconds %s\\n' \"$(date +%s)\" > \"$tmp\" && chmod 0644 \"$tmp\" && "
+            f"mv -f \"$tmp\" {TEXTFILE_DIR}/pgvector_smoke.prom; echo written"
+        )
+
+    def process(self, output):
+        return output
+
+
 @operation()
 @fails_host_on_error
 def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports"):
@@ -863,6 +920,8 @@ def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports")
     script = smoke_script(plan.platform, plan.port, version, app.user if app and app.address else None)
     checked = host.get_fact(SmokeChecks, _stdin=SmokeStdin(script))
     results = merge(checked.results, check_app_over_tcp(host, app, plan.port, checked))
+    if plan.settings.backup is not None:  # the 11th check, only with backups
+        results.append(host.get_fact(ArchiveCheck, platform=plan.platform, port=plan.port))
     results = redact(results, app.password if app else None)
     path = write_report(report_dir, host.name, version, results)
     table = format_table(results)
@@ -870,5 +929,7 @@ def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports")
     for line in table[1:]:
         logger.info(f"{host.print_prefix}{line}")
     failed = [r.name for r in results if r.status == "fail"]
+    if plan.settings.backup is not None:  # monitoring beside the backup state (node_exporter's textfile)
+        host.get_fact(SmokeStatusFile, passed=sum(r.status == "pass" for r in results), failed=len(failed))
     if failed:
         yield fail(f"vector smoke suite failed: {', '.join(failed)}. Details above and in {path}")

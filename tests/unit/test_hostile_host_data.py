@@ -59,6 +59,9 @@ MIGRATIONS.mkdir()
 PASSWORD_ENV = "PGVD_HOSTILE_TEST_PASSWORD"
 
 APP = {"pg_app_user": "app", "pg_app_password": "pw-ok"}
+CIPHER = "a-long-enough-passphrase-0123"
+CIPHER_ENV, KEY_ENV, SECRET_ENV = "PGVD_HOSTILE_CIPHER", "PGVD_HOSTILE_KEY", "PGVD_HOSTILE_SECRET"
+BACKUP = {"pg_backup_s3_bucket": "acme-db-backups", "pg_backup_cipher_pass": CIPHER, "pg_backup_s3_prefix": "db-1"}
 TLS = {"pg_ssl_cert_file": "/etc/ssl/pgv/server.pem", "pg_ssl_key_file": "/etc/ssl/pgv/server.key"}
 
 
@@ -113,6 +116,28 @@ KEYS: dict[str, Case] = {
     "pg_work_mem": Case("64MB", extra=("2097152MB",), accepts=(str, int)),
     "pg_hnsw_expected_vectors": Case(1000, extra=(10**11,), accepts=(str, int)),
     "pg_hnsw_expected_dimensions": Case(768, extra=(16001,), accepts=(str, int)),
+    # Backups (pgbackrest.conf lines, systemd units, cron lines, shell): see check_rendered.
+    "pg_backup_s3_bucket": Case("acme-db-backups", {"pg_backup_cipher_pass": CIPHER, "pg_backup_s3_prefix": "db-1"},
+                                extra=("Acme", "a..b", "-ab", "ab")),
+    "pg_backup_s3_region": Case("eu-west-1", {**BACKUP}, extra=("eu-west-1a", "EU-WEST-1")),
+    "pg_backup_s3_prefix": Case("prod/db-1", {"pg_backup_s3_bucket": "acme-db-backups", "pg_backup_cipher_pass": CIPHER},
+                                extra=("../x", "a//b", "/", "a/./b")),
+    "pg_backup_s3_endpoint": Case("minio.internal:9000", {**BACKUP}, extra=("https://x", "x:0", "x:99999", "x:٣", "x:")),
+    "pg_backup_s3_uri_style": Case("path", {**BACKUP}),
+    "pg_backup_s3_ca_file": Case("/etc/ssl/minio-ca.pem", {**BACKUP}),
+    "pg_backup_cipher_pass": Case(CIPHER, {"pg_backup_s3_bucket": "acme-db-backups", "pg_backup_s3_prefix": "db-1"}),
+    "pg_backup_cipher_pass_env": Case(CIPHER_ENV, {"pg_backup_s3_bucket": "acme-db-backups", "pg_backup_s3_prefix": "db-1"}),
+    "pg_backup_cipher_pass_ssm": Case("/pgvd/backup-pass", {"pg_backup_s3_bucket": "acme-db-backups", "pg_backup_s3_prefix": "db-1"}),
+    "pg_backup_s3_access_key_env": Case(KEY_ENV, {**BACKUP, "pg_backup_s3_secret_key_env": SECRET_ENV}),
+    "pg_backup_s3_secret_key_env": Case(SECRET_ENV, {**BACKUP, "pg_backup_s3_access_key_env": KEY_ENV}),
+    "pg_backup_retention_full": Case(3, {**BACKUP}, extra=(101,), accepts=(str, int)),
+    "pg_backup_retention_days": Case(14, {**BACKUP}, extra=(3651,), accepts=(str, int)),
+    "pg_backup_full_schedule": Case("Sun 01:00", {**BACKUP}, extra=("Sun 1:00", "Sun *-*-* 01:00:00", "Dim 01:00")),
+    "pg_backup_diff_schedule": Case("daily 02:30", {**BACKUP}),
+    "pg_backup_drill_schedule": Case("Sat 04:00", {**BACKUP}),
+    "pg_backup_drill_port": Case(54329, {**BACKUP}, extra=(5432, 80), accepts=(str, int)),
+    "restore_target_time": Case("2026-12-01T12:00:00+00:00", extra=("2026-12-01T12:00:00",)),
+    "restore_over_existing": Case(True, accepts=(bool, str, int)),
 }
 
 # Texts that break out of a quoted value, a line, a token or a shell word somewhere.
@@ -149,7 +174,10 @@ def test_every_declared_key_has_a_hostile_case():
 def password_sources(monkeypatch):
     """The password keys' sources: an environment variable, and SSM (no AWS here)."""
     monkeypatch.setenv(PASSWORD_ENV, "from-env")
-    monkeypatch.setattr(settings_module, "_ssm_parameter", lambda name: "from-ssm")
+    monkeypatch.setenv(CIPHER_ENV, "from-env-" + CIPHER)
+    monkeypatch.setenv(KEY_ENV, "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv(SECRET_ENV, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    monkeypatch.setattr(settings_module, "_ssm_parameter", lambda name, key="pg_app_password_ssm": "from-ssm" + ("-" + CIPHER if key != "pg_app_password_ssm" else ""))
 
 
 # --- what the rendered files say ------------------------------------------------------------------
@@ -210,6 +238,16 @@ def host_bound(s) -> list[tuple[str, str, re.Pattern]]:
         *((name, path, PLAIN_PATH) for name, path in (("pg_ssl_cert_file", s.tls.cert_file), ("pg_ssl_key_file", s.tls.key_file),
                                                       ("pg_ssl_ca_file", s.tls.ca_file), ("pg_data_mount", s.data_mount)) if path),
     ]  # fmt: skip
+    if s.backup:
+        b = s.backup
+        strict += [
+            ("pg_backup_s3_bucket", b.bucket, re.compile(r"^[a-z0-9.-]{3,63}$")),
+            ("pg_backup_s3_region", b.region, re.compile(r"^[a-z0-9-]+$")),
+            ("pg_backup_s3_prefix", b.prefix, re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")),
+            ("pg_backup_s3_endpoint", b.endpoint, re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")),
+            ("pg_backup_s3_uri_style", b.uri_style, re.compile(r"^(host|path)$")),
+        ]
+        strict += [("pg_backup_s3_ca_file", b.ca_file, PLAIN_PATH)] if b.ca_file else []
     if s.app:
         name = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
         strict += [("pg_app_user", s.app.user, name), ("pg_app_database", s.app.database, name)]
@@ -350,6 +388,21 @@ def check_rendered(s, real: RealReader | None) -> None:
             script = appenv.write_script(s.app.env_file)
             assert sh_ok(script) and f"file={shlex.quote(s.app.env_file)}\n" in script
             assert str(s.app.password) not in script or len(str(s.app.password)) < 4
+
+    # pgbackrest.conf: every line a comment, a section or one option; the passphrase on its own line.
+    if s.backup:
+        from pgvector_deploy import backups
+
+        config = backups.render_config(plan)
+        lines = [line for line in config.split("\n") if line and not line.startswith("#")]
+        assert all(re.fullmatch(r"\[[a-z]+\]|[a-z0-9-]+=[^\n\r\0]*", line) for line in lines), config
+        assert f"repo1-cipher-pass={s.backup.cipher_pass}" in lines and f"repo1-s3-bucket={s.backup.bucket}" in lines
+        assert len([line for line in lines if line.startswith("repo1-")]) == len({line.split("=")[0] for line in lines if line.startswith("repo1-")})
+        for path, (content, _, _) in backups.wanted_files(plan).items():  # units and cron: schedules strict
+            for line in content.split("\n"):
+                if line.startswith("OnCalendar="):
+                    assert re.fullmatch(r"OnCalendar=((Sun|Mon|Tue|Wed|Thu|Fri|Sat)(,(Sun|Mon|Tue|Wed|Thu|Fri|Sat))* )?\*-\*-\* [0-9]{2}:[0-9]{2}:00|OnCalendar=\*:0/5", line), line
+        assert sh_ok(backups.restore_script(plan))
 
     # Shell scripts built from host data: valid sh, the values quoted where they go.
     script = pgvector.download_script(s.url, plan.cached_tarball, s.release.sha256, s.version)

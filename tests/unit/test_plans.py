@@ -20,7 +20,7 @@ from typing import Callable
 
 import pytest
 
-from pgvector_deploy import appenv, apps, migrations, networking, pgvector, postgres, preflight, tuning
+from pgvector_deploy import appenv, apps, backups, migrations, networking, pgvector, postgres, preflight, tuning
 from pgvector_deploy.appenv import EnvFileState, connection, render_env_file, sha256_text
 from pgvector_deploy.apps import scram_verifier
 from pgvector_deploy.facts import (
@@ -448,6 +448,11 @@ WHOLE_RECIPE = (
     apps.database,
     migrations.apply,
     appenv.env_file,
+    backups.packages,
+    backups.repository,
+    backups.archiving,
+    backups.schedules,
+    backups.first_backup,
 )
 
 
@@ -481,6 +486,8 @@ def converged_outputs(plan: Plan) -> dict:
         ],
         MigrationLedger: ["database=yes", "ledger=yes", *(f"applied={m.name}|{m.sha256}" for m in settings.migrations)],
         EnvFileState: [f"sha256={sha256_text(render_env_file(connection(plan)))}", "mode=600", "owner=root:root"],
+        # No pg_backup_s3_bucket: no file of ours, archiving as packaged.
+        backups.BackupState: ["archive_mode=off", "backlog=0", "data_dir=yes", "user_databases=1"],
     }
 
 
@@ -535,7 +542,7 @@ def test_a_no_op_run_of_the_whole_recipe_asks_each_fact_once(recorded, data, tmp
             assert run_as_pyinfra_does(operation, plan, host, planning) == [], operation.__name__
     asked = [(cls.__name__, repr(sorted(kwargs.items()))) for cls, kwargs, _ in host.asked]
     assert len(asked) == len(set(asked)), asked  # nothing asked twice
-    expected = {"InstalledPackages", "ClusterState", "PgvectorState", "ServerConfig", "AppState", "MigrationLedger", "EnvFileState"}
+    expected = {"InstalledPackages", "ClusterState", "PgvectorState", "ServerConfig", "AppState", "MigrationLedger", "EnvFileState", "BackupState"}
     if plan.platform.repository_steps(plan.os_id, plan.arch):
         expected.add("RepositoryChecks")
     if plan.settings.wants_tls:

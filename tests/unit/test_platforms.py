@@ -35,6 +35,11 @@ def test_debian12_packages_are_tools_then_server_then_build_tools(debian12):
     assert debian12.packages == debian12.tool_packages + debian12.postgres_packages
 
 
+def test_pgbackrest_comes_from_the_distribution_or_pgdg_and_amazon_linux_has_none_set_up():
+    for platform in PLATFORMS:
+        assert platform.backup_packages == (() if platform.key == "amzn-2023" else ("pgbackrest",)), platform.key
+
+
 def test_every_platform_uses_its_own_bindir_for_pg_config():
     for platform in PLATFORMS:
         assert platform.pg_config == platform.bindir + "/pg_config"

@@ -1,0 +1,689 @@
+"""Backups to S3 with pgBackRest, continuous WAL archiving, schedules, restore and the drill.
+
+With ``pg_backup_s3_bucket`` set, the deploy:
+
+1. installs pgBackRest from the distribution (``Platform.backup_packages``; ``packages``);
+2. writes ``/etc/pgbackrest/pgbackrest.conf`` (0600 postgres: it holds the repository's
+   passphrase, which reaches the host on standard input only), after pgBackRest has reached
+   the bucket with the new file (a missing bucket or no credentials fail here, nothing
+   changed), then creates the stanza (``repository``);
+3. turns archiving on in ``conf.d/70-pgvector-backups.conf`` (archive_mode needs one restart,
+   done or reported as ``pg_restart`` decides, like every restart; ``archiving``);
+4. installs the scripts (``files/backups/``), their settings file and the systemd timers, or a
+   cron file without systemd (``schedules``);
+5. takes the first full backup when the repository has none (``first_backup``).
+
+Credentials: pgBackRest's ``repo1-s3-key-type=auto``: the instance role, through IMDSv2. No
+static key is written on the host.
+
+``restore`` (deploy/restore.py) brings a backup back onto a fresh host, refusing (nothing
+changed) a cluster that holds databases unless ``restore_over_existing``.
+
+Example::
+
+    backups.packages(plan, name="pgBackRest is installed")
+    backups.repository(plan, name="pgBackRest repository in S3 is configured")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase, StringCommand, operation
+
+from .facts import PENDING_RESTART, SETTINGS_ERRORS_SQL, STATE_DIR, parse_key_values
+from .managed_files import apply_restart, locate, reload_command, replace_file_script, restart_decision, set_aside
+from .platforms import Platform
+from .preflight import Plan
+from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, host_locked
+
+STANZA = "pgvector"
+PGBR_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
+ENV_FILE = "/etc/pgvector-deploy/backup.env"
+LIBDIR = "/usr/local/lib/pgvector-deploy"
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # node_exporter's textfile collector (Debian's default)
+DRILL_DIR = f"{STATE_DIR}/drill"
+ARCHIVE_FILE_NAME = "70-pgvector-backups.conf"
+CRON_FILE = "/etc/cron.d/pgvector-deploy-backups"
+UNIT_DIR = "/etc/systemd/system"
+SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "files" / "backups"
+SCRIPTS = ("pgvector-backup", "pgvector-backup-status", "pgvector-restore-drill")
+# Every transaction is in S3 within a minute: a WAL segment is switched at least this often
+# when anything was written.
+ARCHIVE_TIMEOUT_S = 60
+PGBR = f"runuser -u postgres -- pgbackrest --config={PGBR_CONFIG} --stanza={STANZA}"
+ARCHIVE_RESTART_FIX = (
+    "look at PostgreSQL's log; archive_mode and archive_command in conf.d/70-pgvector-backups.conf need "
+    "pgBackRest installed and /etc/pgbackrest/pgbackrest.conf readable by postgres."
+)
+# pgBackRest's first error line and, from an S3 error body, its code and message.
+REASON = (
+    "reason=$(printf '%s\\n' \"$out\" | grep -m1 -E 'ERROR|WARN' || printf '%s\\n' \"$out\" | tail -n1); "
+    "s3=$(printf '%s' \"$out\" | sed -n 's:.*<Code>\\([A-Za-z]*\\)</Code><Message>\\([^<]*\\)</Message>.*:\\1, \\2:p' | head -n1); "
+    "reason=$(printf '%s%s' \"$reason\" \"${s3:+ ($s3)}\" | tr '\\n' ' ')"
+)
+
+
+def archive_path(platform: Platform) -> str:
+    return f"{platform.config_dir}/conf.d/{ARCHIVE_FILE_NAME}"
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- what we want --------------------------------------------------------------------------------
+
+
+def render_config(plan: Plan) -> str:
+    """pgbackrest.conf: the S3 repository (encrypted), retention, and the cluster."""
+    backup = plan.settings.backup
+    platform = plan.platform
+    lines = [
+        "# Managed by pgvector-deploy (pg_backup_* host data); readable by postgres alone: it holds the",
+        "# repository's passphrase. Credentials: the instance role (IMDSv2) unless host data gives a static key.",
+        "[global]",
+        "repo1-type=s3",
+        f"repo1-path=/{backup.prefix}",
+        f"repo1-s3-bucket={backup.bucket}",
+        f"repo1-s3-endpoint={backup.host}",
+        f"repo1-s3-region={backup.region}",
+        f"repo1-s3-uri-style={backup.uri_style}",
+    ]
+    if backup.access_key is None:
+        lines.append("repo1-s3-key-type=auto")  # the instance role, through IMDSv2
+    else:  # given explicitly in host data: in this 0600 file only
+        lines += ["repo1-s3-key-type=shared", f"repo1-s3-key={backup.access_key[0]}", f"repo1-s3-key-secret={backup.access_key[1]}"]
+    if backup.port is not None:
+        lines.append(f"repo1-storage-port={backup.port}")
+    if backup.ca_file:
+        lines.append(f"repo1-storage-ca-file={backup.ca_file}")
+    if backup.retention_days is not None:
+        lines += ["repo1-retention-full-type=time", f"repo1-retention-full={backup.retention_days}"]
+    else:
+        lines += ["repo1-retention-full-type=count", f"repo1-retention-full={backup.retention_full}"]
+    lines += [
+        "repo1-cipher-type=aes-256-cbc",
+        f"repo1-cipher-pass={backup.cipher_pass}",
+        # Small files go to S3 together (fewer requests); zstd is fast and in Debian's build.
+        "repo1-bundle=y",
+        "compress-type=zst",
+        "compress-level=3",
+        f"process-max={max(1, min(4, int(plan.profile.get('cpus') or 1)))}",
+        "start-fast=y",
+        "log-level-console=warn",
+        "log-level-file=info",
+        "",
+        f"[{STANZA}]",
+        f"pg1-path={platform.data_dir}",
+        f"pg1-port={int(plan.port)}",
+        f"pg1-socket-path={platform.socket_dir}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_archive_settings() -> str:
+    return (
+        "# Managed by pgvector-deploy: continuous WAL archiving to S3 with pgBackRest (pg_backup_s3_bucket).\n"
+        "# archive_mode needs a restart (pg_restart decides); archive_timeout: a written transaction\n"
+        f"# reaches S3 within {ARCHIVE_TIMEOUT_S} seconds.\n"
+        "archive_mode = on\n"
+        f"archive_command = 'pgbackrest --config={PGBR_CONFIG} --stanza={STANZA} archive-push %p'\n"
+        f"archive_timeout = {ARCHIVE_TIMEOUT_S}\n"
+    )
+
+
+def render_env(plan: Plan) -> str:
+    """/etc/pgvector-deploy/backup.env, read by the scripts (no secret in it)."""
+    backup = plan.settings.backup
+    platform = plan.platform
+    values = {
+        "PGBR_CONFIG": PGBR_CONFIG,
+        "PGBR_STANZA": STANZA,
+        "PGV_LIBDIR": LIBDIR,
+        "PGV_BINDIR": platform.bindir,
+        "PGV_DATA_DIR": platform.data_dir,
+        "PGV_SOCKET_DIR": platform.socket_dir,
+        "PGV_PORT": str(int(plan.port)),
+        "PGV_DRILL_PORT": str(backup.drill_port),
+        "PGV_DRILL_DIR": DRILL_DIR,
+        "PGV_TEXTFILE_DIR": TEXTFILE_DIR,
+    }
+    return "# Managed by pgvector-deploy: settings of the backup scripts in " + LIBDIR + "\n" + "".join(
+        f"{key}={shlex.quote(value)}\n" for key, value in values.items()
+    )
+
+
+def jobs(plan: Plan) -> list[tuple[str, str, object]]:
+    """(unit name, command, schedule) for each scheduled job; a schedule of None: none."""
+    backup = plan.settings.backup
+    wanted = [
+        ("pgvector-backup-full", f"{LIBDIR}/pgvector-backup full", backup.full),
+        ("pgvector-backup-diff", f"{LIBDIR}/pgvector-backup diff", backup.diff),
+        ("pgvector-restore-drill", f"{LIBDIR}/pgvector-restore-drill", backup.drill),
+    ]
+    return [job for job in wanted if job[2] is not None]
+
+
+def render_service(name: str, command: str) -> str:
+    what = {"pgvector-backup-full": "full backup", "pgvector-backup-diff": "differential backup"}.get(name, "job")
+    if name == "pgvector-restore-drill":
+        what = "restore drill (latest backup into a scratch copy, checked, removed)"
+    return (
+        f"# Managed by pgvector-deploy.\n[Unit]\nDescription=pgvector-deploy: pgBackRest {what}\n"
+        "After=network-online.target postgresql.service\nWants=network-online.target\n\n"
+        f"[Service]\nType=oneshot\nExecStart={command}\nNice=10\nIOSchedulingClass=best-effort\nIOSchedulingPriority=7\n"
+    )
+
+
+def render_timer(name: str, on_calendar: str) -> str:
+    return (
+        f"# Managed by pgvector-deploy.\n[Unit]\nDescription=pgvector-deploy: {name} schedule\n\n"
+        f"[Timer]\nOnCalendar={on_calendar}\nPersistent=true\nRandomizedDelaySec=300\n\n"
+        "[Install]\nWantedBy=timers.target\n"
+    )
+
+
+STATUS_UNIT = "pgvector-backup-status"  # refreshes the monitoring file every 5 minutes
+
+
+def wanted_files(plan: Plan) -> dict[str, tuple[str, str, str]]:
+    """path -> (content, mode, owner) of every file ``schedules`` keeps (no secret among them)."""
+    files = {ENV_FILE: (render_env(plan), "644", "root:root")}
+    for script in SCRIPTS:
+        files[f"{LIBDIR}/{script}"] = ((SCRIPTS_DIR / script).read_text(), "755", "root:root")
+    if plan.profile["systemd"]:
+        for name, command, schedule in jobs(plan):
+            files[f"{UNIT_DIR}/{name}.service"] = (render_service(name, command), "644", "root:root")
+            files[f"{UNIT_DIR}/{name}.timer"] = (render_timer(name, schedule.on_calendar), "644", "root:root")
+        files[f"{UNIT_DIR}/{STATUS_UNIT}.service"] = (render_service(STATUS_UNIT, f"{LIBDIR}/pgvector-backup-status"), "644", "root:root")
+        files[f"{UNIT_DIR}/{STATUS_UNIT}.timer"] = (render_timer(STATUS_UNIT, "*:0/5"), "644", "root:root")
+    else:
+        lines = [f"{schedule.cron} root {command} >/dev/null 2>&1" for _, command, schedule in jobs(plan)]
+        lines.append(f"*/5 * * * * root {LIBDIR}/pgvector-backup-status >/dev/null 2>&1")
+        files[CRON_FILE] = (
+            "# Managed by pgvector-deploy: backups, the restore drill and the monitoring file (no systemd here).\n"
+            "SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" + "\n".join(lines) + "\n",
+            "644",
+            "root:root",
+        )
+    return files
+
+
+def timers(plan: Plan) -> list[str]:
+    return [f"{name}.timer" for name, _, _ in jobs(plan)] + [f"{STATUS_UNIT}.timer"]
+
+
+# -- what the host has ---------------------------------------------------------------------------
+
+
+class BackupState(FactBase):
+    """The backup side of the host: pgBackRest installed, the managed files (sha256, mode, owner;
+    never their content), archiving as the server runs it, the archiver's statistics, the WAL
+    backlog, the timers, and ``pgbackrest info`` (when its configuration exists)."""
+
+    def command(self, platform: Platform, port: int, paths: tuple[str, ...], timer_names: tuple[str, ...] = ()):
+        files = " ".join(shlex.quote(path) for path in paths)
+        queries = (
+            "SELECT 'archive_mode=' || pg_catalog.current_setting('archive_mode')",
+            "SELECT 'archiver=' || archived_count || '|' || failed_count || '|' || "
+            "coalesce(pg_catalog.date_part('epoch', last_archived_time)::bigint::text, '') || '|' || "
+            "coalesce(pg_catalog.date_part('epoch', last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
+            "FROM pg_catalog.pg_stat_archiver",
+            "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_catalog.pg_file_settings "
+            f"WHERE error = '{PENDING_RESTART}'",
+            "SELECT 'user_databases=' || pg_catalog.count(*) FROM pg_catalog.pg_database "
+            "WHERE datname NOT IN ('postgres', 'template0', 'template1')",
+        )
+        server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
+        timer_lines = "".join(
+            f'echo "timer={name}|$(systemctl is-enabled {name} 2>/dev/null)|$(systemctl is-active {name} 2>/dev/null)"\n'
+            for name in timer_names
+        )
+        return f"""
+PATH={SAFE_PATH}
+for file in {files}; do
+  [ -f "$file" ] && echo "file=$file|$(sha256sum < "$file" | cut -d' ' -f1)|$(stat -c %a "$file")|$(stat -c %U:%G "$file")"
+done
+command -v pgbackrest >/dev/null 2>&1 && echo pgbackrest=yes
+{server} </dev/null 2>/dev/null
+echo "backlog=$(find {shlex.quote(platform.data_dir)}/pg_wal/archive_status -name '*.ready' 2>/dev/null | wc -l)"
+[ -s {shlex.quote(platform.data_dir)}/PG_VERSION ] && echo data_dir=yes
+{timer_lines}if [ -f {PGBR_CONFIG} ] && command -v pgbackrest >/dev/null 2>&1; then
+  # The JSON alone on stdout; pgBackRest's warnings and errors (stderr) apart.
+  err=$(mktemp)
+  if out=$({PGBR} --output=json --log-level-console=off --log-level-stderr=warn info 2>"$err"); then
+    echo "info=$(printf '%s' "$out" | tr -d '\\n')"
+  fi
+  [ ! -s "$err" ] || echo "info_error=$(grep -m1 -E 'ERROR|WARN' "$err" || head -n1 "$err")"
+  rm -f "$err"
+fi
+true
+"""
+
+    def process(self, output):
+        return parse_backup_state(output)
+
+
+def parse_backup_state(lines: list[str]) -> dict:
+    values = parse_key_values(lines)
+    files = {}
+    for entry in values.get("file", []):
+        path, digest, mode, owner = entry.rsplit("|", 3)
+        files[path] = (digest, mode, owner)
+    archiver = (values.get("archiver", [""])[0].split("|") + ["", "", "", "", ""])[:5]
+    info = None
+    if values.get("info"):
+        try:
+            info = json.loads(values["info"][0])
+        except ValueError:  # never a crash on output we did not expect: unreadable, as an error
+            values.setdefault("info_error", [f"unreadable pgbackrest info output: {values['info'][0][:200]}"])
+    stanza = info[0] if isinstance(info, list) and info and isinstance(info[0], dict) else {}
+    status = stanza.get("status", {}) if stanza else {}
+    return {
+        "files": files,
+        "pgbackrest": values.get("pgbackrest", [""])[0] == "yes",
+        "archive_mode": values.get("archive_mode", [""])[0],
+        "archived_count": int(archiver[0] or 0),
+        "failed_count": int(archiver[1] or 0),
+        "last_archived": int(archiver[2]) if archiver[2] else None,
+        "last_failed": int(archiver[3]) if archiver[3] else None,
+        "last_failed_wal": archiver[4],
+        "pending_restart": values.get("pending_restart", []),
+        # None: not answered (PostgreSQL down, or a query failed): a restore refuses then.
+        "user_databases": int(values["user_databases"][0]) if values.get("user_databases") else None,
+        "backlog": int((values.get("backlog") or ["0"])[0] or 0),
+        "data_dir": values.get("data_dir", [""])[0] == "yes",
+        "timers": {entry.split("|")[0]: tuple(entry.split("|")[1:3]) for entry in values.get("timer", [])},
+        "stanza_code": status.get("code") if stanza else None,  # 0 ok, 1 missing stanza path, 2 no backup
+        "stanza_message": (status.get("message", "") if stanza else "") or values.get("info_error", [""])[0],
+        "backups": [
+            {"label": b["label"], "type": b["type"], "start": b["timestamp"]["start"], "stop": b["timestamp"]["stop"]}
+            for b in stanza.get("backup", [])
+        ]
+        if stanza
+        else [],
+    }
+
+
+def paths(plan: Plan) -> tuple[str, ...]:
+    wanted = [PGBR_CONFIG, archive_path(plan.platform)]
+    if plan.settings.backup is not None:
+        wanted += list(wanted_files(plan))
+    return tuple(wanted)
+
+
+def backup_state(plan: Plan) -> dict:
+    timer_names = tuple(timers(plan)) if plan.settings.backup is not None and plan.profile["systemd"] else ()
+    return plan.fact(BackupState, platform=plan.platform, port=plan.port, paths=paths(plan), timer_names=timer_names)
+
+
+def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
+    """For preflight's prefetch: the one fact these operations ask."""
+    timer_names = tuple(timers(plan)) if plan.settings.backup is not None and plan.profile["systemd"] else ()
+    return [(BackupState, {"platform": plan.platform, "port": plan.port, "paths": paths(plan), "timer_names": timer_names})]
+
+
+# -- changing it ---------------------------------------------------------------------------------
+
+
+def install_from_stdin(path: str, mode: str, owner: str) -> str:
+    """Shell: standard input into ``path`` (mode, owner), replaced in one rename, a copy of the
+    old file kept (managed_files' backup directory); left alone when already so (another run
+    wrote it while this one waited for the lock). The temporary file is private from the start."""
+    return f"""set -eu
+PATH={SAFE_PATH}
+{locate(path)}
+dir=$(dirname "$file")
+[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
+umask 077
+tmp=$(mktemp "$dir/.pgvector-deploy.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+if cmp -s "$tmp" "$file" && [ "$(stat -c %a:%U:%G "$file")" = {mode}:{owner} ]; then exit 0; fi
+if [ -f "$file" ]; then
+  install -d -m 0700 "$backups" "$copies"
+  backup="$copies/$(basename "$file").bak-$stamp"; cp -p "$file" "$backup"
+fi
+chown {owner} "$tmp"
+chmod {mode} "$tmp"
+mv -f "$tmp" "$file"
+trap - EXIT
+"""
+
+
+def config_script() -> str:
+    """Shell: the new pgbackrest.conf from standard input is tried first (pgBackRest lists the
+    repository with it, as postgres, from a private directory); only if S3 answers does it
+    replace the current file (0600 postgres, a copy of the old one kept)."""
+    unreachable = fail(
+        "pgBackRest cannot reach the S3 repository with the new settings: ", _var("reason"),
+        f" Nothing was changed ({PGBR_CONFIG} and archiving are as they were). Fix: check that the bucket "
+        "exists in pg_backup_s3_region, that the instance role (IMDSv2) allows s3:ListBucket, GetObject, "
+        "PutObject and DeleteObject on it, and pg_backup_s3_endpoint / pg_backup_s3_ca_file; then run again.",
+    )  # fmt: skip
+    return f"""set -eu
+PATH={SAFE_PATH}
+{locate(PGBR_CONFIG)}
+install -d -m 0755 -o root -g root /etc/pgbackrest
+umask 077
+probe=$(mktemp -d /etc/pgbackrest/.pgvector-deploy-probe.XXXXXX)
+trap 'rm -rf "$probe"' EXIT
+chown postgres:postgres "$probe"
+cat > "$probe/pgbackrest.conf"
+chown postgres:postgres "$probe/pgbackrest.conf"
+if ! out=$(runuser -u postgres -- timeout 120 pgbackrest --config="$probe/pgbackrest.conf" --stanza={STANZA} \\
+    --log-level-console=off --log-level-stderr=error repo-ls 2>&1); then
+  {REASON}
+  {unreachable}
+fi
+# Already so (another run wrote it while this one waited for the lock): leave it alone.
+if cmp -s "$probe/pgbackrest.conf" "$file" && [ "$(stat -c %a:%U:%G "$file")" = 600:postgres:postgres ]; then exit 0; fi
+if [ -f "$file" ]; then
+  install -d -m 0700 "$backups" "$copies"
+  backup="$copies/$(basename "$file").bak-$stamp"; cp -p "$file" "$backup"
+fi
+mv -f "$probe/pgbackrest.conf" "$file"
+"""
+
+
+def _var(name: str):
+    from .shell import Var
+
+    return Var(name)
+
+
+def stanza_script() -> str:
+    failed = fail(
+        "pgBackRest could not create its stanza in the repository: ", _var("reason"),
+        " Fix: a repository made by another cluster under this prefix belongs to that cluster: give this host "
+        "its own pg_backup_s3_prefix; otherwise correct what pgBackRest names and run again.",
+    )  # fmt: skip
+    return f"""PATH={SAFE_PATH}
+if ! out=$({PGBR} --log-level-console=warn stanza-create 2>&1); then
+  {REASON}
+  {failed}
+fi"""
+
+
+def _configured(plan: Plan, state: dict) -> bool:
+    return state["files"].get(PGBR_CONFIG) == (sha256_text(render_config(plan)), "600", "postgres:postgres")
+
+
+@operation()
+@host_locked
+@fails_host_on_error
+def packages(plan: Plan):
+    """Install pgBackRest from the platform's repositories when backups are asked for.
+
+    .. code:: python
+
+        backups.packages(plan)
+    """
+    if plan.settings.backup is None:
+        host.noop("no backups (pg_backup_s3_bucket is not set)")
+        return
+    if not plan.platform.backup_packages:
+        yield fail(
+            f"backups need pgBackRest, which no repository this toolkit sets up on {plan.platform.label} provides "
+            "(PGDG's, for Amazon Linux, is not set up yet). Nothing was changed. Fix: unset pg_backup_s3_bucket for "
+            "this host, or install pgBackRest yourself and run again."
+        )
+        return
+    state = backup_state(plan)
+    if state["pgbackrest"]:
+        host.noop("pgBackRest is installed")
+        return
+    names = " ".join(plan.platform.backup_packages)
+    yield f"PATH={SAFE_PATH}; command -v pgbackrest >/dev/null 2>&1 || {{ {plan.platform.package_manager.install.format(packages=names)}; }}"
+
+
+@operation()
+@host_locked
+@fails_host_on_error
+def repository(plan: Plan, create_stanza: bool = True):
+    """Write pgbackrest.conf (tried against S3 first; the passphrase on standard input), then
+    create the stanza if the repository has none (``create_stanza``; a restore only reads).
+
+    .. code:: python
+
+        backups.repository(plan)
+    """
+    if plan.settings.backup is None:
+        host.noop("no backups (pg_backup_s3_bucket is not set)")
+        return
+    state = backup_state(plan)
+    configured = _configured(plan, state)
+    if not configured:
+        yield StringCommand(config_script(), _stdin=render_config(plan))
+    elif state["stanza_code"] is None or state["stanza_code"] not in (0, 1, 2):
+        # The file is current, but pgBackRest cannot read the repository (the bucket was
+        # deleted, the role lost its rights or has no credentials): a clear failure, not a
+        # stanza-create that would fail with a misleading message.
+        backup = plan.settings.backup
+        yield fail(
+            f"pgBackRest cannot read the repository s3://{backup.bucket}/{backup.prefix}: "
+            f"{' '.join((state['stanza_message'] or 'no answer').split())[:600]}. Nothing was changed; WAL archiving "
+            "fails until this is fixed, and the WAL waits on this host's disk. Fix: check that the bucket exists, "
+            "that the instance role (IMDSv2) has credentials and S3 rights, then run again."
+        )
+        return
+    if create_stanza and (not configured or state["stanza_code"] not in (0, 2)):
+        # stanza-create is idempotent in pgBackRest: a stanza that exists for this cluster is kept.
+        yield stanza_script()
+    elif configured and (not create_stanza or state["stanza_code"] in (0, 2)):
+        host.noop(f"pgBackRest repository s3://{plan.settings.backup.bucket}/{plan.settings.backup.prefix} is configured")
+
+
+@operation()
+@host_locked
+@fails_host_on_error
+def archiving(plan: Plan):
+    """Continuous WAL archiving (conf.d/70-pgvector-backups.conf): archive_mode's restart is
+    done or reported as ``pg_restart`` decides; without a bucket, a file of ours is set aside.
+
+    .. code:: python
+
+        backups.archiving(plan)
+    """
+    path = archive_path(plan.platform)
+    state = backup_state(plan)
+    ours = f"sourcefile = '{path}'"
+    if plan.settings.backup is None:
+        if path in state["files"]:
+            restart_decision(plan, ["archive_mode"] if state["archive_mode"] == "on" else [])
+            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{set_aside()}\n{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
+        else:
+            host.noop("no archiving (pg_backup_s3_bucket is not set)")
+        return
+    wanted = render_archive_settings()
+    pending = [entry.split("|", 1)[1] for entry in state["pending_restart"] if entry.startswith(f"{path}|")]
+    if state["files"].get(path, ("",))[0] != sha256_text(wanted):
+        restart_decision(plan, ["archive_mode"] if state["archive_mode"] != "on" else [])
+        write = replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "archive settings")
+        yield f"{write}{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
+    elif pending or state["archive_mode"] != "on":
+        restart_decision(plan, pending or ["archive_mode"])
+        yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
+    else:
+        host.noop("WAL archiving to S3 is on")
+
+
+@operation()
+@host_locked
+@fails_host_on_error
+def schedules(plan: Plan):
+    """The backup scripts, their settings file and the timers (full, differential, drill,
+    monitoring file), or a cron file where systemd is not PID 1.
+
+    .. code:: python
+
+        backups.schedules(plan)
+    """
+    if plan.settings.backup is None:
+        host.noop("no backup schedules (pg_backup_s3_bucket is not set)")
+        return
+    state = backup_state(plan)
+    changed = False
+    for path, (content, mode, owner) in wanted_files(plan).items():
+        if state["files"].get(path) != (sha256_text(content), mode, owner):
+            changed = True
+            yield StringCommand(install_from_stdin(path, mode, owner), _stdin=content)
+    if plan.profile["systemd"]:
+        names = timers(plan)
+        idle = [name for name in names if state["timers"].get(name) != ("enabled", "active")]
+        if changed or idle:
+            yield f"PATH={SAFE_PATH}; systemctl daemon-reload && systemctl enable --now {' '.join(names)} >/dev/null 2>&1 && systemctl restart {' '.join(names)}"
+            return
+    if not changed:
+        host.noop("backup schedules are in place")
+
+
+@operation()
+@host_locked
+@fails_host_on_error
+def first_backup(plan: Plan):
+    """The first full backup, right after set-up, when the repository holds none; it waits
+    for archiving to be on (a restart ``pg_restart = report`` left pending).
+
+    .. code:: python
+
+        backups.first_backup(plan)
+    """
+    if plan.settings.backup is None:
+        host.noop("no backups (pg_backup_s3_bucket is not set)")
+        return
+    state = backup_state(plan)
+    if state["backups"]:
+        host.noop(f"{len(state['backups'])} backup(s) in the repository, the newest {state['backups'][-1]['label']}")
+        return
+    if state["archive_mode"] != "on":
+        logger.warning(f"{host.print_prefix}first full backup waits for the restart that turns WAL archiving on")
+        host.noop("first full backup waits for archiving (restart pending)")
+        return
+    failed = fail(
+        "the first full backup failed: ", _var("reason"),
+        " Archiving and the schedules are in place; the next run (or the weekly timer) tries again. Fix: correct "
+        "what pgBackRest names (its log: /var/log/pgbackrest/), then run again.",
+    )  # fmt: skip
+    # Under the lock, asked again: another run may have taken it meanwhile.
+    yield f"""PATH={SAFE_PATH}
+if {PGBR} --output=json --log-level-console=off info 2>/dev/null | grep -q '"backup":\\[{{'; then exit 0; fi
+if ! out=$({LIBDIR}/pgvector-backup full 2>&1); then
+  {REASON}
+  {failed}
+fi"""
+
+
+# -- restore (deploy/restore.py) -----------------------------------------------------------------
+
+
+def restore_refusal(plan: Plan, state: dict, now: datetime | None = None) -> str | None:
+    """Why this host must not be restored onto, or None. Decided before anything changes."""
+    backup = plan.settings.backup
+    restore = plan.settings.restore
+    where = f"s3://{backup.bucket}/{backup.prefix}"
+    if state["stanza_code"] not in (0, 2) and not state["backups"]:
+        return (
+            f"no pgBackRest repository at {where} ({state['stanza_message'] or 'not readable'}). Nothing was changed. "
+            "Fix: set pg_backup_s3_prefix to the source host's prefix (its name, by default) and check the bucket, "
+            "region and passphrase."
+        )
+    if not state["backups"]:
+        return f"the repository at {where} holds no backup yet. Nothing was changed. Fix: back the source host up first."
+    if state["user_databases"] is None:
+        return (
+            "could not ask PostgreSQL which databases this cluster holds (is it running?), so a restore might replace "
+            "data. Nothing was changed. Fix: start PostgreSQL (deploy/postgres.py does), then run again."
+        )
+    if state["user_databases"] and not restore.over_existing:
+        return (
+            f"this cluster holds {state['user_databases']} database(s) of its own; a restore would replace them. Nothing "
+            "was changed. Fix: restore onto a fresh host, or set restore_over_existing=True (the current data directory "
+            "is then kept aside, not deleted)."
+        )
+    if restore.target_time is not None:
+        first = min(b["stop"] for b in state["backups"])
+        target = restore.target_time.timestamp()
+        if target < first:
+            when = datetime.fromtimestamp(first, timezone.utc).isoformat()
+            return (
+                f"restore_target_time {restore.target_time.isoformat()} is before the end of the first backup in {where} "
+                f"({when}): no backup can be brought back to that moment. Nothing was changed. Fix: give a time after {when}."
+            )
+        if target > (now or datetime.now(timezone.utc)).timestamp():
+            return f"restore_target_time {restore.target_time.isoformat()} is in the future. Nothing was changed. Fix: give a past time."
+    return None
+
+
+def restore_script(plan: Plan) -> str:
+    """Shell: stop PostgreSQL, keep the data directory aside, restore into a new one, start,
+    wait for recovery to end. If the restore fails, the old directory is put back and started."""
+    platform = plan.platform
+    restore = plan.settings.restore
+    data = shlex.quote(platform.data_dir)
+    target = ""
+    if restore.target_time is not None:
+        moment = restore.target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
+        target = f"--type=time {shlex.quote('--target=' + moment)} --target-action=promote"
+    if plan.profile["systemd"]:
+        stop, start = f"systemctl stop {platform.service}", f"systemctl start {platform.service}"
+    else:
+        stop = f"runuser -u postgres -- {platform.bindir}/pg_ctl -D {data} -m fast -w stop"
+        start = platform.start_without_systemd
+    ready = f"{platform.bindir}/pg_isready -q -h {platform.socket_dir} -p {int(plan.port)}"
+    recovering = as_postgres(platform, plan.port, "postgres", "SELECT pg_catalog.pg_is_in_recovery()")
+    failed = fail(
+        "pgBackRest could not restore: ", _var("reason"),
+        f" The previous data directory was put back and started. Fix: correct what pgBackRest names, then run again.",
+    )  # fmt: skip
+    stuck = fail(
+        "PostgreSQL did not finish recovery within an hour (or did not start); the restored data directory is in place "
+        f"and the previous one kept as ", _var("aside"), ". Fix: read PostgreSQL's log.",
+    )  # fmt: skip
+    return f"""set -u
+PATH={SAFE_PATH}
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+aside={data}.before-restore-$stamp
+{stop} || true
+{ready} && {{ {fail("PostgreSQL is still running; nothing was changed. Fix: stop it, then run again.")}; }}
+mv {data} "$aside"
+install -d -m 0700 -o postgres -g postgres {data}
+if ! out=$({PGBR} --pg1-path={data} --log-level-console=warn --archive-mode=off {target} restore 2>&1); then
+  {REASON}
+  rm -rf {data} && mv "$aside" {data}
+  {start} || true
+  {failed}
+fi
+{start} || true
+waited=0
+until [ "$({recovering} 2>/dev/null)" = f ]; do
+  waited=$((waited + 1)); [ $waited -lt 3600 ] || {{ {stuck}; }}; sleep 1
+done
+echo "restored; the previous data directory is kept as $aside"
+"""
+
+
+@operation()
+@host_locked
+@fails_host_on_error
+def restore(plan: Plan):
+    """Bring the latest backup, or the state at ``restore_target_time``, back onto this host.
+
+    .. code:: python
+
+        backups.restore(plan)
+    """
+    state = backup_state(plan)
+    refusal = restore_refusal(plan, state)
+    if refusal:
+        yield fail(refusal)
+        return
+    when = plan.settings.restore.target_time
+    logger.info(f"{host.print_prefix}restoring {'the latest state' if when is None else when.isoformat()} from s3://{plan.settings.backup.bucket}/{plan.settings.backup.prefix}")
+    yield restore_script(plan)
