@@ -53,7 +53,7 @@ def prerequisites_missing() -> str | None:
     """Why real test hosts cannot run here, or None."""
     if os.geteuid() != 0:
         return "needs root"
-    for tool in ("debootstrap", "systemd-nspawn", "tinyproxy", "ip", "ssh", "ssh-keygen"):
+    for tool in ("debootstrap", "systemd-nspawn", "tinyproxy", "stunnel4", "ip", "ssh", "ssh-keygen"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (tests/bootstrap.sh installs it)"
     return None
