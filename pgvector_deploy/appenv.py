@@ -188,16 +188,22 @@ def parse_env_file_state(lines: list[str]) -> dict:
     }
 
 
-def write_script(path: str) -> str:
-    """Shell: the content from standard input into ``path``, 0600 root:root, replaced in one
-    rename; the temporary file is private from its creation and removed on any failure."""
+def _env_file_preamble(path: str) -> str:
+    """Shell shared by both env-file writers: ``$file`` and ``$dir`` set, the directory made,
+    a path that is a directory refused, and every file created from here on private."""
     return f"""set -eu
 PATH={SAFE_PATH}
 file={shlex.quote(path)}
 dir=$(dirname "$file")
 [ ! -d "$file" ] || {fail(f"{path} is a directory. Fix: set pg_app_env_file to a file path, such as /etc/pgvector-deploy/app.env.")}
 [ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
-umask 077
+umask 077"""
+
+
+def write_script(path: str) -> str:
+    """Shell: the content from standard input into ``path``, 0600 root:root, replaced in one
+    rename; the temporary file is private from its creation and removed on any failure."""
+    return f"""{_env_file_preamble(path)}
 tmp=$(mktemp "$dir/.pgvector-deploy-env.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
 cat > "$tmp"
@@ -219,13 +225,7 @@ def with_role_password_script(path: str, psql: str) -> str:
     line), then the content. Nothing changes unless the content arrived whole. The new file is
     renamed into place first; if the SQL then fails, the previous file (or none) is put back.
     From the rename on, a dropped connection or SIGTERM no longer interrupts the pair."""
-    return f"""set -eu
-PATH={SAFE_PATH}
-file={shlex.quote(path)}
-dir=$(dirname "$file")
-[ ! -d "$file" ] || {fail(f"{path} is a directory. Fix: set pg_app_env_file to a file path, such as /etc/pgvector-deploy/app.env.")}
-[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
-umask 077
+    return f"""{_env_file_preamble(path)}
 IFS= read -r want
 IFS= read -r sql
 tmp=$(mktemp "$dir/.pgvector-deploy-env.XXXXXX")

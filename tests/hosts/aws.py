@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from .lab import wait_for_port
+
 IMDS_ADDRESS = "169.254.169.254"
 ROLE = "pgvector-db"
 
@@ -33,18 +35,6 @@ def _free_port(address: str) -> int:
     with socket.socket() as probe:
         probe.bind((address, 0))
         return probe.getsockname()[1]
-
-
-def _wait_for_port(address: str, port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((address, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing answered on {address}:{port} within {timeout}s") from None
-            time.sleep(0.2)
 
 
 class LabCA:
@@ -94,7 +84,7 @@ class S3:
             f"cert = {self.ca.cert}\nkey = {self.ca.key}\n"
         )
         self._stunnel = subprocess.Popen(["stunnel4", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_port(address, self.port)
+        wait_for_port(address, self.port, 20)
 
     @property
     def endpoint(self) -> str:

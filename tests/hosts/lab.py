@@ -111,7 +111,7 @@ class Lab:
         handler = functools.partial(handler_class, directory=str(self.files_dir))
         self._files = http.server.ThreadingHTTPServer((GATEWAY, FILES_PORT), handler)
         threading.Thread(target=self._files.serve_forever, daemon=True).start()
-        _wait_for_port(GATEWAY, PROXY_PORT, 10)
+        wait_for_port(GATEWAY, PROXY_PORT, 10)
         return self
 
     def stop(self) -> None:
@@ -149,7 +149,7 @@ def cleanup_stale() -> None:
     run("ip", "link", "del", BRIDGE, check=False)
 
 
-def _wait_for_port(address: str, port: int, timeout: float) -> None:
+def wait_for_port(address: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
