@@ -616,9 +616,17 @@ def _backup(value: Callable[[str], Any], host_name: str | None) -> Backup | None
     endpoint = _endpoint(_text("pg_backup_s3_endpoint", value("pg_backup_s3_endpoint")), region)
     uri_style = _text("pg_backup_s3_uri_style", value("pg_backup_s3_uri_style"))
     if uri_style is None:
-        uri_style = "path" if _text("pg_backup_s3_endpoint", value("pg_backup_s3_endpoint")) else "host"
+        # A dotted bucket's host name (a.b.s3.<region>.amazonaws.com) is not covered by S3's
+        # wildcard certificate, so such a bucket is reached by path.
+        own_endpoint = _text("pg_backup_s3_endpoint", value("pg_backup_s3_endpoint"))
+        uri_style = "path" if own_endpoint or "." in bucket else "host"
     if uri_style not in ("host", "path"):
         raise SettingsError(f"pg_backup_s3_uri_style: {uri_style!r} is neither host nor path. Fix: give host or path.")
+    if uri_style == "host" and "." in bucket:
+        raise SettingsError(
+            f"pg_backup_s3_uri_style: host cannot reach the bucket {bucket!r} over TLS: a bucket name with dots is not "
+            "covered by S3's certificate. Fix: set pg_backup_s3_uri_style to path (or leave it unset)."
+        )
     days = value("pg_backup_retention_days")
     return Backup(
         bucket=bucket,
@@ -640,7 +648,8 @@ def _backup(value: Callable[[str], Any], host_name: str | None) -> Backup | None
 
 def _endpoint(text: str | None, region: str) -> str:
     if text is None:
-        return f"s3.{region}.amazonaws.com"
+        # The China regions are a partition of their own, under amazonaws.com.cn.
+        return f"s3.{region}.amazonaws.com" + (".cn" if region.startswith("cn-") else "")
     host, colon, port = text.rpartition(":")
     if not colon:
         host, port = text, ""

@@ -42,6 +42,22 @@ def test_an_endpoint_means_path_style_and_its_port():
     assert (backup.host, backup.port, backup.uri_style) == ("10.0.0.5", 9000, "path")
 
 
+def test_a_bucket_name_with_dots_means_path_style():
+    # *.s3.<region>.amazonaws.com cannot cover a dotted bucket's host name, so TLS would fail.
+    backup = load_settings({**BACKUP, "pg_backup_s3_bucket": "acme.db.backups"}, host_name="db").backup
+    assert backup.uri_style == "path"
+
+
+def test_a_bucket_name_with_dots_and_host_style_is_refused_naming_path():
+    with pytest.raises(SettingsError, match="pg_backup_s3_uri_style: host cannot reach the bucket 'acme.db' over TLS.*Fix: .*path"):
+        load_settings({**BACKUP, "pg_backup_s3_bucket": "acme.db", "pg_backup_s3_uri_style": "host"}, host_name="db")
+
+
+def test_a_china_region_gets_the_china_endpoint():
+    backup = load_settings({**BACKUP, "pg_backup_s3_region": "cn-north-1"}, host_name="db").backup
+    assert backup.endpoint == "s3.cn-north-1.amazonaws.com.cn"
+
+
 @pytest.mark.parametrize(
     "key, value, says",
     [
