@@ -211,7 +211,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "pg_backup_s3_uri_style",
         None,
-        "host (bucket.endpoint) or path (endpoint/bucket); default: host for AWS, path with pg_backup_s3_endpoint.",
+        "host (bucket.endpoint) or path (endpoint/bucket); default: host for AWS, path with pg_backup_s3_endpoint or a bucket name with dots (host style is refused for those).",
     ),
     Setting(
         "pg_backup_s3_ca_file",
