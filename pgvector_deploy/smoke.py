@@ -503,11 +503,16 @@ class SmokeStdin:
 # no secret, but it is run as root), then run from there: the copy a person runs by hand is
 # the one this run ran. Should it not be written, the suite says so in a line of its own.
 def save_and_run(path: str = SMOKE_SCRIPT) -> str:
-    """Shell that keeps the script on its standard input at ``path`` and runs it from there."""
+    """Shell that keeps the script on its standard input at ``path`` and runs it from there.
+    The same script leaves the file as it was (a converged host's files stay untouched)."""
     directory, quoted = shlex.quote(os.path.dirname(path)), shlex.quote(path)
     return f"""umask 077
 tmp=
-if ! {{ {{ [ -d {directory} ] || mkdir -m 0755 {directory}; }} && tmp=$(mktemp {quoted}.XXXXXX) && cat > "$tmp" && mv -f "$tmp" {quoted}; }} 2>/dev/null; then
+keep() {{
+  {{ [ -d {directory} ] || mkdir -m 0755 {directory}; }} && tmp=$(mktemp {quoted}.XXXXXX) && cat > "$tmp" || return 1
+  if [ "$(sha256sum < "$tmp")" = "$(sha256sum < {quoted} 2>/dev/null)" ]; then rm -f "$tmp"; else mv -f "$tmp" {quoted}; fi
+}}
+if ! keep 2>/dev/null; then
   [ -z "$tmp" ] || rm -f "$tmp"
   echo {shlex.quote(f"check=smoke_script|fail|could not write the smoke script to {path} (is its disk full or read-only?)")}
   exit 0

@@ -713,6 +713,11 @@ def test_the_script_is_kept_private_on_the_host_and_run_from_there(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert sorted(p.name for p in path.parent.iterdir()) == ["smoke.sh"]  # no temporary left
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
+    os.utime(path, ns=(1, 1))
+    done = subprocess.run(["sh", "-c", smoke.save_and_run(str(path))], input=body, capture_output=True, text=True, timeout=10)
+    assert done.stdout == f"check=casts|pass|second ran from {path}\n"
+    assert path.stat().st_mtime_ns == 1  # the same script: the file left as it was
+    assert sorted(p.name for p in path.parent.iterdir()) == ["smoke.sh"]
 
 
 def test_a_script_that_cannot_be_kept_is_reported_by_a_line_of_its_own(tmp_path):
