@@ -175,8 +175,8 @@ def shell_word(value: object) -> str:
     word, never expanded), a number as digits, ``ShellCode`` as it is. Anything else, and text
     with a line break or NUL (it could end a comment line), is refused.
 
-    >>> shell_word("it's $HOME"), shell_word(5432)
-    ("'it'\"'\"'s $HOME'", '5432')
+    >>> print(shell_word("it's $HOME"), shell_word(5432))
+    'it'"'"'s $HOME' 5432
     """
     if isinstance(value, ShellCode):
         return str(value)
@@ -208,8 +208,9 @@ def render_script(values: dict[str, object]) -> str:
 
 
 def smoke_script(platform: Platform, port: int, version: str, app_user: str | None = None) -> str:
-    """The suite's nine host checks as one POSIX shell script, run as root by ``sh -s`` on
-    the host; with ``app_user``, it also reports how that role's password is stored.
+    """The suite's nine host checks as one POSIX shell script (``templates/smoke.sh.j2``),
+    run as root on the host (``save_and_run``); with ``app_user``, it also reports how that
+    role's password is stored.
 
     Pure: the same inputs give the same script. It never holds the app's password.
     """
