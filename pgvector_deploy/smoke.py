@@ -1,7 +1,8 @@
 """The vector smoke suite: does this host's PostgreSQL (15, or pg_major) really serve pgvector?
 
 Ten checks, each reported by name as pass, fail or skip (with the reason). Nine run on the
-host in one round trip (the ``SmokeChecks`` fact, a shell script sent on standard input);
+host in one round trip (the ``SmokeChecks`` fact: ``templates/smoke.sh.j2`` rendered for the
+host, sent on standard input and kept at ``SMOKE_SCRIPT`` to be run by hand);
 ``app_over_tcp`` runs on the control machine, with psycopg, through pyinfra's connection
 (``tunnel.reach``), so that the app's password never reaches the host:
 
@@ -34,7 +35,8 @@ error.
 There is one scratch database, with a fixed name (``SCRATCH_DATABASE``); it carries the
 comment ``SCRATCH_COMMENT`` from the moment it is made. A leftover from a killed run is
 dropped only when it carries that comment; a database of the same name without it is never
-touched, and the suite fails saying so. Nothing else on the host changes, so a facts-only
+touched, and the suite fails saying so. Nothing else on the host changes but the script's
+own copy (``SMOKE_SCRIPT``: a tool to run by hand, not configuration), so a facts-only
 round trip is honest: a converged host still reports zero changed operations.
 
 The app's password stays on the control machine: the script only names the app role (the
@@ -57,24 +59,29 @@ import shlex
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import jinja2
 import psycopg
 from paramiko.ssh_exception import SSHException
 from pyinfra import host, logger
 from pyinfra.api import FactBase, operation
 
 from . import tunnel
-from .networking import app_address
+from .facts import STATE_DIR
+from .networking import TEMPLATES, app_address
 from .platforms import Platform
 from .preflight import Plan
-from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, with_host_lock
+from .shell import HOST_LOCK, SAFE_PATH, as_postgres, fail, fails_host_on_error, with_host_lock
 
 # No check may hang the suite (it holds the host lock): a statement or a lock wait is bounded.
 SMOKE_TIMEOUTS = "-c statement_timeout=300s -c lock_timeout=30s"
 SCRATCH_DATABASE = "pgvector_deploy_smoke"  # made from template1
 SCRATCH_COMMENT = "pgvector-deploy smoke scratch"  # plain text: no quotes, $, ` or backslash
+SCRIPT_TEMPLATE = "smoke.sh.j2"  # in templates/: the nine host checks, rendered per host
+SMOKE_SCRIPT = f"{STATE_DIR}/smoke.sh"  # each run's rendered copy on the host, to run by hand
 
 CHECKS = (
     "extension_files",
@@ -158,373 +165,52 @@ def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-# Written as plain text with @NAME@ placeholders (shell is full of braces); every value is
-# quoted by smoke_script before it is put in. Every psql and every function body run with
-# standard input from /dev/null or a here-document: the script itself arrives on sh's
-# standard input, and a command reading it would swallow the rest of the script.
-_TEMPLATE = r"""# pgvector-deploy vector smoke suite: one line per check, check=<name>|<pass|fail|skip>|<detail>.
-# No set -e: a check that errors reports fail and the next one runs; cleanup always runs.
-PATH=@SAFE_PATH@
-export PATH
-umask 077
-cd / || exit 1
-unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE PGSERVICE PGSERVICEFILE PGSSLMODE PGREQUIREAUTH
-unset PGOPTIONS  # each psql gets its own (as_postgres): the pinned settings, then SMOKE_TIMEOUTS
-PGCONNECT_TIMEOUT=10
-export PGCONNECT_TIMEOUT
-results=
-trap '[ -z "$results" ] || rm -rf "$results"' EXIT
-trap 'exit 129' HUP
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-SCRATCH=@SCRATCH@
-WANT=@VERSION@
-scratch=
-scratch_err=
-created=
-ready=
-basics=
-err=
-
-report() {
-  printf 'check=%s|%s|%s\n' "$1" "$2" "$(printf '%s' "$3" | tr '\t\r\n' '   ' | sed -e 's/  */ /g' -e 's/^ //' -e 's/ $//')"
-}
-
-# sql DATABASE SQL: superuser psql over the socket; prints rows, or the error (exit != 0).
-sql() {
-  @AS_POSTGRES@ -d "$1" -c "$2" </dev/null 2>&1
-}
-
-# sql_stdin DATABASE: the same, with a script on standard input (a here-document). psql
-# runs its statements one by one (each in its own transaction unless BEGIN) and stops at
-# the first error; \echo lines mark how far it got.
-sql_stdin() {
-  @AS_POSTGRES@ -d "$1" 2>&1
-}
-
-# has_line TEXT LINE: whether TEXT has LINE as a whole line.
-has_line() {
-  printf '%s\n' "$1" | grep -qxF "$2"
-}
-
-# scratch_state: sets state to absent, ours (has the comment) or foreign; 1 if unknown.
-scratch_state() {
-  state=$(sql postgres "SELECT CASE WHEN shobj_description(oid, 'pg_database') = @COMMENT_SQL@ THEN 'ours' ELSE 'foreign' END FROM pg_database WHERE datname = '$SCRATCH'") || {
-    err="cannot look for database $SCRATCH: $state"
-    return 1
-  }
-  [ -n "$state" ] || state=absent
-}
-
-# make_scratch: drop our own leftover, create from template1 and comment in the same psql
-# session (nothing runs in between); sets created when it was created, err on failure.
-make_scratch() {
-  scratch_state || return 1
-  case $state in
-    absent) ;;
-    ours)
-      out=$(sql postgres "DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE)") || {
-        err="could not drop the leftover scratch database $SCRATCH of an earlier run: $out"
-        return 1
-      } ;;
-    *)
-      err="a database named $SCRATCH exists that is not this suite's scratch database (no comment @COMMENT@); it was left untouched. Fix: rename or drop it yourself, then run again"
-      return 1 ;;
-  esac
-  out=$(sql_stdin postgres <<SQL
-CREATE DATABASE $SCRATCH TEMPLATE template1;
-\echo scratch_created
-COMMENT ON DATABASE $SCRATCH IS @COMMENT_SQL@;
-SQL
-  )
-  rc=$?
-  has_line "$out" scratch_created && created=1
-  [ $rc -eq 0 ] && return 0
-  out=$(printf '%s\n' "$out" | grep -vxF scratch_created)
-  if [ -n "$created" ]; then
-    err="COMMENT ON DATABASE $SCRATCH failed: $out"
-  else
-    err="CREATE DATABASE $SCRATCH TEMPLATE template1 failed: $out"
-  fi
-  return 1
-}
-
-check_extension_files() {
-  if [ ! -x @PG_CONFIG@ ]; then
-    report extension_files fail "@PG_CONFIG@ is missing (PostgreSQL @MAJOR@ server development package not installed)"
-    return
-  fi
-  pgc_version=$(@PG_CONFIG@ --version 2>&1)
-  share=$(@PG_CONFIG@ --sharedir 2>&1) || { report extension_files fail "pg_config --sharedir failed: $share"; return; }
-  lib=$(@PG_CONFIG@ --pkglibdir 2>&1) || { report extension_files fail "pg_config --pkglibdir failed: $lib"; return; }
-  missing=
-  [ -f "$share/extension/vector.control" ] || missing="$missing $share/extension/vector.control"
-  [ -f "$lib/vector.so" ] || missing="$missing $lib/vector.so"
-  num=$(sql postgres 'SHOW server_version_num') || { report extension_files fail "cannot ask the server on port @PORT@ its version: $num"; return; }
-  case $num in
-    ''|*[!0-9]*) report extension_files fail "server_version_num is '$num'"; return ;;
-  esac
-  major=$((num / 10000))
-  case $pgc_version in
-    "PostgreSQL @MAJOR@."*) ;;
-    *) report extension_files fail "@PG_CONFIG@ is '$pgc_version', not PostgreSQL @MAJOR@"; return ;;
-  esac
-  if [ -n "$missing" ]; then
-    report extension_files fail "missing:$missing (pgvector is not installed for $pgc_version)"
-  elif [ "$major" != @MAJOR@ ]; then
-    report extension_files fail "the server on port @PORT@ is PostgreSQL $major ($num), expected @MAJOR@"
-  else
-    report extension_files pass "$share/extension/vector.control and $lib/vector.so; server on port @PORT@ is PostgreSQL $major ($num)"
-  fi
-}
-
-# The scratch database is made here, from template1: before anything is created in it, it
-# shows what template1 gives every new database.
-check_template1_has_vector() {
-  if ! make_scratch; then
-    scratch_err=$err
-    report template1_has_vector fail "$err"
-    return
-  fi
-  scratch=1
-  got=$(sql "$SCRATCH" "SELECT extversion FROM pg_extension WHERE extname = 'vector'") || {
-    report template1_has_vector fail "$got"
-    return
-  }
-  if [ -z "$got" ]; then
-    report template1_has_vector fail "a database made from template1 has no vector extension. Fix: CREATE EXTENSION vector in template1 (deploy/postgres.py does)"
-  elif [ "$got" != "$WANT" ]; then
-    report template1_has_vector fail "template1 gives vector $got, requested $WANT. Fix: ALTER EXTENSION vector UPDATE in template1 (deploy/postgres.py does)"
-  else
-    report template1_has_vector pass "vector $got in $SCRATCH (from template1) without CREATE EXTENSION"
-  fi
-}
-
-# Drops what template1 gave and creates vector afresh, in one transaction. In the same psql
-# session, once that committed, one query gathers what extversion, casts and distances
-# check (basics); should it fail, each of them runs its own query and reports its own error.
-check_create_extension() {
-  if [ -z "$scratch" ]; then
-    report create_extension fail "no scratch database to run CREATE EXTENSION in: $scratch_err"
-    return
-  fi
-  out=$(sql_stdin "$SCRATCH" <<'SQL'
-SET client_min_messages = warning;
-BEGIN;
-DROP EXTENSION IF EXISTS vector CASCADE;
-CREATE EXTENSION vector;
-COMMIT;
-\echo vector_created
-@BASICS_SQL@;
-SQL
-  )
-  rc=$?
-  if ! has_line "$out" vector_created; then
-    report create_extension fail "DROP EXTENSION IF EXISTS vector CASCADE; CREATE EXTENSION vector in $SCRATCH failed: $out"
-    return
-  fi
-  ready=1
-  [ $rc -ne 0 ] || basics=$(printf '%s\n' "$out" | sed -n 's/^basics|//p')
-  report create_extension pass "CREATE EXTENSION vector in $SCRATCH (after DROP EXTENSION IF EXISTS, in one transaction)"
-}
-
-# needs_scratch CHECK: report skip when create_extension did not succeed.
-needs_scratch() {
-  [ -n "$ready" ] && return 0
-  report "$1" skip "not run: needs the scratch database with vector, and create_extension failed"
-  return 1
-}
-
-# basic FIELD: field FIELD (1-5) of the basics row: extversion|casts|<->|<=>|<#> ok.
-basic() {
-  printf '%s\n' "$basics" | cut -d '|' -f "$1"
-}
-
-check_extversion() {
-  needs_scratch extversion || return
-  if [ -n "$basics" ]; then
-    got=$(basic 1)
-  else
-    got=$(sql "$SCRATCH" "SELECT extversion FROM pg_extension WHERE extname = 'vector'") || {
-      report extversion fail "$got"
-      return
-    }
-  fi
-  if [ "$got" = "$WANT" ]; then
-    report extversion pass "vector $got"
-  else
-    report extversion fail "extversion is '$got', requested $WANT (vector.control's default_version differs)"
-  fi
-}
-
-check_casts() {
-  needs_scratch casts || return
-  if [ -n "$basics" ]; then
-    got=$(basic 2)
-  else
-    got=$(sql "$SCRATCH" @CASTS_SQL@) || { report casts fail "$got"; return; }
-  fi
-  if [ "$got" = @CASTS_WANT@ ]; then
-    report casts pass @CASTS_DETAIL@
-  else
-    report casts fail "expected "@CASTS_WANT@", got '$got'"
-  fi
-}
-
-check_distances() {
-  needs_scratch distances || return
-  if [ -n "$basics" ]; then
-    got=$(basic 3-)
-  else
-    got=$(sql "$SCRATCH" @DISTANCES_SQL@) || { report distances fail "$got"; return; }
-  fi
-  values=${got%|*}
-  case $got in
-    *'|t') report distances pass "<-> $(echo "$values" | sed 's/|/, <=> /; s/|/, <#> /')" ;;
-    *) report distances fail "expected <-> 5, <=> 1, <#> -32; got $values" ;;
-  esac
-}
-
-# check_index CHECK METHOD INDEX-OPTIONS: on a temporary table, gone with the session.
-check_index() {
-  needs_scratch "$1" || return
-  table=smoke_$2
-  index=smoke_$2_idx
-  out=$(sql_stdin "$SCRATCH" <<SQL
-SET client_min_messages = warning;
-CREATE TEMPORARY TABLE $table (id integer PRIMARY KEY, embedding vector(3) NOT NULL);
-INSERT INTO $table
-  SELECT i, ARRAY[i % 97, (i * 7) % 89, (i * 13) % 83]::real[]::vector
-  FROM generate_series(1, @ROWS@) AS i;
-CREATE INDEX $index ON $table USING $2 (embedding vector_l2_ops) $3;
-ANALYZE $table;
-SET enable_seqscan = off;
-SET ivfflat.probes = @IVFFLAT_LISTS@;
-EXPLAIN (COSTS OFF) SELECT id FROM $table ORDER BY embedding <-> '[10,20,30]' LIMIT 5;
-SELECT 'rows=' || count(*) FROM (SELECT id FROM $table ORDER BY embedding <-> '[10,20,30]' LIMIT 5) AS nearest;
-SQL
-  ) || { report "$1" fail "$out"; return; }
-  plan=$(printf '%s\n' "$out" | grep -v '^rows=')
-  rows=$(printf '%s\n' "$out" | sed -n 's/^rows=//p')
-  if ! printf '%s\n' "$plan" | grep -q "Index Scan using $index "; then
-    report "$1" fail "EXPLAIN does not use $index: $plan"
-  elif [ "$rows" != 5 ]; then
-    report "$1" fail "EXPLAIN uses $index, but the query returned '$rows' rows, expected 5"
-  else
-    report "$1" pass "$2 index $index $3 on @ROWS@ rows; EXPLAIN: $(printf '%s\n' "$plan" | grep "Index Scan using $index " | sed 's/^[ >-]*//'); 5 rows"
-  fi
-}
-
-@APP_ROLE@
-
-# Drops the scratch database if this run created it (even should its comment have failed)
-# or it carries the comment; a foreign one is left untouched.
-check_cleanup() {
-  if [ -n "$created" ]; then
-    state=ours
-  elif ! scratch_state; then
-    report cleanup fail "scratch database not cleaned up: $err"
-    return
-  fi
-  case $state in
-    absent)
-      report cleanup pass "$SCRATCH is gone"
-      return ;;
-    foreign)
-      report cleanup pass "no scratch database left; $SCRATCH is not ours, left untouched"
-      return ;;
-  esac
-  left=$(sql_stdin postgres <<SQL
-DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE);
-SELECT count(*) FROM pg_database WHERE datname = '$SCRATCH' AND shobj_description(oid, 'pg_database') = @COMMENT_SQL@;
-SQL
-  ) || {
-    report cleanup fail "scratch database not cleaned up: DROP DATABASE $SCRATCH failed: $left"
-    return
-  }
-  if [ "$left" = 0 ]; then
-    report cleanup pass "$SCRATCH is gone"
-  else
-    report cleanup fail "scratch database not cleaned up: $SCRATCH still there ($left)"
-  fi
-}
-
-# beside NAME CHECK [ARGS]: run a check that shares nothing with the ones after it in the
-# background, its report lines kept in $results/NAME until collect prints them; inline when
-# there is no $results folder.
-beside() {
-  name=$1
-  shift
-  if [ -z "$results" ]; then
-    "$@"
-    return
-  fi
-  "$@" > "$results/$name" &
-}
-
-# collect: wait for the checks run beside, then print their lines.
-collect() {
-  [ -n "$results" ] || return 0
-  wait
-  for name in extension_files app_role hnsw_index; do
-    cat "$results/$name" 2>/dev/null
-  done
-}
-
-# The scratch database's chain runs in order; the checks that do not need it (and the HNSW
-# check, beside the IVFFlat one) run beside it. They start once the scratch database exists:
-# CREATE DATABASE waits (in 100 ms steps) while a new session may still be starting.
-# Cleanup comes after all of them.
-main() {
-  results=$(mktemp -d) || results=
-  check_template1_has_vector
-  beside extension_files check_extension_files
-  beside app_role check_app_role
-  check_create_extension
-  check_extversion
-  check_casts
-  check_distances
-  beside hnsw_index check_index hnsw_index hnsw @HNSW_OPTIONS@
-  check_index ivfflat_index ivfflat @IVFFLAT_OPTIONS@
-  collect
-  check_cleanup
-}
-
-main </dev/null
-exit 0
-"""
-
-# How the app role's password is stored, for app_over_tcp (run on the control machine): the
-# role's name is all the script knows of the app.
-_APP_ROLE = r"""check_app_role() {
-  stored=$(sql postgres @STORED_SQL@) || { printf 'app_role|error|%s\n' "$(printf '%s' "$stored" | tr '\t\r\n' '   ')"; return; }
-  printf 'app_role|%s|\n' "$stored"
-}"""
+class ShellCode(str):
+    """Shell built here by a helper that quotes its own parts (``shell.as_postgres``): the
+    only text the smoke script's template takes as it is."""
 
 
-def _fill(template: str, values: dict[str, str]) -> str:
-    for key, value in values.items():
-        template = template.replace(f"@{key}@", value)
-    leftover = re.findall(r"@[A-Z0-9_]+@", template)
-    assert not leftover, f"unfilled placeholders in the smoke script: {leftover}"
-    return template
+def shell_word(value: object) -> str:
+    """What a ``{{ value }}`` in ``templates/smoke.sh.j2`` becomes: text shell-quoted (one
+    word, never expanded), a number as digits, ``ShellCode`` as it is. Anything else, and text
+    with a line break or NUL (it could end a comment line), is refused.
+
+    >>> print(shell_word("it's $HOME"), shell_word(5432))
+    'it'"'"'s $HOME' 5432
+    """
+    if isinstance(value, ShellCode):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        if any(char in value for char in "\n\r\0"):
+            raise ValueError(f"a value for the smoke script holds a line break or NUL: {value!r}")
+        return shlex.quote(value)
+    raise TypeError(f"the smoke script takes text, whole numbers or ShellCode, not {type(value).__name__}: {value!r}")
 
 
-def _app_role(user: str | None) -> str:
-    if user is None:
-        return "check_app_role() {\n  :\n}"
-    stored_sql = (
-        "SELECT coalesce((SELECT CASE WHEN rolpassword IS NULL THEN 'none' "
-        "WHEN rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'scram' ELSE 'other' END "
-        f"FROM pg_catalog.pg_authid WHERE rolname = {_sql_literal(user)}), 'absent')"
+@lru_cache(maxsize=None)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        finalize=shell_word,  # every {{ value }} is quoted: no template line can forget it
+        autoescape=False,
     )
-    return _fill(_APP_ROLE, {"STORED_SQL": shlex.quote(stored_sql)})
+
+
+def render_script(values: dict[str, object]) -> str:
+    """``templates/smoke.sh.j2`` rendered with ``values`` (each through ``shell_word``)."""
+    return _environment().get_template(SCRIPT_TEMPLATE).render(**values)
 
 
 def smoke_script(platform: Platform, port: int, version: str, app_user: str | None = None) -> str:
-    """The suite's nine host checks as one POSIX shell script, run as root by ``sh -s`` on
-    the host; with ``app_user``, it also reports how that role's password is stored.
+    """The suite's nine host checks as one POSIX shell script (``templates/smoke.sh.j2``),
+    run as root on the host (``save_and_run``); with ``app_user``, it also reports how that
+    role's password is stored.
 
     Pure: the same inputs give the same script. It never holds the app's password.
     """
@@ -540,32 +226,38 @@ def smoke_script(platform: Platform, port: int, version: str, app_user: str | No
     )
     # One row for extversion, casts and distances: basics|<extversion>|<casts>|<->|<=>|<#>|ok
     basics_sql = f"SELECT 'basics', ({extversion_sql}), {casts}, {distances}{distances_from}"
-    script = _fill(
-        _TEMPLATE,
+    stored_sql = None
+    if app_user is not None:
+        stored_sql = (
+            "SELECT coalesce((SELECT CASE WHEN rolpassword IS NULL THEN 'none' "
+            "WHEN rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'scram' ELSE 'other' END "
+            f"FROM pg_catalog.pg_authid WHERE rolname = {_sql_literal(app_user)}), 'absent')"
+        )
+    return render_script(
         {
-            "APP_ROLE": _app_role(app_user),
-            "SAFE_PATH": SAFE_PATH,
-            "SCRATCH": SCRATCH_DATABASE,
-            "VERSION": shlex.quote(version),
+            "script_path": SMOKE_SCRIPT,
+            "host_lock": HOST_LOCK,
+            "safe_path": SAFE_PATH,
+            "scratch": SCRATCH_DATABASE,
+            "version": version,
             # Only in postgres and the scratch database, both owned by postgres.
-            "AS_POSTGRES": as_postgres(platform, port, None, with_public=True, options=SMOKE_TIMEOUTS),
-            "PG_CONFIG": shlex.quote(platform.pg_config),
-            "MAJOR": str(platform.major),
-            "PORT": str(int(port)),
-            "COMMENT": f"'{SCRATCH_COMMENT}'",  # inside a double-quoted message
-            "COMMENT_SQL": _sql_literal(SCRATCH_COMMENT),
-            "BASICS_SQL": basics_sql,  # in a quoted here-document: taken as it is
-            "CASTS_SQL": shlex.quote(f"SELECT {casts}"),
-            "CASTS_WANT": shlex.quote(casts_want),
-            "CASTS_DETAIL": shlex.quote(casts_detail),
-            "DISTANCES_SQL": shlex.quote(f"SELECT {distances}{distances_from}"),
-            "ROWS": str(INDEX_ROWS),
-            "HNSW_OPTIONS": shlex.quote(HNSW_OPTIONS),
-            "IVFFLAT_OPTIONS": shlex.quote(IVFFLAT_OPTIONS),
-            "IVFFLAT_LISTS": str(IVFFLAT_LISTS),
-        },
+            "as_postgres": ShellCode(as_postgres(platform, port, None, with_public=True, options=SMOKE_TIMEOUTS)),
+            "pg_config": platform.pg_config,
+            "major": int(platform.major),
+            "port": int(port),
+            "comment_sql": _sql_literal(SCRATCH_COMMENT),
+            "basics_sql": basics_sql,
+            "casts_sql": f"SELECT {casts}",
+            "casts_want": casts_want,
+            "casts_detail": casts_detail,
+            "distances_sql": f"SELECT {distances}{distances_from}",
+            "hnsw_options": HNSW_OPTIONS,
+            "ivfflat_options": IVFFLAT_OPTIONS,
+            "rows": INDEX_ROWS,
+            "ivfflat_lists": IVFFLAT_LISTS,
+            "stored_sql": stored_sql,  # None: no app role to look up
+        }
     )
-    return script
 
 
 # --- results -----------------------------------------------------------------------------
@@ -808,10 +500,31 @@ class SmokeStdin:
     __str__ = __repr__
 
 
+# The script arrives on standard input and is kept at SMOKE_SCRIPT (root's, 0600: it holds
+# no secret, but it is run as root), then run from there: the copy a person runs by hand is
+# the one this run ran. Should it not be written, the suite says so in a line of its own.
+def save_and_run(path: str = SMOKE_SCRIPT) -> str:
+    """Shell that keeps the script on its standard input at ``path`` and runs it from there.
+    The same script leaves the file as it was (a converged host's files stay untouched)."""
+    directory, quoted = shlex.quote(os.path.dirname(path)), shlex.quote(path)
+    return f"""umask 077
+tmp=
+keep() {{
+  {{ [ -d {directory} ] || mkdir -m 0755 {directory}; }} && tmp=$(mktemp {quoted}.XXXXXX) && cat > "$tmp" || return 1
+  if [ "$(sha256sum < "$tmp")" = "$(sha256sum < {quoted} 2>/dev/null)" ]; then rm -f "$tmp"; else mv -f "$tmp" {quoted}; fi
+}}
+if ! keep 2>/dev/null; then
+  [ -z "$tmp" ] || rm -f "$tmp"
+  echo {shlex.quote(f"check=smoke_script|fail|could not write the smoke script to {path} (is its disk full or read-only?)")}
+  exit 0
+fi
+sh {quoted} </dev/null"""
+
+
 class SmokeChecks(FactBase):
-    """Runs the vector smoke suite's host checks: ``sh -s`` with the script on standard
-    input, as one round trip; a fact, so it never counts as a change. Parsed into
-    ``HostChecks``.
+    """Runs the vector smoke suite's host checks: the script arrives on standard input, is
+    kept at ``SMOKE_SCRIPT`` and run from there by ``sh``, as one round trip; a fact, so it
+    never counts as a change. Parsed into ``HostChecks``.
 
     .. code:: python
 
@@ -820,7 +533,7 @@ class SmokeChecks(FactBase):
 
     def command(self):
         # Under the host lock: two overlapping runs would collide on the scratch databases.
-        return with_host_lock("sh -s")
+        return with_host_lock(save_and_run())
 
     @staticmethod
     def default():
@@ -887,6 +600,12 @@ class SmokeStatusFile(FactBase):
         return output
 
 
+def host_script(plan: Plan, app: SmokeApp | None) -> str:
+    """The script ``verify`` runs on the plan's host: the app role is named only when
+    ``app_over_tcp`` will run (it has an address)."""
+    return smoke_script(plan.platform, plan.port, plan.settings.version, app.user if app and app.address else None)
+
+
 @operation()
 @fails_host_on_error
 def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports"):
@@ -917,8 +636,7 @@ def verify(plan: Plan, app: SmokeApp | None = None, report_dir: str = "reports")
         host.noop("the vector smoke suite runs on the host when the deploy executes")
         return
     version = plan.settings.version
-    script = smoke_script(plan.platform, plan.port, version, app.user if app and app.address else None)
-    checked = host.get_fact(SmokeChecks, _stdin=SmokeStdin(script))
+    checked = host.get_fact(SmokeChecks, _stdin=SmokeStdin(host_script(plan, app)))
     results = merge(checked.results, check_app_over_tcp(host, app, plan.port, checked))
     if plan.settings.backup is not None:  # the 11th check, only with backups
         results.append(host.get_fact(ArchiveCheck, platform=plan.platform, port=plan.port))

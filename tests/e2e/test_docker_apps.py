@@ -259,6 +259,44 @@ def slow_tcp_logins(host, container):
                   "else mv /etc/resolv.conf.pgvt-keep /etc/resolv.conf; fi")  # fmt: skip
 
 
+def test_the_smoke_script_run_by_hand_reports_what_the_suite_reported(served, tarball, provision, tmp_path):
+    """README, "The vector smoke suite": each run keeps its script on the host, root's and
+    private; run by hand as the README says (as root, under the host lock), it prints the same
+    nine host checks, with the same statuses and details, as the run's JSON report, passing
+    and failing alike (a database in the scratch database's name that is not the suite's)."""
+    from pgvector_deploy.shell import HOST_LOCK
+    from pgvector_deploy.smoke import HOST_CHECKS, SCRATCH_DATABASE, SMOKE_SCRIPT, parse_host_checks
+
+    host, _, _ = served
+    reports = tmp_path / "reports"
+
+    def suite_then_by_hand(expect_success: bool):
+        run = provision(host, env=ENV, recipe="deploy/smoke.py", **tarball, **APP, smoke_report_dir=str(reports))
+        assert (run.returncode == 0) == expect_success, run.output
+        report = json.loads((reports / f"smoke-{host.name}.json").read_text())
+        printed = host.ssh(f"sudo flock {HOST_LOCK} sh {SMOKE_SCRIPT}")  # the README's command, over SSH
+        assert printed.returncode == 0 and printed.stderr == "", printed.stderr
+        by_hand = parse_host_checks(printed.stdout.splitlines())
+        assert by_hand.app_role == "scram"  # what app_over_tcp, from the control machine, starts from
+        reported = [check for check in report["checks"] if check["name"] in HOST_CHECKS]
+        assert [vars(result) for result in by_hand.results] == reported
+        return report
+
+    report = suite_then_by_hand(expect_success=True)
+    assert report["passed"] is True and len(report["checks"]) == 10
+    assert host.sudo(f"stat -c '%a %U %G' {SMOKE_SCRIPT}").split() == ["600", "root", "root"]
+    kept = host.sudo(f"cat {SMOKE_SCRIPT}")
+    assert kept.startswith("#!/bin/sh\n") and PASSWORD not in kept and "STORED_SQL=" in kept
+
+    host.psql(f"CREATE DATABASE {SCRATCH_DATABASE}")  # not the suite's: no comment
+    try:
+        report = suite_then_by_hand(expect_success=False)
+    finally:
+        host.psql(f"DROP DATABASE {SCRATCH_DATABASE}")
+    statuses = {check["name"]: check["status"] for check in report["checks"]}
+    assert statuses["template1_has_vector"] == statuses["create_extension"] == "fail" and statuses["extversion"] == "skip"
+
+
 def test_the_app_password_never_reaches_the_host_during_deploy_smoke_suite_or_rotation(served, tarball, provision, tmp_path):
     """A deploy, the standalone smoke suite and a password rotation (each with app_over_tcp
     passing: SCRAM, refused without the password), watched by HostWatch; then every file on
@@ -301,8 +339,9 @@ def test_the_app_password_never_reaches_the_host_during_deploy_smoke_suite_or_ro
     # The watch really watched: it saw the smoke script's command under the host lock.
     assert watch.samples > 100 and watch.scans > 50, (watch.samples, watch.scans)
     from pgvector_deploy.shell import HOST_LOCK
+    from pgvector_deploy.smoke import SMOKE_SCRIPT
 
-    assert any(HOST_LOCK.encode() in command and b"sh -s" in command for command in watch.commands)
+    assert any(HOST_LOCK.encode() in command and f"sh {SMOKE_SCRIPT}".encode() in command for command in watch.commands)
     assert any(where.startswith("file /tmp/tmp.") for where in canaries), canaries
     assert any(where.startswith("process ") for where in canaries), canaries
     assert sorted(watch.found) == []

@@ -98,6 +98,52 @@ def test_script_is_valid_posix_sh(debian12, app_user):
     assert sh_syntax_error(smoke_script(debian12, 5432, "0.8.0", app_user)) == ""
 
 
+# Where the template may put a value: a NAME={{ value }} line of its parameter block or a
+# comment (text, shell-quoted, one line), or anywhere for these (whole numbers, ShellCode).
+ANYWHERE = {"as_postgres", "major", "port", "rows", "ivfflat_lists"}
+
+
+def test_every_value_in_the_template_is_a_quoted_word_a_number_or_shell_code(debian12, monkeypatch):
+    template = (smoke.TEMPLATES / smoke.SCRIPT_TEMPLATE).read_text()
+    seen = set()
+    for line in template.splitlines():
+        for name in re.findall(r"\{\{\s*(\w+)\s*\}\}", line):
+            seen.add(name)
+            if name in ANYWHERE:
+                continue
+            assert re.fullmatch(rf"[A-Z_0-9]+=\{{\{{ {name} \}}\}}", line) or line.startswith("#"), line
+    assert "{%" not in template.replace("{% if stored_sql is not none %}", "").replace("{% else %}", "").replace("{% endif %}", "")
+    given = {}
+    monkeypatch.setattr(smoke, "render_script", lambda values: given.update(values) or "")
+    smoke_script(debian12, 5432, "0.8.0", "app")
+    assert seen == set(given)
+    for name in ANYWHERE:
+        assert type(given[name]) in (int, smoke.ShellCode), name
+
+
+HOSTILE = ["it's", 'a "b" $HOME `id` $(id) \\ \\\'', "-n", "", " lead; trail ", "*", "~root", "é ü"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_a_hostile_value_reaches_the_script_exactly_as_given(debian12, value):
+    names = ["scratch", "version", "pg_config", "comment_sql", "basics_sql", "casts_sql", "casts_want",
+             "casts_detail", "distances_sql", "hnsw_options", "ivfflat_options", "stored_sql"]  # fmt: skip
+    values = {name: value for name in names}
+    values.update(script_path="/x", host_lock="/y", safe_path=SAFE_PATH, as_postgres=smoke.ShellCode("psql"),
+                  major=15, port=5432, rows=500, ivfflat_lists=10)  # fmt: skip
+    script = smoke.render_script(values)
+    assert sh_syntax_error(script) == ""
+    got = parameters(script)
+    assert set(got.values()) == {value} and len(got) == len(names)
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\0b", None, 1.5, True, ["x"]])
+def test_the_template_refuses_a_line_break_nul_or_anything_but_text_numbers_and_shell_code(value):
+    with pytest.raises((ValueError, TypeError)):
+        smoke.shell_word(value)
+    assert smoke.shell_word(smoke.ShellCode("a b")) == "a b" and smoke.shell_word(7) == "7"
+
+
 def test_script_is_pure(debian12):
     assert smoke_script(debian12, 5432, "0.8.0", "app") == smoke_script(debian12, 5432, "0.8.0", "app")
 
@@ -139,7 +185,9 @@ def test_the_script_names_the_role_and_reports_how_its_password_is_stored(debian
         "WHEN rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'scram' ELSE 'other' END "
         "FROM pg_catalog.pg_authid WHERE rolname = 'o''neil'), 'absent')"
     )
-    assert f"stored=$(sql postgres {shlex.quote(sql)}) ||" in role  # an SQL literal, shell-quoted
+    assert f"\nSTORED_SQL={shlex.quote(sql)}\n" in script  # an SQL literal, shell-quoted
+    assert parameters(script)["STORED_SQL"] == sql
+    assert 'stored=$(sql postgres "$STORED_SQL") ||' in role
     assert "printf 'app_role|%s|\\n' \"$stored\"" in role
 
 
@@ -161,6 +209,15 @@ def function(script, name):
     return script.split(f"\n{name}() {{\n", 1)[1].split("\n}\n", 1)[0]
 
 
+def parameters(script):
+    """The script's parameter block (NAME=<quoted value> lines at its top), as sh reads it."""
+    block = script.split("\n# The parameters", 1)[1].split("\n", 1)[1].split("\nscratch=\n", 1)[0]
+    names = re.findall(r"^([A-Z_0-9]+)=", block, re.M)
+    show = "".join(f'printf "%s\\0" "${name}"\n' for name in names)
+    done = subprocess.run(["sh", "-c", block + "\n" + show], capture_output=True, text=True, timeout=10, check=True)
+    return dict(zip(names, done.stdout.split("\0")))
+
+
 def test_every_drop_is_guarded_by_the_comment_or_this_runs_creation(debian12):
     script = smoke_script(debian12, 5432, "0.8.0", None)
     assert script.count("DROP DATABASE IF EXISTS $SCRATCH WITH (FORCE)") == 2
@@ -168,7 +225,8 @@ def test_every_drop_is_guarded_by_the_comment_or_this_runs_creation(debian12):
     # In make_scratch the only DROP is in the "ours" branch (the comment matched).
     make = function(script, "make_scratch")
     assert re.search(r"ours\)\n\s+out=\$\(sql postgres \"DROP DATABASE IF EXISTS \$SCRATCH", make)
-    assert f"shobj_description(oid, 'pg_database') = '{SCRATCH_COMMENT}'" in function(script, "scratch_state")
+    assert "shobj_description(oid, 'pg_database') = $COMMENT_SQL" in function(script, "scratch_state")
+    assert parameters(script)["COMMENT_SQL"] == f"'{SCRATCH_COMMENT}'"
     # In cleanup: state is "ours" only when this run created it or the lookup found the
     # comment; absent and foreign return before the DROP.
     cleanup = function(script, "check_cleanup")
@@ -186,7 +244,7 @@ def test_the_scratch_database_is_made_from_template1_and_commented_right_after_c
         "sql_stdin postgres <<SQL\n"
         "CREATE DATABASE $SCRATCH TEMPLATE template1;\n"
         "\\echo scratch_created\n"
-        f"COMMENT ON DATABASE $SCRATCH IS '{SCRATCH_COMMENT}';\n"
+        "COMMENT ON DATABASE $SCRATCH IS $COMMENT_SQL;\n"
         "SQL\n"
     ) in make
     assert script.count("CREATE DATABASE $SCRATCH TEMPLATE template1;") == 1
@@ -209,8 +267,10 @@ def test_template1_is_read_before_create_extension_runs(debian12):
 def test_index_checks_are_small_and_name_their_build_parameters(debian12):
     script = smoke_script(debian12, 5432, "0.8.0", None)
     assert smoke.INDEX_ROWS <= 500 and smoke.INDEX_ROWS >= smoke.IVFFLAT_LISTS
-    assert "check_index hnsw_index hnsw 'WITH (m = 8, ef_construction = 32)'\n" in script
-    assert f"check_index ivfflat_index ivfflat 'WITH (lists = {smoke.IVFFLAT_LISTS})'\n" in script
+    assert 'check_index hnsw_index hnsw "$HNSW_OPTIONS"\n' in script
+    assert 'check_index ivfflat_index ivfflat "$IVFFLAT_OPTIONS"\n' in script
+    assert parameters(script)["HNSW_OPTIONS"] == "WITH (m = 8, ef_construction = 32)"
+    assert parameters(script)["IVFFLAT_OPTIONS"] == f"WITH (lists = {smoke.IVFFLAT_LISTS})"
     assert f"SET ivfflat.probes = {smoke.IVFFLAT_LISTS};" in script
     assert f"generate_series(1, {smoke.INDEX_ROWS})" in script
     assert "CREATE TEMPORARY TABLE $table" in script
@@ -220,7 +280,8 @@ def test_script_uses_the_platform_binaries_and_port(debian12):
     script = smoke_script(debian12, 5433, "0.8.6", APP.user)
     assert "runuser -u postgres -- /usr/lib/postgresql/15/bin/psql" in script
     assert "-h /var/run/postgresql -p 5433" in script
-    assert "/usr/lib/postgresql/15/bin/pg_config --sharedir" in script
+    assert '"$PG_CONFIG" --sharedir' in script
+    assert parameters(script)["PG_CONFIG"] == "/usr/lib/postgresql/15/bin/pg_config"
     assert "WANT=0.8.6\n" in script
 
 
@@ -629,14 +690,45 @@ def test_parse_smoke_skip_keeps_its_reason():
     assert result == CheckResult("app_over_tcp", "skip", "no app role given")
 
 
-def test_fact_runs_sh_s_and_parses():
+def test_fact_keeps_the_script_runs_it_under_the_host_lock_and_parses():
     fact = SmokeChecks()
     command = fact.command()
-    assert "flock" in command and command.split("sh -c ", 1)[1].startswith("'sh -s'")
+    assert "flock" in command and command.split("sh -c ", 1)[1].startswith(shlex.quote(smoke.save_and_run()))
+    assert smoke.save_and_run().endswith(f"\nsh {smoke.SMOKE_SCRIPT} </dev/null")  # the way the README gives
     checked = fact.process(all_pass_lines())
     assert checked == HostChecks([CheckResult(name, "pass", "fine") for name in HOST_CHECKS], "scram", "")
     assert [r.status for r in SmokeChecks.default().results] == ["fail"] * len(HOST_CHECKS)
     assert SmokeChecks.default().app_role is None
+
+
+def test_the_script_is_kept_private_on_the_host_and_run_from_there(tmp_path):
+    path = tmp_path / "state" / "smoke.sh"
+    script = "echo check=casts|pass|ran from $0\n"  # what a script reads of its own standard input: nothing
+    for attempt in ("first", "second"):  # the second replaces the first
+        body = script.replace("ran", f"{attempt} ran").replace("|", "\\|")
+        done = subprocess.run(["sh", "-c", smoke.save_and_run(str(path))], input=body, capture_output=True, text=True, timeout=10)
+        assert (done.returncode, done.stderr) == (0, "")
+        assert done.stdout == f"check=casts|pass|{attempt} ran from {path}\n"
+        assert path.read_text() == body
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert sorted(p.name for p in path.parent.iterdir()) == ["smoke.sh"]  # no temporary left
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
+    os.utime(path, ns=(1, 1))
+    done = subprocess.run(["sh", "-c", smoke.save_and_run(str(path))], input=body, capture_output=True, text=True, timeout=10)
+    assert done.stdout == f"check=casts|pass|second ran from {path}\n"
+    assert path.stat().st_mtime_ns == 1  # the same script: the file left as it was
+    assert sorted(p.name for p in path.parent.iterdir()) == ["smoke.sh"]
+
+
+def test_a_script_that_cannot_be_kept_is_reported_by_a_line_of_its_own(tmp_path):
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "smoke.sh"  # its directory cannot be made: a file is in the way
+    done = subprocess.run(["sh", "-c", smoke.save_and_run(str(path))], input="echo check=casts|pass|x\n",
+                          capture_output=True, text=True, timeout=10)  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    results = parse_smoke(done.stdout.splitlines(), HOST_CHECKS)
+    assert results[-1] == CheckResult("smoke_script", "fail", f"could not write the smoke script to {path} (is its disk full or read-only?)")
+    assert all(r.status == "fail" and "stopped before" in r.detail for r in results[:-1])
 
 
 def test_parse_host_checks_reads_the_role_line_and_only_the_nine_checks():
