@@ -51,7 +51,7 @@ DRILL_DIR = f"{STATE_DIR}/drill"
 ARCHIVE_FILE_NAME = "70-pgvector-backups.conf"
 CRON_FILE = "/etc/cron.d/pgvector-deploy-backups"
 UNIT_DIR = "/etc/systemd/system"
-SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "files" / "backups"
+SCRIPTS_DIR = Path(__file__).resolve().parent / "files" / "backups"  # in the wheel; files links to ../files
 SCRIPTS = ("pgvector-backup", "pgvector-backup-status", "pgvector-restore-drill")
 # Every transaction is in S3 within a minute: a WAL segment is switched at least this often
 # when anything was written.

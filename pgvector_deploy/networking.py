@@ -65,7 +65,7 @@ from .platforms import Platform
 from .preflight import Plan
 from .shell import SAFE_PATH, Failure, Var, as_postgres, fail, fails_host_on_error, host_locked
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # in the wheel; a link to ../templates in a checkout
 SYSCTL_TEXT = "# Managed by pgvector-deploy: lets PostgreSQL bind Docker bridge gateways before the bridges exist.\nnet.ipv4.ip_nonlocal_bind = 1\n"
 USER_BEGIN = "# BEGIN USER RULES (kept across runs)"
 USER_END = "# END USER RULES"
