@@ -56,14 +56,6 @@ def postgres_with_pgvector() -> None:
     if isinstance(plan, preflight.Refusal):
         preflight.refuse(plan, name=preflight.REFUSAL)
         return
-    _provision(plan, _sudo=config.SUDO)
-
-
-@_nameless
-@deploy()
-def _provision(plan: Plan) -> None:
-    # Its own deploy for one reason: pyinfra fixed the outer deploy's global arguments (_sudo
-    # among them) when it was called, before the look above chose sudo for this login.
     server(plan)  # stages 1-5: tools, tarball, PostgreSQL 15, pgvector, access, sizing
     app(plan)  # stage 6: the app's role, database, migrations, connection details
     backups(plan)  # stage 6b: pgBackRest to S3, WAL archiving, timers, first backup
@@ -88,19 +80,12 @@ def restore_backup() -> None:
             name=preflight.REFUSAL,
         )
     else:
-        _restore(plan, _sudo=config.SUDO)
-
-
-@_nameless
-@deploy()
-def _restore(plan: Plan) -> None:
-    # Its own deploy for the reason _provision is.
-    server(plan)  # stages 1-5, exactly as postgres_with_pgvector
-    backup_ops.packages(plan, name="pgBackRest is installed (backups to S3)")
-    backup_ops.repository(plan, create_stanza=False, name="pgBackRest reads the repository in S3")
-    backup_ops.restore(plan, name="The backup is restored")
-    app(plan)  # the app's role and password (its database came back with the backup)
-    proof(plan)
+        server(plan)  # stages 1-5, exactly as postgres_with_pgvector
+        backup_ops.packages(plan, name="pgBackRest is installed (backups to S3)")
+        backup_ops.repository(plan, create_stanza=False, name="pgBackRest reads the repository in S3")
+        backup_ops.restore(plan, name="The backup is restored")
+        app(plan)  # the app's role and password (its database came back with the backup)
+        proof(plan)
 
 
 def server(plan: Plan) -> None:

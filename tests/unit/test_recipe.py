@@ -77,6 +77,43 @@ def test_operations_keep_their_own_names_and_see_the_defaults_under_host_data():
     assert seen == {"pg_restart": "report"}
 
 
+class _DeployHost:
+    """A host inside a @deploy: pyinfra's global arguments of that deploy, fixed when it was
+    called, and the login's LoginAccess (the rest of the look is not asked here)."""
+
+    def __init__(self, access: dict, deploy_sudo: bool):
+        self.access = access
+        self.data = {}
+        self.current_deploy_kwargs = {"_sudo": deploy_sudo, "_sudo_user": None}
+
+    def get_fact(self, cls, **kwargs):
+        return self.access
+
+
+class _Config:
+    SUDO = False
+
+
+@pytest.mark.parametrize(
+    ("access", "deploy_sudo", "expected"),
+    [
+        ({"uid": 1000, "sudo": True}, False, True),  # admin on EC2: sudo from the look on
+        ({"uid": 0, "sudo": True}, True, True),  # the caller passed _sudo=True: id -u said 0 under it
+        ({"uid": 0, "sudo": True}, False, False),  # a root login
+        ({"uid": 1000, "sudo": False}, False, False),  # refused: the refusal runs without sudo
+    ],
+)
+def test_the_sudo_the_look_chooses_is_the_packaged_deploys_own(access, deploy_sudo, expected):
+    """Inside postgres_with_pgvector, the deploy's global arguments win over pyinfra's config
+    (an e2e second run was refused: the look read the data directory without sudo)."""
+    from pgvector_deploy.preflight import start
+
+    host, config = _DeployHost(access, deploy_sudo), _Config()
+    start(host, config)
+    assert host.current_deploy_kwargs == {"_sudo": expected, "_sudo_user": None}
+    assert config.SUDO is expected
+
+
 def _build_wheel(out: Path) -> Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
