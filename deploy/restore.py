@@ -14,28 +14,10 @@ target before the first backup.
 
 This host does not archive into the source's repository: archiving and schedules are left
 to a later deploy/postgres.py run, with this host's own pg_backup_s3_prefix.
+
+The packaged deploy pgvector_deploy.restore_backup, called as a project of yours can call it.
 """
 
-from pyinfra import config, host
+from pgvector_deploy import restore_backup
 
-from pgvector_deploy import backups, preflight, recipe
-
-plan = preflight.start(host, config, prefetch=True)
-
-if isinstance(plan, preflight.Refusal):
-    preflight.refuse(plan, name=preflight.REFUSAL)
-elif plan.settings.backup is None:
-    preflight.refuse(
-        preflight.Refusal(
-            "deploy/restore.py needs pg_backup_s3_bucket (and the source's pg_backup_s3_prefix and passphrase) to "
-            "know where the backups are. Fix: set them as for the source host."
-        ),
-        name=preflight.REFUSAL,
-    )
-else:
-    recipe.server(plan)  # stages 1-5, exactly as deploy/postgres.py
-    backups.packages(plan, name="pgBackRest is installed (backups to S3)")
-    backups.repository(plan, create_stanza=False, name="pgBackRest reads the repository in S3")
-    backups.restore(plan, name="The backup is restored")
-    recipe.app(plan)  # the app's role and password (its database came back with the backup)
-    recipe.proof(plan)
+restore_backup()

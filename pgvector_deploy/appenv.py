@@ -298,4 +298,6 @@ def env_file(plan: Plan):
     if state == {"sha256": sha256_text(content), "mode": FILE_MODE, "owner": FILE_OWNER}:
         host.noop(f"{app.env_file} is current")
         return
+    # Not files.put: it uploads to a temporary file and sets the mode after moving it into place
+    # (the password readable meanwhile), and asks File and Sha1File facts in every run.
     yield StringCommand(write_script(app.env_file), _stdin=content)

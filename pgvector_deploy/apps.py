@@ -108,6 +108,8 @@ def role(plan: Plan):
     app = plan.settings.app
     state = plan.fact(AppState, platform=plan.platform, port=plan.port, user=app.user, database=app.database)
     createdb = "CREATEDB" if app.createdb else "NOCREATEDB"
+    # Not postgres.role: it puts the clear-text password in psql's command line on the host (ps,
+    # the server's log); here a SCRAM verifier goes on standard input.
     if not state["role_exists"]:
         verifier = scram_verifier(app.password, os.urandom(16))
         # Only if it is still missing (another run may have created it while this one waited for
@@ -181,6 +183,8 @@ def database(plan: Plan):
     """
     app = plan.settings.app
     state = plan.fact(AppState, platform=plan.platform, port=plan.port, user=app.user, database=app.database)
+    # Not postgres.database: it asks its own fact (a round trip every no-op run) and gives up at
+    # once while another session holds template1.
     if state["database_owner"] is None:
         # CREATE DATABASE cannot run in a DO block: psql's \gexec runs it only if the database
         # is still missing (another run may have created it while this one waited for the lock).

@@ -51,7 +51,7 @@ DRILL_DIR = f"{STATE_DIR}/drill"
 ARCHIVE_FILE_NAME = "70-pgvector-backups.conf"
 CRON_FILE = "/etc/cron.d/pgvector-deploy-backups"
 UNIT_DIR = "/etc/systemd/system"
-SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "files" / "backups"
+SCRIPTS_DIR = Path(__file__).resolve().parent / "files" / "backups"  # in the wheel; files links to ../files
 SCRIPTS = ("pgvector-backup", "pgvector-backup-status", "pgvector-restore-drill")
 # Every transaction is in S3 within a minute: a WAL segment is switched at least this often
 # when anything was written.
@@ -440,6 +440,7 @@ def packages(plan: Plan):
         host.noop("pgBackRest is installed")
         return
     names = " ".join(plan.platform.backup_packages)
+    # Not apt.packages / dnf.packages, for postgres.tools' reason: a package fact per operation.
     yield f"PATH={SAFE_PATH}; command -v pgbackrest >/dev/null 2>&1 || {{ {plan.platform.package_manager.install.format(packages=names)}; }}"
 
 
@@ -533,11 +534,13 @@ def schedules(plan: Plan):
     for path, (content, mode, owner) in wanted_files(plan).items():
         if state["files"].get(path) != (sha256_text(content), mode, owner):
             changed = True
+            # Not files.put: a fact per file every run (BackupState holds them all); the mode set after the move.
             yield StringCommand(install_from_stdin(path, mode, owner), _stdin=content)
     if plan.profile["systemd"]:
         names = timers(plan)
         idle = [name for name in names if state["timers"].get(name) != ("enabled", "active")]
         if changed or idle:
+            # Not systemd.service: its facts are a round trip per timer; BackupState already says.
             yield f"PATH={SAFE_PATH}; systemctl daemon-reload && systemctl enable --now {' '.join(names)} >/dev/null 2>&1 && systemctl restart {' '.join(names)}"
             return
     if not changed:

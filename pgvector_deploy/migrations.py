@@ -844,5 +844,7 @@ def apply(plan: Plan):
         return
     if not state["ledger"]:
         yield ledger_command(plan)
+    # Not postgres.sql / postgres.load: they run as the login they are given every time, with no
+    # ledger to skip a file already applied, and no check of the ledger under its lock.
     for migration in todo:
         yield apply_command(plan, migration)

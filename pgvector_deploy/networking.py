@@ -65,7 +65,7 @@ from .platforms import Platform
 from .preflight import Plan
 from .shell import SAFE_PATH, Failure, Var, as_postgres, fail, fails_host_on_error, host_locked
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # in the wheel; a link to ../templates in a checkout
 SYSCTL_TEXT = "# Managed by pgvector-deploy: lets PostgreSQL bind Docker bridge gateways before the bridges exist.\nnet.ipv4.ip_nonlocal_bind = 1\n"
 USER_BEGIN = "# BEGIN USER RULES (kept across runs)"
 USER_END = "# END USER RULES"
@@ -486,6 +486,8 @@ def listen(plan: Plan):
     # Boot order matters only where an init system starts things at boot; containers
     # without systemd often cannot write /proc/sys anyway.
     if plan.profile["systemd"] and (not state["nonlocal_bind"] or state["files"].get(SYSCTL_FILE) != SYSCTL_TEXT.encode()):
+        # Not server.sysctl: it asks `sysctl -a` and the persist file as facts of its own (round
+        # trips in every no-op run); ServerConfig already holds both.
         yield f"PATH={SAFE_PATH}; printf '%s' {shlex.quote(SYSCTL_TEXT)} > {SYSCTL_FILE} && sysctl -q -w net.ipv4.ip_nonlocal_bind=1"
     if not state["includes_conf_d"]:
         # initdb's postgresql.conf (Amazon Linux, RHEL family) does not read conf.d/ yet.
@@ -503,6 +505,8 @@ def listen(plan: Plan):
     if state["files"].get(path) != wanted.encode():
         # ssl = on only with a certificate PostgreSQL can use: it would not start otherwise.
         check = tls_check_script(*tls, path) if tls else ""
+        # Not files.template: it cannot have PostgreSQL check the file before it replaces it, nor
+        # keep a copy to put back (managed_files.replace_file_script does both).
         write = replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "server settings")
         restart = apply_restart(plan, f"sourcefile = '{path}'", LISTEN_RESTART_FIX)
         yield f"{check}{write}{reload_command(plan)}{ssl_on_wait(plan) if tls else ''}\n{restart}"
@@ -588,6 +592,7 @@ def client_access(plan: Plan):
         elif ident:
             yield reload_command(plan)
         return
+    # Not files.template, for the reason listen gives: PostgreSQL checks the file before it is used.
     check_sql = "SELECT 'line ' || line_number || ': ' || error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL"
     yield replace_file_script(path, wanted, "0640", check_sql, plan.platform, plan.port, "pg_hba.conf")
     yield reload_command(plan)

@@ -224,6 +224,8 @@ def fetch(plan: Plan):
     if plan.profile["cached_tarball_sha256"] == expected:
         host.noop(f"{plan.cached_tarball} already verified")
         return
+    # Not files.put / files.download: both put the file in place before its sha256 is checked (a
+    # bad tarball would stay in the cache) and ask File and checksum facts in every run.
     if settings.tarball is not None:
         upload = f"/var/tmp/pgvector-upload-{expected[:16]}.tar.gz"
         yield FileUploadCommand(str(settings.tarball), upload)

@@ -27,6 +27,8 @@ def _install_missing(plan: Plan, names: tuple[str, ...]):
     """The install command for those of ``names`` the package manager does not have (one fact,
     InstalledPackages, answers for every package of the platform); nothing when all are there.
     Installing an installed package is a no-op for apt and dnf, so a stale fact costs nothing."""
+    # Not apt.packages / dnf.packages: each asks its own package fact, one more round trip per
+    # operation in every no-op run; InstalledPackages is in the prefetched bundle, for every manager.
     installed = plan.fact(InstalledPackages, platform=plan.platform)
     missing = [name for name in names if name not in installed]
     if not missing:
@@ -69,6 +71,8 @@ def repository(plan: Plan):
     if len(done) == len(steps):
         host.noop(f"PostgreSQL {platform.major} repositories already set up")
         return
+    # Not apt.key / apt.repo / dnf.repo: a step here is platform data with the check that says it
+    # is done (PGDG key and list, a dnf module, CRB), and every check is asked in one fact.
     for index, step in enumerate(steps):
         if index not in done:
             # Checked again under the lock: a run that waited for another must not redo its step.
@@ -124,6 +128,8 @@ def running(plan: Plan):
     platform = plan.platform
     state = plan.fact(ClusterState, platform=platform, port=plan.port)
     systemd = plan.profile["systemd"]
+    # Not systemd.service: it asks systemctl as facts of its own (round trips in every no-op run,
+    # where ClusterState already says), and without systemd as init there is no unit to ask.
     if systemd and not state["enabled_at_boot"]:
         yield f"systemctl enable {platform.boot_unit}"
     if not state["running"]:

@@ -452,18 +452,19 @@ def start(host, config, *, prefetch: bool = False) -> Plan | Refusal:
 
 
 def _start(host, config, prefetch: bool) -> Plan | Refusal:
-    asked_sudo = bool(config.SUDO)
+    deploy_arguments = getattr(host, "current_deploy_kwargs", None)
+    asked_sudo = bool(config.SUDO or (deploy_arguments or {}).get("_sudo"))
     access = host.get_fact(LoginAccess)
     if access is None:  # id -u failed: with --sudo, sudo itself refused
-        config.SUDO = False
+        _use_sudo(host, config, False)
         return Refusal(
             f"could not run a command on the host{' with sudo (pyinfra --sudo)' if asked_sudo else ''}. Fix: connect "
             "as a user with passwordless sudo (EC2 images: admin, ubuntu, ec2-user), or as root; the toolkit uses "
             "sudo by itself when the login is not root, so --sudo is not needed."
         )
-    config.SUDO = asked_sudo or access["uid"] != 0
+    _use_sudo(host, config, asked_sudo or access["uid"] != 0)
     if not access["sudo"]:
-        config.SUDO = False
+        _use_sudo(host, config, False)
         return Refusal(
             f"the login user (uid {access['uid']}) cannot run sudo without a password. Fix: connect as a user "
             "with passwordless sudo (EC2 images: admin, ubuntu, ec2-user), or as root."
@@ -472,6 +473,16 @@ def _start(host, config, prefetch: bool) -> Plan | Refusal:
     if prefetch and isinstance(plan, Plan):
         plan.prefetch(*expected_facts(plan))
     return plan
+
+
+def _use_sudo(host, config, sudo: bool) -> None:
+    """Sudo for the facts and operations from here on: pyinfra's config, and, inside a packaged
+    deploy (recipe.postgres_with_pgvector), that @deploy's global arguments, which pyinfra
+    fixed when it was called (before this choice) and which win over the config."""
+    config.SUDO = sudo
+    deploy_arguments = getattr(host, "current_deploy_kwargs", None)
+    if deploy_arguments is not None:
+        deploy_arguments["_sudo"] = sudo
 
 
 def expected_facts(plan: Plan) -> list[tuple[type, dict]]:

@@ -9,12 +9,83 @@ Example::
     recipe.app(plan)
     recipe.backups(plan)
     recipe.proof(plan)
+
+The packaged deploys (pyinfra's ``@deploy``) put them together for a pyinfra project of
+another team, after ``pip install pgvector-deploy``::
+
+    from pgvector_deploy import postgres_with_pgvector
+
+    postgres_with_pgvector()
 """
 
 from __future__ import annotations
 
-from . import appenv, apps, backups as backup_ops, migrations, networking, pgvector, postgres, smoke, tuning
+from pyinfra import config, host
+from pyinfra.api.deploy import deploy
+
+from . import appenv, apps, backups as backup_ops, migrations, networking, pgvector, postgres, preflight, smoke, tuning
 from .preflight import Plan
+from .settings import DEFAULTS
+
+# Every declared host data key with its default (settings.SETTINGS): pyinfra reads these last,
+# after the inventory's host and group data and --data, so any of those overrides them.
+DATA_DEFAULTS = dict(DEFAULTS)
+
+
+def _nameless(wrapped):
+    """pyinfra prefixes each operation's name with its deploy's name ("deploy | operation");
+    ours keep their own names (the nightly report, the README and the tests know them), as
+    the operations of pyinfra's own nameless ``host.when`` groups do. The decorator has no
+    argument for that (an empty name falls back to the function's), so the name is cleared
+    where pyinfra reads it, at each call."""
+    wrapped._inner.deploy_name = ""
+    return wrapped
+
+
+@_nameless
+@deploy(data_defaults=DATA_DEFAULTS)
+def postgres_with_pgvector() -> None:
+    """PostgreSQL (pg_major, 15 by default) with pgvector compiled on the host: the whole
+    recipe (deploy/postgres.py). Host data: settings.SETTINGS. A refused host gets one failing
+    operation (nothing changed); the other hosts carry on."""
+    # Stage 0, look: the login can become root, the host data is valid, the host is one we
+    # provision (two round trips of facts), then the facts every stage below asks (one more
+    # round trip, side by side on the host). Nothing changes yet; a refused host (also one
+    # whose files or facts cannot be read) gets one failing operation and the others carry on.
+    plan = preflight.start(host, config, prefetch=True)
+    if isinstance(plan, preflight.Refusal):
+        preflight.refuse(plan, name=preflight.REFUSAL)
+        return
+    server(plan)  # stages 1-5: tools, tarball, PostgreSQL 15, pgvector, access, sizing
+    app(plan)  # stage 6: the app's role, database, migrations, connection details
+    backups(plan)  # stage 6b: pgBackRest to S3, WAL archiving, timers, first backup
+    proof(plan)  # stage 7: the vector smoke suite
+
+
+@_nameless
+@deploy(data_defaults=DATA_DEFAULTS)
+def restore_backup() -> None:
+    """Restore a backup (deploy/restore.py): PostgreSQL and pgvector by the same stages as
+    ``postgres_with_pgvector``, then pgBackRest restores the latest state of the repository at
+    pg_backup_s3_bucket / pg_backup_s3_prefix, or the one at restore_target_time."""
+    plan = preflight.start(host, config, prefetch=True)
+    if isinstance(plan, preflight.Refusal):
+        preflight.refuse(plan, name=preflight.REFUSAL)
+    elif plan.settings.backup is None:
+        preflight.refuse(
+            preflight.Refusal(
+                "deploy/restore.py needs pg_backup_s3_bucket (and the source's pg_backup_s3_prefix and passphrase) to "
+                "know where the backups are. Fix: set them as for the source host."
+            ),
+            name=preflight.REFUSAL,
+        )
+    else:
+        server(plan)  # stages 1-5, exactly as postgres_with_pgvector
+        backup_ops.packages(plan, name="pgBackRest is installed (backups to S3)")
+        backup_ops.repository(plan, create_stanza=False, name="pgBackRest reads the repository in S3")
+        backup_ops.restore(plan, name="The backup is restored")
+        app(plan)  # the app's role and password (its database came back with the backup)
+        proof(plan)
 
 
 def server(plan: Plan) -> None:

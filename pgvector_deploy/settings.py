@@ -1043,8 +1043,9 @@ def _host_file(key: str, text: str | None) -> str | None:
 
 def _migrations(text: str | None, app: App | None) -> tuple[Path | None, tuple[Migration, ...]]:
     """The migration folder and its checked files. The default folder may be missing or empty;
-    a folder set in host data must exist. Without an app there is no database to migrate."""
-    explicit = text is not None
+    a folder set in host data must exist. Without an app there is no database to migrate.
+    The default's own value is the default (the packaged deploy gives it as pyinfra data)."""
+    explicit = text is not None and text != DEFAULTS["pg_migrations_dir"]
     if app is None:
         if explicit:
             raise SettingsError(

@@ -341,6 +341,7 @@ def server_settings(plan: Plan):
     pending = [entry.split("|", 1)[1] for entry in state["pending_restart"] if entry.startswith(f"{path}|")]
     if not still_fits(current, settings):
         restart_decision(plan, restart_needed(settings, state))
+        # Not files.template: PostgreSQL checks the file before it replaces ours, and a copy is kept.
         write = replace_file_script(path, render(settings, plan.profile), "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "tuning settings")
         yield f"{write}{reload_command(plan)}\n{apply_restart(plan, ours, RESTART_FIX)}"
     elif pending:

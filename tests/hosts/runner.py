@@ -69,14 +69,21 @@ def _results(stdout: str) -> dict:
 
 
 def deploy(
-    inventory: Path, *args: str, timeout: float = 1800, env: dict | None = None, recipe: str = DEPLOY
+    inventory: Path,
+    *args: str,
+    timeout: float = 1800,
+    env: dict | None = None,
+    recipe: str = DEPLOY,
+    python: str = sys.executable,
+    cwd: Path = REPO,
 ) -> DeployRun:
     """``pyinfra INVENTORY deploy/postgres.py -y --json [args]`` from the repository root;
-    ``env`` adds environment variables on the control machine (password sources, AWS)."""
+    ``env`` adds environment variables on the control machine (password sources, AWS);
+    ``python`` and ``cwd``: another installation and project (the packaged deploy's test)."""
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pyinfra", str(inventory), recipe, "-y", "--json", *args],
-        cwd=REPO,
+        [python, "-m", "pyinfra", str(inventory), recipe, "-y", "--json", *args],
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         text=True,
         capture_output=True,

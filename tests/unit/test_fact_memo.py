@@ -194,6 +194,8 @@ def our_operations() -> dict[str, object]:
         module = importlib.import_module(f"pgvector_deploy.{module_info.name}")
         for name, value in vars(module).items():
             if callable(value) and hasattr(value, "_inner") and value.__module__ == module.__name__:
+                if hasattr(value._inner, "deploy_name"):  # a packaged deploy (recipe), not an operation
+                    continue
                 found[f"{module.__name__}.{name}"] = value
     return found
 
