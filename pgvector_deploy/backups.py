@@ -690,3 +690,132 @@ def restore(plan: Plan):
     when = plan.settings.restore.target_time
     logger.info(f"{host.print_prefix}restoring {'the latest state' if when is None else when.isoformat()} from s3://{plan.settings.backup.bucket}/{plan.settings.backup.prefix}")
     yield restore_script(plan)
+
+
+# -- the backup state, for the nightly drift report -------------------------------------------------
+
+# "[db-1] backup state: {...}" in pyinfra's log: one JSON object per host, read by the nightly
+# run (nightly.backup_states). Logged, not yielded: reading the state changes nothing.
+BACKUP_STATE_MARK = "backup state: "
+ARCHIVE_PUSH_LOG = f"/var/log/pgbackrest/{STANZA}-archive-push.log"  # pgBackRest's log-path default
+
+
+class BackupReport(FactBase):
+    """What the backups look like now, at the end of the run: ``pgbackrest info``, the
+    archiver's statistics, the WAL waiting on disk, pgBackRest's last archive-push error and
+    the drill's last reports. Read only."""
+
+    def command(self, platform: Platform, port: int):
+        queries = (
+            "SELECT 'archive_mode=' || pg_catalog.current_setting('archive_mode')",
+            "SELECT 'archiver=' || archived_count || '|' || failed_count || '|' || "
+            "coalesce(pg_catalog.date_part('epoch', last_archived_time)::bigint::text, '') || '|' || "
+            "coalesce(pg_catalog.date_part('epoch', last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
+            "FROM pg_catalog.pg_stat_archiver",
+        )
+        server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
+        status = shlex.quote(f"{platform.data_dir}/pg_wal/archive_status")
+        return f"""
+PATH={SAFE_PATH}
+echo "now=$(date +%s)"
+{server} </dev/null 2>/dev/null
+echo "backlog=$(find {status} -name '*.ready' 2>/dev/null | wc -l)"
+echo "oldest_ready=$(find {status} -name '*.ready' -printf '%T@\\n' 2>/dev/null | sort -n | head -n1 | cut -d. -f1)"
+if [ -f {PGBR_CONFIG} ] && command -v pgbackrest >/dev/null 2>&1; then
+  err=$(mktemp)
+  if out=$({PGBR} --output=json --log-level-console=off --log-level-stderr=warn info 2>"$err"); then
+    echo "info=$(printf '%s' "$out" | tr -d '\\n')"
+  fi
+  [ ! -s "$err" ] || echo "info_error=$(grep -m1 -E 'ERROR|WARN' "$err" || head -n1 "$err")"
+  rm -f "$err"
+fi
+[ ! -f {ARCHIVE_PUSH_LOG} ] || echo "push_error=$(grep -E ' ERROR: ' {ARCHIVE_PUSH_LOG} | tail -n1 | cut -c1-600)"
+for report in last last-good; do
+  [ ! -f {DRILL_DIR}/$report.json ] || echo "drill_$report=$(head -c 20000 {DRILL_DIR}/$report.json | tr -d '\\n')"
+done
+true
+"""
+
+    def process(self, output):
+        return backup_report(output)
+
+
+def _moment(seconds: int | None, now: int) -> dict | None:
+    if seconds is None:
+        return None
+    return {"at": datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "age_seconds": max(0, now - seconds)}
+
+
+def _drill(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return {"result": "unreadable", "error": f"{DRILL_DIR} holds a report that is not JSON"}
+    if not isinstance(report, dict):
+        return {"result": "unreadable", "error": f"{DRILL_DIR} holds a report that is not a JSON object"}
+    return {key: report.get(key) for key in ("result", "started_at", "seconds", "backup", "recovery_point", "error")}
+
+
+def backup_report(lines: list[str]) -> dict:
+    """The fact's lines as the nightly report's ``backups`` entry of a host."""
+    values = parse_key_values(lines)
+    state = parse_backup_state(lines)
+    now = int((values.get("now") or ["0"])[0] or 0)
+    newest = {}
+    for kind, types in (("last_full", ("full",)), ("last_diff", ("diff", "incr")), ("last", ("full", "diff", "incr"))):
+        found = [b for b in state["backups"] if b["type"] in types]
+        newest[kind] = {"label": found[-1]["label"], "type": found[-1]["type"], **_moment(found[-1]["stop"], now)} if found else None
+    last_archived, last_failed = state["last_archived"], state["last_failed"]
+    if state["archive_mode"] != "on":
+        archive_status = state["archive_mode"] or "unknown (PostgreSQL did not answer)"
+    elif last_failed is not None and last_failed > (last_archived or 0):
+        archive_status = "failing"
+    else:
+        archive_status = "ok" if last_archived is not None else "nothing archived yet"
+    oldest = (values.get("oldest_ready") or [""])[0]
+    push_error = (values.get("push_error") or [""])[0]
+    wal = {
+        "status": archive_status,
+        "archive_mode": state["archive_mode"],
+        "last_archived": _moment(last_archived, now),
+        "archived_count": state["archived_count"],
+        "failed_count": state["failed_count"],
+        "last_failed": _moment(last_failed, now),
+        "last_failed_wal": state["last_failed_wal"] or None,
+        # The archive lag: how long the oldest segment not yet in S3 has waited (0: none waits).
+        "backlog_files": state["backlog"],
+        "lag_seconds": max(0, now - int(oldest)) if oldest.isdigit() else 0,
+    }
+    if archive_status == "failing":
+        reason = push_error.split(" ERROR: ", 1)[-1].strip() if push_error else ""
+        wal["reason"] = reason or f"see PostgreSQL's log ({ARCHIVE_PUSH_LOG} has no error line)"
+    drill = _drill((values.get("drill_last") or [None])[0])
+    good = _drill((values.get("drill_last-good") or [None])[0])
+    return {
+        "repository": "ok" if state["stanza_code"] == 0 else (state["stanza_message"] or "not configured or not readable"),
+        "backup_count": len(state["backups"]),
+        **newest,
+        "wal_archive": wal,
+        "drill": None if drill is None else {**drill, "last_good_started_at": (good or {}).get("started_at")},
+    }
+
+
+@operation()
+@fails_host_on_error
+def report(plan: Plan):
+    """Log the host's backup state as one JSON line (``backup state: {...}``), which the
+    nightly run puts in its drift report. It reads only: no change, ever.
+
+    .. code:: python
+
+        backups.report(plan, name="Backup state is reported")
+    """
+    if plan.settings.backup is None:
+        host.noop("no backups (pg_backup_s3_bucket is not set)")
+        return
+    state = host.get_fact(BackupReport, platform=plan.platform, port=plan.port)
+    logger.info(f"{host.print_prefix}{BACKUP_STATE_MARK}{json.dumps(state, sort_keys=True)}")
+    host.noop(f"backup state reported: last backup {(state['last'] or {}).get('label', 'none')}, WAL archive {state['wal_archive']['status']}")
+    yield from ()
