@@ -37,7 +37,16 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, operation
 
 from .facts import PENDING_RESTART, SETTINGS_ERRORS_SQL, STATE_DIR, parse_key_values
-from .managed_files import apply_restart, locate, reload_command, replace_file_script, restart_decision, set_aside
+from .managed_files import (
+    RESTART_PENDING,
+    apply_restart,
+    locate,
+    reload_command,
+    replace_file_script,
+    restart_decision,
+    restart_or_roll_back,
+    set_aside,
+)
 from .platforms import Platform
 from .preflight import Plan
 from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, host_locked
@@ -66,6 +75,16 @@ REASON = (
     "reason=$(printf '%s\\n' \"$out\" | grep -m1 -E 'ERROR|WARN' || printf '%s\\n' \"$out\" | tail -n1); "
     "s3=$(printf '%s' \"$out\" | sed -n 's:.*<Code>\\([A-Za-z]*\\)</Code><Message>\\([^<]*\\)</Message>.*:\\1, \\2:p' | head -n1); "
     "reason=$(printf '%s%s' \"$reason\" \"${s3:+ ($s3)}\" | tr '\\n' ' ')"
+)
+
+
+ARCHIVE_MODE_PENDING_SQL = (
+    "SELECT 'archive_mode_pending=' || pending_restart FROM pg_catalog.pg_settings WHERE name = 'archive_mode'"
+)
+
+
+ARCHIVE_OFF_PENDING_SQL = (
+    "SELECT pg_catalog.string_agg(name, ', ') FROM pg_catalog.pg_settings WHERE pending_restart AND name = 'archive_mode'"
 )
 
 
@@ -219,6 +238,33 @@ def timers(plan: Plan) -> list[str]:
     return [f"{name}.timer" for name, _, _ in jobs(plan)] + [f"{STATUS_UNIT}.timer"]
 
 
+UNITS = ("pgvector-backup-full", "pgvector-backup-diff", "pgvector-restore-drill", STATUS_UNIT)
+# The monitoring files the scripts and the smoke suite keep while backups are on; without a
+# bucket nothing refreshes them, and a stale "success 1" would mislead.
+MONITORING_FILES = tuple(f"{TEXTFILE_DIR}/{name}.prom" for name in ("pgvector_backup", "pgvector_drill", "pgvector_smoke"))
+
+
+def installable_files() -> tuple[str, ...]:
+    """Every file ``schedules`` may ever have installed, whatever host data says now: the ones
+    no longer wanted (a bucket unset, a schedule set to none) are removed."""
+    units = tuple(f"{UNIT_DIR}/{name}.{kind}" for name in UNITS for kind in ("timer", "service"))
+    return (ENV_FILE, *(f"{LIBDIR}/{script}" for script in SCRIPTS), *units, CRON_FILE)
+
+
+def removal_script(paths: list[str]) -> str:
+    """Shell: our timers among ``paths`` stopped and disabled, then the files removed (each
+    asked again on the host), systemd told. Backups in S3 are never touched."""
+    timer_names = [Path(path).name for path in paths if path.startswith(f"{UNIT_DIR}/") and path.endswith(".timer")]
+    quoted = " ".join(shlex.quote(path) for path in paths)
+    lines = [f"set -eu\nPATH={SAFE_PATH}"]
+    for name in timer_names:
+        lines.append(f"if [ -f {UNIT_DIR}/{name} ]; then systemctl disable --now {name} >/dev/null 2>&1 || true; fi")
+    lines.append(f"rm -f -- {quoted}")
+    if any(path.startswith(f"{UNIT_DIR}/") for path in paths):
+        lines.append("if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi")
+    return "\n".join(lines) + "\n"
+
+
 # -- what the host has ---------------------------------------------------------------------------
 
 
@@ -239,6 +285,9 @@ class BackupState(FactBase):
             f"WHERE error = '{PENDING_RESTART}'",
             "SELECT 'user_databases=' || pg_catalog.count(*) FROM pg_catalog.pg_database "
             "WHERE datname NOT IN ('postgres', 'template0', 'template1')",
+            # archive_mode's own restart still pending (pg_file_settings has no row for a
+            # setting whose file was set aside: its value just waits for the restart).
+            ARCHIVE_MODE_PENDING_SQL,
         )
         server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
         timer_lines = "".join(
@@ -295,6 +344,7 @@ def parse_backup_state(lines: list[str]) -> dict:
         "last_failed": int(archiver[3]) if archiver[3] else None,
         "last_failed_wal": archiver[4],
         "pending_restart": values.get("pending_restart", []),
+        "archive_mode_pending": values.get("archive_mode_pending", [""])[0] == "true",
         # None: not answered (PostgreSQL down, or a query failed): a restore refuses then.
         "user_databases": int(values["user_databases"][0]) if values.get("user_databases") else None,
         "backlog": int((values.get("backlog") or ["0"])[0] or 0),
@@ -312,9 +362,9 @@ def parse_backup_state(lines: list[str]) -> dict:
 
 
 def paths(plan: Plan) -> tuple[str, ...]:
-    wanted = [PGBR_CONFIG, archive_path(plan.platform)]
-    if plan.settings.backup is not None:
-        wanted += list(wanted_files(plan))
+    wanted = [PGBR_CONFIG, archive_path(plan.platform), *installable_files()]
+    if plan.settings.backup is None:
+        wanted += MONITORING_FILES
     return tuple(wanted)
 
 
@@ -481,6 +531,21 @@ def repository(plan: Plan, create_stanza: bool = True):
         host.noop(f"pgBackRest repository s3://{plan.settings.backup.bucket}/{plan.settings.backup.prefix} is configured")
 
 
+def archive_off_restart(plan: Plan) -> str:
+    """Shell, after our archive file was set aside and PostgreSQL reloaded: the restart that
+    turns archive_mode off (or, with pg_restart = report, the line saying it is pending).
+    pg_file_settings has no row for a setting whose file is gone, so apply_restart's question
+    would find nothing: pg_settings.pending_restart is asked instead."""
+    if plan.settings.restart_allowed:
+        act = restart_or_roll_back(plan, ARCHIVE_RESTART_FIX)
+    else:
+        act = f'echo "{RESTART_PENDING}$pending (pg_restart = report: archive_mode stays on and PostgreSQL keeps its WAL on this disk until the restart)"'
+    return f"""pending=$({as_postgres(plan.platform, plan.port, 'postgres', ARCHIVE_OFF_PENDING_SQL)})
+if [ -n "$pending" ]; then
+{act}
+fi"""
+
+
 @operation()
 @host_locked
 @fails_host_on_error
@@ -498,7 +563,12 @@ def archiving(plan: Plan):
     if plan.settings.backup is None:
         if path in state["files"]:
             restart_decision(plan, ["archive_mode"] if state["archive_mode"] == "on" else [])
-            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{set_aside()}\n{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
+            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{set_aside()}\n{reload_command(plan)}\n{archive_off_restart(plan)}"
+        elif state["archive_mode"] == "on" and state["archive_mode_pending"]:
+            # Our file was set aside by an earlier run that could not restart (pg_restart =
+            # report): archive_mode is still on, with no archive_command, until the restart.
+            restart_decision(plan, ["archive_mode"])
+            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{archive_off_restart(plan)}"
         else:
             host.noop("no archiving (pg_backup_s3_bucket is not set)")
         return
@@ -526,12 +596,26 @@ def schedules(plan: Plan):
 
         backups.schedules(plan)
     """
-    if plan.settings.backup is None:
-        host.noop("no backup schedules (pg_backup_s3_bucket is not set)")
-        return
     state = backup_state(plan)
+    if plan.settings.backup is None:
+        # Backups were turned off: our timers, cron file, scripts and monitoring files go; the
+        # repository's configuration is kept aside (it holds the passphrase, without which no
+        # backup in S3 can be restored); the backups in S3 stay.
+        gone = [path for path in (*installable_files(), *MONITORING_FILES) if path in state["files"]]
+        if gone:
+            yield removal_script(gone)
+        if PGBR_CONFIG in state["files"]:
+            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(PGBR_CONFIG)}\n[ ! -f \"$file\" ] || {{\n{set_aside()}\n}}"
+        if not gone and PGBR_CONFIG not in state["files"]:
+            host.noop("no backup schedules (pg_backup_s3_bucket is not set)")
+        return
     changed = False
-    for path, (content, mode, owner) in wanted_files(plan).items():
+    wanted = wanted_files(plan)
+    stale = [path for path in installable_files() if path in state["files"] and path not in wanted]
+    if stale:  # a schedule set to none, or systemd replaced by cron: no job of ours left behind
+        changed = True
+        yield removal_script(stale)
+    for path, (content, mode, owner) in wanted.items():
         if state["files"].get(path) != (sha256_text(content), mode, owner):
             changed = True
             # Not files.put: a fact per file every run (BackupState holds them all); the mode set after the move.

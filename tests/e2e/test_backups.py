@@ -163,6 +163,40 @@ def test_a_second_deploy_changes_nothing(pair):
     assert len(info(pair.a)["backup"]) == 1
 
 
+def nightly(pair, host, workdir):
+    """``python -m pgvector_deploy.nightly`` on ``host`` as the control host's unit runs it,
+    with the textfile for node_exporter; returns (process, report, textfile)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.hosts.runner import REPO, write_inventory
+
+    inventory = write_inventory(workdir / "nightly-inventory.py", [host.inventory_entry(**pair.data())])
+    command = [sys.executable, "-m", "pgvector_deploy.nightly", str(inventory), "--report-dir", str(workdir / "reports"),
+               "--textfile-dir", str(workdir / "textfiles")]  # fmt: skip
+    proc = subprocess.run(command, cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=1800)
+    report = json.loads((workdir / "reports" / "nightly-latest.json").read_text())
+    return proc, report, (workdir / "textfiles" / "pgvector_nightly.prom").read_text()
+
+
+def test_the_nightly_report_gives_the_backup_state_and_a_no_op_run_changes_nothing(pair, tmp_path):
+    """The nightly run's drift report has each host's backup state (read, never a change);
+    the control host's textfile has the run's status."""
+    proc, report, textfile = nightly(pair, pair.a, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    host = report["hosts"][pair.a.name]
+    assert host["status"] == "clean" and host["changed"] == [], host
+    backups = host["backups"]
+    assert backups["repository"] == "ok" and backups["backup_count"] == 1
+    assert backups["last_full"]["label"].endswith("F") and 0 <= backups["last_full"]["age_seconds"] < 3600
+    assert backups["last_diff"] is None and backups["drill"] is None  # no differential, no drill yet
+    wal = backups["wal_archive"]
+    assert wal["status"] == "ok" and wal["archive_mode"] == "on" and wal["archived_count"] >= 1, wal
+    assert "backups: last full " in proc.stdout and "WAL archive ok" in proc.stdout
+    assert "pgvector_nightly_status 0" in textfile and f'pgvector_nightly_host_status{{host="{pair.a.name}"}} 0' in textfile
+
+
 @pytest.fixture(scope="module")
 def moment(pair):
     """The app writes 1,000 rows and an HNSW index; T; then 500 more rows, archived."""
@@ -291,3 +325,30 @@ def test_a_corrupted_backup_makes_the_drill_fail_loudly(pair):
     assert "pgvector_restore_drill_success 0" in a.sudo("cat /var/lib/prometheus/node-exporter/pgvector_drill.prom")
     assert json.loads(a.sudo("cat /var/lib/pgvector-deploy/drill/last-good.json"))["result"] == "pass"
     assert re.search(r"^scratch", a.sudo("ls /var/lib/pgvector-deploy/drill"), re.M) is None
+
+
+def test_a_bucket_unset_again_removes_our_jobs_and_scripts_keeps_the_config_aside_and_the_backups(pair):
+    """pg_backup_s3_bucket unset: the timers, scripts, settings and monitoring files of ours go,
+    archiving is turned off (its restart allowed, as by default), pgbackrest.conf is kept aside
+    as a copy, nothing in S3 is deleted; a second run changes nothing."""
+    a = pair.a
+    keys = pair.s3.keys(BUCKET, "db-a/")
+    result = pair.deploy(a, pg_backup_s3_bucket=None)
+    assert result.returncode == 0, result.output
+    assert a.psql("SHOW archive_mode") == "off"
+    assert a.sudo("systemctl list-unit-files 'pgvector-backup*' 'pgvector-restore*' --no-legend | wc -l").strip() == "0"
+    left = a.sudo(
+        "ls -d /usr/local/lib/pgvector-deploy/pgvector-* /etc/pgvector-deploy/backup.env /etc/systemd/system/pgvector-* "
+        "/etc/cron.d/pgvector-deploy-backups /etc/pgbackrest/pgbackrest.conf /var/lib/prometheus/node-exporter/*.prom "
+        "/etc/postgresql/15/main/conf.d/70-pgvector-backups.conf 2>/dev/null || true"
+    )
+    assert left.split() == [], left
+    kept = a.sudo("ls /var/lib/pgvector-deploy/backups/etc/pgbackrest/").split()
+    assert kept and all(name.startswith("pgbackrest.conf.bak-") for name in kept)
+    copy = f"/var/lib/pgvector-deploy/backups/etc/pgbackrest/{sorted(kept)[-1]}"
+    assert a.sudo(f"stat -c %a:%U {copy}").strip() == "600:postgres"
+    assert "repo1-s3-bucket=pgv-lab-backups" in a.sudo(f"cat {copy}")
+    assert set(pair.s3.keys(BUCKET, "db-a/")) >= set(keys)  # every backup and WAL segment is still in S3
+    again = pair.deploy(a, pg_backup_s3_bucket=None)
+    assert again.returncode == 0, again.output
+    assert again.changed(a.name) == []

@@ -5,6 +5,7 @@ against a fake host, the restore's refusals, and the host scripts' syntax. The r
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -331,3 +332,67 @@ def test_the_backup_report_is_logged_and_is_never_a_change():
     assert host.noops[-1].startswith("backup state reported")
     none, host = plan_with({})
     assert run_operation(backups.report, none, host) == [] and "not set" in host.noops[-1]
+
+
+def test_a_bucket_unset_again_removes_our_timers_scripts_and_monitoring_files_and_keeps_the_config_aside():
+    plan, host = plan_with({})
+    ours = [*backups.installable_files()[:4], "/etc/systemd/system/pgvector-backup-full.timer", *backups.MONITORING_FILES]
+    host.outputs[BackupState] = [f"file={path}|x|644|root:root" for path in [*ours, backups.PGBR_CONFIG]] + ["archive_mode=off"]
+    removal, config = run_operation(backups.schedules, plan, host)
+    assert "systemctl disable --now pgvector-backup-full.timer" in removal and "systemctl daemon-reload" in removal
+    assert all(path in removal for path in ours) and backups.PGBR_CONFIG not in removal
+    assert "pgbackrest.conf" in config and "bak-$stamp" in config and 'rm -f "$file"' in config
+    assert sh_syntax_error(removal) == "" and sh_syntax_error(config) == ""
+    # Backups in S3 are never deleted: no pgBackRest command at all.
+    assert "pgbackrest" not in removal.replace("/etc/pgbackrest", "") and "stanza-delete" not in config
+    plan, host = plan_with({})  # the second run
+    host.outputs[BackupState] = ["archive_mode=off"]
+    assert run_operation(backups.schedules, plan, host) == [] and "not set" in host.noops[-1]
+
+
+def test_a_schedule_set_to_none_removes_its_timer():
+    plan, host = plan_with({**BACKUP, "pg_backup_drill_schedule": "none"})
+    lines = converged(plan) + ["file=/etc/systemd/system/pgvector-restore-drill.timer|x|644|root:root"]
+    host.outputs[BackupState] = lines
+    (removal, enable) = run_operation(backups.schedules, plan, host)
+    assert "disable --now pgvector-restore-drill.timer" in removal and "pgvector-restore-drill.timer" not in enable
+
+
+def test_archive_mode_left_pending_by_a_set_aside_file_is_restarted_off_when_allowed():
+    """With our archive file set aside, pg_file_settings has no row for archive_mode (its file
+    is gone), so the restart must be asked of pg_settings.pending_restart: asked of
+    pg_file_settings, archive_mode stayed on with no archive_command and the WAL piled up."""
+    plan, host = plan_with({})
+    host.outputs[BackupState] = [f"file={backups.archive_path(plan.platform)}|x|644|postgres:postgres", "archive_mode=on"]
+    (command,) = run_operation(backups.archiving, plan, host)
+    assert "pg_settings WHERE pending_restart AND name" in command and "systemctl restart" in command
+    plan, host = plan_with({})
+    host.outputs[BackupState] = ["archive_mode=on", "archive_mode_pending=true"]  # set aside earlier, under pg_restart = report
+    (command,) = run_operation(backups.archiving, plan, host)
+    assert "systemctl restart" in command
+    plan, host = plan_with({})
+    host.outputs[BackupState] = ["archive_mode=on", "archive_mode_pending=false"]  # the user's own archiving: not ours
+    assert run_operation(backups.archiving, plan, host) == []
+
+
+def test_the_pending_archive_mode_query_reads_a_real_postgresql_15(debian12):
+    """The question archive_off_restart asks, on a throwaway server whose archive_mode=on file
+    is removed and reloaded: pending (pg_file_settings has no row naming the file)."""
+    import subprocess
+
+    from .conftest import throwaway_psql, throwaway_server
+
+    with throwaway_server("pgv-archive-off-") as base:
+        psql = throwaway_psql(base)
+        psql("ALTER SYSTEM SET archive_mode = on")
+        data = f"{base}/data"
+        # A log file, and no pipe the new postmaster would hold open (run would wait for it).
+        subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", data, "-l", f"{base}/log",
+                        "-w", "restart"], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60)  # fmt: skip
+        assert psql(backups.ARCHIVE_OFF_PENDING_SQL) == ""
+        psql("ALTER SYSTEM RESET archive_mode")
+        psql("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        assert psql(backups.ARCHIVE_OFF_PENDING_SQL) == "archive_mode"
+        assert psql(backups.ARCHIVE_MODE_PENDING_SQL) == "archive_mode_pending=true"
