@@ -396,3 +396,77 @@ def test_the_pending_archive_mode_query_reads_a_real_postgresql_15(debian12):
         time.sleep(0.5)
         assert psql(backups.ARCHIVE_OFF_PENDING_SQL) == "archive_mode"
         assert psql(backups.ARCHIVE_MODE_PENDING_SQL) == "archive_mode_pending=true"
+
+
+ODD = {
+    "database": 'App DB "x"',
+    "schema": 'My Schema"',
+    "table": "Tab'le\nName",
+    "owner": 'Odd "Owner"\nx',
+    "index": 'HNSW "Idx"\nOdd',
+}
+
+
+def test_the_drill_checks_odd_names_nologin_owners_and_never_runs_app_code_as_superuser(tmp_path):
+    """The drill's checks (PGV_DRILL_CHECK_SOCKET: the checks alone) on a real throwaway
+    PostgreSQL 15 with pgvector and amcheck: a database, schema, table, column and HNSW index
+    with quotes, spaces, mixed case and newlines in their names, owned by a role that cannot log
+    in (and has no CONNECT); pgvector in its own schema; an HNSW index on an expression that
+    calls an app function which refuses to run as a superuser. The old drill skipped every such
+    name (a regex filter) and failed on the NOLOGIN owner."""
+    import subprocess
+
+    from .conftest import PG_BINDIR, throwaway_psql, throwaway_server
+
+    with throwaway_server("pgv-drill-checks-") as base:
+        psql = throwaway_psql(base)
+        db, schema, table, owner, index = (ODD[key] for key in ("database", "schema", "table", "owner", "index"))
+
+        def ident(name: str) -> str:
+            return '"' + name.replace('"', '""') + '"'
+
+        psql(f"CREATE ROLE {ident(owner)} NOLOGIN")
+        psql(f"CREATE DATABASE {ident(db)}")
+        psql(f"REVOKE CONNECT ON DATABASE {ident(db)} FROM PUBLIC")
+        sql = f"""
+CREATE SCHEMA ext; CREATE EXTENSION vector SCHEMA ext;
+CREATE SCHEMA {ident(schema)} AUTHORIZATION {ident(owner)};
+GRANT USAGE ON SCHEMA ext TO {ident(owner)};
+SET ROLE {ident(owner)};
+CREATE FUNCTION {ident(schema)}.embed(v ext.vector) RETURNS ext.vector(3) LANGUAGE plpgsql IMMUTABLE AS $f$
+BEGIN
+  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN RAISE EXCEPTION 'app code ran as a superuser'; END IF;
+  RETURN v;
+END $f$;
+CREATE TABLE {ident(schema)}.{ident(table)} (id int PRIMARY KEY, "Emb Col" ext.vector(3));
+INSERT INTO {ident(schema)}.{ident(table)} SELECT i, ARRAY[i, i, i]::real[]::ext.vector FROM generate_series(1, 50) i;
+CREATE INDEX {ident(index)} ON {ident(schema)}.{ident(table)} USING hnsw ("Emb Col" ext.vector_l2_ops);
+CREATE INDEX expr_hnsw ON {ident(schema)}.{ident(table)} USING hnsw (({ident(schema)}.embed("Emb Col")::ext.vector(3)) ext.vector_l2_ops);
+"""
+        from pgvector_deploy.shell import dbname_conninfo
+
+        made = subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base),
+                               "-d", dbname_conninfo(db), "-c", sql], capture_output=True, text=True)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        env_file = tmp_path / "backup.env"
+        env_file.write_text(
+            f"PGV_BINDIR={PG_BINDIR}\nPGV_SOCKET_DIR=/nonexistent\nPGV_PORT=5432\nPGV_DRILL_PORT=5432\n"
+            f"PGV_DRILL_DIR={tmp_path}/drill\nPGV_TEXTFILE_DIR={tmp_path}/prom\nPGBR_CONFIG=/nonexistent\nPGBR_STANZA=x\n"
+        )
+        drill = REPO / "files" / "backups" / "pgvector-restore-drill"
+        env = {"PATH": "/usr/bin:/bin", "PGV_BACKUP_ENV": str(env_file), "PGV_DRILL_CHECK_SOCKET": str(base), "PGV_DRILL_CHECK_PORT": "5432"}
+        done = subprocess.run(["sh", str(drill)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report["result"] == "pass", report
+        odd = next(entry for entry in report["databases"] if entry["database"] == db)
+        assert odd["tables"] == [{"table": f"{schema}.{table}", "rows": 50}]
+        assert sorted(odd["hnsw_indexes"], key=lambda h: h["index"]) == sorted(
+            [{"index": index, "table": f"{schema}.{table}", "rows_returned": 5},
+             {"index": "expr_hnsw", "table": f"{schema}.{table}", "rows_returned": 5}], key=lambda h: h["index"])  # fmt: skip
+        assert odd["btree_indexes_checked"] >= 1
+        # The same checks with the app function's refusal hit: run as a superuser, they fail.
+        psql(f"ALTER ROLE {ident(owner)} SUPERUSER")
+        failed = subprocess.run(["sh", str(drill)], env=env, capture_output=True, text=True, timeout=300)
+        refused = json.loads(failed.stdout.strip().splitlines()[-1])
+        assert failed.returncode == 1 and refused["result"] == "fail" and "app code ran as a superuser" in refused["error"], refused
