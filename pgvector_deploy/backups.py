@@ -478,16 +478,18 @@ def packages(plan: Plan):
     if plan.settings.backup is None:
         host.noop("no backups (pg_backup_s3_bucket is not set)")
         return
-    if not plan.platform.backup_packages:
-        yield fail(
-            f"backups need pgBackRest, which no repository this toolkit sets up on {plan.platform.label} provides "
-            "(PGDG's, for Amazon Linux, is not set up yet). Nothing was changed. Fix: unset pg_backup_s3_bucket for "
-            "this host, or install pgBackRest yourself and run again."
-        )
-        return
     state = backup_state(plan)
     if state["pgbackrest"]:
         host.noop("pgBackRest is installed")
+        return
+    if not plan.platform.backup_packages:
+        why = plan.platform.backup_unavailable or f"no repository this toolkit sets up on {plan.platform.label} has it"
+        yield fail(
+            f"backups need pgBackRest, and on {plan.platform.label} it cannot be installed from a maintained package: "
+            f"{why}. No backup setting was changed. Fix: unset pg_backup_s3_bucket for this host, install pgBackRest yourself "
+            "(a pgbackrest command in /usr/bin) and run again, or run the database on Debian, Ubuntu or "
+            "RHEL / Rocky / AlmaLinux, where pgBackRest is packaged."
+        )
         return
     names = " ".join(plan.platform.backup_packages)
     # Not apt.packages / dnf.packages, for postgres.tools' reason: a package fact per operation.
