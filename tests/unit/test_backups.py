@@ -5,6 +5,8 @@ against a fake host, the restore's refusals, and the host scripts' syntax. The r
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -470,3 +472,64 @@ CREATE INDEX expr_hnsw ON {ident(schema)}.{ident(table)} USING hnsw (({ident(sch
         failed = subprocess.run(["sh", str(drill)], env=env, capture_output=True, text=True, timeout=300)
         refused = json.loads(failed.stdout.strip().splitlines()[-1])
         assert failed.returncode == 1 and refused["result"] == "fail" and "app code ran as a superuser" in refused["error"], refused
+
+
+CRON_SCHEDULES = [
+    {},  # the defaults: full Sunday 01:00, differential Monday to Saturday 01:00, drill Saturday 04:00
+    {"pg_backup_full_schedule": "Mon,Wed,Fri 02:30", "pg_backup_diff_schedule": "daily 23:59", "pg_backup_drill_schedule": "Tue,Sun 00:05"},
+]
+
+
+def systemd_elapses(on_calendar: str, base: datetime, count: int) -> list[datetime]:
+    """The next ``count`` times systemd's own calendar parser gives for ``on_calendar``."""
+    import subprocess
+
+    out = subprocess.run(
+        ["systemd-analyze", "calendar", f"--iterations={count}", f"--base-time=@{int(base.timestamp())}", on_calendar],
+        capture_output=True, text=True, check=True, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
+    ).stdout  # fmt: skip
+    found = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Next elapse:" in line or "Iter. #" in line]
+    return [datetime.strptime(text.rsplit(" ", 1)[0], "%a %Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc) for text in found]
+
+
+@pytest.mark.parametrize("extra", CRON_SCHEDULES)
+def test_the_cron_file_is_what_cron_reads_and_fires_when_the_timers_do(extra):
+    """Without systemd: /etc/cron.d/pgvector-deploy-backups read as cron reads it (a name
+    without dots, 0644 root, a final newline, environment lines, then five fields, the user,
+    the command, no "%", which cron turns into a newline), each schedule parsed by croniter,
+    a real cron-expression parser, and firing at exactly the times systemd's own parser
+    (systemd-analyze calendar) gives for the timer the same host data makes on a systemd host;
+    each command is one of the scripts installed, 0755, with an argument it accepts."""
+    from croniter import croniter
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    cron_plan, _ = plan_with({**BACKUP, **extra}, systemd=False)
+    timer_plan, _ = plan_with({**BACKUP, **extra})
+    files = backups.wanted_files(cron_plan)
+    text, mode, owner = files[backups.CRON_FILE]
+    assert "." not in Path(backups.CRON_FILE).name and (mode, owner) == ("644", "root:root") and text.endswith("\n")
+    units = backups.wanted_files(timer_plan)
+    base = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)  # a Wednesday
+    jobs = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or re.match(r"^[A-Z_]+=", line):
+            continue
+        fields = line.split(None, 6)
+        assert len(fields) == 7 and fields[5] == "root" and "%" not in fields[6], line
+        schedule = " ".join(fields[:5])
+        assert croniter.is_valid(schedule), line
+        script, *arguments = fields[6].replace(" >/dev/null 2>&1", "").split()
+        assert script in files and files[script][1] == "755", script
+        usage = {"pgvector-backup": [["full"], ["diff"], ["incr"]], "pgvector-restore-drill": [[]], "pgvector-backup-status": [[]]}
+        assert arguments in usage[Path(script).name], line
+        jobs[fields[6]] = schedule
+    for name, command, schedule in backups.jobs(timer_plan):
+        cron = next(expression for line, expression in jobs.items() if line.startswith(command + " ") or line == command)
+        timer = units[f"{backups.UNIT_DIR}/{name}.timer"][0]
+        on_calendar = re.search(r"^OnCalendar=(.+)$", timer, re.M).group(1)
+        fires = croniter(cron, base)
+        assert [fires.get_next(datetime) for _ in range(8)] == systemd_elapses(on_calendar, base, 8), name
+    status = next(expression for line, expression in jobs.items() if "pgvector-backup-status" in line)
+    fires = croniter(status, base)
+    assert [fires.get_next(datetime) for _ in range(3)] == systemd_elapses("*:0/5", base, 3)
