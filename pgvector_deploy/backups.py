@@ -710,12 +710,23 @@ def restore_refusal(plan: Plan, state: dict, now: datetime | None = None) -> str
     return None
 
 
+RESTORING_SUFFIX = ".restoring"  # <data dir>.restoring: a restore in progress, ours alone
+
+
 def restore_script(plan: Plan) -> str:
-    """Shell: stop PostgreSQL, keep the data directory aside, restore into a new one, start,
-    wait for recovery to end. If the restore fails, the old directory is put back and started."""
+    """Shell: restore into ``<data dir>.restoring`` while the current cluster keeps running;
+    only a complete restore is swapped in (stop, the data directory kept aside, the restored
+    one moved into place, start, wait for recovery to end).
+
+    A run killed halfway (pyinfra, the shell, pgBackRest) leaves the current data directory in
+    place, and at most a partial ``.restoring`` copy, which is only a copy from S3: the next
+    run deletes it and restores again. A kill between the two renames leaves the kept
+    directory and the complete copy side by side (nothing lost); the next run restores again.
+    """
     platform = plan.platform
     restore = plan.settings.restore
     data = shlex.quote(platform.data_dir)
+    staging = shlex.quote(platform.data_dir + RESTORING_SUFFIX)
     target = ""
     if restore.target_time is not None:
         moment = restore.target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
@@ -729,7 +740,12 @@ def restore_script(plan: Plan) -> str:
     recovering = as_postgres(platform, plan.port, "postgres", "SELECT pg_catalog.pg_is_in_recovery()")
     failed = fail(
         "pgBackRest could not restore: ", _var("reason"),
-        f" The previous data directory was put back and started. Fix: correct what pgBackRest names, then run again.",
+        " The current data directory was not touched (PostgreSQL kept running). Fix: correct what pgBackRest names, "
+        "then run again.",
+    )  # fmt: skip
+    still = fail(
+        "PostgreSQL is still running after the stop; the restored copy waits in ", _var("staging"),
+        " and the current data directory was not touched. Fix: stop it, then run again.",
     )  # fmt: skip
     stuck = fail(
         "PostgreSQL did not finish recovery within an hour (or did not start); the restored data directory is in place "
@@ -739,16 +755,19 @@ def restore_script(plan: Plan) -> str:
 PATH={SAFE_PATH}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 aside={data}.before-restore-$stamp
-{stop} || true
-{ready} && {{ {fail("PostgreSQL is still running; nothing was changed. Fix: stop it, then run again.")}; }}
-mv {data} "$aside"
-install -d -m 0700 -o postgres -g postgres {data}
-if ! out=$({PGBR} --pg1-path={data} --log-level-console=warn --archive-mode=off {target} restore 2>&1); then
+staging={staging}
+# A partial copy left by a run that was killed: a copy from S3, never anyone's data; redone.
+rm -rf "$staging"
+install -d -m 0700 -o postgres -g postgres "$staging"
+if ! out=$({PGBR} --pg1-path="$staging" --log-level-console=warn --archive-mode=off {target} restore 2>&1); then
   {REASON}
-  rm -rf {data} && mv "$aside" {data}
-  {start} || true
+  rm -rf "$staging"
   {failed}
 fi
+{stop} || true
+{ready} && {{ {still}; }}
+mv {data} "$aside"
+mv "$staging" {data}
 {start} || true
 waited=0
 until [ "$({recovering} 2>/dev/null)" = f ]; do

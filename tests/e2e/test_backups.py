@@ -293,6 +293,51 @@ def test_a_backup_killed_mid_run_is_followed_by_one_that_succeeds(pair):
     assert len(info(a)["backup"]) == count + 1
 
 
+def test_a_restore_killed_halfway_then_rerun_finishes_and_loses_nothing(pair, moment):
+    """deploy/restore.py on B, its whole remote command (the script, runuser, pgBackRest) killed
+    with SIGKILL while pgBackRest writes the copy: PostgreSQL kept running on the data it had
+    (the copy is made beside it, in <data dir>.restoring), no kept directory is lost; the rerun
+    deletes the partial copy, restores to the end (1,500 rows and A's 300,000-row filler table,
+    backed up by the test above) and keeps the previous directory aside."""
+    import threading
+
+    b = pair.b
+    kept = set(b.sudo("ls -d /var/lib/postgresql/15/main.before-restore-*").split())
+    assert rows(b) == 1500 and b.psql("SELECT to_regclass('public.filler') IS NULL") == "t"
+    killed = {}
+
+    def kill_mid_restore():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            # By process name, not by a command-line pattern (which this probe's own sh would match).
+            pid = b.sudo(
+                "for p in $(pgrep -x pgbackrest); do grep -qa main.restoring /proc/$p/cmdline && echo $p; done | head -n1; true"
+            ).strip()
+            size = b.sudo("du -sm /var/lib/postgresql/15/main.restoring 2>/dev/null | cut -f1 || true").strip()
+            if pid and size.isdigit() and int(size) >= 20:
+                killed["size_mb"] = int(size)
+                # The session of the remote command: the script, its subshells, runuser, pgBackRest.
+                b.sudo(f"sid=$(ps -o sid= -p {pid} | tr -d ' '); [ -n \"$sid\" ] && pkill -KILL -s \"$sid\"")
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=kill_mid_restore)
+    watcher.start()
+    result = pair.deploy(b, recipe="deploy/restore.py", restore_over_existing=True)
+    watcher.join()
+    assert killed, "pgBackRest was never seen writing the copy"
+    assert result.returncode != 0
+    assert rows(b) == 1500  # PostgreSQL kept running on its data
+    assert set(b.sudo("ls -d /var/lib/postgresql/15/main.before-restore-*").split()) == kept
+    assert b.sudo("test -d /var/lib/postgresql/15/main.restoring && echo partial").strip() == "partial"
+    again = pair.deploy(b, recipe="deploy/restore.py", restore_over_existing=True)
+    assert again.returncode == 0, again.output
+    assert rows(b) == 1500 and b.psql("SELECT count(*) FROM filler") == "300000"
+    after = set(b.sudo("ls -d /var/lib/postgresql/15/main.before-restore-*").split())
+    assert after > kept and len(after - kept) == 1  # the previous directory, kept aside
+    assert b.sudo("test -e /var/lib/postgresql/15/main.restoring && echo left || true").strip() == ""
+
+
 def test_the_restore_drill_passes_and_reports(pair, moment):
     a = pair.a
     started = a.psql("SELECT pg_postmaster_start_time()")

@@ -533,3 +533,20 @@ def test_the_cron_file_is_what_cron_reads_and_fires_when_the_timers_do(extra):
     status = next(expression for line, expression in jobs.items() if "pgvector-backup-status" in line)
     fires = croniter(status, base)
     assert [fires.get_next(datetime) for _ in range(3)] == systemd_elapses("*:0/5", base, 3)
+
+
+def test_the_restore_touches_the_data_directory_only_after_a_complete_copy():
+    """The copy goes to <data dir>.restoring while PostgreSQL runs; a partial one from a killed
+    run is deleted first (it is only a copy from S3); the stop and the renames come after
+    pgBackRest succeeded. (The kill itself is proved on a real host: test_backups.py e2e.)"""
+    plan, _ = plan_with({**BACKUP, "restore_over_existing": True})
+    script = backups.restore_script(plan)
+    lines = script.splitlines()
+    data = plan.platform.data_dir
+
+    def at(text: str) -> int:
+        return next(number for number, line in enumerate(lines) if text in line)
+
+    assert at('rm -rf "$staging"') < at("--pg1-path=\"$staging\"") < at("systemctl stop") < at(f"mv {data} \"$aside\"") < at(f"mv \"$staging\" {data}")
+    assert f"staging={data}.restoring" in script and f"rm -rf {data}" not in script  # the data directory is never deleted
+    assert sh_syntax_error(script) == ""
