@@ -738,6 +738,9 @@ def restore_script(plan: Plan) -> str:
         start = platform.start_without_systemd
     ready = f"{platform.bindir}/pg_isready -q -h {platform.socket_dir} -p {int(plan.port)}"
     recovering = as_postgres(platform, plan.port, "postgres", "SELECT pg_catalog.pg_is_in_recovery()")
+    # pgBackRest's own restore_command would name the staging path given as --pg1-path, which
+    # is gone after the swap (recovery then finds no WAL): the data directory's, from the config.
+    recovery = shlex.quote(f'--recovery-option=restore_command=pgbackrest --config={PGBR_CONFIG} --stanza={STANZA} archive-get %f "%p"')
     failed = fail(
         "pgBackRest could not restore: ", _var("reason"),
         " The current data directory was not touched (PostgreSQL kept running). Fix: correct what pgBackRest names, "
@@ -759,7 +762,7 @@ staging={staging}
 # A partial copy left by a run that was killed: a copy from S3, never anyone's data; redone.
 rm -rf "$staging"
 install -d -m 0700 -o postgres -g postgres "$staging"
-if ! out=$({PGBR} --pg1-path="$staging" --log-level-console=warn --archive-mode=off {target} restore 2>&1); then
+if ! out=$({PGBR} --pg1-path="$staging" {recovery} --log-level-console=warn --archive-mode=off {target} restore 2>&1); then
   {REASON}
   rm -rf "$staging"
   {failed}

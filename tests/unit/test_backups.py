@@ -549,4 +549,8 @@ def test_the_restore_touches_the_data_directory_only_after_a_complete_copy():
 
     assert at('rm -rf "$staging"') < at("--pg1-path=\"$staging\"") < at("systemctl stop") < at(f"mv {data} \"$aside\"") < at(f"mv \"$staging\" {data}")
     assert f"staging={data}.restoring" in script and f"rm -rf {data}" not in script  # the data directory is never deleted
+    # Recovery fetches WAL with the configuration's pg1-path (the data directory), not the
+    # staging path pgBackRest would write into restore_command (gone after the swap: a restore
+    # to a time once waited forever in systemctl start, e2e caught it).
+    assert "'--recovery-option=restore_command=pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza=pgvector archive-get %f \"%p\"'" in script
     assert sh_syntax_error(script) == ""
