@@ -444,6 +444,10 @@ CREATE TABLE {ident(schema)}.{ident(table)} (id int PRIMARY KEY, "Emb Col" ext.v
 INSERT INTO {ident(schema)}.{ident(table)} SELECT i, ARRAY[i, i, i]::real[]::ext.vector FROM generate_series(1, 50) i;
 CREATE INDEX {ident(index)} ON {ident(schema)}.{ident(table)} USING hnsw ("Emb Col" ext.vector_l2_ops);
 CREATE INDEX expr_hnsw ON {ident(schema)}.{ident(table)} USING hnsw (({ident(schema)}.embed("Emb Col")::ext.vector(3)) ext.vector_l2_ops);
+CREATE TABLE {ident(schema)}.parted (id int, e ext.vector(3)) PARTITION BY RANGE (id);
+CREATE TABLE {ident(schema)}.parted_1 PARTITION OF {ident(schema)}.parted FOR VALUES FROM (0) TO (100);
+INSERT INTO {ident(schema)}.parted SELECT i, ARRAY[i, i, i]::real[]::ext.vector FROM generate_series(1, 20) i;
+CREATE INDEX parted_hnsw ON {ident(schema)}.parted USING hnsw (e ext.vector_l2_ops);
 """
         from pgvector_deploy.shell import dbname_conninfo
 
@@ -462,10 +466,13 @@ CREATE INDEX expr_hnsw ON {ident(schema)}.{ident(table)} USING hnsw (({ident(sch
         report = json.loads(done.stdout.strip().splitlines()[-1])
         assert report["result"] == "pass", report
         odd = next(entry for entry in report["databases"] if entry["database"] == db)
-        assert odd["tables"] == [{"table": f"{schema}.{table}", "rows": 50}]
+        assert sorted(odd["tables"], key=lambda t: t["table"]) == [
+            {"table": f"{schema}.{table}", "rows": 50}, {"table": f"{schema}.parted_1", "rows": 20}]  # fmt: skip
+        # A partitioned table's HNSW index is checked on each partition (its parent holds no rows).
         assert sorted(odd["hnsw_indexes"], key=lambda h: h["index"]) == sorted(
             [{"index": index, "table": f"{schema}.{table}", "rows_returned": 5},
-             {"index": "expr_hnsw", "table": f"{schema}.{table}", "rows_returned": 5}], key=lambda h: h["index"])  # fmt: skip
+             {"index": "expr_hnsw", "table": f"{schema}.{table}", "rows_returned": 5},
+             {"index": "parted_1_e_idx", "table": f"{schema}.parted_1", "rows_returned": 5}], key=lambda h: h["index"])  # fmt: skip
         assert odd["btree_indexes_checked"] >= 1
         # The same checks with the app function's refusal hit: run as a superuser, they fail.
         psql(f"ALTER ROLE {ident(owner)} SUPERUSER")
