@@ -37,7 +37,16 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, operation
 
 from .facts import PENDING_RESTART, SETTINGS_ERRORS_SQL, STATE_DIR, parse_key_values
-from .managed_files import apply_restart, locate, reload_command, replace_file_script, restart_decision, set_aside
+from .managed_files import (
+    RESTART_PENDING,
+    apply_restart,
+    locate,
+    reload_command,
+    replace_file_script,
+    restart_decision,
+    restart_or_roll_back,
+    set_aside,
+)
 from .platforms import Platform
 from .preflight import Plan
 from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, host_locked
@@ -66,6 +75,16 @@ REASON = (
     "reason=$(printf '%s\\n' \"$out\" | grep -m1 -E 'ERROR|WARN' || printf '%s\\n' \"$out\" | tail -n1); "
     "s3=$(printf '%s' \"$out\" | sed -n 's:.*<Code>\\([A-Za-z]*\\)</Code><Message>\\([^<]*\\)</Message>.*:\\1, \\2:p' | head -n1); "
     "reason=$(printf '%s%s' \"$reason\" \"${s3:+ ($s3)}\" | tr '\\n' ' ')"
+)
+
+
+ARCHIVE_MODE_PENDING_SQL = (
+    "SELECT 'archive_mode_pending=' || pending_restart FROM pg_catalog.pg_settings WHERE name = 'archive_mode'"
+)
+
+
+ARCHIVE_OFF_PENDING_SQL = (
+    "SELECT pg_catalog.string_agg(name, ', ') FROM pg_catalog.pg_settings WHERE pending_restart AND name = 'archive_mode'"
 )
 
 
@@ -219,6 +238,33 @@ def timers(plan: Plan) -> list[str]:
     return [f"{name}.timer" for name, _, _ in jobs(plan)] + [f"{STATUS_UNIT}.timer"]
 
 
+UNITS = ("pgvector-backup-full", "pgvector-backup-diff", "pgvector-restore-drill", STATUS_UNIT)
+# The monitoring files the scripts and the smoke suite keep while backups are on; without a
+# bucket nothing refreshes them, and a stale "success 1" would mislead.
+MONITORING_FILES = tuple(f"{TEXTFILE_DIR}/{name}.prom" for name in ("pgvector_backup", "pgvector_drill", "pgvector_smoke"))
+
+
+def installable_files() -> tuple[str, ...]:
+    """Every file ``schedules`` may ever have installed, whatever host data says now: the ones
+    no longer wanted (a bucket unset, a schedule set to none) are removed."""
+    units = tuple(f"{UNIT_DIR}/{name}.{kind}" for name in UNITS for kind in ("timer", "service"))
+    return (ENV_FILE, *(f"{LIBDIR}/{script}" for script in SCRIPTS), *units, CRON_FILE)
+
+
+def removal_script(paths: list[str]) -> str:
+    """Shell: our timers among ``paths`` stopped and disabled, then the files removed (each
+    asked again on the host), systemd told. Backups in S3 are never touched."""
+    timer_names = [Path(path).name for path in paths if path.startswith(f"{UNIT_DIR}/") and path.endswith(".timer")]
+    quoted = " ".join(shlex.quote(path) for path in paths)
+    lines = [f"set -eu\nPATH={SAFE_PATH}"]
+    for name in timer_names:
+        lines.append(f"if [ -f {UNIT_DIR}/{name} ]; then systemctl disable --now {name} >/dev/null 2>&1 || true; fi")
+    lines.append(f"rm -f -- {quoted}")
+    if any(path.startswith(f"{UNIT_DIR}/") for path in paths):
+        lines.append("if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi")
+    return "\n".join(lines) + "\n"
+
+
 # -- what the host has ---------------------------------------------------------------------------
 
 
@@ -239,6 +285,9 @@ class BackupState(FactBase):
             f"WHERE error = '{PENDING_RESTART}'",
             "SELECT 'user_databases=' || pg_catalog.count(*) FROM pg_catalog.pg_database "
             "WHERE datname NOT IN ('postgres', 'template0', 'template1')",
+            # archive_mode's own restart still pending (pg_file_settings has no row for a
+            # setting whose file was set aside: its value just waits for the restart).
+            ARCHIVE_MODE_PENDING_SQL,
         )
         server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
         timer_lines = "".join(
@@ -295,6 +344,7 @@ def parse_backup_state(lines: list[str]) -> dict:
         "last_failed": int(archiver[3]) if archiver[3] else None,
         "last_failed_wal": archiver[4],
         "pending_restart": values.get("pending_restart", []),
+        "archive_mode_pending": values.get("archive_mode_pending", [""])[0] == "true",
         # None: not answered (PostgreSQL down, or a query failed): a restore refuses then.
         "user_databases": int(values["user_databases"][0]) if values.get("user_databases") else None,
         "backlog": int((values.get("backlog") or ["0"])[0] or 0),
@@ -312,9 +362,9 @@ def parse_backup_state(lines: list[str]) -> dict:
 
 
 def paths(plan: Plan) -> tuple[str, ...]:
-    wanted = [PGBR_CONFIG, archive_path(plan.platform)]
-    if plan.settings.backup is not None:
-        wanted += list(wanted_files(plan))
+    wanted = [PGBR_CONFIG, archive_path(plan.platform), *installable_files()]
+    if plan.settings.backup is None:
+        wanted += MONITORING_FILES
     return tuple(wanted)
 
 
@@ -428,16 +478,18 @@ def packages(plan: Plan):
     if plan.settings.backup is None:
         host.noop("no backups (pg_backup_s3_bucket is not set)")
         return
-    if not plan.platform.backup_packages:
-        yield fail(
-            f"backups need pgBackRest, which no repository this toolkit sets up on {plan.platform.label} provides "
-            "(PGDG's, for Amazon Linux, is not set up yet). Nothing was changed. Fix: unset pg_backup_s3_bucket for "
-            "this host, or install pgBackRest yourself and run again."
-        )
-        return
     state = backup_state(plan)
     if state["pgbackrest"]:
         host.noop("pgBackRest is installed")
+        return
+    if not plan.platform.backup_packages:
+        why = plan.platform.backup_unavailable or f"no repository this toolkit sets up on {plan.platform.label} has it"
+        yield fail(
+            f"backups need pgBackRest, and on {plan.platform.label} it cannot be installed from a maintained package: "
+            f"{why}. No backup setting was changed. Fix: unset pg_backup_s3_bucket for this host, install pgBackRest yourself "
+            "(a pgbackrest command in /usr/bin) and run again, or run the database on Debian, Ubuntu or "
+            "RHEL / Rocky / AlmaLinux, where pgBackRest is packaged."
+        )
         return
     names = " ".join(plan.platform.backup_packages)
     # Not apt.packages / dnf.packages, for postgres.tools' reason: a package fact per operation.
@@ -481,6 +533,21 @@ def repository(plan: Plan, create_stanza: bool = True):
         host.noop(f"pgBackRest repository s3://{plan.settings.backup.bucket}/{plan.settings.backup.prefix} is configured")
 
 
+def archive_off_restart(plan: Plan) -> str:
+    """Shell, after our archive file was set aside and PostgreSQL reloaded: the restart that
+    turns archive_mode off (or, with pg_restart = report, the line saying it is pending).
+    pg_file_settings has no row for a setting whose file is gone, so apply_restart's question
+    would find nothing: pg_settings.pending_restart is asked instead."""
+    if plan.settings.restart_allowed:
+        act = restart_or_roll_back(plan, ARCHIVE_RESTART_FIX)
+    else:
+        act = f'echo "{RESTART_PENDING}$pending (pg_restart = report: archive_mode stays on and PostgreSQL keeps its WAL on this disk until the restart)"'
+    return f"""pending=$({as_postgres(plan.platform, plan.port, 'postgres', ARCHIVE_OFF_PENDING_SQL)})
+if [ -n "$pending" ]; then
+{act}
+fi"""
+
+
 @operation()
 @host_locked
 @fails_host_on_error
@@ -498,7 +565,12 @@ def archiving(plan: Plan):
     if plan.settings.backup is None:
         if path in state["files"]:
             restart_decision(plan, ["archive_mode"] if state["archive_mode"] == "on" else [])
-            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{set_aside()}\n{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
+            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{set_aside()}\n{reload_command(plan)}\n{archive_off_restart(plan)}"
+        elif state["archive_mode"] == "on" and state["archive_mode_pending"]:
+            # Our file was set aside by an earlier run that could not restart (pg_restart =
+            # report): archive_mode is still on, with no archive_command, until the restart.
+            restart_decision(plan, ["archive_mode"])
+            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{archive_off_restart(plan)}"
         else:
             host.noop("no archiving (pg_backup_s3_bucket is not set)")
         return
@@ -526,12 +598,26 @@ def schedules(plan: Plan):
 
         backups.schedules(plan)
     """
-    if plan.settings.backup is None:
-        host.noop("no backup schedules (pg_backup_s3_bucket is not set)")
-        return
     state = backup_state(plan)
+    if plan.settings.backup is None:
+        # Backups were turned off: our timers, cron file, scripts and monitoring files go; the
+        # repository's configuration is kept aside (it holds the passphrase, without which no
+        # backup in S3 can be restored); the backups in S3 stay.
+        gone = [path for path in (*installable_files(), *MONITORING_FILES) if path in state["files"]]
+        if gone:
+            yield removal_script(gone)
+        if PGBR_CONFIG in state["files"]:
+            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(PGBR_CONFIG)}\n[ ! -f \"$file\" ] || {{\n{set_aside()}\n}}"
+        if not gone and PGBR_CONFIG not in state["files"]:
+            host.noop("no backup schedules (pg_backup_s3_bucket is not set)")
+        return
     changed = False
-    for path, (content, mode, owner) in wanted_files(plan).items():
+    wanted = wanted_files(plan)
+    stale = [path for path in installable_files() if path in state["files"] and path not in wanted]
+    if stale:  # a schedule set to none, or systemd replaced by cron: no job of ours left behind
+        changed = True
+        yield removal_script(stale)
+    for path, (content, mode, owner) in wanted.items():
         if state["files"].get(path) != (sha256_text(content), mode, owner):
             changed = True
             # Not files.put: a fact per file every run (BackupState holds them all); the mode set after the move.
@@ -624,12 +710,23 @@ def restore_refusal(plan: Plan, state: dict, now: datetime | None = None) -> str
     return None
 
 
+RESTORING_SUFFIX = ".restoring"  # <data dir>.restoring: a restore in progress, ours alone
+
+
 def restore_script(plan: Plan) -> str:
-    """Shell: stop PostgreSQL, keep the data directory aside, restore into a new one, start,
-    wait for recovery to end. If the restore fails, the old directory is put back and started."""
+    """Shell: restore into ``<data dir>.restoring`` while the current cluster keeps running;
+    only a complete restore is swapped in (stop, the data directory kept aside, the restored
+    one moved into place, start, wait for recovery to end).
+
+    A run killed halfway (pyinfra, the shell, pgBackRest) leaves the current data directory in
+    place, and at most a partial ``.restoring`` copy, which is only a copy from S3: the next
+    run deletes it and restores again. A kill between the two renames leaves the kept
+    directory and the complete copy side by side (nothing lost); the next run restores again.
+    """
     platform = plan.platform
     restore = plan.settings.restore
     data = shlex.quote(platform.data_dir)
+    staging = shlex.quote(platform.data_dir + RESTORING_SUFFIX)
     target = ""
     if restore.target_time is not None:
         moment = restore.target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
@@ -641,9 +738,17 @@ def restore_script(plan: Plan) -> str:
         start = platform.start_without_systemd
     ready = f"{platform.bindir}/pg_isready -q -h {platform.socket_dir} -p {int(plan.port)}"
     recovering = as_postgres(platform, plan.port, "postgres", "SELECT pg_catalog.pg_is_in_recovery()")
+    # pgBackRest's own restore_command would name the staging path given as --pg1-path, which
+    # is gone after the swap (recovery then finds no WAL): the data directory's, from the config.
+    recovery = shlex.quote(f'--recovery-option=restore_command=pgbackrest --config={PGBR_CONFIG} --stanza={STANZA} archive-get %f "%p"')
     failed = fail(
         "pgBackRest could not restore: ", _var("reason"),
-        f" The previous data directory was put back and started. Fix: correct what pgBackRest names, then run again.",
+        " The current data directory was not touched (PostgreSQL kept running). Fix: correct what pgBackRest names, "
+        "then run again.",
+    )  # fmt: skip
+    still = fail(
+        "PostgreSQL is still running after the stop; the restored copy waits in ", _var("staging"),
+        " and the current data directory was not touched. Fix: stop it, then run again.",
     )  # fmt: skip
     stuck = fail(
         "PostgreSQL did not finish recovery within an hour (or did not start); the restored data directory is in place "
@@ -653,16 +758,19 @@ def restore_script(plan: Plan) -> str:
 PATH={SAFE_PATH}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 aside={data}.before-restore-$stamp
-{stop} || true
-{ready} && {{ {fail("PostgreSQL is still running; nothing was changed. Fix: stop it, then run again.")}; }}
-mv {data} "$aside"
-install -d -m 0700 -o postgres -g postgres {data}
-if ! out=$({PGBR} --pg1-path={data} --log-level-console=warn --archive-mode=off {target} restore 2>&1); then
+staging={staging}
+# A partial copy left by a run that was killed: a copy from S3, never anyone's data; redone.
+rm -rf "$staging"
+install -d -m 0700 -o postgres -g postgres "$staging"
+if ! out=$({PGBR} --pg1-path="$staging" {recovery} --log-level-console=warn --archive-mode=off {target} restore 2>&1); then
   {REASON}
-  rm -rf {data} && mv "$aside" {data}
-  {start} || true
+  rm -rf "$staging"
   {failed}
 fi
+{stop} || true
+{ready} && {{ {still}; }}
+mv {data} "$aside"
+mv "$staging" {data}
 {start} || true
 waited=0
 until [ "$({recovering} 2>/dev/null)" = f ]; do
@@ -690,3 +798,132 @@ def restore(plan: Plan):
     when = plan.settings.restore.target_time
     logger.info(f"{host.print_prefix}restoring {'the latest state' if when is None else when.isoformat()} from s3://{plan.settings.backup.bucket}/{plan.settings.backup.prefix}")
     yield restore_script(plan)
+
+
+# -- the backup state, for the nightly drift report -------------------------------------------------
+
+# "[db-1] backup state: {...}" in pyinfra's log: one JSON object per host, read by the nightly
+# run (nightly.backup_states). Logged, not yielded: reading the state changes nothing.
+BACKUP_STATE_MARK = "backup state: "
+ARCHIVE_PUSH_LOG = f"/var/log/pgbackrest/{STANZA}-archive-push.log"  # pgBackRest's log-path default
+
+
+class BackupReport(FactBase):
+    """What the backups look like now, at the end of the run: ``pgbackrest info``, the
+    archiver's statistics, the WAL waiting on disk, pgBackRest's last archive-push error and
+    the drill's last reports. Read only."""
+
+    def command(self, platform: Platform, port: int):
+        queries = (
+            "SELECT 'archive_mode=' || pg_catalog.current_setting('archive_mode')",
+            "SELECT 'archiver=' || archived_count || '|' || failed_count || '|' || "
+            "coalesce(pg_catalog.date_part('epoch', last_archived_time)::bigint::text, '') || '|' || "
+            "coalesce(pg_catalog.date_part('epoch', last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
+            "FROM pg_catalog.pg_stat_archiver",
+        )
+        server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
+        status = shlex.quote(f"{platform.data_dir}/pg_wal/archive_status")
+        return f"""
+PATH={SAFE_PATH}
+echo "now=$(date +%s)"
+{server} </dev/null 2>/dev/null
+echo "backlog=$(find {status} -name '*.ready' 2>/dev/null | wc -l)"
+echo "oldest_ready=$(find {status} -name '*.ready' -printf '%T@\\n' 2>/dev/null | sort -n | head -n1 | cut -d. -f1)"
+if [ -f {PGBR_CONFIG} ] && command -v pgbackrest >/dev/null 2>&1; then
+  err=$(mktemp)
+  if out=$({PGBR} --output=json --log-level-console=off --log-level-stderr=warn info 2>"$err"); then
+    echo "info=$(printf '%s' "$out" | tr -d '\\n')"
+  fi
+  [ ! -s "$err" ] || echo "info_error=$(grep -m1 -E 'ERROR|WARN' "$err" || head -n1 "$err")"
+  rm -f "$err"
+fi
+[ ! -f {ARCHIVE_PUSH_LOG} ] || echo "push_error=$(grep -E ' ERROR: ' {ARCHIVE_PUSH_LOG} | tail -n1 | cut -c1-600)"
+for report in last last-good; do
+  [ ! -f {DRILL_DIR}/$report.json ] || echo "drill_$report=$(head -c 20000 {DRILL_DIR}/$report.json | tr -d '\\n')"
+done
+true
+"""
+
+    def process(self, output):
+        return backup_report(output)
+
+
+def _moment(seconds: int | None, now: int) -> dict | None:
+    if seconds is None:
+        return None
+    return {"at": datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "age_seconds": max(0, now - seconds)}
+
+
+def _drill(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return {"result": "unreadable", "error": f"{DRILL_DIR} holds a report that is not JSON"}
+    if not isinstance(report, dict):
+        return {"result": "unreadable", "error": f"{DRILL_DIR} holds a report that is not a JSON object"}
+    return {key: report.get(key) for key in ("result", "started_at", "seconds", "backup", "recovery_point", "error")}
+
+
+def backup_report(lines: list[str]) -> dict:
+    """The fact's lines as the nightly report's ``backups`` entry of a host."""
+    values = parse_key_values(lines)
+    state = parse_backup_state(lines)
+    now = int((values.get("now") or ["0"])[0] or 0)
+    newest = {}
+    for kind, types in (("last_full", ("full",)), ("last_diff", ("diff", "incr")), ("last", ("full", "diff", "incr"))):
+        found = [b for b in state["backups"] if b["type"] in types]
+        newest[kind] = {"label": found[-1]["label"], "type": found[-1]["type"], **_moment(found[-1]["stop"], now)} if found else None
+    last_archived, last_failed = state["last_archived"], state["last_failed"]
+    if state["archive_mode"] != "on":
+        archive_status = state["archive_mode"] or "unknown (PostgreSQL did not answer)"
+    elif last_failed is not None and last_failed > (last_archived or 0):
+        archive_status = "failing"
+    else:
+        archive_status = "ok" if last_archived is not None else "nothing archived yet"
+    oldest = (values.get("oldest_ready") or [""])[0]
+    push_error = (values.get("push_error") or [""])[0]
+    wal = {
+        "status": archive_status,
+        "archive_mode": state["archive_mode"],
+        "last_archived": _moment(last_archived, now),
+        "archived_count": state["archived_count"],
+        "failed_count": state["failed_count"],
+        "last_failed": _moment(last_failed, now),
+        "last_failed_wal": state["last_failed_wal"] or None,
+        # The archive lag: how long the oldest segment not yet in S3 has waited (0: none waits).
+        "backlog_files": state["backlog"],
+        "lag_seconds": max(0, now - int(oldest)) if oldest.isdigit() else 0,
+    }
+    if archive_status == "failing":
+        reason = push_error.split(" ERROR: ", 1)[-1].strip() if push_error else ""
+        wal["reason"] = reason or f"see PostgreSQL's log ({ARCHIVE_PUSH_LOG} has no error line)"
+    drill = _drill((values.get("drill_last") or [None])[0])
+    good = _drill((values.get("drill_last-good") or [None])[0])
+    return {
+        "repository": "ok" if state["stanza_code"] == 0 else (state["stanza_message"] or "not configured or not readable"),
+        "backup_count": len(state["backups"]),
+        **newest,
+        "wal_archive": wal,
+        "drill": None if drill is None else {**drill, "last_good_started_at": (good or {}).get("started_at")},
+    }
+
+
+@operation()
+@fails_host_on_error
+def report(plan: Plan):
+    """Log the host's backup state as one JSON line (``backup state: {...}``), which the
+    nightly run puts in its drift report. It reads only: no change, ever.
+
+    .. code:: python
+
+        backups.report(plan, name="Backup state is reported")
+    """
+    if plan.settings.backup is None:
+        host.noop("no backups (pg_backup_s3_bucket is not set)")
+        return
+    state = host.get_fact(BackupReport, platform=plan.platform, port=plan.port)
+    logger.info(f"{host.print_prefix}{BACKUP_STATE_MARK}{json.dumps(state, sort_keys=True)}")
+    host.noop(f"backup state reported: last backup {(state['last'] or {}).get('label', 'none')}, WAL archive {state['wal_archive']['status']}")
+    yield from ()

@@ -42,6 +42,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .backups import BACKUP_STATE_MARK
 from .preflight import REFUSAL
 from .shell import FAILURE_MARK
 
@@ -88,6 +89,41 @@ def note_pending_restarts(hosts: dict[str, dict], log: str) -> None:
         host["restart_pending"] = pending.get(name, [])
         if host["restart_pending"] and host["status"] == "clean":
             host["status"] = "drift"
+
+
+# What backups.report logs: "[host] backup state: {...}" (one JSON object).
+_BACKUP_LINE = re.compile(r"\[(?P<host>[^\]]+)\]\s+" + re.escape(BACKUP_STATE_MARK) + r"(?P<state>.*?)\s*$")
+
+
+def backup_states(log: str) -> tuple[dict[str, dict], list[str]]:
+    """Per host, the backup state its run logged last (backups.report), and a problem for
+    each line that is not a JSON object (never a crash, never silently dropped)."""
+    states: dict[str, dict] = {}
+    problems = []
+    for line in _ANSI.sub("", log).splitlines():
+        match = _BACKUP_LINE.search(line)
+        if not match:
+            continue
+        try:
+            state = json.loads(match["state"])
+        except ValueError:
+            state = None
+        if isinstance(state, dict):
+            states[match["host"]] = state
+        else:
+            problems.append(f"{match['host']}: its backup state line is not readable JSON: {match['state'][:200]}")
+    return states, problems
+
+
+def note_backup_states(hosts: dict[str, dict], log: str) -> list[str]:
+    """Add ``backups`` to every host: its backup state, or None (no backups there, or the run
+    stopped before the backup stage ended). Reading it is no change and no drift."""
+    states, problems = backup_states(log)
+    for name in states:
+        hosts.setdefault(name, {"changed": [], "failed": [], "not_run": [], "messages": [], "status": "clean"})
+    for name, host in hosts.items():
+        host["backups"] = states.get(name)
+    return problems
 
 
 def pyinfra_environment() -> dict[str, str]:
@@ -209,6 +245,67 @@ def write_report(report_dir: Path, report: dict) -> Path:
     return path
 
 
+TEXTFILE = "pgvector_nightly.prom"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _epoch(moment: str | None) -> int:
+    return int(datetime.strptime(moment, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()) if moment else 0
+
+
+def render_textfile(report: dict) -> str:
+    """The run's status in node_exporter's textfile format: written on the control host, the
+    one place that knows it also for a host that could not be reached, or a run killed
+    outright (``running`` stays 1: alert on it lasting longer than the unit's TimeoutStartSec)."""
+    codes = {name: code for code, name in STATUS_NAMES.items()} | {"running": RUNNING}
+    lines = [
+        "# HELP pgvector_nightly_status Status of the last nightly run: 0 clean, 2 drift, 1 failed, 3 running.",
+        "# TYPE pgvector_nightly_status gauge",
+        f"pgvector_nightly_status {codes.get(report.get('status'), FAILED)}",
+        "# HELP pgvector_nightly_running 1 while a nightly run is going on (or one was killed before it finished).",
+        "# TYPE pgvector_nightly_running gauge",
+        f"pgvector_nightly_running {int(report.get('status') == 'running')}",
+        "# HELP pgvector_nightly_last_start_timestamp_seconds When the last nightly run started.",
+        "# TYPE pgvector_nightly_last_start_timestamp_seconds gauge",
+        f"pgvector_nightly_last_start_timestamp_seconds {_epoch(report.get('started'))}",
+        "# HELP pgvector_nightly_last_finish_timestamp_seconds When the last nightly run finished (0: not finished).",
+        "# TYPE pgvector_nightly_last_finish_timestamp_seconds gauge",
+        f"pgvector_nightly_last_finish_timestamp_seconds {_epoch(report.get('finished'))}",
+    ]
+    per_host = (
+        ("pgvector_nightly_host_status", "Each host's status in the last nightly run: 0 clean, 2 drift, 1 failed.",
+         lambda host: codes.get(host.get("status"), FAILED)),
+        ("pgvector_nightly_host_changed_operations", "Operations the last nightly run changed on the host.",
+         lambda host: len(host.get("changed", []))),
+        ("pgvector_nightly_host_restart_pending", "1 if the last nightly run left a restart pending on the host.",
+         lambda host: int(bool(host.get("restart_pending")))),
+    )  # fmt: skip
+    for name, meaning, value in per_host:
+        lines += [f"# HELP {name} {meaning}", f"# TYPE {name} gauge"]
+        lines += [f'{name}{{host="{_label(host)}"}} {value(entry)}' for host, entry in sorted(report.get("hosts", {}).items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(textfile_dir: Path, report: dict) -> None:
+    """``pgvector_nightly.prom`` replaced in one rename (node_exporter never reads half), 0644."""
+    textfile_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = textfile_dir / TEXTFILE
+    descriptor, tmp = tempfile.mkstemp(dir=textfile_dir, prefix=f".{TEXTFILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(render_textfile(report))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def start_marker(started: str, mode: str, inventory: str) -> dict:
     """What the report says while the run is going: "running", not finished. A run that is
     killed leaves it so, and a reader (``read_status``) then takes it as failed."""
@@ -328,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--status", action="store_true", help="only read the latest report: exit 0 clean, 2 drift, 1 failed or unfinished, 3 running"
     )
+    parser.add_argument(
+        "--textfile-dir",
+        help="also write the run's status as pgvector_nightly.prom there, for node_exporter's textfile collector",
+    )
     parser.add_argument("pyinfra_args", nargs="*", help="extra pyinfra options, after --")
     argv = sys.argv[1:] if argv is None else list(argv)
     # Everything after the first "--" is pyinfra's, wherever our own options stand.
@@ -357,6 +458,8 @@ def run(args: argparse.Namespace, report_dir: Path) -> int:
     previous = signal.signal(signal.SIGTERM, _stop)  # before the marker: from then on a SIGTERM gets a report
     try:
         write_report(report_dir, start_marker(started, mode, args.inventory))
+        if args.textfile_dir:
+            write_textfile(Path(args.textfile_dir), start_marker(started, mode, args.inventory))
         proc = subprocess.run(
             command, cwd=os.getcwd(), env=pyinfra_environment(), capture_output=True, text=True, stdin=subprocess.DEVNULL
         )  # on Stopped, subprocess.run kills pyinfra before it re-raises
@@ -381,6 +484,7 @@ def run(args: argparse.Namespace, report_dir: Path) -> int:
         )
     hosts = summarise(results or {}, args.dry, proc.stderr)
     note_pending_restarts(hosts, proc.stderr)
+    problems += note_backup_states(hosts, proc.stderr)
     if results is not None and proc.returncode != 0 and not any(host["failed"] for host in hosts.values()):
         problems.append(f"pyinfra exited {proc.returncode} without naming a failed host; its log is above.")
     status = exit_status(hosts, proc.returncode or 0, problems)
@@ -396,8 +500,34 @@ def run(args: argparse.Namespace, report_dir: Path) -> int:
         "hosts": hosts,
     }
     path = write_report(report_dir, report)
+    if args.textfile_dir:
+        write_textfile(Path(args.textfile_dir), report)
     print_summary(report, path, args.dry)
     return status
+
+
+def _age(seconds) -> str:
+    seconds = int(seconds or 0)
+    return f"{seconds}s" if seconds < 120 else (f"{seconds // 60}min" if seconds < 7200 else f"{seconds // 3600}h")
+
+
+def backup_line(state: dict) -> str:
+    """One line of a host's backup state for the summary: backups, the WAL archive, the drill."""
+    parts = []
+    for key, what in (("last_full", "last full"), ("last_diff", "last diff/incr")):
+        backup = state.get(key)
+        parts.append(f"{what} {backup['at']} ({_age(backup['age_seconds'])} ago)" if backup else f"{what}: none")
+    if state.get("repository") != "ok":
+        parts.append(f"repository: {state.get('repository')}")
+    wal = state.get("wal_archive") or {}
+    waiting = f"{wal.get('backlog_files', 0)} segments wait, oldest {wal.get('lag_seconds', 0)}s"
+    if wal.get("status") == "failing":
+        parts.append(f"WAL archive FAILING: {wal.get('reason')} ({waiting})")
+    else:
+        parts.append(f"WAL archive {wal.get('status')} ({waiting})")
+    drill = state.get("drill")
+    parts.append(f"drill {drill.get('result')} ({drill.get('started_at')})" if drill else "drill: never run")
+    return "backups: " + "; ".join(parts)
 
 
 def print_summary(report: dict, path: Path, dry: bool) -> None:
@@ -414,6 +544,8 @@ def print_summary(report: dict, path: Path, dry: bool) -> None:
         print(f"  {name:<24} {host['status']:<7} {detail}")
         for message in host.get("messages", []):
             print(f"  {'':<24} {'':<7} {message}")
+        if host.get("backups"):
+            print(f"  {'':<24} {'':<7} {backup_line(host['backups'])}")
     for problem in report["problems"]:
         print(f"  {problem}")
 

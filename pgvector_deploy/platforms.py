@@ -234,6 +234,9 @@ class Platform:
 
         return f"{STATE_DIR}/build.json" if self.major == POSTGRES_MAJOR else f"{STATE_DIR}/build-pg{self.major}.json"
     backup_packages: tuple[str, ...] = ()
+    # Where backup_packages is empty: why no repository the toolkit sets up has pgBackRest here
+    # (backups.packages refuses such a host, naming it).
+    backup_unavailable: str = ""
 
     def repository_steps(self, os_id: str, arch: str) -> tuple[RepositoryStep, ...]:
         """The repository steps for one host, in order, with its ``{arch}`` filled in."""
@@ -517,6 +520,14 @@ PLATFORM_TEMPLATES: tuple[Platform, ...] = (
         service="postgresql",
         boot_unit="postgresql",
         proof="plan",
+        # No pgBackRest: Amazon Linux 2023's repositories do not ship it, PGDG's yum repository
+        # has no Amazon Linux 2023 target (its repository RPMs are for EL and Fedora, and require
+        # /etc/redhat-release), and EPEL does not fit AL2023 either.
+        backup_unavailable=(
+            "Amazon Linux 2023's own repositories have no pgbackrest package, and PGDG's yum repository, which has it "
+            "for RHEL, Rocky and AlmaLinux, does not support Amazon Linux 2023 (its repository packages are for EL "
+            "and Fedora only)"
+        ),
         # The distribution's postgresql15..18 packages (platforms.md; not verified here).
         majors=offered((15, 16, 17, 18)),
     ),

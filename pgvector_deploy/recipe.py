@@ -148,6 +148,9 @@ def backups(plan: Plan) -> None:
     backup_ops.archiving(plan, name="WAL is archived to S3 continuously")
     backup_ops.schedules(plan, name="Backup and restore drill schedules are in place")
     backup_ops.first_backup(plan, name="A full backup exists")
+    # Read only: the backup state at the end of the stage, one JSON line in the log, which the
+    # nightly run puts in its drift report.
+    backup_ops.report(plan, name="Backup state is reported")
 
 
 def proof(plan: Plan) -> None:

@@ -163,6 +163,40 @@ def test_a_second_deploy_changes_nothing(pair):
     assert len(info(pair.a)["backup"]) == 1
 
 
+def nightly(pair, host, workdir):
+    """``python -m pgvector_deploy.nightly`` on ``host`` as the control host's unit runs it,
+    with the textfile for node_exporter; returns (process, report, textfile)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.hosts.runner import REPO, write_inventory
+
+    inventory = write_inventory(workdir / "nightly-inventory.py", [host.inventory_entry(**pair.data())])
+    command = [sys.executable, "-m", "pgvector_deploy.nightly", str(inventory), "--report-dir", str(workdir / "reports"),
+               "--textfile-dir", str(workdir / "textfiles")]  # fmt: skip
+    proc = subprocess.run(command, cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=1800)
+    report = json.loads((workdir / "reports" / "nightly-latest.json").read_text())
+    return proc, report, (workdir / "textfiles" / "pgvector_nightly.prom").read_text()
+
+
+def test_the_nightly_report_gives_the_backup_state_and_a_no_op_run_changes_nothing(pair, tmp_path):
+    """The nightly run's drift report has each host's backup state (read, never a change);
+    the control host's textfile has the run's status."""
+    proc, report, textfile = nightly(pair, pair.a, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    host = report["hosts"][pair.a.name]
+    assert host["status"] == "clean" and host["changed"] == [], host
+    backups = host["backups"]
+    assert backups["repository"] == "ok" and backups["backup_count"] == 1
+    assert backups["last_full"]["label"].endswith("F") and 0 <= backups["last_full"]["age_seconds"] < 3600
+    assert backups["last_diff"] is None and backups["drill"] is None  # no differential, no drill yet
+    wal = backups["wal_archive"]
+    assert wal["status"] == "ok" and wal["archive_mode"] == "on" and wal["archived_count"] >= 1, wal
+    assert "backups: last full " in proc.stdout and "WAL archive ok" in proc.stdout
+    assert "pgvector_nightly_status 0" in textfile and f'pgvector_nightly_host_status{{host="{pair.a.name}"}} 0' in textfile
+
+
 @pytest.fixture(scope="module")
 def moment(pair):
     """The app writes 1,000 rows and an HNSW index; T; then 500 more rows, archived."""
@@ -259,6 +293,51 @@ def test_a_backup_killed_mid_run_is_followed_by_one_that_succeeds(pair):
     assert len(info(a)["backup"]) == count + 1
 
 
+def test_a_restore_killed_halfway_then_rerun_finishes_and_loses_nothing(pair, moment):
+    """deploy/restore.py on B, its whole remote command (the script, runuser, pgBackRest) killed
+    with SIGKILL while pgBackRest writes the copy: PostgreSQL kept running on the data it had
+    (the copy is made beside it, in <data dir>.restoring), no kept directory is lost; the rerun
+    deletes the partial copy, restores to the end (1,500 rows and A's 300,000-row filler table,
+    backed up by the test above) and keeps the previous directory aside."""
+    import threading
+
+    b = pair.b
+    kept = set(b.sudo("ls -d /var/lib/postgresql/15/main.before-restore-*").split())
+    assert rows(b) == 1500 and b.psql("SELECT to_regclass('public.filler') IS NULL") == "t"
+    killed = {}
+
+    def kill_mid_restore():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            # By process name, not by a command-line pattern (which this probe's own sh would match).
+            pid = b.sudo(
+                "for p in $(pgrep -x pgbackrest); do grep -qa main.restoring /proc/$p/cmdline && echo $p; done | head -n1; true"
+            ).strip()
+            size = b.sudo("du -sm /var/lib/postgresql/15/main.restoring 2>/dev/null | cut -f1 || true").strip()
+            if pid and size.isdigit() and int(size) >= 20:
+                killed["size_mb"] = int(size)
+                # The session of the remote command: the script, its subshells, runuser, pgBackRest.
+                b.sudo(f"sid=$(ps -o sid= -p {pid} | tr -d ' '); [ -n \"$sid\" ] && pkill -KILL -s \"$sid\"")
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=kill_mid_restore)
+    watcher.start()
+    result = pair.deploy(b, recipe="deploy/restore.py", restore_over_existing=True)
+    watcher.join()
+    assert killed, "pgBackRest was never seen writing the copy"
+    assert result.returncode != 0
+    assert rows(b) == 1500  # PostgreSQL kept running on its data
+    assert set(b.sudo("ls -d /var/lib/postgresql/15/main.before-restore-*").split()) == kept
+    assert b.sudo("test -d /var/lib/postgresql/15/main.restoring && echo partial").strip() == "partial"
+    again = pair.deploy(b, recipe="deploy/restore.py", restore_over_existing=True)
+    assert again.returncode == 0, again.output
+    assert rows(b) == 1500 and b.psql("SELECT count(*) FROM filler") == "300000"
+    after = set(b.sudo("ls -d /var/lib/postgresql/15/main.before-restore-*").split())
+    assert after > kept and len(after - kept) == 1  # the previous directory, kept aside
+    assert b.sudo("test -e /var/lib/postgresql/15/main.restoring && echo left || true").strip() == ""
+
+
 def test_the_restore_drill_passes_and_reports(pair, moment):
     a = pair.a
     started = a.psql("SELECT pg_postmaster_start_time()")
@@ -291,3 +370,30 @@ def test_a_corrupted_backup_makes_the_drill_fail_loudly(pair):
     assert "pgvector_restore_drill_success 0" in a.sudo("cat /var/lib/prometheus/node-exporter/pgvector_drill.prom")
     assert json.loads(a.sudo("cat /var/lib/pgvector-deploy/drill/last-good.json"))["result"] == "pass"
     assert re.search(r"^scratch", a.sudo("ls /var/lib/pgvector-deploy/drill"), re.M) is None
+
+
+def test_a_bucket_unset_again_removes_our_jobs_and_scripts_keeps_the_config_aside_and_the_backups(pair):
+    """pg_backup_s3_bucket unset: the timers, scripts, settings and monitoring files of ours go,
+    archiving is turned off (its restart allowed, as by default), pgbackrest.conf is kept aside
+    as a copy, nothing in S3 is deleted; a second run changes nothing."""
+    a = pair.a
+    keys = pair.s3.keys(BUCKET, "db-a/")
+    result = pair.deploy(a, pg_backup_s3_bucket=None)
+    assert result.returncode == 0, result.output
+    assert a.psql("SHOW archive_mode") == "off"
+    assert a.sudo("systemctl list-unit-files 'pgvector-backup*' 'pgvector-restore*' --no-legend | wc -l").strip() == "0"
+    left = a.sudo(
+        "ls -d /usr/local/lib/pgvector-deploy/pgvector-* /etc/pgvector-deploy/backup.env /etc/systemd/system/pgvector-* "
+        "/etc/cron.d/pgvector-deploy-backups /etc/pgbackrest/pgbackrest.conf /var/lib/prometheus/node-exporter/*.prom "
+        "/etc/postgresql/15/main/conf.d/70-pgvector-backups.conf 2>/dev/null || true"
+    )
+    assert left.split() == [], left
+    kept = a.sudo("ls /var/lib/pgvector-deploy/backups/etc/pgbackrest/").split()
+    assert kept and all(name.startswith("pgbackrest.conf.bak-") for name in kept)
+    copy = f"/var/lib/pgvector-deploy/backups/etc/pgbackrest/{sorted(kept)[-1]}"
+    assert a.sudo(f"stat -c %a:%U {copy}").strip() == "600:postgres"
+    assert "repo1-s3-bucket=pgv-lab-backups" in a.sudo(f"cat {copy}")
+    assert set(pair.s3.keys(BUCKET, "db-a/")) >= set(keys)  # every backup and WAL segment is still in S3
+    again = pair.deploy(a, pg_backup_s3_bucket=None)
+    assert again.returncode == 0, again.output
+    assert again.changed(a.name) == []

@@ -5,6 +5,9 @@ against a fake host, the restore's refusals, and the host scripts' syntax. The r
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -280,3 +283,281 @@ def test_pgbackrest_output_that_is_not_json_is_an_error_not_a_crash():
     assert state["stanza_code"] is None and "unreadable pgbackrest info output" in state["stanza_message"]
     warned = backups.parse_backup_state(['info=[{"name":"pgvector","status":{"code":99,"message":"other"}}]', "info_error=WARN: role not found"])
     assert warned["stanza_code"] == 99 and warned["stanza_message"] == "other"
+
+
+def test_the_backup_report_fact_runs_on_a_real_postgresql_15(debian12, tmp_path):
+    """The state the nightly report gets (backups.report), as pyinfra runs it, against a
+    throwaway server: PostgreSQL answers, nothing is archived, no pgBackRest here."""
+    import dataclasses
+    import subprocess
+
+    from .conftest import throwaway_server
+
+    with throwaway_server("pgv-backup-report-") as base:
+        platform = dataclasses.replace(debian12, socket_dir=str(base), data_dir=f"{base}/data")
+        command = backups.BackupReport().command(platform, 5432)
+        assert sh_syntax_error(command) == ""
+        output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
+    report = backups.backup_report(output)
+    assert report["wal_archive"]["archive_mode"] == "off" and report["wal_archive"]["status"] == "off"
+    assert report["backup_count"] == 0 and report["last_full"] is None and report["wal_archive"]["backlog_files"] == 0
+
+
+def test_the_backup_report_says_when_and_why_archiving_fails_and_how_old_the_backups_are():
+    info = [{"name": "pgvector", "status": {"code": 0, "message": "ok"}, "backup": [
+        {"label": "20261201-010000F", "type": "full", "timestamp": {"start": 1000, "stop": 1100}},
+        {"label": "20261201-010000F_20261202-010000I", "type": "incr", "timestamp": {"start": 5000, "stop": 5100}},
+    ]}]  # fmt: skip
+    drill = {"result": "fail", "error": "amcheck found a broken btree index in app: x", "started_at": "2026-12-05T04:00:00Z"}
+    good = {"result": "pass", "started_at": "2026-11-28T04:00:00Z"}
+    lines = [
+        "now=9100", "archive_mode=on", "archiver=40|3|8000|9000|00000001000000000000002A", "backlog=4", "oldest_ready=8500",
+        f"info={json.dumps(info)}",
+        "push_error=2026-12-05 10:00:00.000 P00  ERROR: [039]: HTTP request failed with 403 (Forbidden)",
+        f"drill_last={json.dumps(drill)}", f"drill_last-good={json.dumps(good)}",
+    ]  # fmt: skip
+    report = backups.backup_report(lines)
+    assert report["last_full"] == {"label": "20261201-010000F", "type": "full", "at": "1970-01-01T00:18:20Z", "age_seconds": 8000}
+    assert report["last_diff"]["type"] == "incr" and report["last"]["age_seconds"] == 4000
+    wal = report["wal_archive"]
+    assert (wal["status"], wal["reason"], wal["backlog_files"], wal["lag_seconds"]) == ("failing", "[039]: HTTP request failed with 403 (Forbidden)", 4, 600)
+    assert report["drill"]["result"] == "fail" and report["drill"]["last_good_started_at"] == "2026-11-28T04:00:00Z"
+    healthy = backups.backup_report(["now=9100", "archive_mode=on", "archiver=41|3|9050|9000|x", "backlog=0"])
+    assert healthy["wal_archive"]["status"] == "ok" and "reason" not in healthy["wal_archive"] and healthy["drill"] is None
+    assert backups.backup_report(["drill_last=not json"])["drill"]["result"] == "unreadable"
+
+
+def test_the_backup_report_is_logged_and_is_never_a_change():
+    plan, host = plan_with(BACKUP)
+    host.outputs[backups.BackupReport] = ["now=10", "archive_mode=on", "archiver=1|0|9||"]
+    assert run_operation(backups.report, plan, host) == []
+    assert host.noops[-1].startswith("backup state reported")
+    none, host = plan_with({})
+    assert run_operation(backups.report, none, host) == [] and "not set" in host.noops[-1]
+
+
+def test_a_bucket_unset_again_removes_our_timers_scripts_and_monitoring_files_and_keeps_the_config_aside():
+    plan, host = plan_with({})
+    ours = [*backups.installable_files()[:4], "/etc/systemd/system/pgvector-backup-full.timer", *backups.MONITORING_FILES]
+    host.outputs[BackupState] = [f"file={path}|x|644|root:root" for path in [*ours, backups.PGBR_CONFIG]] + ["archive_mode=off"]
+    removal, config = run_operation(backups.schedules, plan, host)
+    assert "systemctl disable --now pgvector-backup-full.timer" in removal and "systemctl daemon-reload" in removal
+    assert all(path in removal for path in ours) and backups.PGBR_CONFIG not in removal
+    assert "pgbackrest.conf" in config and "bak-$stamp" in config and 'rm -f "$file"' in config
+    assert sh_syntax_error(removal) == "" and sh_syntax_error(config) == ""
+    # Backups in S3 are never deleted: no pgBackRest command at all.
+    assert "pgbackrest" not in removal.replace("/etc/pgbackrest", "") and "stanza-delete" not in config
+    plan, host = plan_with({})  # the second run
+    host.outputs[BackupState] = ["archive_mode=off"]
+    assert run_operation(backups.schedules, plan, host) == [] and "not set" in host.noops[-1]
+
+
+def test_a_schedule_set_to_none_removes_its_timer():
+    plan, host = plan_with({**BACKUP, "pg_backup_drill_schedule": "none"})
+    lines = converged(plan) + ["file=/etc/systemd/system/pgvector-restore-drill.timer|x|644|root:root"]
+    host.outputs[BackupState] = lines
+    (removal, enable) = run_operation(backups.schedules, plan, host)
+    assert "disable --now pgvector-restore-drill.timer" in removal and "pgvector-restore-drill.timer" not in enable
+
+
+def test_archive_mode_left_pending_by_a_set_aside_file_is_restarted_off_when_allowed():
+    """With our archive file set aside, pg_file_settings has no row for archive_mode (its file
+    is gone), so the restart must be asked of pg_settings.pending_restart: asked of
+    pg_file_settings, archive_mode stayed on with no archive_command and the WAL piled up."""
+    plan, host = plan_with({})
+    host.outputs[BackupState] = [f"file={backups.archive_path(plan.platform)}|x|644|postgres:postgres", "archive_mode=on"]
+    (command,) = run_operation(backups.archiving, plan, host)
+    assert "pg_settings WHERE pending_restart AND name" in command and "systemctl restart" in command
+    plan, host = plan_with({})
+    host.outputs[BackupState] = ["archive_mode=on", "archive_mode_pending=true"]  # set aside earlier, under pg_restart = report
+    (command,) = run_operation(backups.archiving, plan, host)
+    assert "systemctl restart" in command
+    plan, host = plan_with({})
+    host.outputs[BackupState] = ["archive_mode=on", "archive_mode_pending=false"]  # the user's own archiving: not ours
+    assert run_operation(backups.archiving, plan, host) == []
+
+
+def test_the_pending_archive_mode_query_reads_a_real_postgresql_15(debian12):
+    """The question archive_off_restart asks, on a throwaway server whose archive_mode=on file
+    is removed and reloaded: pending (pg_file_settings has no row naming the file)."""
+    import subprocess
+
+    from .conftest import throwaway_psql, throwaway_server
+
+    with throwaway_server("pgv-archive-off-") as base:
+        psql = throwaway_psql(base)
+        psql("ALTER SYSTEM SET archive_mode = on")
+        data = f"{base}/data"
+        # A log file, and no pipe the new postmaster would hold open (run would wait for it).
+        subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", data, "-l", f"{base}/log",
+                        "-w", "restart"], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60)  # fmt: skip
+        assert psql(backups.ARCHIVE_OFF_PENDING_SQL) == ""
+        psql("ALTER SYSTEM RESET archive_mode")
+        psql("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        assert psql(backups.ARCHIVE_OFF_PENDING_SQL) == "archive_mode"
+        assert psql(backups.ARCHIVE_MODE_PENDING_SQL) == "archive_mode_pending=true"
+
+
+ODD = {
+    "database": 'App DB "x"',
+    "schema": 'My Schema"',
+    "table": "Tab'le\nName",
+    "owner": 'Odd "Owner"\nx',
+    "index": 'HNSW "Idx"\nOdd',
+}
+
+
+def test_the_drill_checks_odd_names_nologin_owners_and_never_runs_app_code_as_superuser(tmp_path):
+    """The drill's checks (PGV_DRILL_CHECK_SOCKET: the checks alone) on a real throwaway
+    PostgreSQL 15 with pgvector and amcheck: a database, schema, table, column and HNSW index
+    with quotes, spaces, mixed case and newlines in their names, owned by a role that cannot log
+    in (and has no CONNECT); pgvector in its own schema; an HNSW index on an expression that
+    calls an app function which refuses to run as a superuser. The old drill skipped every such
+    name (a regex filter) and failed on the NOLOGIN owner."""
+    import subprocess
+
+    from .conftest import PG_BINDIR, throwaway_psql, throwaway_server
+
+    with throwaway_server("pgv-drill-checks-") as base:
+        psql = throwaway_psql(base)
+        db, schema, table, owner, index = (ODD[key] for key in ("database", "schema", "table", "owner", "index"))
+
+        def ident(name: str) -> str:
+            return '"' + name.replace('"', '""') + '"'
+
+        psql(f"CREATE ROLE {ident(owner)} NOLOGIN")
+        psql(f"CREATE DATABASE {ident(db)}")
+        psql(f"REVOKE CONNECT ON DATABASE {ident(db)} FROM PUBLIC")
+        sql = f"""
+CREATE SCHEMA ext; CREATE EXTENSION vector SCHEMA ext;
+CREATE SCHEMA {ident(schema)} AUTHORIZATION {ident(owner)};
+GRANT USAGE ON SCHEMA ext TO {ident(owner)};
+SET ROLE {ident(owner)};
+CREATE FUNCTION {ident(schema)}.embed(v ext.vector) RETURNS ext.vector(3) LANGUAGE plpgsql IMMUTABLE AS $f$
+BEGIN
+  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN RAISE EXCEPTION 'app code ran as a superuser'; END IF;
+  RETURN v;
+END $f$;
+CREATE TABLE {ident(schema)}.{ident(table)} (id int PRIMARY KEY, "Emb Col" ext.vector(3));
+INSERT INTO {ident(schema)}.{ident(table)} SELECT i, ARRAY[i, i, i]::real[]::ext.vector FROM generate_series(1, 50) i;
+CREATE INDEX {ident(index)} ON {ident(schema)}.{ident(table)} USING hnsw ("Emb Col" ext.vector_l2_ops);
+CREATE INDEX expr_hnsw ON {ident(schema)}.{ident(table)} USING hnsw (({ident(schema)}.embed("Emb Col")::ext.vector(3)) ext.vector_l2_ops);
+CREATE TABLE {ident(schema)}.parted (id int, e ext.vector(3)) PARTITION BY RANGE (id);
+CREATE TABLE {ident(schema)}.parted_1 PARTITION OF {ident(schema)}.parted FOR VALUES FROM (0) TO (100);
+INSERT INTO {ident(schema)}.parted SELECT i, ARRAY[i, i, i]::real[]::ext.vector FROM generate_series(1, 20) i;
+CREATE INDEX parted_hnsw ON {ident(schema)}.parted USING hnsw (e ext.vector_l2_ops);
+"""
+        from pgvector_deploy.shell import dbname_conninfo
+
+        made = subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BINDIR}/psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(base),
+                               "-d", dbname_conninfo(db), "-c", sql], capture_output=True, text=True)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        env_file = tmp_path / "backup.env"
+        env_file.write_text(
+            f"PGV_BINDIR={PG_BINDIR}\nPGV_SOCKET_DIR=/nonexistent\nPGV_PORT=5432\nPGV_DRILL_PORT=5432\n"
+            f"PGV_DRILL_DIR={tmp_path}/drill\nPGV_TEXTFILE_DIR={tmp_path}/prom\nPGBR_CONFIG=/nonexistent\nPGBR_STANZA=x\n"
+        )
+        drill = REPO / "files" / "backups" / "pgvector-restore-drill"
+        env = {"PATH": "/usr/bin:/bin", "PGV_BACKUP_ENV": str(env_file), "PGV_DRILL_CHECK_SOCKET": str(base), "PGV_DRILL_CHECK_PORT": "5432"}
+        done = subprocess.run(["sh", str(drill)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report["result"] == "pass", report
+        odd = next(entry for entry in report["databases"] if entry["database"] == db)
+        assert sorted(odd["tables"], key=lambda t: t["table"]) == [
+            {"table": f"{schema}.{table}", "rows": 50}, {"table": f"{schema}.parted_1", "rows": 20}]  # fmt: skip
+        # A partitioned table's HNSW index is checked on each partition (its parent holds no rows).
+        assert sorted(odd["hnsw_indexes"], key=lambda h: h["index"]) == sorted(
+            [{"index": index, "table": f"{schema}.{table}", "rows_returned": 5},
+             {"index": "expr_hnsw", "table": f"{schema}.{table}", "rows_returned": 5},
+             {"index": "parted_1_e_idx", "table": f"{schema}.parted_1", "rows_returned": 5}], key=lambda h: h["index"])  # fmt: skip
+        assert odd["btree_indexes_checked"] >= 1
+        # The same checks with the app function's refusal hit: run as a superuser, they fail.
+        psql(f"ALTER ROLE {ident(owner)} SUPERUSER")
+        failed = subprocess.run(["sh", str(drill)], env=env, capture_output=True, text=True, timeout=300)
+        refused = json.loads(failed.stdout.strip().splitlines()[-1])
+        assert failed.returncode == 1 and refused["result"] == "fail" and "app code ran as a superuser" in refused["error"], refused
+
+
+CRON_SCHEDULES = [
+    {},  # the defaults: full Sunday 01:00, differential Monday to Saturday 01:00, drill Saturday 04:00
+    {"pg_backup_full_schedule": "Mon,Wed,Fri 02:30", "pg_backup_diff_schedule": "daily 23:59", "pg_backup_drill_schedule": "Tue,Sun 00:05"},
+]
+
+
+def systemd_elapses(on_calendar: str, base: datetime, count: int) -> list[datetime]:
+    """The next ``count`` times systemd's own calendar parser gives for ``on_calendar``."""
+    import subprocess
+
+    out = subprocess.run(
+        ["systemd-analyze", "calendar", f"--iterations={count}", f"--base-time=@{int(base.timestamp())}", on_calendar],
+        capture_output=True, text=True, check=True, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
+    ).stdout  # fmt: skip
+    found = [line.split(":", 1)[1].strip() for line in out.splitlines() if "Next elapse:" in line or "Iter. #" in line]
+    return [datetime.strptime(text.rsplit(" ", 1)[0], "%a %Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc) for text in found]
+
+
+@pytest.mark.parametrize("extra", CRON_SCHEDULES)
+def test_the_cron_file_is_what_cron_reads_and_fires_when_the_timers_do(extra):
+    """Without systemd: /etc/cron.d/pgvector-deploy-backups read as cron reads it (a name
+    without dots, 0644 root, a final newline, environment lines, then five fields, the user,
+    the command, no "%", which cron turns into a newline), each schedule parsed by croniter,
+    a real cron-expression parser, and firing at exactly the times systemd's own parser
+    (systemd-analyze calendar) gives for the timer the same host data makes on a systemd host;
+    each command is one of the scripts installed, 0755, with an argument it accepts."""
+    from croniter import croniter
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    cron_plan, _ = plan_with({**BACKUP, **extra}, systemd=False)
+    timer_plan, _ = plan_with({**BACKUP, **extra})
+    files = backups.wanted_files(cron_plan)
+    text, mode, owner = files[backups.CRON_FILE]
+    assert "." not in Path(backups.CRON_FILE).name and (mode, owner) == ("644", "root:root") and text.endswith("\n")
+    units = backups.wanted_files(timer_plan)
+    base = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)  # a Wednesday
+    jobs = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or re.match(r"^[A-Z_]+=", line):
+            continue
+        fields = line.split(None, 6)
+        assert len(fields) == 7 and fields[5] == "root" and "%" not in fields[6], line
+        schedule = " ".join(fields[:5])
+        assert croniter.is_valid(schedule), line
+        script, *arguments = fields[6].replace(" >/dev/null 2>&1", "").split()
+        assert script in files and files[script][1] == "755", script
+        usage = {"pgvector-backup": [["full"], ["diff"], ["incr"]], "pgvector-restore-drill": [[]], "pgvector-backup-status": [[]]}
+        assert arguments in usage[Path(script).name], line
+        jobs[fields[6]] = schedule
+    for name, command, schedule in backups.jobs(timer_plan):
+        cron = next(expression for line, expression in jobs.items() if line.startswith(command + " ") or line == command)
+        timer = units[f"{backups.UNIT_DIR}/{name}.timer"][0]
+        on_calendar = re.search(r"^OnCalendar=(.+)$", timer, re.M).group(1)
+        fires = croniter(cron, base)
+        assert [fires.get_next(datetime) for _ in range(8)] == systemd_elapses(on_calendar, base, 8), name
+    status = next(expression for line, expression in jobs.items() if "pgvector-backup-status" in line)
+    fires = croniter(status, base)
+    assert [fires.get_next(datetime) for _ in range(3)] == systemd_elapses("*:0/5", base, 3)
+
+
+def test_the_restore_touches_the_data_directory_only_after_a_complete_copy():
+    """The copy goes to <data dir>.restoring while PostgreSQL runs; a partial one from a killed
+    run is deleted first (it is only a copy from S3); the stop and the renames come after
+    pgBackRest succeeded. (The kill itself is proved on a real host: test_backups.py e2e.)"""
+    plan, _ = plan_with({**BACKUP, "restore_over_existing": True})
+    script = backups.restore_script(plan)
+    lines = script.splitlines()
+    data = plan.platform.data_dir
+
+    def at(text: str) -> int:
+        return next(number for number, line in enumerate(lines) if text in line)
+
+    assert at('rm -rf "$staging"') < at("--pg1-path=\"$staging\"") < at("systemctl stop") < at(f"mv {data} \"$aside\"") < at(f"mv \"$staging\" {data}")
+    assert f"staging={data}.restoring" in script and f"rm -rf {data}" not in script  # the data directory is never deleted
+    # Recovery fetches WAL with the configuration's pg1-path (the data directory), not the
+    # staging path pgBackRest would write into restore_command (gone after the swap: a restore
+    # to a time once waited forever in systemctl start, e2e caught it).
+    assert "'--recovery-option=restore_command=pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza=pgvector archive-get %f \"%p\"'" in script
+    assert sh_syntax_error(script) == ""

@@ -184,8 +184,9 @@ def test_host_locked_forgets_a_plan_given_by_name(host, plan):
 # --- every operation that can change the host is host_locked --------------------------------------
 
 # Fact-only operations: they yield no command of ours (verify gathers the smoke suite as a fact;
-# refuse yields only the failure of a refused host, which runs nothing else).
-FACT_ONLY = {"pgvector_deploy.smoke.verify", "pgvector_deploy.preflight.refuse"}
+# refuse yields only the failure of a refused host, which runs nothing else; backups.report
+# only reads the backup state and logs it).
+FACT_ONLY = {"pgvector_deploy.smoke.verify", "pgvector_deploy.preflight.refuse", "pgvector_deploy.backups.report"}
 
 
 def our_operations() -> dict[str, object]:

@@ -418,3 +418,84 @@ def test_a_killed_run_is_not_hidden_by_an_overlapping_run_that_finished(tmp_path
         run_b.wait()
     status, out = status_of(reports)
     assert status == nightly.FAILED and "did not finish" in out, out
+
+
+# --- the backup state of each host, and the run's status for monitoring --------------------------
+
+BACKUP_STATE = {
+    "repository": "ok", "backup_count": 2,
+    "last": {"label": "20261201-010000F_20261202-010000D", "type": "diff", "at": "2026-12-02T01:02:00Z", "age_seconds": 3600},
+    "last_full": {"label": "20261201-010000F", "type": "full", "at": "2026-12-01T01:05:00Z", "age_seconds": 90000},
+    "last_diff": {"label": "20261201-010000F_20261202-010000D", "type": "diff", "at": "2026-12-02T01:02:00Z", "age_seconds": 3600},
+    "wal_archive": {"status": "failing", "reason": "[039]: HTTP request failed with 403 (Forbidden)", "backlog_files": 7, "lag_seconds": 420},
+    "drill": {"result": "pass", "started_at": "2026-11-28T04:00:00Z", "last_good_started_at": "2026-11-28T04:00:00Z"},
+}  # fmt: skip
+
+
+def test_the_backup_state_each_host_logs_goes_into_the_report_and_the_summary(tmp_path, monkeypatch, capsys):
+    """backups.report logs one JSON line per host; the nightly run puts it in the host's entry
+    (also for a host with nothing else to say) and prints it; no change is counted for it."""
+    from pgvector_deploy.backups import BACKUP_STATE_MARK
+
+    results = {"plan": [], "results": {"operations": [
+        {"name": "Backup state is reported", "success": [], "error": [], "no_change": ["db-1", "db-2"]},
+    ], "failed_hosts": []}}  # fmt: skip
+    stderr = pyinfra_log_line("db-1", BACKUP_STATE_MARK + json.dumps(BACKUP_STATE), level=logging.INFO) + "\n"
+    stderr += pyinfra_log_line("db-1", "Vector smoke suite, pgvector 0.8.6: 11 passed", level=logging.INFO) + "\n"
+    monkeypatch.setattr(nightly.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 0, json.dumps(results), stderr))
+    assert nightly.main(["inv.py", "--report-dir", str(tmp_path)]) == nightly.CLEAN
+    report = json.loads((tmp_path / "nightly-latest.json").read_text())
+    assert report["hosts"]["db-1"]["backups"] == BACKUP_STATE and report["hosts"]["db-1"]["status"] == "clean"
+    assert report["hosts"]["db-2"]["backups"] is None  # no backups there (or the run stopped before)
+    out = capsys.readouterr().out
+    assert "backups: last full 2026-12-01T01:05:00Z (25h ago); last diff/incr 2026-12-02T01:02:00Z (60min ago)" in out
+    assert "WAL archive FAILING: [039]: HTTP request failed with 403 (Forbidden) (7 segments wait, oldest 420s)" in out
+    assert "drill pass (2026-11-28T04:00:00Z)" in out
+
+
+def test_a_backup_state_line_that_is_not_json_is_a_problem_not_a_crash():
+    states, problems = nightly.backup_states(pyinfra_log_line("db-1", "backup state: {not json", level=logging.INFO))
+    assert states == {} and "db-1" in problems[0] and "not readable" in problems[0]
+
+
+def prom(path) -> dict[str, float]:
+    """node_exporter's textfile format, read as a real Prometheus parser reads it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return values
+
+
+def test_the_run_writes_its_status_for_node_exporter_on_the_control_host(tmp_path, monkeypatch):
+    """--textfile-dir: pgvector_nightly.prom, "running" from the start, the final status at the
+    end, per host too (a host that cannot be reached can say nothing itself)."""
+    textfiles = tmp_path / "textfiles"
+    seen = {}
+
+    def fake_run(command, **kwargs):
+        seen["during"] = prom(textfiles / "pgvector_nightly.prom")
+        return subprocess.CompletedProcess(command, 1, json.dumps(APPLY), "")
+
+    monkeypatch.setattr(nightly.subprocess, "run", fake_run)
+    assert nightly.main(["inv.py", "--report-dir", str(tmp_path / "r"), "--textfile-dir", str(textfiles)]) == nightly.FAILED
+    assert seen["during"]["pgvector_nightly_running"] == 1 and seen["during"]["pgvector_nightly_status"] == nightly.RUNNING
+    after = prom(textfiles / "pgvector_nightly.prom")
+    assert after["pgvector_nightly_running"] == 0 and after["pgvector_nightly_status"] == nightly.FAILED
+    assert after["pgvector_nightly_last_finish_timestamp_seconds"] >= after["pgvector_nightly_last_start_timestamp_seconds"] > 0
+    assert after["pgvector_nightly_host_status{host=db-1}"] == nightly.CLEAN
+    assert after["pgvector_nightly_host_status{host=db-2}"] == nightly.DRIFT
+    assert after["pgvector_nightly_host_status{host=db-4}"] == nightly.FAILED
+    assert after["pgvector_nightly_host_changed_operations{host=db-2}"] == 1
+    assert oct((textfiles / "pgvector_nightly.prom").stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in textfiles.iterdir()] == ["pgvector_nightly.prom"]  # no temporary file left
+
+
+def test_host_names_are_escaped_in_the_textfile(tmp_path):
+    hosts = {'odd"name\\x': {"changed": [], "failed": [], "status": "clean", "restart_pending": ["shared_buffers"]}}
+    nightly.write_textfile(tmp_path, {"status": "clean", "started": "2026-12-01T03:15:00Z", "finished": "2026-12-01T03:16:00Z", "hosts": hosts})
+    values = prom(tmp_path / "pgvector_nightly.prom")
+    assert values['pgvector_nightly_host_restart_pending{host=odd"name\\x}'] == 1

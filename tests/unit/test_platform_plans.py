@@ -486,3 +486,38 @@ def test_every_platform_installs_openssl_which_the_tls_steps_run_on_the_host(key
     assert "openssl req -x509" in self_signed_script("/c.crt", "/c.key", ["10.0.0.1"])
     assert "-- openssl x509" in TLS_USABLE_SH
     assert "openssl" in next(p for p in PLATFORMS if p.key == key).tool_packages
+
+
+# --- pgBackRest per platform (backups.packages), from the recorded hosts ----------------------------
+
+BACKUP_DATA = {"pg_backup_s3_bucket": "acme-db-backups", "pg_backup_cipher_pass": "a-long-enough-passphrase-0123"}
+
+
+def planned_backup_packages(name: str, pgbackrest_installed: bool = False) -> tuple[list, FactHost]:
+    from pgvector_deploy import backups
+    from pgvector_deploy.backups import BackupState
+
+    host = recorded_host(name, data=BACKUP_DATA)
+    host.name = "db-1"  # the default prefix in the bucket
+    host.outputs[BackupState] = ["archive_mode=off", *(["pgbackrest=yes"] if pgbackrest_installed else [])]
+    return run_operation(backups.packages, plan_for(host), host), host
+
+
+@pytest.mark.parametrize("name", ["rhel9-x86_64", "rocky9-x86_64", "almalinux9-aarch64", "almalinux10-x86_64"])
+def test_the_rhel_family_installs_pgbackrest_from_pgdg(name):
+    """PGDG's yum repository (set up for PostgreSQL on these hosts: pgdg-redhat-repo) has
+    pgbackrest; dnf installs it by that name."""
+    if not (RECORDED / f"{name}-fresh.host-profile.txt").exists():
+        pytest.skip(f"no recording of {name}")
+    (command,), _ = planned_backup_packages(name)
+    assert "dnf -y install pgbackrest" in str(command) or "dnf install -y pgbackrest" in str(command), command
+    assert any("pgdg-redhat-repo" in str(step.setup) for step in plan_for(recorded_host(name)).platform.repository)
+
+
+@pytest.mark.parametrize("name", ["amzn2023-x86_64", "amzn2023.9-aarch64"])
+def test_amazon_linux_2023_is_refused_for_backups_naming_why_unless_pgbackrest_is_there(name):
+    (command,), _ = planned_backup_packages(name)
+    assert "yum repository, which has it for RHEL" in str(command) and "does not support Amazon Linux 2023" in str(command)
+    assert "Fix: unset pg_backup_s3_bucket" in str(command) and "dnf" not in str(command).split("Fix:")[0]
+    commands, host = planned_backup_packages(name, pgbackrest_installed=True)  # installed by hand
+    assert commands == [] and host.noops[-1] == "pgBackRest is installed"
