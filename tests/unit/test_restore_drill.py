@@ -131,3 +131,203 @@ def test_the_drill_restores_checks_and_reports(production):
     assert {"table": "public.items", "rows": 200} in app["tables"]
     assert app["hnsw_indexes"] == [{"index": "items_hnsw", "table": "public.items", "rows_returned": 5}]
     assert sorted(p.name for p in drill_dir.iterdir()) == ["last-good.json", "last.json"]
+
+
+def scratch_dirs(drill_dir: Path) -> list[Path]:
+    return sorted(drill_dir.glob("scratch.*"))
+
+
+def scratch_postmasters(drill_dir: Path) -> list[str]:
+    """PIDs of servers running from a scratch copy under ``drill_dir`` (their working directory)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "cwd").startswith(f"{drill_dir}/scratch."):
+                found.append(proc.name)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def slow_table(production):
+    """A table whose count takes 30 s (its row-level security policy sleeps, as its owner)."""
+    production.psql(
+        "CREATE FUNCTION public.slow() RETURNS boolean LANGUAGE sql AS 'SELECT pg_sleep(30) IS NOT NULL';"
+        "CREATE TABLE slow (i int); INSERT INTO slow VALUES (1);"
+        "ALTER TABLE slow ENABLE ROW LEVEL SECURITY; ALTER TABLE slow FORCE ROW LEVEL SECURITY;"
+        "CREATE POLICY slow ON slow USING (public.slow())",
+        database="app", user="app",
+    )  # fmt: skip
+    production.archive_now()
+    yield
+    production.psql("DROP TABLE slow; DROP FUNCTION public.slow()", database="app", user="app")
+    production.archive_now()
+
+
+def wait_for_the_slow_count(drill_dir: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while "pg_sleep" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout and not any(
+        "app app [local] SELECT" in line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    ):  # fmt: skip
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the drill never reached the slow table"
+        time.sleep(0.2)
+
+
+# --- finding 4: free space, cleanup after a stop or a kill ----------------------------------------
+
+
+def test_a_copy_that_would_not_fit_is_refused_with_a_report_before_anything_is_restored(production):
+    rc, out, drill_dir = production.drill(PGV_DRILL_SPACE_MARGIN_MB="100000000")
+    assert rc == 1, out
+    result = report(drill_dir)
+    assert result["result"] == "fail" and "not enough free space" in result["error"] and "MB are free" in result["error"], result
+    assert scratch_dirs(drill_dir) == [] and not (drill_dir / "last-good.json").exists()
+    assert "pgvector_restore_drill_success 0" in (production.base / "textfile" / "pgvector_drill.prom").read_text()
+
+
+def test_a_drill_stopped_with_sigterm_stops_and_removes_its_copy_and_reports(production, slow_table):
+    """systemctl stop, a shutdown: dash runs no EXIT trap on SIGTERM (the copy stayed, running)."""
+    drill_dir = production.drill_dir()
+    process = production.start_drill(drill_dir)
+    wait_for_the_slow_count(drill_dir, process)
+    os.killpg(process.pid, signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert scratch_dirs(drill_dir) == [] and scratch_postmasters(drill_dir) == []
+    result = report(drill_dir)
+    assert result["result"] == "fail" and "stopped" in result["error"], result
+
+
+def test_the_next_drill_stops_and_removes_what_a_killed_one_left(production, slow_table):
+    """SIGKILL (the OOM killer, cron without systemd's cgroup): the copy and its server stay;
+    the next drill (under the same lock) stops that server and removes the copy."""
+    drill_dir = production.drill_dir()
+    process = production.start_drill(drill_dir)
+    wait_for_the_slow_count(drill_dir, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    (left,) = scratch_dirs(drill_dir)
+    if not scratch_postmasters(drill_dir):  # the kill reached its server too: start it again, as cron's survivor
+        options = (f"-c config_file={left}/postgresql.conf -c hba_file={left}/pg_hba.conf -c ident_file={left}/pg_ident.conf "
+                   f"-c port=54330 -c listen_addresses= -c unix_socket_directories={left} -c archive_mode=off")  # fmt: skip
+        subprocess.run([*AS_POSTGRES, f"{PG_BINDIR}/pg_ctl", "-D", f"{left}/data", "-o", options, "-l", f"{left}/again.log", "-w", "start"],
+                       check=True, capture_output=True)  # fmt: skip
+    assert scratch_postmasters(drill_dir)
+    production.psql("DROP TABLE slow", database="app", user="app")
+    production.psql("CREATE TABLE slow (i int)", database="app", user="app")
+    production.archive_now()
+    again = production.start_drill(drill_dir)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, out + err
+    assert scratch_dirs(drill_dir) == [] and scratch_postmasters(drill_dir) == []
+
+
+# --- finding 9: root never writes through what postgres controls ---------------------------------
+
+
+@pytest.fixture
+def victim(production):
+    """A root-owned 0600 file a planted symlink points at."""
+    path = production.base / "victim"
+    path.write_text("root's own\n")
+    path.chmod(0o600)
+    yield path
+    path.unlink()
+
+
+def test_planted_report_symlinks_are_not_followed(production, victim):
+    drill_dir = production.drill_dir()
+    drill_dir.mkdir(mode=0o700)
+    shutil.chown(drill_dir, "postgres", "postgres")
+    for name in ("last.json", "last-good.json", "last.json.new"):
+        subprocess.run([*AS_POSTGRES, "ln", "-s", str(victim), str(drill_dir / name)], check=True)
+    process = production.start_drill(drill_dir)
+    out, err = process.communicate(timeout=600)
+    assert victim.read_text() == "root's own\n" and (victim.stat().st_mode & 0o777, victim.stat().st_uid) == (0o600, 0)
+    assert process.returncode == 0, out + err
+    assert report(drill_dir)["result"] == "pass" and not (drill_dir / "last.json").is_symlink()
+
+
+def test_a_symlink_planted_in_the_scratch_copy_is_not_followed(production, victim):
+    """postgres owns the scratch directory: a postgresql.conf symlink planted there once made
+    root write into (and chown) the file it pointed at."""
+    drill_dir = production.drill_dir()
+    process = production.start_drill(drill_dir)
+    deadline = time.monotonic() + 60
+    while not scratch_dirs(drill_dir):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.005)
+    scratch = scratch_dirs(drill_dir)[0]
+    for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf"):
+        subprocess.run([*AS_POSTGRES, "ln", "-s", str(victim), str(scratch / name)], check=True)
+    process.communicate(timeout=600)
+    assert victim.read_text() == "root's own\n" and (victim.stat().st_mode & 0o777, victim.stat().st_uid) == (0o600, 0)
+
+
+# --- finding 7: the database's own settings cannot break the drill or fake corruption ------------
+
+
+@pytest.mark.parametrize("setting", ["role = 'app'", "default_transaction_read_only = on", "search_path = public",
+                                     "statement_timeout = '1ms'", "lock_timeout = '1ms'"])  # fmt: skip
+def test_the_app_database_settings_cannot_break_the_drill(production, setting):
+    production.psql(f"ALTER DATABASE app SET {setting}")
+    production.archive_now()
+    try:
+        rc, out, drill_dir = production.drill()
+    finally:
+        production.psql(f"ALTER DATABASE app RESET {setting.split()[0]}")
+        production.archive_now()
+    assert rc == 0, out
+    assert report(drill_dir)["result"] == "pass"
+
+
+# --- finding 8: app text cannot break or forge the report ----------------------------------------
+
+
+FORGED = '\t","result":"pass","error":"","x":[{"y":"'
+FORGED_SQL = "E'" + FORGED.replace("\t", "\\t") + "'"  # a tab, quotes and JSON, as an SQL literal
+
+
+def test_app_warnings_do_not_reach_the_report(production):
+    production.psql(
+        "CREATE FUNCTION public.chatty() RETURNS boolean LANGUAGE plpgsql AS "
+        f"$f$BEGIN RAISE WARNING '%', {FORGED_SQL}; RETURN true; END$f$;"
+        + "CREATE TABLE chatty (i int); INSERT INTO chatty VALUES (1), (2), (3);"
+        "ALTER TABLE chatty ENABLE ROW LEVEL SECURITY; ALTER TABLE chatty FORCE ROW LEVEL SECURITY;"
+        "CREATE POLICY chatty ON chatty USING (public.chatty())",
+        database="app", user="app",
+    )  # fmt: skip
+    production.archive_now()
+    try:
+        rc, out, drill_dir = production.drill()
+    finally:
+        production.psql("DROP TABLE chatty; DROP FUNCTION public.chatty()", database="app", user="app")
+        production.archive_now()
+    result = report(drill_dir)  # valid JSON
+    app = next(db for db in result["databases"] if db["database"] == "app")
+    assert {"table": "public.chatty", "rows": 3} in app["tables"], app
+    assert all(isinstance(table["rows"], int) for table in app["tables"])
+    assert rc == 0 and result["result"] == "pass", out
+
+
+def test_an_app_error_cannot_forge_the_report(production):
+    production.psql(
+        "CREATE FUNCTION public.angry() RETURNS boolean LANGUAGE plpgsql AS "
+        f"$f$BEGIN RAISE EXCEPTION '%', {FORGED_SQL}; END$f$;"
+        "CREATE TABLE angry (i int); INSERT INTO angry VALUES (1);"
+        "ALTER TABLE angry ENABLE ROW LEVEL SECURITY; ALTER TABLE angry FORCE ROW LEVEL SECURITY;"
+        "CREATE POLICY angry ON angry USING (public.angry())",
+        database="app", user="app",
+    )  # fmt: skip
+    production.archive_now()
+    try:
+        rc, out, drill_dir = production.drill()
+    finally:
+        production.psql("DROP TABLE angry; DROP FUNCTION public.angry()", database="app", user="app")
+        production.archive_now()
+    assert rc == 1, out
+    result = report(drill_dir)  # valid JSON, control characters and quotes included
+    assert result["result"] == "fail" and "counting" in result["error"] and "x" not in result, result
+    assert not (drill_dir / "last-good.json").exists()
