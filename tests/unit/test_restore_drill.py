@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,8 @@ import pytest
 from .conftest import AS_POSTGRES, PG_BINDIR, skip_or_fail, throwaway_psql, throwaway_server_missing
 
 REPO = Path(__file__).resolve().parents[2]
-DRILL = REPO / "files" / "backups" / "pgvector-restore-drill"
+# PGV_TEST_DRILL_SCRIPT: another version of the script (to see a test fail on an older one).
+DRILL = Path(os.environ.get("PGV_TEST_DRILL_SCRIPT", REPO / "files" / "backups" / "pgvector-restore-drill"))
 STANZA = "pgvector"
 
 
@@ -131,6 +133,8 @@ def test_the_drill_restores_checks_and_reports(production):
     assert {"table": "public.items", "rows": 200} in app["tables"]
     assert app["hnsw_indexes"] == [{"index": "items_hnsw", "table": "public.items", "rows_returned": 5}]
     assert sorted(p.name for p in drill_dir.iterdir()) == ["last-good.json", "last.json"]
+    # Finding 25: the report names every table; root (the e2e tests, an operator) reads it.
+    assert all((drill_dir / name).stat().st_mode & 0o077 == 0 for name in ("last.json", "last-good.json"))
 
 
 def scratch_dirs(drill_dir: Path) -> list[Path]:
@@ -331,3 +335,91 @@ def test_an_app_error_cannot_forge_the_report(production):
     result = report(drill_dir)  # valid JSON, control characters and quotes included
     assert result["result"] == "fail" and "counting" in result["error"] and "x" not in result, result
     assert not (drill_dir / "last-good.json").exists()
+
+
+# --- finding 11: the drill judges how fresh the backup is -----------------------------------------
+
+
+def test_a_backup_older_than_the_schedule_allows_fails_the_drill(production):
+    rc, out, drill_dir = production.drill(PGV_DRILL_MAX_BACKUP_AGE_S="1")
+    assert rc == 1, out
+    result = report(drill_dir)
+    assert result["result"] == "fail" and "hours before the drill" in result["error"], result
+    assert result["backup_age_seconds"] >= 1 and result["databases"], result  # the checks ran and are reported
+    assert "pgvector_restore_drill_backup_age_seconds " in (production.base / "textfile" / "pgvector_drill.prom").read_text()
+
+
+def test_backup_env_says_how_old_the_newest_backup_may_be():
+    from pgvector_deploy import backups
+
+    from .test_backups import BACKUP, plan_with
+
+    def max_age(schedule: str) -> str:
+        plan, _ = plan_with({**BACKUP, "pg_backup_full_schedule": schedule})
+        return next(line for line in backups.render_env(plan).splitlines() if line.startswith("PGV_DRILL_MAX_BACKUP_AGE_S="))
+
+    day = 86400
+    assert max_age("Sun 01:00") == f"PGV_DRILL_MAX_BACKUP_AGE_S={8 * day}"  # a week, and a day's margin
+    assert max_age("Sun,Wed 01:00") == f"PGV_DRILL_MAX_BACKUP_AGE_S={5 * day}"  # Wed to Sun: 4 days
+    assert max_age("daily 01:00") == f"PGV_DRILL_MAX_BACKUP_AGE_S={2 * day}"
+
+
+# --- findings 18, 19: production's configuration and tablespaces stay out of the copy ------------
+
+
+def test_what_alter_system_put_in_production_does_not_act_in_the_copy(production):
+    """postgresql.auto.conf comes with the backup: a preloaded library (pg_cron) would run in the
+    copy, the log collector would write into production's log directory."""
+    logs = production.base / "production-logs"
+    production.psql("ALTER SYSTEM SET shared_preload_libraries = 'pgv_no_such_library'")
+    production.psql("ALTER SYSTEM SET logging_collector = on")
+    production.psql(f"ALTER SYSTEM SET log_directory = '{logs}'")
+    production.psql(f"ALTER SYSTEM SET external_pid_file = '{production.base}/production.pid'")
+    production.pgbackrest("backup", "--type=incr")
+    try:
+        rc, out, drill_dir = production.drill()
+    finally:
+        production.psql("ALTER SYSTEM RESET ALL")
+        production.pgbackrest("backup", "--type=incr")
+    assert rc == 0, out + json.dumps(report(drill_dir))
+    assert not logs.exists()
+
+
+def test_a_tablespace_is_restored_into_the_copy_not_over_production(production):
+    location = production.base / "tablespace"
+    location.mkdir()
+    shutil.chown(location, "postgres", "postgres")
+    production.psql(f"CREATE TABLESPACE extra LOCATION '{location}'")  # not in a transaction block
+    production.psql("GRANT CREATE ON TABLESPACE extra TO app")
+    production.psql("CREATE TABLE spaced (i int) TABLESPACE extra; INSERT INTO spaced SELECT generate_series(1, 7)", database="app", user="app")
+    production.pgbackrest("backup", "--type=incr")
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in location.rglob("*"))
+    try:
+        rc, out, drill_dir = production.drill()
+        after = sorted((str(p), p.stat().st_mtime_ns) for p in location.rglob("*"))
+    finally:
+        production.psql("DROP TABLE spaced", database="app", user="app")
+        production.psql("DROP TABLESPACE extra")
+        production.pgbackrest("backup", "--type=incr")
+    assert rc == 0, out + json.dumps(report(drill_dir))
+    app = next(db for db in report(drill_dir)["databases"] if db["database"] == "app")
+    assert {"table": "public.spaced", "rows": 7} in app["tables"]
+    assert after == before  # production's tablespace untouched
+
+
+# --- finding 11, last: a gap in the archive (this one breaks the archive: a new backup after) ------
+
+
+def test_a_recovery_short_of_what_production_archived_fails_the_drill(production):
+    production.psql("CREATE TABLE gap (i int)", database="app", user="app")
+    production.archive_now()
+    segments = sorted(p for p in (production.base / "repo" / "archive").rglob("*") if re.match(r"^[0-9A-F]{24}-", p.name))
+    segments[-1].unlink()  # the newest segment never reached the repository
+    try:
+        rc, out, drill_dir = production.drill()
+    finally:
+        production.psql("DROP TABLE gap", database="app", user="app")
+        production.pgbackrest("backup", "--type=full")
+    assert rc == 1, out
+    result = report(drill_dir)
+    assert result["result"] == "fail" and "WAL is missing from the repository" in result["error"], result
