@@ -49,6 +49,7 @@ from .managed_files import (
 )
 from .platforms import Platform
 from .preflight import Plan
+from .settings import WEEKDAYS, Schedule
 from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, host_locked
 
 STANZA = "pgvector"
@@ -171,11 +172,20 @@ def render_env(plan: Plan) -> str:
         "PGV_PORT": str(int(plan.port)),
         "PGV_DRILL_PORT": str(backup.drill_port),
         "PGV_DRILL_DIR": DRILL_DIR,
+        "PGV_DRILL_MAX_BACKUP_AGE_S": str(max_backup_age(backup.full)),
         "PGV_TEXTFILE_DIR": TEXTFILE_DIR,
     }
     return "# Managed by pgvector-deploy: settings of the backup scripts in " + LIBDIR + "\n" + "".join(
         f"{key}={shlex.quote(value)}\n" for key, value in values.items()
     )
+
+
+def max_backup_age(full: Schedule) -> int:
+    """Seconds the newest backup may be old when the drill runs: the full schedule's longest gap
+    between two runs, and a day (a slow or retried backup) more; older fails the drill."""
+    days = sorted(WEEKDAYS.index(day) for day in full.days) or list(range(7))
+    gaps = [(later - earlier) % 7 or 7 for earlier, later in zip(days, days[1:] + days[:1])]
+    return (max(gaps) + 1) * 86400
 
 
 def jobs(plan: Plan) -> list[tuple[str, str, object]]:
