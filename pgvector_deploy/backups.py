@@ -56,7 +56,15 @@ SCRIPTS = ("pgvector-backup", "pgvector-backup-status", "pgvector-restore-drill"
 # Every transaction is in S3 within a minute: a WAL segment is switched at least this often
 # when anything was written.
 ARCHIVE_TIMEOUT_S = 60
+# A restore of the latest state over a cluster waits this long for its WAL backlog to reach S3.
+DRAIN_WAIT_S = 300
 PGBR = f"runuser -u postgres -- pgbackrest --config={PGBR_CONFIG} --stanza={STANZA}"
+RESTORE_COMMAND = f'pgbackrest --config={PGBR_CONFIG} --stanza={STANZA} archive-get %f "%p"'
+# What pgBackRest's restore writes into postgresql.auto.conf for recovery (reset after it).
+RECOVERY_SETTINGS = (
+    "restore_command", "recovery_target", "recovery_target_time", "recovery_target_xid", "recovery_target_name",
+    "recovery_target_lsn", "recovery_target_action", "recovery_target_inclusive", "recovery_target_timeline",
+)  # fmt: skip
 ARCHIVE_RESTART_FIX = (
     "look at PostgreSQL's log; archive_mode and archive_command in conf.d/70-pgvector-backups.conf need "
     "pgBackRest installed and /etc/pgbackrest/pgbackrest.conf readable by postgres."
@@ -625,11 +633,14 @@ def restore_refusal(plan: Plan, state: dict, now: datetime | None = None) -> str
 
 
 def restore_script(plan: Plan) -> str:
-    """Shell: stop PostgreSQL, keep the data directory aside, restore into a new one, start,
-    wait for recovery to end. If the restore fails, the old directory is put back and started."""
+    """Shell: restore into a new sibling directory while the cluster keeps running; then stop
+    it, swap the two directories by rename, start, wait for recovery to end. Every step is
+    checked; a failure before the swap removes only the new directory (nothing changed), one
+    after it (PostgreSQL died in recovery) puts the previous directory back and starts it."""
     platform = plan.platform
     restore = plan.settings.restore
     data = shlex.quote(platform.data_dir)
+    parent = shlex.quote(str(Path(platform.data_dir).parent))
     target = ""
     if restore.target_time is not None:
         moment = restore.target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
@@ -639,35 +650,101 @@ def restore_script(plan: Plan) -> str:
     else:
         stop = f"runuser -u postgres -- {platform.bindir}/pg_ctl -D {data} -m fast -w stop"
         start = platform.start_without_systemd
+    # restore_command named here: pgBackRest's own would carry --pg1-path of the new directory,
+    # which is renamed before PostgreSQL starts.
+    fetch = shlex.quote(f'--recovery-option=restore_command={RESTORE_COMMAND}')
     ready = f"{platform.bindir}/pg_isready -q -h {platform.socket_dir} -p {int(plan.port)}"
     recovering = as_postgres(platform, plan.port, "postgres", "SELECT pg_catalog.pg_is_in_recovery()")
-    failed = fail(
-        "pgBackRest could not restore: ", _var("reason"),
-        f" The previous data directory was put back and started. Fix: correct what pgBackRest names, then run again.",
+    switch = as_postgres(platform, plan.port, "postgres", "SELECT pg_catalog.pg_switch_wal()")
+    reset = as_postgres(platform, plan.port, "postgres")
+    journal = f"journalctl -u {platform.service} --no-pager -n 200 2>/dev/null; " if plan.profile["systemd"] else ""
+    nothing = "Nothing was changed (the cluster kept running on its own data directory; the restored copy was removed)."
+    drain = ""
+    if restore.target_time is None:
+        # The latest state is what the archive holds: WAL still waiting in pg_wal would be lost.
+        backlog = fail(
+            "restoring the latest state over this cluster would lose the commits in ", _var("left"),
+            f" WAL segment(s) still waiting to be archived (pg_wal/archive_status/*.ready, {DRAIN_WAIT_S} s after a WAL switch). "
+            f"{nothing} Fix: let WAL archiving catch up (the smoke check wal_archive, pgvector_wal_archive_backlog_files), "
+            "or set restore_target_time; then run again.",
+        )  # fmt: skip
+        drain = f"""{switch} >/dev/null 2>&1 || true
+waited=0
+while left=$(backlog) && [ "$left" -gt 0 ]; do
+  waited=$((waited + 1)); [ $waited -lt {DRAIN_WAIT_S} ] || {{ rm -rf "$new"; {backlog}; }}; sleep 1
+done
+"""
+    mounted = fail(
+        f"the data directory {platform.data_dir} is a mount point: a restore swaps it with the restored copy by rename, "
+        f"which a mount point refuses. Nothing was changed. Fix: mount the volume one level up ({Path(platform.data_dir).parent}, "
+        "pg_data_mount) so that the data directory is a directory on it, or restore onto a fresh host.",
+    )  # fmt: skip
+    failed = fail("pgBackRest could not restore: ", _var("reason"), f" {nothing} Fix: correct what pgBackRest names, then run again.")
+    still = fail(
+        "PostgreSQL is still running after the stop (pg_ctl status: postmaster.pid and its process); the data "
+        f"directory was not touched and the restored copy was removed. Fix: stop it ({stop}), then run again."
+    )
+    unmoved = fail(
+        "could not move ", _var("what"), f"; the previous data directory is in place again and started, the restored copy "
+        "removed. Fix: read the error above, then run again.",
+    )  # fmt: skip
+    died = fail(
+        "PostgreSQL stopped during recovery: ", _var("fatal"), ". The previous data directory was put back and ",
+        _var("started"), "; the restored copy was removed. Fix: a restore_target_time after the last archived WAL "
+        "cannot be reached (\"recovery ended before configured recovery target was reached\"): give an earlier one; "
+        "otherwise read PostgreSQL's log.",
     )  # fmt: skip
     stuck = fail(
-        "PostgreSQL did not finish recovery within an hour (or did not start); the restored data directory is in place "
+        "PostgreSQL did not finish recovery within an hour; the restored data directory is in place (recovering) "
         f"and the previous one kept as ", _var("aside"), ". Fix: read PostgreSQL's log.",
     )  # fmt: skip
+    reset_sql = "".join(f"ALTER SYSTEM RESET {name};\\n" for name in RECOVERY_SETTINGS) + "SELECT pg_catalog.pg_reload_conf();\\n"
     return f"""set -u
 PATH={SAFE_PATH}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 aside={data}.before-restore-$stamp
-{stop} || true
-{ready} && {{ {fail("PostgreSQL is still running; nothing was changed. Fix: stop it, then run again.")}; }}
-mv {data} "$aside"
-install -d -m 0700 -o postgres -g postgres {data}
-if ! out=$({PGBR} --pg1-path={data} --log-level-console=warn --archive-mode=off {target} restore 2>&1); then
+new={data}.restoring-$stamp
+# A postmaster runs on the directory: postmaster.pid and its live process (pg_ctl status 0),
+# not only "no answer on the socket" (a shutdown in progress does not answer).
+running() {{ runuser -u postgres -- {platform.bindir}/pg_ctl status -D "$1" >/dev/null 2>&1; }}
+backlog() {{ find {data}/pg_wal/archive_status -name '*.ready' 2>/dev/null | wc -l; }}
+started() {{ {start} >/dev/null 2>&1 || true; if running {data}; then echo started; else echo "NOT started (start it by hand)"; fi; }}
+[ -d {data} ] || {{ {fail(f"there is no data directory {platform.data_dir}. Nothing was changed. Fix: run deploy/postgres.py first.")}; }}
+if mountpoint -q {data} 2>/dev/null || [ "$(stat -c %d {data})" != "$(stat -c %d {parent})" ]; then {mounted}; fi
+[ ! -e "$aside" ] && [ ! -e "$new" ] || {{ {fail("a directory from a restore in this same second exists; nothing was changed. Fix: run again.")}; }}
+install -d -m 0700 -o postgres -g postgres "$new" || {{ {fail(f"could not create the restore's directory beside {platform.data_dir}. Nothing was changed. Fix: read the error above.")}; }}
+# Into the new directory while the cluster runs: a failure here removes only that directory.
+if ! out=$({PGBR} --pg1-path="$new" --log-level-console=warn --archive-mode=off {fetch} {target} restore 2>&1); then
   {REASON}
-  rm -rf {data} && mv "$aside" {data}
-  {start} || true
+  rm -rf "$new"
   {failed}
 fi
-{start} || true
-waited=0
+{drain}{stop} >/dev/null 2>&1 || true
+if running {data} || {ready}; then rm -rf "$new"; {still}; fi
+if ! mv {data} "$aside"; then
+  what="the data directory aside"; rm -rf "$new"; started >/dev/null; {unmoved}
+fi
+if ! mv "$new" {data}; then
+  what="the restored copy into place"; mv "$aside" {data} && rm -rf "$new"; started >/dev/null; {unmoved}
+fi
+{start} >/dev/null 2>&1 || true
+waited=0 gone=0
 until [ "$({recovering} 2>/dev/null)" = f ]; do
+  # Twice in a row, a second apart: a postmaster that was started and is gone ended recovery with a FATAL.
+  if running {data}; then gone=0; else gone=$((gone + 1)); fi
+  if [ $gone -ge 2 ]; then
+    fatal=$( {{ {journal}tail -n 200 /var/log/postgresql/postgresql-*-main.log {data}/log/* 2>/dev/null; }} | grep -E 'FATAL|PANIC' | tail -n1 | tr -d '\\r')
+    [ -n "$fatal" ] || fatal="no FATAL line found in its log"
+    mv {data} "$new" && mv "$aside" {data} && rm -rf "$new"
+    started=$(started); {died}
+  fi
   waited=$((waited + 1)); [ $waited -lt 3600 ] || {{ {stuck}; }}; sleep 1
 done
+# Recovery is over: pgBackRest's recovery settings go from postgresql.auto.conf. Its
+# archive_mode = 'off' stays until deploy/postgres.py turns archiving on with this host's
+# own repository (the archiving operation resets it), so this host never archives into the
+# source's repository by itself.
+printf '{reset_sql}' | {reset} >/dev/null || echo "could not reset pgBackRest's recovery settings (ALTER SYSTEM RESET ...); harmless after recovery"
 echo "restored; the previous data directory is kept as $aside"
 """
 
