@@ -365,16 +365,46 @@ trap - EXIT
 """
 
 
-def config_script() -> str:
-    """Shell: the new pgbackrest.conf from standard input is tried first (pgBackRest lists the
-    repository with it, as postgres, from a private directory); only if S3 answers does it
-    replace the current file (0600 postgres, a copy of the old one kept)."""
+def config_script(where: str = "the repository", cluster: Platform | None = None) -> str:
+    """Shell: the new pgbackrest.conf from standard input is tried first, as postgres, from a
+    private directory: ``pgbackrest info`` with it must reach S3 and decrypt the repository's
+    info files (a wrong passphrase is named), and a stanza already there must be this
+    cluster's (``cluster``: its system-id from pg_controldata; not for a restore, whose
+    source is another cluster). Only then does it replace the current file (0600 postgres)."""
+    unchanged = f" Nothing was changed ({PGBR_CONFIG} and archiving are as they were)."
     unreachable = fail(
         "pgBackRest cannot reach the S3 repository with the new settings: ", _var("reason"),
-        f" Nothing was changed ({PGBR_CONFIG} and archiving are as they were). Fix: check that the bucket "
+        f"{unchanged} Fix: check that the bucket "
         "exists in pg_backup_s3_region, that the instance role (IMDSv2) allows s3:ListBucket, GetObject, "
         "PutObject and DeleteObject on it, and pg_backup_s3_endpoint / pg_backup_s3_ca_file; then run again.",
     )  # fmt: skip
+    undecryptable = fail(
+        f"pgBackRest cannot decrypt {where} with the new settings' passphrase (its info files fail to load: a "
+        f"wrong or rotated passphrase).{unchanged} Fix: give the passphrase the repository was made with "
+        "(pg_backup_cipher_pass_ssm / pg_backup_cipher_pass_env / pg_backup_cipher_pass); a repository keeps its "
+        "passphrase for life: for a new one, use a new pg_backup_s3_prefix.",
+    )  # fmt: skip
+    other = fail(
+        f"{where} answers with an error status ", _var("code"), ": ", _var("reason"), f".{unchanged} "
+        "Fix: correct what pgBackRest names (pgbackrest info), then run again.",
+    )  # fmt: skip
+    check = ""
+    if cluster is not None:
+        foreign = fail(
+            f"{where} holds the stanza of another cluster (system-id ", _var("theirs"), "; this cluster's is ",
+            _var("ours"), f").{unchanged} Fix: give this host its own pg_backup_s3_prefix; that repository belongs "
+            "to the cluster that made it.",
+        )  # fmt: skip
+        controldata = f"runuser -u postgres -- {cluster.bindir}/pg_controldata -D {shlex.quote(cluster.data_dir)}"
+        check = f"""# A stanza already there must be this cluster's: archive-push would fail on every segment.
+if [ "$code" != 1 ]; then
+  ours=$({controldata} 2>/dev/null | sed -n 's/^Database system identifier: *//p' || true)
+  if [ -n "$ours" ] && ! printf '%s' "$out" | grep -q "\\"system-id\\":$ours[,}}]"; then
+    theirs=$(printf '%s' "$out" | grep -o '"system-id":[0-9]*' | tail -n1 | cut -d: -f2 || true)
+    {foreign}
+  fi
+fi
+"""
     return f"""set -eu
 PATH={SAFE_PATH}
 {locate(PGBR_CONFIG)}
@@ -385,16 +415,29 @@ trap 'rm -rf "$probe"' EXIT
 chown postgres:postgres "$probe"
 cat > "$probe/pgbackrest.conf"
 chown postgres:postgres "$probe/pgbackrest.conf"
+# info, not repo-ls: it decrypts backup.info and archive.info, so a wrong passphrase fails here.
 if ! out=$(runuser -u postgres -- timeout 120 pgbackrest --config="$probe/pgbackrest.conf" --stanza={STANZA} \\
-    --log-level-console=off --log-level-stderr=error repo-ls 2>&1); then
+    --output=json --log-level-console=off --log-level-stderr=error info 2>&1); then
   {REASON}
   {unreachable}
 fi
-# Already so (another run wrote it while this one waited for the lock): leave it alone.
+# The stanza's status (the last one in the JSON; keys are sorted): 0 ok, 1 none yet, 2 no backup yet.
+code=$(printf '%s' "$out" | grep -o '"status":{{"code":[0-9]*' | tail -n1 | grep -o '[0-9]*$' || true)
+case $code in
+  0|1|2) ;;
+  *)
+    if printf '%s' "$out" | grep -q -e CryptoError -e 'FormatError: key/value found outside of section'; then {undecryptable}; fi
+    s3=$(printf '%s' "$out" | sed -n 's:.*<Code>\\([A-Za-z]*\\)</Code><Message>\\([^<]*\\)</Message>.*:\\1, \\2:p' | head -n1)
+    reason=$(printf '%s' "${{s3:-$out}}" | LC_ALL=C tr -cd '[:print:]' | cut -c1-400)
+    {other};;
+esac
+{check}# Already so (another run wrote it while this one waited for the lock): leave it alone.
 if cmp -s "$probe/pgbackrest.conf" "$file" && [ "$(stat -c %a:%U:%G "$file")" = 600:postgres:postgres ]; then exit 0; fi
 if [ -f "$file" ]; then
   install -d -m 0700 "$backups" "$copies"
   backup="$copies/$(basename "$file").bak-$stamp"; cp -p "$file" "$backup"
+  # It holds the passphrase (and any static key): the newest copy only, 0600 like the file.
+  ls -1d "$copies/$(basename "$file")".bak-* 2>/dev/null | sort -r | tail -n +2 | xargs -r rm -f --
 fi
 mv -f "$probe/pgbackrest.conf" "$file"
 """
@@ -469,7 +512,8 @@ def repository(plan: Plan, create_stanza: bool = True):
     state = backup_state(plan)
     configured = _configured(plan, state)
     if not configured:
-        yield StringCommand(config_script(), _stdin=render_config(plan))
+        where = f"the repository s3://{plan.settings.backup.bucket}/{plan.settings.backup.prefix}"
+        yield StringCommand(config_script(where, plan.platform if create_stanza else None), _stdin=render_config(plan))
     elif state["stanza_code"] is None or state["stanza_code"] not in (0, 1, 2):
         # The file is current, but pgBackRest cannot read the repository (the bucket was
         # deleted, the role lost its rights or has no credentials): a clear failure, not a

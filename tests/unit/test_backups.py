@@ -150,7 +150,7 @@ def test_a_fresh_host_gets_pgbackrest_the_config_on_stdin_the_stanza_archiving_s
     commands = {operation.__name__: run_operation(operation, plan, host) for operation in OPERATIONS}
     assert "install --no-install-recommends pgbackrest" in commands["packages"][0]
     config, stanza = commands["repository"]
-    assert isinstance(config, StringCommand) and CIPHER not in str(config) and "repo-ls" in str(config)
+    assert isinstance(config, StringCommand) and CIPHER not in str(config) and "--output=json --log-level-console=off --log-level-stderr=error info" in str(config)
     assert CIPHER in config.connector_arguments["_stdin"] and "repo1-s3-key-type=auto" in config.connector_arguments["_stdin"]
     assert "stanza-create" in stanza
     assert "archive_mode = on" in commands["archiving"][0] and "systemctl restart" in commands["archiving"][0]
