@@ -247,6 +247,9 @@ class BackupState(FactBase):
             f"WHERE error = '{PENDING_RESTART}'",
             "SELECT 'user_databases=' || pg_catalog.count(*) FROM pg_catalog.pg_database "
             "WHERE datname NOT IN ('postgres', 'template0', 'template1')",
+            # Every file that sets archive_mode, in the order PostgreSQL reads them (the last applied wins).
+            "SELECT 'archive_mode_file=' || sourcefile || '|' || coalesce(setting, '') || '|' || "
+            "CASE WHEN applied THEN 't' ELSE 'f' END FROM pg_catalog.pg_file_settings WHERE name = 'archive_mode' ORDER BY seqno",
         )
         server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
         timer_lines = "".join(
@@ -303,6 +306,8 @@ def parse_backup_state(lines: list[str]) -> dict:
         "last_failed": int(archiver[3]) if archiver[3] else None,
         "last_failed_wal": archiver[4],
         "pending_restart": values.get("pending_restart", []),
+        # (file, value, applied) of each archive_mode line, in PostgreSQL's reading order.
+        "archive_mode_files": [tuple(entry.rsplit("|", 2)) for entry in values.get("archive_mode_file", [])],
         # None: not answered (PostgreSQL down, or a query failed): a restore refuses then.
         "user_databases": int(values["user_databases"][0]) if values.get("user_databases") else None,
         "backlog": int((values.get("backlog") or ["0"])[0] or 0),
@@ -533,6 +538,19 @@ def repository(plan: Plan, create_stanza: bool = True):
         host.noop(f"pgBackRest repository s3://{plan.settings.backup.bucket}/{plan.settings.backup.prefix} is configured")
 
 
+AUTO_CONF = "postgresql.auto.conf"
+
+
+def archive_mode_overrides(state: dict, path: str) -> list[tuple[str, str]]:
+    """(file, value) of each archive_mode line PostgreSQL reads after ours (``path``), which
+    therefore outranks it; postgresql.auto.conf (ALTER SYSTEM) always comes last. After a
+    restore, pgBackRest's archive_mode = 'off' is there (``--archive-mode=off``)."""
+    rows = state.get("archive_mode_files", [])
+    files = [row[0] for row in rows]
+    after = rows[files.index(path) + 1 :] if path in files else [row for row in rows if row[0].endswith("/" + AUTO_CONF)]
+    return [(file, value) for file, value, _ in after if file != path]
+
+
 @operation()
 @host_locked
 @fails_host_on_error
@@ -556,13 +574,27 @@ def archiving(plan: Plan):
         return
     wanted = render_archive_settings()
     pending = [entry.split("|", 1)[1] for entry in state["pending_restart"] if entry.startswith(f"{path}|")]
+    overrides = archive_mode_overrides(state, path)
+    others = [f"{file} (archive_mode = {value})" for file, value in overrides if not file.endswith("/" + AUTO_CONF)]
+    if others:
+        yield fail(
+            f"archive_mode in {path} is overridden by {', '.join(others)}, read after it: WAL would never be archived. "
+            "Nothing was changed. Fix: remove archive_mode from that file (backups set it), then run again."
+        )
+        return
+    # pgBackRest's restore wrote archive_mode = 'off' into postgresql.auto.conf (or someone ran
+    # ALTER SYSTEM): it outranks our file, so without this the restart would never come.
+    reset = ""
+    if overrides:
+        logger.info(f"{host.print_prefix}resetting archive_mode in {AUTO_CONF} (ALTER SYSTEM RESET; left by a restore)")
+        reset = as_postgres(plan.platform, plan.port, "postgres", "ALTER SYSTEM RESET archive_mode") + " >/dev/null\n"
     if state["files"].get(path, ("",))[0] != sha256_text(wanted):
         restart_decision(plan, ["archive_mode"] if state["archive_mode"] != "on" else [])
         write = replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "archive settings")
-        yield f"{write}{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
-    elif pending or state["archive_mode"] != "on":
+        yield f"{write}{reset}{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
+    elif pending or overrides or state["archive_mode"] != "on":
         restart_decision(plan, pending or ["archive_mode"])
-        yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
+        yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{reset}{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
     else:
         host.noop("WAL archiving to S3 is on")
 
