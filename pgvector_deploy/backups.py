@@ -146,6 +146,17 @@ def render_archive_settings() -> str:
     )
 
 
+def render_archive_ending_settings() -> str:
+    """Our file once the bucket is unset while the restart that ends archiving must wait
+    (pg_restart = report): archive_mode stays on until then, so WAL is let go, not kept."""
+    return (
+        "# Managed by pgvector-deploy: pg_backup_s3_bucket was unset; WAL archiving ends at the next restart\n"
+        "# (pg_restart = report). Until then each WAL segment is let go (/bin/true), not kept on disk.\n"
+        "archive_mode = off\n"
+        "archive_command = '/bin/true'\n"
+    )
+
+
 def render_env(plan: Plan) -> str:
     """/etc/pgvector-deploy/backup.env, read by the scripts (no secret in it)."""
     backup = plan.settings.backup
@@ -566,11 +577,21 @@ def archiving(plan: Plan):
     state = backup_state(plan)
     ours = f"sourcefile = '{path}'"
     if plan.settings.backup is None:
-        if path in state["files"]:
+        if path not in state["files"]:
+            host.noop("no archiving (pg_backup_s3_bucket is not set)")
+        elif plan.settings.restart_allowed or state["archive_mode"] != "on":
             restart_decision(plan, ["archive_mode"] if state["archive_mode"] == "on" else [])
             yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{set_aside()}\n{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
         else:
-            host.noop("no archiving (pg_backup_s3_bucket is not set)")
+            # archive_mode stays on until a restart this run may not do: without our file its
+            # archive_command would be '' and PostgreSQL would keep every WAL segment.
+            restart_decision(plan, ["archive_mode"])
+            ending = render_archive_ending_settings()
+            if state["files"][path][0] == sha256_text(ending):
+                host.noop("WAL archiving ends at the pending restart (archive_command = /bin/true until then)")
+                return
+            write = replace_file_script(path, ending, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "archive settings")
+            yield f"{write}{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
         return
     wanted = render_archive_settings()
     pending = [entry.split("|", 1)[1] for entry in state["pending_restart"] if entry.startswith(f"{path}|")]

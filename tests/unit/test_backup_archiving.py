@@ -89,3 +89,22 @@ def test_wal_archive_fails_when_archiving_is_off_with_a_bucket_and_skips_only_na
                 break
             time.sleep(0.1)
         assert pending.status == "skip" and "pending restart" in pending.detail, pending
+
+
+def test_unsetting_the_bucket_under_pg_restart_report_keeps_a_harmless_archive_command_until_the_restart():
+    """adv14 #5: the file was set aside and reloaded, archive_mode stayed on until a restart
+    report mode never does, and archive_command fell back to '': WAL piled up on disk."""
+    plan, host = plan_with({"pg_restart": "report"})
+    path = backups.archive_path(plan.platform)
+    host.outputs[BackupState] = [f"file={path}|{backups.sha256_text(backups.render_archive_settings())}|644|postgres:postgres", "archive_mode=on"]
+    (command,) = run_operation(backups.archiving, plan, host)
+    assert "archive_command = '/bin/true'" in command and "archive_mode = off" in command
+    assert "systemctl restart" not in command and "restart pending: " in command
+    ending = backups.sha256_text(backups.render_archive_ending_settings())
+    plan._facts.clear()  # the host changed: asked again
+    host.outputs[BackupState] = [f"file={path}|{ending}|644|postgres:postgres", "archive_mode=on"]
+    assert run_operation(backups.archiving, plan, host) == []  # idempotent while the restart waits
+    plan._facts.clear()
+    host.outputs[BackupState] = [f"file={path}|{ending}|644|postgres:postgres", "archive_mode=off"]
+    (command,) = run_operation(backups.archiving, plan, host)  # restarted since: the file goes
+    assert "bak-" in command and "/bin/true" not in command
