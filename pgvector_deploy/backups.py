@@ -755,8 +755,8 @@ def restore_script(plan: Plan) -> str:
     switch = as_postgres(platform, plan.port, "postgres", "SELECT pg_catalog.pg_switch_wal()")
     reset = as_postgres(platform, plan.port, "postgres")
     journal = f"journalctl -u {platform.service} --no-pager -n 200 2>/dev/null; " if plan.profile["systemd"] else ""
-    nothing = "Nothing was changed (the cluster kept running on its own data directory; the restored copy was removed)."
-    drain = ""
+    nothing = "Nothing was changed (the cluster runs on its own data directory; the restored copy was removed)."
+    drain = after_stop = ""
     if restore.target_time is None:
         # The latest state is what the archive holds: WAL still waiting in pg_wal would be lost.
         backlog = fail(
@@ -765,6 +765,10 @@ def restore_script(plan: Plan) -> str:
             f"{nothing} Fix: let WAL archiving catch up (the smoke check wal_archive, pgvector_wal_archive_backlog_files), "
             "or set restore_target_time; then run again.",
         )  # fmt: skip
+        # The shutdown switches WAL once more and the archiver gets one last try: what it
+        # could not archive stays behind in the directory set aside.
+        after_stop = f"""if left=$(backlog) && [ "$left" -gt 0 ]; then rm -rf "$new"; started >/dev/null; {backlog}; fi
+"""
         drain = f"""{switch} >/dev/null 2>&1 || true
 waited=0
 while left=$(backlog) && [ "$left" -gt 0 ]; do
@@ -818,7 +822,7 @@ if ! out=$({PGBR} --pg1-path="$new" --log-level-console=warn --archive-mode=off 
 fi
 {drain}{stop} >/dev/null 2>&1 || true
 if running {data} || {ready}; then rm -rf "$new"; {still}; fi
-if ! mv {data} "$aside"; then
+{after_stop}if ! mv {data} "$aside"; then
   what="the data directory aside"; rm -rf "$new"; started >/dev/null; {unmoved}
 fi
 if ! mv "$new" {data}; then

@@ -220,6 +220,21 @@ def test_restore_latest_over_the_existing_cluster_gives_1500_rows_and_keeps_the_
     assert len(kept) == 2  # the fresh cluster, then the one restored at T
 
 
+def test_a_restored_host_deployed_with_its_own_prefix_archives_and_backs_up(pair):
+    """adv14 #2: pgBackRest's restore leaves archive_mode = 'off' in postgresql.auto.conf,
+    which outranks our conf.d file: the deploy reported the restart on every run, never did
+    it, and wal_archive skipped, so the restored host never got a backup."""
+    result = pair.deploy(pair.b, pg_backup_s3_prefix="db-b")
+    assert result.returncode == 0, result.output
+    assert "resetting archive_mode in postgresql.auto.conf" in result.output
+    assert pair.b.psql("SHOW archive_mode") == "on"
+    assert any(key.startswith("db-b/backup/pgvector/") for key in pair.s3.keys(BUCKET, "db-b/"))
+    assert re.search(r"wal_archive\s+PASS", result.output), result.output
+    again = pair.deploy(pair.b, pg_backup_s3_prefix="db-b")
+    assert again.returncode == 0, again.output
+    assert again.changed(pair.b.name) == []
+
+
 def test_a_bucket_that_does_not_exist_is_a_clear_error_and_changes_nothing(pair):
     before = snapshot(pair.a)
     result = pair.deploy(pair.a, pg_backup_s3_bucket="pgv-no-such-bucket")

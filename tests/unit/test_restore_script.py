@@ -33,7 +33,8 @@ echo 15 > "$dir/PG_VERSION"; touch "$dir/restored"; mkdir -p "$dir/pg_wal/archiv
     # pg_ctl status -D DIR: 0 when DIR/postmaster.pid exists, else 3; pg_ctl -D DIR stop.
     "pg_ctl": """case " $* " in
 *" status "*) while [ "$1" != -D ]; do shift; done; [ -f "$2/postmaster.pid" ] && exit 0; exit 3;;
-*" stop "*) echo stop >> "$STUB/calls"; [ "${STUB_STOP:-}" = hang ] && exit 1; rm -f "$STUB/data/postmaster.pid";;
+*" stop "*) echo stop >> "$STUB/calls"; [ "${STUB_STOP:-}" = hang ] && exit 1; rm -f "$STUB/data/postmaster.pid"
+  [ "${STUB_STOP:-}" = unarchived ] && touch "$STUB/data/pg_wal/archive_status/000000010000000000000009.ready"; true;;
 esac""",
     # The start command: a restored directory dies in recovery when asked to.
     "start": """echo start >> "$STUB/calls"
@@ -159,6 +160,11 @@ def test_restoring_the_latest_state_waits_for_the_wal_backlog_and_refuses_naming
     result = run(lab, script_for(lab, {}))
     assert result.returncode == 1 and "would lose the commits in 2 WAL segment(s)" in result.stderr
     assert not (lab / "calls").exists() and siblings(lab) == ["data"]  # never stopped, the restored copy removed
+    # The shutdown's own last segment that the archiver could not push: the old cluster comes back.
+    shutdown = run(lab, script_for(lab, {}), STUB_DRAIN="yes", STUB_STOP="unarchived")
+    assert shutdown.returncode == 1 and "would lose the commits in 1 WAL segment(s)" in shutdown.stderr
+    assert siblings(lab) == ["data"] and (lab / "data" / "postmaster.pid").exists() and not (lab / "data" / "restored").exists()
+    (lab / "data" / "pg_wal" / "archive_status" / "000000010000000000000009.ready").unlink()
     drained = run(lab, script_for(lab, {}), STUB_DRAIN="yes")
     assert drained.returncode == 0, drained.stderr
 
