@@ -834,7 +834,8 @@ until [ "$({recovering} 2>/dev/null)" = f ]; do
   # Twice in a row, a second apart: a postmaster that was started and is gone ended recovery with a FATAL.
   if running {data}; then gone=0; else gone=$((gone + 1)); fi
   if [ $gone -ge 2 ]; then
-    fatal=$( {{ {journal}tail -n 200 /var/log/postgresql/postgresql-*-main.log {data}/log/* 2>/dev/null; }} | grep -E 'FATAL|PANIC' | tail -n1 | tr -d '\\r')
+    # Not the FATALs our own polling got while it started or stopped ("the database system is ...").
+    fatal=$( {{ {journal}tail -n 200 /var/log/postgresql/postgresql-*-main.log {data}/log/* 2>/dev/null; }} | grep -E 'FATAL|PANIC' | grep -v 'the database system is' | tail -n1 | tr -d '\\r')
     [ -n "$fatal" ] || fatal="no FATAL line found in its log"
     mv {data} "$new" && mv "$aside" {data} && rm -rf "$new"
     started=$(started); {died}
