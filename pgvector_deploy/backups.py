@@ -415,7 +415,7 @@ def config_script(where: str = "the repository", cluster: Platform | None = None
         check = f"""# A stanza already there must be this cluster's: archive-push would fail on every segment.
 if [ "$code" != 1 ]; then
   ours=$({controldata} 2>/dev/null | sed -n 's/^Database system identifier: *//p' || true)
-  if [ -n "$ours" ] && ! printf '%s' "$out" | grep -q "\\"system-id\\":$ours[,}}]"; then
+  if [ -n "$ours" ] && ! printf '%s' "$out" | grep -q "\\"system-id\\":${{ours}}[,}}]"; then
     theirs=$(printf '%s' "$out" | grep -o '"system-id":[0-9]*' | tail -n1 | cut -d: -f2 || true)
     {foreign}
   fi
@@ -453,7 +453,7 @@ if [ -f "$file" ]; then
   install -d -m 0700 "$backups" "$copies"
   backup="$copies/$(basename "$file").bak-$stamp"; cp -p "$file" "$backup"
   # It holds the passphrase (and any static key): the newest copy only, 0600 like the file.
-  ls -1d "$copies/$(basename "$file")".bak-* 2>/dev/null | sort -r | tail -n +2 | xargs -r rm -f --
+  find "$copies" -maxdepth 1 -name "$(basename "$file").bak-*" | sort -r | tail -n +2 | xargs -r rm -f --
 fi
 mv -f "$probe/pgbackrest.conf" "$file"
 """
@@ -812,7 +812,7 @@ backlog() {{ find {data}/pg_wal/archive_status -name '*.ready' 2>/dev/null | wc 
 started() {{ {start} >/dev/null 2>&1 || true; if running {data}; then echo started; else echo "NOT started (start it by hand)"; fi; }}
 [ -d {data} ] || {{ {fail(f"there is no data directory {platform.data_dir}. Nothing was changed. Fix: run deploy/postgres.py first.")}; }}
 if mountpoint -q {data} 2>/dev/null || [ "$(stat -c %d {data})" != "$(stat -c %d {parent})" ]; then {mounted}; fi
-[ ! -e "$aside" ] && [ ! -e "$new" ] || {{ {fail("a directory from a restore in this same second exists; nothing was changed. Fix: run again.")}; }}
+if [ -e "$aside" ] || [ -e "$new" ]; then {fail("a directory from a restore in this same second exists; nothing was changed. Fix: run again.")}; fi
 install -d -m 0700 -o postgres -g postgres "$new" || {{ {fail(f"could not create the restore's directory beside {platform.data_dir}. Nothing was changed. Fix: read the error above.")}; }}
 # Into the new directory while the cluster runs: a failure here removes only that directory.
 if ! out=$({PGBR} --pg1-path="$new" --log-level-console=warn --archive-mode=off {fetch} {target} restore 2>&1); then

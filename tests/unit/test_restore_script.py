@@ -174,3 +174,15 @@ def test_the_restore_script_is_valid_sh_with_systemd():
     from .conftest import sh_syntax_error
 
     assert sh_syntax_error(backups.restore_script(plan)) == ""
+
+
+@pytest.mark.parametrize("systemd", [True, False])
+def test_the_restore_and_probe_scripts_pass_shellcheck(systemd):
+    from .test_shellcheck import shellcheck
+
+    plan, _ = plan_with({**BACKUP, "restore_over_existing": True}, systemd=systemd)
+    timed, _ = plan_with({**BACKUP, "restore_target_time": "2026-12-01T12:00:00+00:00"}, systemd=systemd)
+    scripts = [backups.restore_script(plan), backups.restore_script(timed), backups.config_script("the repository s3://b/p", plan.platform)]
+    for script in scripts:
+        result = shellcheck("--shell=sh", "-", script=script)
+        assert result.returncode == 0, result.stdout
