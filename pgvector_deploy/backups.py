@@ -66,7 +66,15 @@ SCRIPTS = ("pgvector-backup", "pgvector-backup-status", "pgvector-restore-drill"
 # Every transaction is in S3 within a minute: a WAL segment is switched at least this often
 # when anything was written.
 ARCHIVE_TIMEOUT_S = 60
+# A restore of the latest state over a cluster waits this long for its WAL backlog to reach S3.
+DRAIN_WAIT_S = 300
 PGBR = f"runuser -u postgres -- pgbackrest --config={PGBR_CONFIG} --stanza={STANZA}"
+RESTORE_COMMAND = f'pgbackrest --config={PGBR_CONFIG} --stanza={STANZA} archive-get %f "%p"'
+# What pgBackRest's restore writes into postgresql.auto.conf for recovery (reset after it).
+RECOVERY_SETTINGS = (
+    "restore_command", "recovery_target", "recovery_target_time", "recovery_target_xid", "recovery_target_name",
+    "recovery_target_lsn", "recovery_target_action", "recovery_target_inclusive", "recovery_target_timeline",
+)  # fmt: skip
 ARCHIVE_RESTART_FIX = (
     "look at PostgreSQL's log; archive_mode and archive_command in conf.d/70-pgvector-backups.conf need "
     "pgBackRest installed and /etc/pgbackrest/pgbackrest.conf readable by postgres."
@@ -155,6 +163,17 @@ def render_archive_settings() -> str:
         "archive_mode = on\n"
         f"archive_command = 'pgbackrest --config={PGBR_CONFIG} --stanza={STANZA} archive-push %p'\n"
         f"archive_timeout = {ARCHIVE_TIMEOUT_S}\n"
+    )
+
+
+def render_archive_ending_settings() -> str:
+    """Our file once the bucket is unset while the restart that ends archiving must wait
+    (pg_restart = report): archive_mode stays on until then, so WAL is let go, not kept."""
+    return (
+        "# Managed by pgvector-deploy: pg_backup_s3_bucket was unset; WAL archiving ends at the next restart\n"
+        "# (pg_restart = report). Until then each WAL segment is let go (/bin/true), not kept on disk.\n"
+        "archive_mode = off\n"
+        "archive_command = '/bin/true'\n"
     )
 
 
@@ -298,6 +317,9 @@ class BackupState(FactBase):
             # archive_mode's own restart still pending (pg_file_settings has no row for a
             # setting whose file was set aside: its value just waits for the restart).
             ARCHIVE_MODE_PENDING_SQL,
+            # Every file that sets archive_mode, in the order PostgreSQL reads them (the last applied wins).
+            "SELECT 'archive_mode_file=' || sourcefile || '|' || coalesce(setting, '') || '|' || "
+            "CASE WHEN applied THEN 't' ELSE 'f' END FROM pg_catalog.pg_file_settings WHERE name = 'archive_mode' ORDER BY seqno",
         )
         server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
         timer_lines = "".join(
@@ -355,6 +377,8 @@ def parse_backup_state(lines: list[str]) -> dict:
         "last_failed_wal": archiver[4],
         "pending_restart": values.get("pending_restart", []),
         "archive_mode_pending": values.get("archive_mode_pending", [""])[0] == "true",
+        # (file, value, applied) of each archive_mode line, in PostgreSQL's reading order.
+        "archive_mode_files": [tuple(entry.rsplit("|", 2)) for entry in values.get("archive_mode_file", [])],
         # None: not answered (PostgreSQL down, or a query failed): a restore refuses then.
         "user_databases": int(values["user_databases"][0]) if values.get("user_databases") else None,
         "backlog": int((values.get("backlog") or ["0"])[0] or 0),
@@ -417,16 +441,46 @@ trap - EXIT
 """
 
 
-def config_script() -> str:
-    """Shell: the new pgbackrest.conf from standard input is tried first (pgBackRest lists the
-    repository with it, as postgres, from a private directory); only if S3 answers does it
-    replace the current file (0600 postgres, a copy of the old one kept)."""
+def config_script(where: str = "the repository", cluster: Platform | None = None) -> str:
+    """Shell: the new pgbackrest.conf from standard input is tried first, as postgres, from a
+    private directory: ``pgbackrest info`` with it must reach S3 and decrypt the repository's
+    info files (a wrong passphrase is named), and a stanza already there must be this
+    cluster's (``cluster``: its system-id from pg_controldata; not for a restore, whose
+    source is another cluster). Only then does it replace the current file (0600 postgres)."""
+    unchanged = f" Nothing was changed ({PGBR_CONFIG} and archiving are as they were)."
     unreachable = fail(
         "pgBackRest cannot reach the S3 repository with the new settings: ", _var("reason"),
-        f" Nothing was changed ({PGBR_CONFIG} and archiving are as they were). Fix: check that the bucket "
+        f"{unchanged} Fix: check that the bucket "
         "exists in pg_backup_s3_region, that the instance role (IMDSv2) allows s3:ListBucket, GetObject, "
         "PutObject and DeleteObject on it, and pg_backup_s3_endpoint / pg_backup_s3_ca_file; then run again.",
     )  # fmt: skip
+    undecryptable = fail(
+        f"pgBackRest cannot decrypt {where} with the new settings' passphrase (its info files fail to load: a "
+        f"wrong or rotated passphrase).{unchanged} Fix: give the passphrase the repository was made with "
+        "(pg_backup_cipher_pass_ssm / pg_backup_cipher_pass_env / pg_backup_cipher_pass); a repository keeps its "
+        "passphrase for life: for a new one, use a new pg_backup_s3_prefix.",
+    )  # fmt: skip
+    other = fail(
+        f"{where} answers with an error status ", _var("code"), ": ", _var("reason"), f".{unchanged} "
+        "Fix: correct what pgBackRest names (pgbackrest info), then run again.",
+    )  # fmt: skip
+    check = ""
+    if cluster is not None:
+        foreign = fail(
+            f"{where} holds the stanza of another cluster (system-id ", _var("theirs"), "; this cluster's is ",
+            _var("ours"), f").{unchanged} Fix: give this host its own pg_backup_s3_prefix; that repository belongs "
+            "to the cluster that made it.",
+        )  # fmt: skip
+        controldata = f"runuser -u postgres -- {cluster.bindir}/pg_controldata -D {shlex.quote(cluster.data_dir)}"
+        check = f"""# A stanza already there must be this cluster's: archive-push would fail on every segment.
+if [ "$code" != 1 ]; then
+  ours=$({controldata} 2>/dev/null | sed -n 's/^Database system identifier: *//p' || true)
+  if [ -n "$ours" ] && ! printf '%s' "$out" | grep -q "\\"system-id\\":${{ours}}[,}}]"; then
+    theirs=$(printf '%s' "$out" | grep -o '"system-id":[0-9]*' | tail -n1 | cut -d: -f2 || true)
+    {foreign}
+  fi
+fi
+"""
     return f"""set -eu
 PATH={SAFE_PATH}
 {locate(PGBR_CONFIG)}
@@ -437,16 +491,29 @@ trap 'rm -rf "$probe"' EXIT
 chown postgres:postgres "$probe"
 cat > "$probe/pgbackrest.conf"
 chown postgres:postgres "$probe/pgbackrest.conf"
+# info, not repo-ls: it decrypts backup.info and archive.info, so a wrong passphrase fails here.
 if ! out=$(runuser -u postgres -- timeout 120 pgbackrest --config="$probe/pgbackrest.conf" --stanza={STANZA} \\
-    --log-level-console=off --log-level-stderr=error repo-ls 2>&1); then
+    --output=json --log-level-console=off --log-level-stderr=error info 2>&1); then
   {REASON}
   {unreachable}
 fi
-# Already so (another run wrote it while this one waited for the lock): leave it alone.
+# The stanza's status (the last one in the JSON; keys are sorted): 0 ok, 1 none yet, 2 no backup yet.
+code=$(printf '%s' "$out" | grep -o '"status":{{"code":[0-9]*' | tail -n1 | grep -o '[0-9]*$' || true)
+case $code in
+  0|1|2) ;;
+  *)
+    if printf '%s' "$out" | grep -q -e CryptoError -e 'FormatError: key/value found outside of section'; then {undecryptable}; fi
+    s3=$(printf '%s' "$out" | sed -n 's:.*<Code>\\([A-Za-z]*\\)</Code><Message>\\([^<]*\\)</Message>.*:\\1, \\2:p' | head -n1)
+    reason=$(printf '%s' "${{s3:-$out}}" | LC_ALL=C tr -cd '[:print:]' | cut -c1-400)
+    {other};;
+esac
+{check}# Already so (another run wrote it while this one waited for the lock): leave it alone.
 if cmp -s "$probe/pgbackrest.conf" "$file" && [ "$(stat -c %a:%U:%G "$file")" = 600:postgres:postgres ]; then exit 0; fi
 if [ -f "$file" ]; then
   install -d -m 0700 "$backups" "$copies"
   backup="$copies/$(basename "$file").bak-$stamp"; cp -p "$file" "$backup"
+  # It holds the passphrase (and any static key): the newest copy only, 0600 like the file.
+  find "$copies" -maxdepth 1 -name "$(basename "$file").bak-*" | sort -r | tail -n +2 | xargs -r rm -f --
 fi
 mv -f "$probe/pgbackrest.conf" "$file"
 """
@@ -523,7 +590,8 @@ def repository(plan: Plan, create_stanza: bool = True):
     state = backup_state(plan)
     configured = _configured(plan, state)
     if not configured:
-        yield StringCommand(config_script(), _stdin=render_config(plan))
+        where = f"the repository s3://{plan.settings.backup.bucket}/{plan.settings.backup.prefix}"
+        yield StringCommand(config_script(where, plan.platform if create_stanza else None), _stdin=render_config(plan))
     elif state["stanza_code"] is None or state["stanza_code"] not in (0, 1, 2):
         # The file is current, but pgBackRest cannot read the repository (the bucket was
         # deleted, the role lost its rights or has no credentials): a clear failure, not a
@@ -556,6 +624,17 @@ def archive_off_restart(plan: Plan) -> str:
 if [ -n "$pending" ]; then
 {act}
 fi"""
+AUTO_CONF = "postgresql.auto.conf"
+
+
+def archive_mode_overrides(state: dict, path: str) -> list[tuple[str, str]]:
+    """(file, value) of each archive_mode line PostgreSQL reads after ours (``path``), which
+    therefore outranks it; postgresql.auto.conf (ALTER SYSTEM) always comes last. After a
+    restore, pgBackRest's archive_mode = 'off' is there (``--archive-mode=off``)."""
+    rows = state.get("archive_mode_files", [])
+    files = [row[0] for row in rows]
+    after = rows[files.index(path) + 1 :] if path in files else [row for row in rows if row[0].endswith("/" + AUTO_CONF)]
+    return [(file, value) for file, value, _ in after if file != path]
 
 
 @operation()
@@ -573,26 +652,50 @@ def archiving(plan: Plan):
     state = backup_state(plan)
     ours = f"sourcefile = '{path}'"
     if plan.settings.backup is None:
-        if path in state["files"]:
-            restart_decision(plan, ["archive_mode"] if state["archive_mode"] == "on" else [])
-            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{set_aside()}\n{reload_command(plan)}\n{archive_off_restart(plan)}"
-        elif state["archive_mode"] == "on" and state["archive_mode_pending"]:
-            # Our file was set aside by an earlier run that could not restart (pg_restart =
-            # report): archive_mode is still on, with no archive_command, until the restart.
-            restart_decision(plan, ["archive_mode"])
-            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{archive_off_restart(plan)}"
-        else:
+        present = path in state["files"]
+        # archive_mode still on from our file, or from one set aside by a run that could not
+        # restart (pg_file_settings has no row for it then: pg_settings says it is pending).
+        live = state["archive_mode"] == "on" and (present or state["archive_mode_pending"])
+        if not present and not live:
             host.noop("no archiving (pg_backup_s3_bucket is not set)")
+        elif plan.settings.restart_allowed or not live:
+            restart_decision(plan, ["archive_mode"] if live else [])
+            aside = f"{set_aside()}\n{reload_command(plan)}\n" if present else ""
+            yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{aside}{archive_off_restart(plan)}"
+        else:
+            # archive_mode stays on until a restart this run may not do: without our file its
+            # archive_command would be '' and PostgreSQL would keep every WAL segment.
+            restart_decision(plan, ["archive_mode"])
+            ending = render_archive_ending_settings()
+            if present and state["files"][path][0] == sha256_text(ending):
+                host.noop("WAL archiving ends at the pending restart (archive_command = /bin/true until then)")
+                return
+            write = replace_file_script(path, ending, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "archive settings")
+            yield f"{write}{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
         return
     wanted = render_archive_settings()
     pending = [entry.split("|", 1)[1] for entry in state["pending_restart"] if entry.startswith(f"{path}|")]
+    overrides = archive_mode_overrides(state, path)
+    others = [f"{file} (archive_mode = {value})" for file, value in overrides if not file.endswith("/" + AUTO_CONF)]
+    if others:
+        yield fail(
+            f"archive_mode in {path} is overridden by {', '.join(others)}, read after it: WAL would never be archived. "
+            "Nothing was changed. Fix: remove archive_mode from that file (backups set it), then run again."
+        )
+        return
+    # pgBackRest's restore wrote archive_mode = 'off' into postgresql.auto.conf (or someone ran
+    # ALTER SYSTEM): it outranks our file, so without this the restart would never come.
+    reset = ""
+    if overrides:
+        logger.info(f"{host.print_prefix}resetting archive_mode in {AUTO_CONF} (ALTER SYSTEM RESET; left by a restore)")
+        reset = as_postgres(plan.platform, plan.port, "postgres", "ALTER SYSTEM RESET archive_mode") + " >/dev/null\n"
     if state["files"].get(path, ("",))[0] != sha256_text(wanted):
         restart_decision(plan, ["archive_mode"] if state["archive_mode"] != "on" else [])
         write = replace_file_script(path, wanted, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "archive settings")
-        yield f"{write}{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
-    elif pending or state["archive_mode"] != "on":
+        yield f"{write}{reset}{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
+    elif pending or overrides or state["archive_mode"] != "on":
         restart_decision(plan, pending or ["archive_mode"])
-        yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
+        yield f"set -eu\nPATH={SAFE_PATH}\n{locate(path)}\n{reset}{reload_command(plan)}\n{apply_restart(plan, ours, ARCHIVE_RESTART_FIX)}"
     else:
         host.noop("WAL archiving to S3 is on")
 
@@ -720,23 +823,18 @@ def restore_refusal(plan: Plan, state: dict, now: datetime | None = None) -> str
     return None
 
 
-RESTORING_SUFFIX = ".restoring"  # <data dir>.restoring: a restore in progress, ours alone
+RESTORING_SUFFIX = ".restoring-"  # <data dir>.restoring-<UTC time>: a restore in progress, ours alone
 
 
 def restore_script(plan: Plan) -> str:
-    """Shell: restore into ``<data dir>.restoring`` while the current cluster keeps running;
-    only a complete restore is swapped in (stop, the data directory kept aside, the restored
-    one moved into place, start, wait for recovery to end).
-
-    A run killed halfway (pyinfra, the shell, pgBackRest) leaves the current data directory in
-    place, and at most a partial ``.restoring`` copy, which is only a copy from S3: the next
-    run deletes it and restores again. A kill between the two renames leaves the kept
-    directory and the complete copy side by side (nothing lost); the next run restores again.
-    """
+    """Shell: restore into a new sibling directory while the cluster keeps running; then stop
+    it, swap the two directories by rename, start, wait for recovery to end. Every step is
+    checked; a failure before the swap removes only the new directory (nothing changed), one
+    after it (PostgreSQL died in recovery) puts the previous directory back and starts it."""
     platform = plan.platform
     restore = plan.settings.restore
     data = shlex.quote(platform.data_dir)
-    staging = shlex.quote(platform.data_dir + RESTORING_SUFFIX)
+    parent = shlex.quote(str(Path(platform.data_dir).parent))
     target = ""
     if restore.target_time is not None:
         moment = restore.target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
@@ -746,46 +844,111 @@ def restore_script(plan: Plan) -> str:
     else:
         stop = f"runuser -u postgres -- {platform.bindir}/pg_ctl -D {data} -m fast -w stop"
         start = platform.start_without_systemd
+    # restore_command named here: pgBackRest's own would carry --pg1-path of the new directory,
+    # which is renamed before PostgreSQL starts.
+    fetch = shlex.quote(f'--recovery-option=restore_command={RESTORE_COMMAND}')
     ready = f"{platform.bindir}/pg_isready -q -h {platform.socket_dir} -p {int(plan.port)}"
     recovering = as_postgres(platform, plan.port, "postgres", "SELECT pg_catalog.pg_is_in_recovery()")
-    # pgBackRest's own restore_command would name the staging path given as --pg1-path, which
-    # is gone after the swap (recovery then finds no WAL): the data directory's, from the config.
-    recovery = shlex.quote(f'--recovery-option=restore_command=pgbackrest --config={PGBR_CONFIG} --stanza={STANZA} archive-get %f "%p"')
-    failed = fail(
-        "pgBackRest could not restore: ", _var("reason"),
-        " The current data directory was not touched (PostgreSQL kept running). Fix: correct what pgBackRest names, "
-        "then run again.",
+    switch = as_postgres(platform, plan.port, "postgres", "SELECT pg_catalog.pg_switch_wal()")
+    reset = as_postgres(platform, plan.port, "postgres")
+    journal = f"journalctl -u {platform.service} --no-pager -n 200 2>/dev/null; " if plan.profile["systemd"] else ""
+    nothing = "Nothing was changed (the cluster runs on its own data directory; the restored copy was removed)."
+    drain = after_stop = ""
+    if restore.target_time is None:
+        # The latest state is what the archive holds: WAL still waiting in pg_wal would be lost.
+        backlog = fail(
+            "restoring the latest state over this cluster would lose the commits in ", _var("left"),
+            f" WAL segment(s) still waiting to be archived (pg_wal/archive_status/*.ready, {DRAIN_WAIT_S} s after a WAL switch). "
+            f"{nothing} Fix: let WAL archiving catch up (the smoke check wal_archive, pgvector_wal_archive_backlog_files), "
+            "or set restore_target_time; then run again.",
+        )  # fmt: skip
+        # The shutdown switches WAL once more and the archiver gets one last try: what it
+        # could not archive stays behind in the directory set aside.
+        after_stop = f"""if left=$(backlog) && [ "$left" -gt 0 ]; then rm -rf "$new"; started >/dev/null; {backlog}; fi
+"""
+        drain = f"""{switch} >/dev/null 2>&1 || true
+waited=0
+while left=$(backlog) && [ "$left" -gt 0 ]; do
+  waited=$((waited + 1)); [ $waited -lt {DRAIN_WAIT_S} ] || {{ rm -rf "$new"; {backlog}; }}; sleep 1
+done
+"""
+    mounted = fail(
+        f"the data directory {platform.data_dir} is a mount point: a restore swaps it with the restored copy by rename, "
+        f"which a mount point refuses. Nothing was changed. Fix: mount the volume one level up ({Path(platform.data_dir).parent}, "
+        "pg_data_mount) so that the data directory is a directory on it, or restore onto a fresh host.",
     )  # fmt: skip
+    failed = fail("pgBackRest could not restore: ", _var("reason"), f" {nothing} Fix: correct what pgBackRest names, then run again.")
     still = fail(
-        "PostgreSQL is still running after the stop; the restored copy waits in ", _var("staging"),
-        " and the current data directory was not touched. Fix: stop it, then run again.",
+        "PostgreSQL is still running after the stop (pg_ctl status: postmaster.pid and its process); the data "
+        f"directory was not touched and the restored copy was removed. Fix: stop it ({stop}), then run again."
+    )
+    unmoved = fail(
+        "could not move ", _var("what"), f"; the previous data directory is in place again and started, the restored copy "
+        "removed. Fix: read the error above, then run again.",
+    )  # fmt: skip
+    died = fail(
+        "PostgreSQL stopped during recovery: ", _var("fatal"), ". The previous data directory was put back and ",
+        _var("started"), "; the restored copy was removed. Fix: a restore_target_time after the last archived WAL "
+        "cannot be reached (\"recovery ended before configured recovery target was reached\"): give an earlier one; "
+        "otherwise read PostgreSQL's log.",
     )  # fmt: skip
     stuck = fail(
-        "PostgreSQL did not finish recovery within an hour (or did not start); the restored data directory is in place "
+        "PostgreSQL did not finish recovery within an hour; the restored data directory is in place (recovering) "
         f"and the previous one kept as ", _var("aside"), ". Fix: read PostgreSQL's log.",
     )  # fmt: skip
+    reset_sql = "".join(f"ALTER SYSTEM RESET {name};\\n" for name in RECOVERY_SETTINGS) + "SELECT pg_catalog.pg_reload_conf();\\n"
     return f"""set -u
 PATH={SAFE_PATH}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 aside={data}.before-restore-$stamp
-staging={staging}
-# A partial copy left by a run that was killed: a copy from S3, never anyone's data; redone.
-rm -rf "$staging"
-install -d -m 0700 -o postgres -g postgres "$staging"
-if ! out=$({PGBR} --pg1-path="$staging" {recovery} --log-level-console=warn --archive-mode=off {target} restore 2>&1); then
+new={data}{RESTORING_SUFFIX}$stamp
+# A partial copy left by a restore that was killed: only a copy from S3, never anyone's data
+# (the host lock keeps two restores apart); removed, the restore is done again.
+for old in {data}{RESTORING_SUFFIX}*; do
+  if [ -d "$old" ]; then rm -rf "$old" || {{ {fail("could not remove the partial copy of a killed restore, ", _var("old"), ". Nothing else was changed. Fix: remove it by hand, then run again.")}; }}; fi
+done
+# A postmaster runs on the directory: postmaster.pid and its live process (pg_ctl status 0),
+# not only "no answer on the socket" (a shutdown in progress does not answer).
+running() {{ runuser -u postgres -- {platform.bindir}/pg_ctl status -D "$1" >/dev/null 2>&1; }}
+backlog() {{ find {data}/pg_wal/archive_status -name '*.ready' 2>/dev/null | wc -l; }}
+started() {{ {start} >/dev/null 2>&1 || true; if running {data}; then echo started; else echo "NOT started (start it by hand)"; fi; }}
+[ -d {data} ] || {{ {fail(f"there is no data directory {platform.data_dir}. Nothing was changed. Fix: run deploy/postgres.py first.")}; }}
+if mountpoint -q {data} 2>/dev/null || [ "$(stat -c %d {data})" != "$(stat -c %d {parent})" ]; then {mounted}; fi
+if [ -e "$aside" ] || [ -e "$new" ]; then {fail("a directory from a restore in this same second exists; nothing was changed. Fix: run again.")}; fi
+install -d -m 0700 -o postgres -g postgres "$new" || {{ {fail(f"could not create the restore's directory beside {platform.data_dir}. Nothing was changed. Fix: read the error above.")}; }}
+# Into the new directory while the cluster runs: a failure here removes only that directory.
+if ! out=$({PGBR} --pg1-path="$new" --log-level-console=warn --archive-mode=off {fetch} {target} restore 2>&1); then
   {REASON}
-  rm -rf "$staging"
+  rm -rf "$new"
   {failed}
 fi
-{stop} || true
-{ready} && {{ {still}; }}
-mv {data} "$aside"
-mv "$staging" {data}
-{start} || true
-waited=0
+{drain}{stop} >/dev/null 2>&1 || true
+if running {data} || {ready}; then rm -rf "$new"; {still}; fi
+{after_stop}if ! mv {data} "$aside"; then
+  what="the data directory aside"; rm -rf "$new"; started >/dev/null; {unmoved}
+fi
+if ! mv "$new" {data}; then
+  what="the restored copy into place"; mv "$aside" {data} && rm -rf "$new"; started >/dev/null; {unmoved}
+fi
+{start} >/dev/null 2>&1 || true
+waited=0 gone=0
 until [ "$({recovering} 2>/dev/null)" = f ]; do
+  # Twice in a row, a second apart: a postmaster that was started and is gone ended recovery with a FATAL.
+  if running {data}; then gone=0; else gone=$((gone + 1)); fi
+  if [ $gone -ge 2 ]; then
+    # Not the FATALs our own polling got while it started or stopped ("the database system is ...").
+    fatal=$( {{ {journal}tail -n 200 /var/log/postgresql/postgresql-*-main.log {data}/log/* 2>/dev/null; }} | grep -E 'FATAL|PANIC' | grep -v 'the database system is' | tail -n1 | tr -d '\\r')
+    [ -n "$fatal" ] || fatal="no FATAL line found in its log"
+    mv {data} "$new" && mv "$aside" {data} && rm -rf "$new"
+    started=$(started); {died}
+  fi
   waited=$((waited + 1)); [ $waited -lt 3600 ] || {{ {stuck}; }}; sleep 1
 done
+# Recovery is over: pgBackRest's recovery settings go from postgresql.auto.conf. Its
+# archive_mode = 'off' stays until deploy/postgres.py turns archiving on with this host's
+# own repository (the archiving operation resets it), so this host never archives into the
+# source's repository by itself.
+printf '{reset_sql}' | {reset} >/dev/null || echo "could not reset pgBackRest's recovery settings (ALTER SYSTEM RESET ...); harmless after recovery"
 echo "restored; the previous data directory is kept as $aside"
 """
 

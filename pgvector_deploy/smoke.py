@@ -543,21 +543,36 @@ class SmokeChecks(FactBase):
         return parse_host_checks(output)
 
 
+ARCHIVE_MODE_SQL = (
+    "SELECT CASE WHEN pg_catalog.current_setting('archive_mode') <> 'off' THEN 'on' "
+    "WHEN (SELECT pending_restart FROM pg_catalog.pg_settings WHERE name = 'archive_mode') THEN 'pending' "
+    "WHEN EXISTS (SELECT FROM pg_catalog.pg_file_settings WHERE name = 'archive_mode' AND applied "
+    "AND sourcefile LIKE '%/postgresql.auto.conf') THEN 'restored' ELSE 'off' END"
+)
+
+
 class ArchiveCheck(FactBase):
     """``wal_archive`` (only with pg_backup_s3_bucket): ``pgbackrest check`` switches a WAL
     segment and waits for it in S3, so a bucket gone or credentials expired fail here, named,
-    with the backlog of WAL that waits on the host's disk. Skipped while archiving is off
-    (its restart pending, or a host restored with deploy/restore.py)."""
+    with the backlog of WAL that waits on the host's disk. With archiving off it fails, except
+    while its restart is pending or on a host restored by deploy/restore.py (skipped)."""
 
     def command(self, platform: Platform, port: int):
         from .backups import PGBR, REASON
 
-        mode = as_postgres(platform, port, "postgres", "SHOW archive_mode")
+        # on; off with its restart pending (pg_restart = report); off by postgresql.auto.conf (left by
+        # deploy/restore.py; deploy/postgres.py's archiving step resets it); or off: a failure.
+        mode = as_postgres(platform, port, "postgres", ARCHIVE_MODE_SQL)
         ready = f"{shlex.quote(platform.data_dir)}/pg_wal/archive_status"
         return f"""PATH={SAFE_PATH}
 backlog=$(find {ready} -name '*.ready' 2>/dev/null | wc -l)
-if [ "$({mode} 2>/dev/null)" != on ]; then
-  echo "check=wal_archive|skip|archive_mode is off on this host (a restart pending, or restored by deploy/restore.py)"
+mode=$({mode} 2>/dev/null)
+if [ "$mode" = pending ]; then
+  echo "check=wal_archive|skip|archive_mode is off until its pending restart (pg_restart = report)"
+elif [ "$mode" = restored ]; then
+  echo "check=wal_archive|skip|archive_mode = off in postgresql.auto.conf (restored by deploy/restore.py; deploy/postgres.py with this host's own prefix turns archiving on)"
+elif [ "$mode" != on ]; then
+  echo "check=wal_archive|fail|archive_mode is off although pg_backup_s3_bucket is set: no WAL reaches S3 and no backup can run; $backlog segment(s) waiting. Fix: run deploy/postgres.py (its archiving step turns it on, with the restart pg_restart allows)"
 elif out=$({PGBR} --archive-timeout=60 --log-level-console=off --log-level-stderr=error check 2>&1); then
   echo "check=wal_archive|pass|a WAL segment reached the repository (pgbackrest check); $backlog segment(s) waiting"
 else

@@ -254,6 +254,21 @@ def test_restore_latest_over_the_existing_cluster_gives_1500_rows_and_keeps_the_
     assert len(kept) == 2  # the fresh cluster, then the one restored at T
 
 
+def test_a_restored_host_deployed_with_its_own_prefix_archives_and_backs_up(pair):
+    """adv14 #2: pgBackRest's restore leaves archive_mode = 'off' in postgresql.auto.conf,
+    which outranks our conf.d file: the deploy reported the restart on every run, never did
+    it, and wal_archive skipped, so the restored host never got a backup."""
+    result = pair.deploy(pair.b, pg_backup_s3_prefix="db-b")
+    assert result.returncode == 0, result.output
+    assert "resetting archive_mode in postgresql.auto.conf" in result.output
+    assert pair.b.psql("SHOW archive_mode") == "on"
+    assert any(key.startswith("db-b/backup/pgvector/") for key in pair.s3.keys(BUCKET, "db-b/"))
+    assert re.search(r"wal_archive\s+PASS", result.output), result.output
+    again = pair.deploy(pair.b, pg_backup_s3_prefix="db-b")
+    assert again.returncode == 0, again.output
+    assert again.changed(pair.b.name) == []
+
+
 def test_a_bucket_that_does_not_exist_is_a_clear_error_and_changes_nothing(pair):
     before = snapshot(pair.a)
     result = pair.deploy(pair.a, pg_backup_s3_bucket="pgv-no-such-bucket")
@@ -296,7 +311,7 @@ def test_a_backup_killed_mid_run_is_followed_by_one_that_succeeds(pair):
 def test_a_restore_killed_halfway_then_rerun_finishes_and_loses_nothing(pair, moment):
     """deploy/restore.py on B, its whole remote command (the script, runuser, pgBackRest) killed
     with SIGKILL while pgBackRest writes the copy: PostgreSQL kept running on the data it had
-    (the copy is made beside it, in <data dir>.restoring), no kept directory is lost; the rerun
+    (the copy is made beside it, in <data dir>.restoring-<time>), no kept directory is lost; the rerun
     deletes the partial copy, restores to the end (1,500 rows and A's 300,000-row filler table,
     backed up by the test above) and keeps the previous directory aside."""
     import threading
@@ -313,7 +328,7 @@ def test_a_restore_killed_halfway_then_rerun_finishes_and_loses_nothing(pair, mo
             pid = b.sudo(
                 "for p in $(pgrep -x pgbackrest); do grep -qa main.restoring /proc/$p/cmdline && echo $p; done | head -n1; true"
             ).strip()
-            size = b.sudo("du -sm /var/lib/postgresql/15/main.restoring 2>/dev/null | cut -f1 || true").strip()
+            size = b.sudo("du -smc /var/lib/postgresql/15/main.restoring-* 2>/dev/null | tail -n1 | cut -f1 || true").strip()
             if pid and size.isdigit() and int(size) >= 20:
                 killed["size_mb"] = int(size)
                 # The session of the remote command: the script, its subshells, runuser, pgBackRest.
@@ -329,13 +344,13 @@ def test_a_restore_killed_halfway_then_rerun_finishes_and_loses_nothing(pair, mo
     assert result.returncode != 0
     assert rows(b) == 1500  # PostgreSQL kept running on its data
     assert set(b.sudo("ls -d /var/lib/postgresql/15/main.before-restore-*").split()) == kept
-    assert b.sudo("test -d /var/lib/postgresql/15/main.restoring && echo partial").strip() == "partial"
+    assert b.sudo("ls -d /var/lib/postgresql/15/main.restoring-* 2>/dev/null | wc -l").strip() == "1"  # the partial copy
     again = pair.deploy(b, recipe="deploy/restore.py", restore_over_existing=True)
     assert again.returncode == 0, again.output
     assert rows(b) == 1500 and b.psql("SELECT count(*) FROM filler") == "300000"
     after = set(b.sudo("ls -d /var/lib/postgresql/15/main.before-restore-*").split())
     assert after > kept and len(after - kept) == 1  # the previous directory, kept aside
-    assert b.sudo("test -e /var/lib/postgresql/15/main.restoring && echo left || true").strip() == ""
+    assert b.sudo("ls -d /var/lib/postgresql/15/main.restoring-* 2>/dev/null | wc -l").strip() == "0"
 
 
 def test_the_restore_drill_passes_and_reports(pair, moment):

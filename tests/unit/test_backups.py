@@ -153,7 +153,7 @@ def test_a_fresh_host_gets_pgbackrest_the_config_on_stdin_the_stanza_archiving_s
     commands = {operation.__name__: run_operation(operation, plan, host) for operation in OPERATIONS}
     assert "install --no-install-recommends pgbackrest" in commands["packages"][0]
     config, stanza = commands["repository"]
-    assert isinstance(config, StringCommand) and CIPHER not in str(config) and "repo-ls" in str(config)
+    assert isinstance(config, StringCommand) and CIPHER not in str(config) and "--output=json --log-level-console=off --log-level-stderr=error info" in str(config)
     assert CIPHER in config.connector_arguments["_stdin"] and "repo1-s3-key-type=auto" in config.connector_arguments["_stdin"]
     assert "stanza-create" in stanza
     assert "archive_mode = on" in commands["archiving"][0] and "systemctl restart" in commands["archiving"][0]
@@ -543,8 +543,8 @@ def test_the_cron_file_is_what_cron_reads_and_fires_when_the_timers_do(extra):
 
 
 def test_the_restore_touches_the_data_directory_only_after_a_complete_copy():
-    """The copy goes to <data dir>.restoring while PostgreSQL runs; a partial one from a killed
-    run is deleted first (it is only a copy from S3); the stop and the renames come after
+    """The copy goes to <data dir>.restoring-<time> while PostgreSQL runs; a partial one from a
+    killed run is deleted first (it is only a copy from S3); the stop and the renames come after
     pgBackRest succeeded. (The kill itself is proved on a real host: test_backups.py e2e.)"""
     plan, _ = plan_with({**BACKUP, "restore_over_existing": True})
     script = backups.restore_script(plan)
@@ -554,8 +554,9 @@ def test_the_restore_touches_the_data_directory_only_after_a_complete_copy():
     def at(text: str) -> int:
         return next(number for number, line in enumerate(lines) if text in line)
 
-    assert at('rm -rf "$staging"') < at("--pg1-path=\"$staging\"") < at("systemctl stop") < at(f"mv {data} \"$aside\"") < at(f"mv \"$staging\" {data}")
-    assert f"staging={data}.restoring" in script and f"rm -rf {data}" not in script  # the data directory is never deleted
+    assert at(f"for old in {data}.restoring-*") < at('rm -rf "$old"') < at('--pg1-path="$new"') < at("systemctl stop")
+    assert at("systemctl stop") < at(f"mv {data} \"$aside\"") < at(f"mv \"$new\" {data}")
+    assert f"new={data}.restoring-$stamp" in script and f"rm -rf {data}" not in script  # the data directory is never deleted
     # Recovery fetches WAL with the configuration's pg1-path (the data directory), not the
     # staging path pgBackRest would write into restore_command (gone after the swap: a restore
     # to a time once waited forever in systemctl start, e2e caught it).
