@@ -30,18 +30,16 @@ import hashlib
 import re
 import shlex
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from pyinfra import host, logger
-from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.api import StringCommand, operation
 
-from .facts import parse_key_values
+from .errors import fail
+from .facts import EnvFileState
 from .networking import app_address, on_this_host
-from .shell import SAFE_PATH, fail, fails_host_on_error, host_locked
-
-if TYPE_CHECKING:
-    from .preflight import Plan
+from .plan import Plan
+from .shell import SAFE_PATH, fails_host_on_error, host_locked
 
 DOCKER0_GATEWAY = "172.17.0.1"  # Docker's default bridge, when the host has none (yet)
 FILE_MODE = "600"
@@ -153,39 +151,6 @@ def render_env_file(conn: Connection) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-class EnvFileState(FactBase):
-    """The env file's sha256, mode and owner (never its content); nothing when it is missing."""
-
-    def command(self, path: str):
-        return f"""
-PATH={SAFE_PATH}
-file={shlex.quote(path)}
-if [ -f "$file" ]; then
-  echo "sha256=$(sha256sum < "$file" | cut -d' ' -f1)"
-  echo "mode=$(stat -c %a "$file")"
-  echo "owner=$(stat -c %U:%G "$file")"
-fi
-true
-"""
-
-    @staticmethod
-    def default():
-        return parse_env_file_state([])
-
-    def process(self, output):
-        return parse_env_file_state(output)
-
-
-def parse_env_file_state(lines: list[str]) -> dict:
-    values = parse_key_values(lines)
-    digest = values.get("sha256", [""])[0]
-    return {
-        "sha256": digest or None,
-        "mode": values.get("mode", [""])[0] or None,
-        "owner": values.get("owner", [""])[0] or None,
-    }
 
 
 def _env_file_preamble(path: str) -> str:

@@ -28,10 +28,12 @@ import shlex
 
 from pyinfra import host, logger
 
-from .facts import PENDING_RESTART, STATE_DIR
+from .errors import Var, fail
+from .facts import PENDING_RESTART
+from .paths import STATE_DIR
+from .plan import Plan
 from .platforms import Platform
-from .preflight import Plan
-from .shell import SAFE_PATH, Var, as_postgres, fail
+from .shell import SAFE_PATH, as_postgres
 
 BACKUP_DIR = f"{STATE_DIR}/backups"
 KEEP_COPIES = 5
@@ -178,3 +180,18 @@ def restart_decision(plan: Plan, settings: list[str]) -> None:
         logger.info(f"{host.print_prefix}restarting PostgreSQL for: {names}")
     else:
         logger.warning(f"{host.print_prefix}{RESTART_PENDING}{names}")
+
+
+def pg_string(value: object) -> str:
+    """``value`` as a quoted string of a PostgreSQL config file: single quotes doubled,
+    backslashes doubled (PostgreSQL reads escapes there); a control character (a line break
+    would end the setting and start another) raises instead. Host data is validated before;
+    this is the template's own guard.
+
+    >>> print(pg_string("10.0.1.10,localhost"), pg_string("it's"))
+    '10.0.1.10,localhost' 'it''s'
+    """
+    text = str(value)
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError(f"{text!r} has a control character and cannot be written into a PostgreSQL config file")
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"

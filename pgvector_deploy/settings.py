@@ -25,7 +25,8 @@ from ipaddress import IPv4Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .migrations import Migration, MigrationError, read_folder
+from .ec2 import aws_region_override
+from .migration_files import Migration, MigrationError, read_folder
 from .platforms import KNOWN_MAJORS, POSTGRES_MAJOR
 from .releases import NEWEST_RELEASE, Release, ReleaseError, SECURITY_FLOOR, choose_release
 
@@ -1132,8 +1133,6 @@ def _ssm_parameter(name: str, key: str = "pg_app_password_ssm") -> str:
     """A SecureString from SSM Parameter Store, decrypted (boto3's standard configuration)."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    from .ec2 import aws_region_override
 
     session = boto3.Session(region_name=aws_region_override())  # AWS_REGION, as the AWS CLI reads it
     try:

@@ -70,11 +70,14 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, operation
 
 from . import tunnel
-from .facts import STATE_DIR
+from .backups import REASON, TEXTFILE_DIR
+from .errors import fail
+from .facts import PGBR
 from .networking import TEMPLATES, app_address
+from .paths import STATE_DIR
+from .plan import Plan
 from .platforms import Platform
-from .preflight import Plan
-from .shell import HOST_LOCK, SAFE_PATH, as_postgres, fail, fails_host_on_error, with_host_lock
+from .shell import HOST_LOCK, SAFE_PATH, as_postgres, fails_host_on_error, with_host_lock
 
 # No check may hang the suite (it holds the host lock): a statement or a lock wait is bounded.
 SMOKE_TIMEOUTS = "-c statement_timeout=300s -c lock_timeout=30s"
@@ -550,8 +553,6 @@ class ArchiveCheck(FactBase):
     (its restart pending, or a host restored with deploy/restore.py)."""
 
     def command(self, platform: Platform, port: int):
-        from .backups import PGBR, REASON
-
         mode = as_postgres(platform, port, "postgres", "SHOW archive_mode")
         ready = f"{shlex.quote(platform.data_dir)}/pg_wal/archive_status"
         return f"""PATH={SAFE_PATH}
@@ -580,8 +581,6 @@ class SmokeStatusFile(FactBase):
     monitoring state, not configuration, so a passing run still reports no change."""
 
     def command(self, passed: int, failed: int):
-        from .backups import TEXTFILE_DIR
-
         lines = (
             "# HELP pgvector_smoke_success 1 if the last vector smoke suite passed.",
             "# TYPE pgvector_smoke_success gauge",

@@ -21,18 +21,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from pgvector_deploy import appenv
-from pgvector_deploy.appenv import (
-    Connection,
-    EnvFileState,
-    connection,
-    env_value,
-    parse_env_file_state,
-    render_env_file,
-    sha256_text,
-    write_script,
-)
+from pgvector_deploy.appenv import Connection, connection, env_value, render_env_file, sha256_text, write_script
+from pgvector_deploy.facts import EnvFileState, parse_env_file_state
 from pgvector_deploy.facts import Bridge
-from pgvector_deploy.preflight import Plan
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.settings import SettingsError, load_settings
 
 from .conftest import FactHost, run_operation, sh_syntax_error

@@ -6,22 +6,8 @@ import subprocess
 
 import pytest
 
-from pgvector_deploy.facts import (
-    BUILD_STAMP,
-    ClusterState,
-    HostProfile,
-    InstalledPackages,
-    PgvectorState,
-    LoginAccess,
-    RepositoryChecks,
-    parse_host_profile,
-    parse_installed,
-    parse_key_values,
-    parse_pgvector_owners,
-    parse_pgvector_packages,
-    parse_pgvector_state,
-    parse_postgres_version,
-)
+from pgvector_deploy.facts import ClusterState, HostProfile, InstalledPackages, PgvectorState, LoginAccess, RepositoryChecks, parse_host_profile, parse_installed, parse_key_values, parse_pgvector_owners, parse_pgvector_packages, parse_pgvector_state, parse_postgres_version
+from pgvector_deploy.paths import BUILD_STAMP
 
 from pgvector_deploy.platforms import PACKAGE_MANAGERS
 

@@ -22,23 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from pgvector_deploy import migrations
-from pgvector_deploy.migrations import (
-    DONE_MARKER,
-    LEDGER,
-    Migration,
-    MigrationError,
-    MigrationLedger,
-    apply_command,
-    ledger_command,
-    migration_sql,
-    parse_ledger,
-    parse_migration,
-    pending,
-    read_folder,
-    sql_problems,
-)
-from pgvector_deploy.preflight import Plan
+from pgvector_deploy import facts, migrations, shell
+from pgvector_deploy.migrations import DONE_MARKER, apply_command, ledger_command, migration_sql, pending
+from pgvector_deploy.migration_files import Migration, MigrationError, parse_migration, read_folder, sql_problems
+from pgvector_deploy.facts import LEDGER, MigrationLedger, parse_ledger
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.settings import SettingsError, load_settings
 from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, dbname_conninfo
 
@@ -46,7 +34,7 @@ from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
-PSQL = f"PGOPTIONS={shlex.quote(migrations.APP_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432 -U app"
+PSQL = f"PGOPTIONS={shlex.quote(shell.APP_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432 -U app"
 
 
 def migration(name: str, sql: str) -> Migration:
@@ -325,12 +313,12 @@ def test_ledger_fact_command_is_valid_sh_and_reads_the_rows_in_the_app_s_session
     command = MigrationLedger().command(platform=debian12, port=5432, database="vectors", user="app")
     assert sh_syntax_error(command) == ""
     assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'vectors'") in command
-    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_SHAPE_SQL) in command  # the catalog only
+    assert as_postgres(debian12, 5432, "vectors", facts.LEDGER_SHAPE_SQL) in command  # the catalog only
     # the rows: as the app role itself, read only
-    read = " ".join([migrations.as_app(debian12, 5432, "vectors", "app"),
-                     *(f"-c {shlex.quote(sql)}" for sql in ("BEGIN READ ONLY", migrations.LEDGER_ROWS_SQL, "COMMIT"))])  # fmt: skip
+    read = " ".join([shell.as_app(debian12, 5432, "vectors", "app"),
+                     *(f"-c {shlex.quote(sql)}" for sql in ("BEGIN READ ONLY", facts.LEDGER_ROWS_SQL, "COMMIT"))])  # fmt: skip
     assert read in command
-    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_ROWS_SQL) not in command  # never as superuser
+    assert as_postgres(debian12, 5432, "vectors", facts.LEDGER_ROWS_SQL) not in command  # never as superuser
     assert command.rstrip().endswith("true"), "a fresh host (no server yet) must not fail the fact"
 
 
@@ -881,7 +869,7 @@ def test_real_server_the_app_s_peer_map_lets_only_the_deploy_in_as_the_app(debia
             if psql("SELECT 1", "postgres", "app").returncode == 0:
                 break
             time.sleep(0.1)
-        who = subprocess.run(["sh", "-c", migrations.as_app(platform, 5432, "app", "app", "SELECT session_user")],
+        who = subprocess.run(["sh", "-c", shell.as_app(platform, 5432, "app", "app", "SELECT session_user")],
                              capture_output=True, text=True)  # fmt: skip
         assert (who.returncode, who.stdout.strip()) == (0, "app"), who.stderr
         assert "Peer authentication failed" in psql("SELECT 1", "nobody", "app").stderr

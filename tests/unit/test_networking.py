@@ -45,7 +45,7 @@ from pgvector_deploy.networking import (
 )
 from pgvector_deploy.managed_files import BACKUP_DIR, replace_file_script
 from pgvector_deploy.platforms import PLATFORMS
-from pgvector_deploy.preflight import Plan
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.settings import load_settings
 from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, dbname_conninfo
 

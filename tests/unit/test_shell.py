@@ -9,16 +9,8 @@ import subprocess
 
 import pytest
 
-from pgvector_deploy.shell import (
-    FAILURE_MARK,
-    SAFE_PATH,
-    SUPERUSER_OPTIONS,
-    Failure,
-    Var,
-    as_postgres,
-    fail,
-    fails_host_on_error,
-)
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, fails_host_on_error
+from pgvector_deploy.errors import FAILURE_MARK, Failure, Var, fail
 
 
 def test_as_postgres_uses_the_platform_psql_over_the_socket(debian12):
@@ -295,7 +287,7 @@ def test_pgvector_state_reads_every_hostile_database_by_its_name(hostile_server)
 
 
 def test_the_ledger_is_read_only_when_it_is_a_plain_table_of_text(hostile_server):
-    from pgvector_deploy.migrations import MigrationLedger
+    from pgvector_deploy.facts import MigrationLedger
 
     psql = hostile_server["psql"]
     platform = hostile_server["platform"]
@@ -413,7 +405,7 @@ def test_pyinfra_fails_only_the_host_whose_fact_cannot_be_parsed_and_runs_the_ot
     from pgvector_deploy import postgres
     from pgvector_deploy.facts import ClusterState, parse_host_profile
     from pgvector_deploy.platforms import PLATFORMS
-    from pgvector_deploy.preflight import Plan
+    from pgvector_deploy.plan import Plan
     from pgvector_deploy.settings import load_settings
 
     from .conftest import recorded_lines
