@@ -3,8 +3,8 @@ transaction, in the app role's own session, recorded in a ledger with its checks
 
 The files are the ``*.sql`` files directly in ``pg_migrations_dir`` on the control machine
 (default ``files/migrations/``; subfolders and other files are ignored). They are read and
-checked when the host data is validated, so a bad file refuses the host before anything
-changes: a name outside ``[A-Za-z0-9._-]``, a file that is not UTF-8, or SQL the deploy cannot
+checked (``migration_files``) by the loading step after the host data is validated
+(``loading``), so a bad file refuses the host before anything changes: a name outside ``[A-Za-z0-9._-]``, a file that is not UTF-8, or SQL the deploy cannot
 wrap (a psql backslash command, ``BEGIN``/``COMMIT``/``ROLLBACK``, ``SET ROLE``,
 ``COPY ... FROM STDIN``, an unterminated quote or comment), or a statement that cannot run in
 a transaction (``CREATE INDEX CONCURRENTLY``, ``VACUUM``, ...: those go in a ``.notx.sql`` file).

@@ -36,7 +36,8 @@ from .facts import (
 )
 from .plan import POSTGRES_PORT, Plan, tarball_path
 from .platforms import POSTGRES_MAJOR, Platform, UnsupportedHost, detect_platform
-from .settings import Settings, SettingsError, load_settings
+from .loading import load
+from .settings import Settings, SettingsError, validate_settings
 from .shell import fails_host_on_error
 from .tuning import check_overrides
 
@@ -422,7 +423,8 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
 def look(host) -> Plan | Refusal:
     """Validate the host's data, gather the host profile (one round trip) and plan."""
     try:
-        settings = load_settings(host.data, host_name=getattr(host, "name", None))
+        # Validation (pure), then the loading step (tarball digest, SSM, migration folder).
+        settings = load(validate_settings(host.data, host_name=getattr(host, "name", None)))
     except SettingsError as error:
         return Refusal(f"bad host data: {error}")
     profile = host.get_fact(HostProfile, port=POSTGRES_PORT, cached_tarball=tarball_path(settings.version))

@@ -25,7 +25,8 @@ from pgvector_deploy.appenv import Connection, connection, env_value, render_env
 from pgvector_deploy.facts import EnvFileState, parse_env_file_state
 from pgvector_deploy.facts import Bridge
 from pgvector_deploy.plan import Plan
-from pgvector_deploy.settings import SettingsError, load_settings
+from pgvector_deploy.settings import SettingsError
+from pgvector_deploy.loading import load_settings
 
 from .conftest import FactHost, run_operation, sh_syntax_error
 

@@ -19,7 +19,8 @@ from pgvector_deploy.backups import sha256_text
 from pgvector_deploy.facts import BackupState
 from pgvector_deploy.facts import HostProfile
 from pgvector_deploy.plan import Plan
-from pgvector_deploy.settings import SettingsError, load_settings
+from pgvector_deploy.settings import SettingsError
+from pgvector_deploy.loading import load_settings
 
 from .conftest import FactHost, recorded_output, run_operation, sh_syntax_error
 

@@ -24,7 +24,7 @@ from pgvector_deploy import postgres, shell
 from pgvector_deploy.facts import ClusterState, parse_host_profile
 from pgvector_deploy.platforms import PLATFORMS
 from pgvector_deploy.plan import Plan
-from pgvector_deploy.settings import load_settings
+from pgvector_deploy.loading import load_settings
 
 from .conftest import recorded_lines
 

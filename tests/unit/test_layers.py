@@ -29,8 +29,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("settings and shell", {"settings", "shell"}),
     # every fact class and its parser
     ("facts", {"facts"}),
-    # the plan the stages receive
-    ("plan", {"plan"}),
+    # the plan the stages receive; the loading step (tarball digest, SSM, migration folder)
+    ("plan and loading", {"plan", "loading"}),
     # config files: render, check with PostgreSQL, keep a copy, replace, roll back, prune
     ("managed files", {"managed_files"}),
     # operations per component

@@ -14,7 +14,7 @@ import pytest
 from pgvector_deploy import managed_files
 from pgvector_deploy.facts import tuning_path
 from pgvector_deploy.preflight import make_plan
-from pgvector_deploy.settings import load_settings
+from pgvector_deploy.loading import load_settings
 
 from .conftest import sh_syntax_error
 

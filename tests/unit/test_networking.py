@@ -46,7 +46,7 @@ from pgvector_deploy.networking import (
 from pgvector_deploy.managed_files import BACKUP_DIR, replace_file_script
 from pgvector_deploy.platforms import PLATFORMS
 from pgvector_deploy.plan import Plan
-from pgvector_deploy.settings import load_settings
+from pgvector_deploy.loading import load_settings
 from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, dbname_conninfo
 
 from .conftest import RECORDED, FactHost, recorded_lines, run_operation, sh_syntax_error, with_changes

@@ -23,7 +23,7 @@ from pgvector_deploy.pgvector import (
     is_current,
     verify_and_store_script,
 )
-from pgvector_deploy.settings import load_settings
+from pgvector_deploy.loading import load_settings
 
 from .conftest import sh_syntax_error
 

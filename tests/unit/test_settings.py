@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pgvector_deploy.releases import RELEASES
-from pgvector_deploy.settings import DEFAULTS, SETTINGS, SettingsError, load_settings, sha256_of_file
+from pgvector_deploy.settings import DEFAULTS, SETTINGS, SettingsError
+from pgvector_deploy.loading import load_settings, sha256_of_file
 
 
 @pytest.fixture
@@ -106,12 +107,12 @@ def test_missing_tarball_is_refused_naming_the_path(tmp_path):
 
 
 def test_unreadable_tarball_is_a_settings_error_naming_the_fix(tarball, monkeypatch):
-    from pgvector_deploy import settings
+    from pgvector_deploy import loading
 
     def unreadable(path):  # root reads any mode, so the error is made, not provoked with chmod
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(settings, "sha256_of_file", unreadable)
+    monkeypatch.setattr(loading, "sha256_of_file", unreadable)
     with pytest.raises(SettingsError) as error:
         load_settings({"pgvector_tarball": str(tarball)})
     assert str(error.value) == (
@@ -167,7 +168,7 @@ def test_readme_documents_every_setting_with_its_default():
 
 from ipaddress import IPv4Network  # noqa: E402
 
-from pgvector_deploy import settings as settings_module  # noqa: E402
+from pgvector_deploy import loading  # noqa: E402
 from pgvector_deploy.settings import Secret  # noqa: E402
 
 APP = {"pg_app_user": "app", "pg_app_password": "hunter2-Pässword"}
@@ -337,10 +338,10 @@ def fake_aws(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    settings_module._ssm_parameter.cache_clear()
+    loading._ssm_parameter.cache_clear()
     with mock_aws():
         yield
-    settings_module._ssm_parameter.cache_clear()
+    loading._ssm_parameter.cache_clear()
 
 
 def test_password_from_ssm(fake_aws):
@@ -411,3 +412,51 @@ def test_bad_tls_host_data_is_refused_with_a_fix(data, message):
     with pytest.raises(SettingsError) as error:
         load_settings(data)
     assert message in str(error.value) and "Fix:" in str(error.value)
+
+
+def test_validation_reads_no_file_and_asks_no_service(tarball, tmp_path, monkeypatch):
+    """Validation is pure: with every key that points outside host data set (a tarball, SSM
+    parameters, a migration folder), and files, directories and AWS made to fail on any use,
+    it still validates, naming what the loading step will read."""
+    import builtins
+    import io
+    import os
+
+    import boto3
+
+    from pgvector_deploy.settings import FromSsm, MigrationsSource, validate_settings
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "0001_a.sql").write_text("SELECT 1;\n")
+    data = {
+        "pgvector_version": "0.9.0",
+        "pgvector_sha256": hashlib.sha256(tarball.read_bytes()).hexdigest(),
+        "pgvector_tarball": str(tarball),
+        "pg_app_user": "app",
+        "pg_app_password_ssm": "/pgvd/app-password",
+        "pg_migrations_dir": str(tmp_path / "m"),
+        "pg_backup_s3_bucket": "acme-db-backups",
+        "pg_backup_s3_region": "eu-west-1",
+        "pg_backup_s3_prefix": "db-1",
+        "pg_backup_cipher_pass_ssm": "/pgvd/backup-pass",
+    }
+    touched = []
+
+    def no_io(name):
+        def refuse(*args, **kwargs):
+            touched.append(name)
+            raise AssertionError(f"validation used {name}")
+
+        return refuse
+
+    for owner, name in [(builtins, "open"), (io, "open"), (os, "stat"), (os, "listdir"), (os, "scandir"), (boto3, "Session"), (boto3, "client")]:
+        monkeypatch.setattr(owner, name, no_io(f"{owner.__name__}.{name}"))
+    for name in ("read_bytes", "read_text", "is_file", "is_dir", "iterdir", "stat", "exists"):
+        monkeypatch.setattr(Path, name, no_io(f"Path.{name}"))
+    settings = validate_settings(data)
+    monkeypatch.undo()
+    assert touched == []
+    assert settings.tarball == tarball and settings.migrations == ()
+    assert settings.app.password == FromSsm("/pgvd/app-password", "pg_app_password_ssm")
+    assert settings.backup.cipher_pass == FromSsm("/pgvd/backup-pass", "pg_backup_cipher_pass_ssm")
+    assert settings.migrations_source == MigrationsSource(tmp_path / "m", str(tmp_path / "m"), True)

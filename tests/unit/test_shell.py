@@ -406,7 +406,7 @@ def test_pyinfra_fails_only_the_host_whose_fact_cannot_be_parsed_and_runs_the_ot
     from pgvector_deploy.facts import ClusterState, parse_host_profile
     from pgvector_deploy.platforms import PLATFORMS
     from pgvector_deploy.plan import Plan
-    from pgvector_deploy.settings import load_settings
+    from pgvector_deploy.loading import load_settings
 
     from .conftest import recorded_lines
 
