@@ -26,9 +26,7 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shlex
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -37,9 +35,10 @@ from pyinfra.api import StringCommand, operation
 
 from .errors import fail
 from .facts import EnvFileState
+from .managed_files import install_from_stdin, sha256_text, stdin_file_preamble
 from .networking import app_address, on_this_host
 from .plan import Plan
-from .shell import SAFE_PATH, fails_host_on_error, host_locked
+from .shell import fails_host_on_error, host_locked
 
 DOCKER0_GATEWAY = "172.17.0.1"  # Docker's default bridge, when the host has none (yet)
 FILE_MODE = "600"
@@ -149,36 +148,15 @@ def render_env_file(conn: Connection) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _env_file_preamble(path: str) -> str:
-    """Shell shared by both env-file writers: ``$file`` and ``$dir`` set, the directory made,
-    a path that is a directory refused, and every file created from here on private."""
-    return f"""set -eu
-PATH={SAFE_PATH}
-file={shlex.quote(path)}
-dir=$(dirname "$file")
-[ ! -d "$file" ] || {fail(f"{path} is a directory. Fix: set pg_app_env_file to a file path, such as /etc/pgvector-deploy/app.env.")}
-[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
-umask 077"""
+# Where the env file's path is a directory (mv would put the file inside it).
+DIRECTORY_FIX = "set pg_app_env_file to a file path, such as /etc/pgvector-deploy/app.env."
 
 
 def write_script(path: str) -> str:
     """Shell: the content from standard input into ``path``, 0600 root:root, replaced in one
-    rename; the temporary file is private from its creation and removed on any failure."""
-    return f"""{_env_file_preamble(path)}
-tmp=$(mktemp "$dir/.pgvector-deploy-env.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
-cat > "$tmp"
-# Already so (another run wrote it while this one waited for the lock): leave it alone.
-if cmp -s "$tmp" "$file" && [ "$(stat -c %a:%U:%G "$file")" = {FILE_MODE}:{FILE_OWNER} ]; then exit 0; fi
-chown root:root "$tmp"
-chmod 0600 "$tmp"
-mv -f "$tmp" "$file"
-trap - EXIT
-"""
+    rename; the temporary file is private from its creation and removed on any failure. No copy
+    of the previous file is kept: it holds the app role's password."""
+    return install_from_stdin(path, FILE_MODE, FILE_OWNER, keep_copy=False, directory_fix=DIRECTORY_FIX, temp_name=".pgvector-deploy-env")
 
 
 def with_role_password_script(path: str, psql: str) -> str:
@@ -190,7 +168,7 @@ def with_role_password_script(path: str, psql: str) -> str:
     line), then the content. Nothing changes unless the content arrived whole. The new file is
     renamed into place first; if the SQL then fails, the previous file (or none) is put back.
     From the rename on, a dropped connection or SIGTERM no longer interrupts the pair."""
-    return f"""{_env_file_preamble(path)}
+    return f"""{stdin_file_preamble(path, DIRECTORY_FIX)}
 IFS= read -r want
 IFS= read -r sql
 tmp=$(mktemp "$dir/.pgvector-deploy-env.XXXXXX")

@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from datetime import datetime, timezone
@@ -41,12 +40,14 @@ from .facts import PGBR, PGBR_CONFIG, SETTINGS_ERRORS_SQL, STANZA, BackupState, 
 from .managed_files import (
     RESTART_PENDING,
     apply_restart,
+    install_from_stdin,
     locate,
     reload_command,
     replace_file_script,
     restart_decision,
     restart_or_roll_back,
     set_aside,
+    sha256_text,
 )
 from .paths import STATE_DIR
 from .plan import Plan
@@ -85,10 +86,6 @@ ARCHIVE_OFF_PENDING_SQL = (
 
 def archive_path(platform: Platform) -> str:
     return f"{platform.config_dir}/conf.d/{ARCHIVE_FILE_NAME}"
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # -- what we want --------------------------------------------------------------------------------
@@ -291,31 +288,6 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
 
 
 # -- changing it ---------------------------------------------------------------------------------
-
-
-def install_from_stdin(path: str, mode: str, owner: str) -> str:
-    """Shell: standard input into ``path`` (mode, owner), replaced in one rename, a copy of the
-    old file kept (managed_files' backup directory); left alone when already so (another run
-    wrote it while this one waited for the lock). The temporary file is private from the start."""
-    return f"""set -eu
-PATH={SAFE_PATH}
-{locate(path)}
-dir=$(dirname "$file")
-[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
-umask 077
-tmp=$(mktemp "$dir/.pgvector-deploy.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
-cat > "$tmp"
-if cmp -s "$tmp" "$file" && [ "$(stat -c %a:%U:%G "$file")" = {mode}:{owner} ]; then exit 0; fi
-if [ -f "$file" ]; then
-  install -d -m 0700 "$backups" "$copies"
-  backup="$copies/$(basename "$file").bak-$stamp"; cp -p "$file" "$backup"
-fi
-chown {owner} "$tmp"
-chmod {mode} "$tmp"
-mv -f "$tmp" "$file"
-trap - EXIT
-"""
 
 
 def config_script() -> str:

@@ -16,13 +16,22 @@ conf.d/80-pgvector-tuning.conf, the include line in postgresql.conf) is changed 
    the server running. A restart that fails puts the copy back (or sets a new file aside) and
    restarts again with that, so a file we wrote never keeps PostgreSQL down.
 
+Files PostgreSQL does not read (pgBackRest's, the backup scripts and units, the app's env
+file) come from standard input instead (``install_from_stdin``: nothing of their content on a
+command line): written private beside the old one, left alone when already so, a copy of the
+old one kept (not of a file that holds a secret: ``keep_copy=False``), moved into place in one
+rename. ``sha256_text`` is the digest the facts report for a file, to compare with the wanted
+content.
+
 Example::
 
     yield replace_file_script(path, text, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "server settings")
+    yield StringCommand(install_from_stdin(path, "0644", "root:root"), _stdin=text)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 
@@ -122,6 +131,61 @@ if [ -n "$errors" ]; then
   {rejected}
 fi
 fi
+"""
+
+
+def sha256_text(text: str) -> str:
+    """The sha256 of a file holding ``text`` (UTF-8), as the facts report a file's digest."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stdin_file_preamble(path: str, directory_fix: str | None = None, backups: str = BACKUP_DIR) -> str:
+    """Shell that begins every writer of a file from standard input: ``locate``'s variables
+    and ``$dir`` set, a path that is a directory refused (when ``directory_fix`` says what to
+    do instead: ``mv`` would put the file inside it), the directory made (root's, 0755) if
+    missing, and every file created from here on private (umask 077)."""
+    refuse = f"\n[ ! -d \"$file\" ] || {fail(f'{path} is a directory. Fix: {directory_fix}')}" if directory_fix else ""
+    return f"""set -eu
+PATH={SAFE_PATH}
+{locate(path, backups)}
+dir=$(dirname "$file"){refuse}
+[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
+umask 077"""
+
+
+def install_from_stdin(
+    path: str,
+    mode: str,
+    owner: str,
+    *,
+    keep_copy: bool = True,
+    directory_fix: str | None = None,
+    temp_name: str = ".pgvector-deploy",
+    backups: str = BACKUP_DIR,
+) -> str:
+    """Shell: standard input into ``path`` (mode, owner), replaced in one rename, a copy of the
+    old file kept (``keep_copy``: not for a file holding a secret); left alone when already so
+    (another run wrote it while this one waited for the lock). The temporary file, beside the
+    file, is private from its creation and removed on any failure."""
+    copy = (
+        """if [ -f "$file" ]; then
+  install -d -m 0700 "$backups" "$copies"
+  backup="$copies/$(basename "$file").bak-$stamp"; cp -p "$file" "$backup"
+fi
+"""
+        if keep_copy
+        else ""
+    )
+    return f"""{stdin_file_preamble(path, directory_fix, backups)}
+tmp=$(mktemp "$dir/{temp_name}.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+# Already so (another run wrote it while this one waited for the lock): leave it alone.
+if cmp -s "$tmp" "$file" && [ "$(stat -c %a:%U:%G "$file")" = {mode}:{owner} ]; then exit 0; fi
+{copy}chown {owner} "$tmp"
+chmod {mode} "$tmp"
+mv -f "$tmp" "$file"
+trap - EXIT
 """
 
 

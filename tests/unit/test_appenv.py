@@ -21,12 +21,12 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from pgvector_deploy import appenv
-from pgvector_deploy.appenv import Connection, connection, env_value, render_env_file, sha256_text, write_script
-from pgvector_deploy.facts import EnvFileState, parse_env_file_state
-from pgvector_deploy.facts import Bridge
+from pgvector_deploy.appenv import Connection, connection, env_value, render_env_file, write_script
+from pgvector_deploy.facts import Bridge, EnvFileState, parse_env_file_state
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.managed_files import sha256_text
 from pgvector_deploy.plan import Plan
 from pgvector_deploy.settings import SettingsError
-from pgvector_deploy.loading import load_settings
 
 from .conftest import FactHost, run_operation, sh_syntax_error
 

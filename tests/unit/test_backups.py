@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 from pyinfra.api import StringCommand
 
-from pgvector_deploy import backups, facts, preflight
-from pgvector_deploy.backups import sha256_text
-from pgvector_deploy.facts import BackupState
-from pgvector_deploy.facts import HostProfile
+from pgvector_deploy import backups, facts, managed_files, preflight
+from pgvector_deploy.facts import BackupState, HostProfile
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.managed_files import sha256_text
 from pgvector_deploy.plan import Plan
 from pgvector_deploy.settings import SettingsError
-from pgvector_deploy.loading import load_settings
 
 from .conftest import FactHost, recorded_output, run_operation, sh_syntax_error
 
@@ -232,7 +231,7 @@ def test_the_host_scripts_are_valid_sh(script):
 
 def test_the_generated_shell_is_valid_sh():
     plan, _ = plan_with(BACKUP)
-    for script in (backups.config_script(), backups.stanza_script(), backups.install_from_stdin("/etc/x", "644", "root:root")):
+    for script in (backups.config_script(), backups.stanza_script(), managed_files.install_from_stdin("/etc/x", "644", "root:root")):
         assert sh_syntax_error(script) == ""
 
 

@@ -22,9 +22,9 @@ from pyinfra.context import ctx_host
 import pgvector_deploy
 from pgvector_deploy import postgres, shell
 from pgvector_deploy.facts import ClusterState, parse_host_profile
-from pgvector_deploy.platforms import PLATFORMS
-from pgvector_deploy.plan import Plan
 from pgvector_deploy.loading import load_settings
+from pgvector_deploy.plan import Plan
+from pgvector_deploy.platforms import PLATFORMS
 
 from .conftest import recorded_lines
 

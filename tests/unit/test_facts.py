@@ -6,9 +6,22 @@ import subprocess
 
 import pytest
 
-from pgvector_deploy.facts import ClusterState, HostProfile, InstalledPackages, PgvectorState, LoginAccess, RepositoryChecks, parse_host_profile, parse_installed, parse_key_values, parse_pgvector_owners, parse_pgvector_packages, parse_pgvector_state, parse_postgres_version
+from pgvector_deploy.facts import (
+    ClusterState,
+    HostProfile,
+    InstalledPackages,
+    LoginAccess,
+    PgvectorState,
+    RepositoryChecks,
+    parse_host_profile,
+    parse_installed,
+    parse_key_values,
+    parse_pgvector_owners,
+    parse_pgvector_packages,
+    parse_pgvector_state,
+    parse_postgres_version,
+)
 from pgvector_deploy.paths import BUILD_STAMP
-
 from pgvector_deploy.platforms import PACKAGE_MANAGERS
 
 from .conftest import AS_POSTGRES, PG_BINDIR, recorded_lines, sh_syntax_error, throwaway_server

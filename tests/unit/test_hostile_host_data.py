@@ -43,10 +43,10 @@ import pytest
 
 from pgvector_deploy import appenv, loading, networking, pgvector, preflight, tuning
 from pgvector_deploy.facts import Bridge, certificate_paths, parse_host_profile, settings_path
-from pgvector_deploy.platforms import PLATFORMS, UnsupportedHost
-from pgvector_deploy.plan import Plan
-from pgvector_deploy.settings import SETTINGS, SQL_KEYWORDS, SettingsError
 from pgvector_deploy.loading import load_settings
+from pgvector_deploy.plan import Plan
+from pgvector_deploy.platforms import PLATFORMS, UnsupportedHost
+from pgvector_deploy.settings import SETTINGS, SQL_KEYWORDS, SettingsError
 
 from .conftest import recorded_lines, sh_syntax_error, skip_or_fail, throwaway_psql, throwaway_server, throwaway_server_missing
 

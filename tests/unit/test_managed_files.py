@@ -13,8 +13,8 @@ import pytest
 
 from pgvector_deploy import managed_files
 from pgvector_deploy.facts import tuning_path
-from pgvector_deploy.preflight import make_plan
 from pgvector_deploy.loading import load_settings
+from pgvector_deploy.preflight import make_plan
 
 from .conftest import sh_syntax_error
 
@@ -123,3 +123,39 @@ def test_restart_decision_logs_the_line_the_nightly_report_reads(provisioned_pro
         assert caplog.records[-1].levelname == "WARNING"
     finally:
         ctx_host.set(previous)
+
+
+# --- files from standard input (install_from_stdin: backups' files, the app's env file) -----------
+
+
+def install(tmp_path, target, content: str, **options) -> subprocess.CompletedProcess:
+    script = managed_files.install_from_stdin(str(target), "640", "root:root", backups=str(tmp_path / "backups"), **options)
+    return subprocess.run(["sh", "-c", script], input=content, check=False, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown root:root needs root")
+def test_install_from_stdin_replaces_in_one_rename_and_keeps_a_copy(tmp_path):
+    target = tmp_path / "etc" / "x.conf"
+    assert sh_syntax_error(managed_files.install_from_stdin(str(target), "640", "root:root")) == ""
+    assert install(tmp_path, target, "one\n").returncode == 0
+    assert target.read_text() == "one\n" and oct(target.stat().st_mode & 0o777) == "0o640"
+    inode = target.stat().st_ino
+    assert install(tmp_path, target, "one\n").returncode == 0  # already so: left alone, no copy
+    assert target.stat().st_ino == inode and not (tmp_path / "backups").exists()
+    assert install(tmp_path, target, "two\n").returncode == 0
+    copies = list((tmp_path / "backups" / str(target.parent).lstrip("/")).iterdir())
+    assert target.read_text() == "two\n" and [c.read_text() for c in copies] == ["one\n"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.conf"]  # no temporary file left
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown root:root needs root")
+def test_install_from_stdin_of_a_secret_keeps_no_copy_and_refuses_a_directory(tmp_path):
+    target = tmp_path / "app.env"
+    assert install(tmp_path, target, "A=1\n", keep_copy=False).returncode == 0
+    assert install(tmp_path, target, "A=2\n", keep_copy=False).returncode == 0
+    assert target.read_text() == "A=2\n" and not (tmp_path / "backups").exists()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = install(tmp_path, folder, "A=1\n", directory_fix="give a file path.")
+    assert result.returncode != 0 and f"{folder} is a directory. Fix: give a file path." in result.stderr
+    assert list(folder.iterdir()) == []

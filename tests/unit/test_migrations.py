@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 
 from pgvector_deploy import facts, migrations, shell
-from pgvector_deploy.migrations import DONE_MARKER, apply_command, ledger_command, migration_sql, pending
-from pgvector_deploy.migration_files import Migration, MigrationError, parse_migration, read_folder, sql_problems
 from pgvector_deploy.facts import LEDGER, MigrationLedger, parse_ledger
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.migration_files import Migration, MigrationError, parse_migration, read_folder, sql_problems
+from pgvector_deploy.migrations import DONE_MARKER, apply_command, ledger_command, migration_sql, pending
 from pgvector_deploy.plan import Plan
 from pgvector_deploy.settings import SettingsError
-from pgvector_deploy.loading import load_settings
 from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, dbname_conninfo
 
 from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax_error, skip_or_fail, throwaway_server

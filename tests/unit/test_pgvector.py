@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 from pgvector_deploy import pgvector
+from pgvector_deploy.loading import load_settings
 from pgvector_deploy.paths import BUILD_STAMP
 from pgvector_deploy.pgvector import (
     WITH_LLVM,
@@ -23,7 +24,6 @@ from pgvector_deploy.pgvector import (
     is_current,
     verify_and_store_script,
 )
-from pgvector_deploy.loading import load_settings
 
 from .conftest import sh_syntax_error
 

@@ -21,17 +21,17 @@ from typing import Callable
 import pytest
 
 from pgvector_deploy import appenv, apps, backups, facts, migrations, networking, pgvector, postgres, preflight, tuning
-from pgvector_deploy.appenv import connection, render_env_file, sha256_text
-from pgvector_deploy.facts import EnvFileState
+from pgvector_deploy.appenv import connection, render_env_file
 from pgvector_deploy.apps import scram_verifier
 from pgvector_deploy.facts import (
-    tuning_path,
     SYSCTL_FILE,
     AppState,
     Bridge,
     ClusterState,
+    EnvFileState,
     HostProfile,
     InstalledPackages,
+    MigrationLedger,
     PgvectorState,
     RepositoryChecks,
     ServerConfig,
@@ -40,8 +40,9 @@ from pgvector_deploy.facts import (
     hba_path,
     ident_path,
     settings_path,
+    tuning_path,
 )
-from pgvector_deploy.facts import MigrationLedger
+from pgvector_deploy.managed_files import sha256_text
 from pgvector_deploy.plan import Plan
 from pgvector_deploy.shell import SAFE_PATH
 

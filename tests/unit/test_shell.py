@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, fails_host_on_error
 from pgvector_deploy.errors import FAILURE_MARK, Failure, Var, fail
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, fails_host_on_error
 
 
 def test_as_postgres_uses_the_platform_psql_over_the_socket(debian12):
