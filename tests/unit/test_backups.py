@@ -235,25 +235,6 @@ def test_the_generated_shell_is_valid_sh():
         assert sh_syntax_error(script) == ""
 
 
-def test_the_backup_state_fact_runs_on_a_real_postgresql_15(debian12):
-    """Its queries, as pyinfra runs them (sh, as root), against a throwaway server: every line
-    comes back (a query that fails stops the ones after it, and user_databases once read 0
-    on a host with a database: the restore then went over it)."""
-    import dataclasses
-    import subprocess
-
-    from .conftest import throwaway_psql, throwaway_server
-
-    with throwaway_server("pgv-backup-state-") as base:
-        throwaway_psql(base)("CREATE DATABASE app")
-        platform = dataclasses.replace(debian12, socket_dir=str(base), data_dir=f"{base}/data")
-        command = BackupState().command(platform, 5432, ("/nonexistent",))
-        output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
-    state = facts.parse_backup_state(output)
-    assert state["user_databases"] == 1 and state["archive_mode"] == "off" and state["data_dir"]
-    assert (state["archived_count"], state["failed_count"], state["last_archived"]) == (0, 0, None)
-
-
 def test_an_unknown_database_count_refuses_the_restore():
     plan, _ = plan_with(BACKUP)
     assert "could not ask PostgreSQL" in backups.restore_refusal(plan, {**state(), "user_databases": None})
@@ -275,15 +256,6 @@ def test_static_keys_only_when_given_and_then_only_on_stdin(monkeypatch):
     monkeypatch.setenv("PGV_UNIT_SECRET", "has a space in it, no")
     with pytest.raises(SettingsError, match="not an AWS access key"):
         load_settings({**BACKUP, "pg_backup_s3_access_key_env": "PGV_UNIT_KEY", "pg_backup_s3_secret_key_env": "PGV_UNIT_SECRET"}, host_name="db")
-
-
-def test_pgbackrest_output_that_is_not_json_is_an_error_not_a_crash():
-    """pgBackRest printed an error line before its JSON (credentials missing): the fact once
-    raised, and the host was refused with a traceback's one line instead of the clear error."""
-    state = facts.parse_backup_state(["info=ERROR: [039]: unable to get credentials[{}]", "archive_mode=on"])
-    assert state["stanza_code"] is None and "unreadable pgbackrest info output" in state["stanza_message"]
-    warned = facts.parse_backup_state(['info=[{"name":"pgvector","status":{"code":99,"message":"other"}}]', "info_error=WARN: role not found"])
-    assert warned["stanza_code"] == 99 and warned["stanza_message"] == "other"
 
 
 def test_the_backup_report_fact_runs_on_a_real_postgresql_15(debian12, tmp_path):

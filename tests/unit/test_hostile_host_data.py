@@ -41,7 +41,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from pgvector_deploy import appenv, loading, networking, pgvector, preflight, tuning
+from pgvector_deploy import appenv, loading, managed_files, networking, pgvector, preflight, tuning
 from pgvector_deploy.facts import Bridge, certificate_paths, parse_host_profile, settings_path
 from pgvector_deploy.loading import load_settings
 from pgvector_deploy.plan import Plan
@@ -479,7 +479,7 @@ def test_hba_tokens_that_no_quoting_can_hold_are_refused(token):
 
 
 def test_pg_string_doubles_quotes_and_backslashes(real):
-    text = f"a = {networking.pg_string(chr(39) + 'x' + chr(92) + 'y')}\n"
+    text = f"a = {managed_files.pg_string(chr(39) + 'x' + chr(92) + 'y')}\n"
     assert text == "a = '''x\\\\y'\n"
     if real is not None:
         assert real.settings(text.replace("a =", "application_name =")) == [("application_name", "'x\\y")]

@@ -1,4 +1,5 @@
-"""The per-host fact memo (``Plan.fact``) and its invalidation by ``shell.host_locked``.
+"""The plan (pgvector_deploy.plan): its per-host fact memo (``Plan.fact``) and the memo's
+invalidation by ``shell.host_locked``.
 
 pyinfra 3 caches no facts and runs each operation's generator twice (planning, then
 executing), so the plan remembers what it asked until a command may have changed the host.
