@@ -13,6 +13,8 @@ from pgvector_deploy.loading import load_settings, sha256_of_file
 from pgvector_deploy.releases import RELEASES
 from pgvector_deploy.settings import Secret, SettingsError
 
+from .conftest import write
+
 
 @pytest.fixture
 def tarball(tmp_path) -> Path:
@@ -109,13 +111,6 @@ def test_missing_ssm_parameter_is_refused(fake_aws):
 
 
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
-
-
-def write(folder: Path, files: dict[str, str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name).write_text(text)
-    return folder
 
 
 def test_default_folder_missing_means_no_migrations(tmp_path, monkeypatch):

@@ -4,22 +4,12 @@ refuses inside a file, before anything runs on a host."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 
-from pgvector_deploy.migration_files import Migration, MigrationError, parse_migration, read_folder, sql_problems
+from pgvector_deploy.migration_files import MigrationError, parse_migration, read_folder, sql_problems
 
-
-def migration(name: str, sql: str) -> Migration:
-    return parse_migration(name, sql.encode())
-
-
-def write(folder: Path, files: dict[str, str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name).write_text(text)
-    return folder
+from .conftest import write
 
 
 def test_folder_is_read_in_name_order_with_checksums_of_the_bytes(tmp_path):

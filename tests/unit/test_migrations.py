@@ -26,28 +26,17 @@ import pytest
 from pgvector_deploy import migrations, shell
 from pgvector_deploy.facts import LEDGER, MigrationLedger, parse_ledger
 from pgvector_deploy.loading import load_settings
-from pgvector_deploy.migration_files import Migration, MigrationError, parse_migration, read_folder
+from pgvector_deploy.migration_files import Migration, MigrationError, read_folder
 from pgvector_deploy.migrations import DONE_MARKER, apply_command, ledger_command, migration_sql, pending
 from pgvector_deploy.plan import Plan
 from pgvector_deploy.settings import SettingsError
 from pgvector_deploy.shell import SAFE_PATH, dbname_conninfo
 
-from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax_error, skip_or_fail, throwaway_server
+from .conftest import AS_POSTGRES, FactHost, PG_BINDIR, migration, run_operation, sh_syntax_error, skip_or_fail, throwaway_server, write
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
 PSQL = f"PGOPTIONS={shlex.quote(shell.APP_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432 -U app"
-
-
-def migration(name: str, sql: str) -> Migration:
-    return parse_migration(name, sql.encode())
-
-
-def write(folder: Path, files: dict[str, str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name).write_text(text)
-    return folder
 
 
 # --- reading the folder ----------------------------------------------------------------------------
