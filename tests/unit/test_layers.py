@@ -40,14 +40,15 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("components on components", {"appenv", "smoke"}),
     ("apps", {"apps"}),  # the app role and database, with appenv's role-password script
     ("preflight", {"preflight"}),  # builds the plan (or a refusal); may use components' pure checks
-    ("recipe", {"recipe", "nightly"}),  # the recipe's order; the nightly runner
+    ("recipe", {"recipe", "nightly"}),  # the recipe's order and its packaged deploys; the nightly runner
+    ("package", {"__init__"}),  # what ``import pgvector_deploy`` gives: the packaged deploys
 ]
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 DEPLOYS = sorted((REPO / "deploy").glob("*.py"))  # above everything: they may import any module
 
 
 def package_modules() -> list[str]:
-    return sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
+    return sorted(path.stem for path in PACKAGE.glob("*.py"))
 
 
 def imported_modules(node: ast.AST, module: str | None) -> list[str]:
