@@ -26,22 +26,19 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shlex
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from pyinfra import host, logger
-from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.api import StringCommand, operation
 
-from .facts import parse_key_values
+from .errors import fail
+from .facts import EnvFileState
+from .managed_files import install_from_stdin, sha256_text, stdin_file_preamble
 from .networking import app_address, on_this_host
-from .shell import SAFE_PATH, fail, fails_host_on_error, host_locked
-
-if TYPE_CHECKING:
-    from .preflight import Plan
+from .plan import Plan
+from .shell import fails_host_on_error, host_locked
 
 DOCKER0_GATEWAY = "172.17.0.1"  # Docker's default bridge, when the host has none (yet)
 FILE_MODE = "600"
@@ -151,69 +148,15 @@ def render_env_file(conn: Connection) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-class EnvFileState(FactBase):
-    """The env file's sha256, mode and owner (never its content); nothing when it is missing."""
-
-    def command(self, path: str):
-        return f"""
-PATH={SAFE_PATH}
-file={shlex.quote(path)}
-if [ -f "$file" ]; then
-  echo "sha256=$(sha256sum < "$file" | cut -d' ' -f1)"
-  echo "mode=$(stat -c %a "$file")"
-  echo "owner=$(stat -c %U:%G "$file")"
-fi
-true
-"""
-
-    @staticmethod
-    def default():
-        return parse_env_file_state([])
-
-    def process(self, output):
-        return parse_env_file_state(output)
-
-
-def parse_env_file_state(lines: list[str]) -> dict:
-    values = parse_key_values(lines)
-    digest = values.get("sha256", [""])[0]
-    return {
-        "sha256": digest or None,
-        "mode": values.get("mode", [""])[0] or None,
-        "owner": values.get("owner", [""])[0] or None,
-    }
-
-
-def _env_file_preamble(path: str) -> str:
-    """Shell shared by both env-file writers: ``$file`` and ``$dir`` set, the directory made,
-    a path that is a directory refused, and every file created from here on private."""
-    return f"""set -eu
-PATH={SAFE_PATH}
-file={shlex.quote(path)}
-dir=$(dirname "$file")
-[ ! -d "$file" ] || {fail(f"{path} is a directory. Fix: set pg_app_env_file to a file path, such as /etc/pgvector-deploy/app.env.")}
-[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
-umask 077"""
+# Where the env file's path is a directory (mv would put the file inside it).
+DIRECTORY_FIX = "set pg_app_env_file to a file path, such as /etc/pgvector-deploy/app.env."
 
 
 def write_script(path: str) -> str:
     """Shell: the content from standard input into ``path``, 0600 root:root, replaced in one
-    rename; the temporary file is private from its creation and removed on any failure."""
-    return f"""{_env_file_preamble(path)}
-tmp=$(mktemp "$dir/.pgvector-deploy-env.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
-cat > "$tmp"
-# Already so (another run wrote it while this one waited for the lock): leave it alone.
-if cmp -s "$tmp" "$file" && [ "$(stat -c %a:%U:%G "$file")" = {FILE_MODE}:{FILE_OWNER} ]; then exit 0; fi
-chown root:root "$tmp"
-chmod 0600 "$tmp"
-mv -f "$tmp" "$file"
-trap - EXIT
-"""
+    rename; the temporary file is private from its creation and removed on any failure. No copy
+    of the previous file is kept: it holds the app role's password."""
+    return install_from_stdin(path, FILE_MODE, FILE_OWNER, keep_copy=False, directory_fix=DIRECTORY_FIX, temp_name=".pgvector-deploy-env")
 
 
 def with_role_password_script(path: str, psql: str) -> str:
@@ -225,7 +168,7 @@ def with_role_password_script(path: str, psql: str) -> str:
     line), then the content. Nothing changes unless the content arrived whole. The new file is
     renamed into place first; if the SQL then fails, the previous file (or none) is put back.
     From the rename on, a dropped connection or SIGTERM no longer interrupts the pair."""
-    return f"""{_env_file_preamble(path)}
+    return f"""{stdin_file_preamble(path, DIRECTORY_FIX)}
 IFS= read -r want
 IFS= read -r sql
 tmp=$(mktemp "$dir/.pgvector-deploy-env.XXXXXX")

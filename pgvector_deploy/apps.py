@@ -26,9 +26,10 @@ from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
 from . import appenv
+from .errors import Var, fail
 from .facts import AppState
-from .preflight import Plan
-from .shell import SAFE_PATH, Var, as_postgres, fail, fails_host_on_error, host_locked
+from .plan import Plan
+from .shell import SAFE_PATH, as_postgres, fails_host_on_error, host_locked
 
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
 # CREATE DATABASE copies template1 and fails ("source database "template1" is being accessed

@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from datetime import datetime, timezone
@@ -36,24 +35,26 @@ from pathlib import Path
 from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, operation
 
-from .facts import PENDING_RESTART, SETTINGS_ERRORS_SQL, STATE_DIR, parse_key_values
+from .errors import Var, fail
+from .facts import PGBR, PGBR_CONFIG, SETTINGS_ERRORS_SQL, STANZA, BackupState, parse_backup_state, parse_key_values
 from .managed_files import (
     RESTART_PENDING,
     apply_restart,
+    install_from_stdin,
     locate,
     reload_command,
     replace_file_script,
     restart_decision,
     restart_or_roll_back,
     set_aside,
+    sha256_text,
 )
+from .paths import STATE_DIR
+from .plan import Plan
 from .platforms import Platform
-from .preflight import Plan
 from .settings import WEEKDAYS, Schedule
-from .shell import SAFE_PATH, as_postgres, fail, fails_host_on_error, host_locked
+from .shell import SAFE_PATH, as_postgres, fails_host_on_error, host_locked
 
-STANZA = "pgvector"
-PGBR_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 ENV_FILE = "/etc/pgvector-deploy/backup.env"
 LIBDIR = "/usr/local/lib/pgvector-deploy"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # node_exporter's textfile collector (Debian's default)
@@ -68,7 +69,6 @@ SCRIPTS = ("pgvector-backup", "pgvector-backup-status", "pgvector-restore-drill"
 ARCHIVE_TIMEOUT_S = 60
 # A restore of the latest state over a cluster waits this long for its WAL backlog to reach S3.
 DRAIN_WAIT_S = 300
-PGBR = f"runuser -u postgres -- pgbackrest --config={PGBR_CONFIG} --stanza={STANZA}"
 RESTORE_COMMAND = f'pgbackrest --config={PGBR_CONFIG} --stanza={STANZA} archive-get %f "%p"'
 # What pgBackRest's restore writes into postgresql.auto.conf for recovery (reset after it).
 RECOVERY_SETTINGS = (
@@ -87,11 +87,6 @@ REASON = (
 )
 
 
-ARCHIVE_MODE_PENDING_SQL = (
-    "SELECT 'archive_mode_pending=' || pending_restart FROM pg_catalog.pg_settings WHERE name = 'archive_mode'"
-)
-
-
 ARCHIVE_OFF_PENDING_SQL = (
     "SELECT pg_catalog.string_agg(name, ', ') FROM pg_catalog.pg_settings WHERE pending_restart AND name = 'archive_mode'"
 )
@@ -99,10 +94,6 @@ ARCHIVE_OFF_PENDING_SQL = (
 
 def archive_path(platform: Platform) -> str:
     return f"{platform.config_dir}/conf.d/{ARCHIVE_FILE_NAME}"
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # -- what we want --------------------------------------------------------------------------------
@@ -297,104 +288,6 @@ def removal_script(paths: list[str]) -> str:
 # -- what the host has ---------------------------------------------------------------------------
 
 
-class BackupState(FactBase):
-    """The backup side of the host: pgBackRest installed, the managed files (sha256, mode, owner;
-    never their content), archiving as the server runs it, the archiver's statistics, the WAL
-    backlog, the timers, and ``pgbackrest info`` (when its configuration exists)."""
-
-    def command(self, platform: Platform, port: int, paths: tuple[str, ...], timer_names: tuple[str, ...] = ()):
-        files = " ".join(shlex.quote(path) for path in paths)
-        queries = (
-            "SELECT 'archive_mode=' || pg_catalog.current_setting('archive_mode')",
-            "SELECT 'archiver=' || archived_count || '|' || failed_count || '|' || "
-            "coalesce(pg_catalog.date_part('epoch', last_archived_time)::bigint::text, '') || '|' || "
-            "coalesce(pg_catalog.date_part('epoch', last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
-            "FROM pg_catalog.pg_stat_archiver",
-            "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_catalog.pg_file_settings "
-            f"WHERE error = '{PENDING_RESTART}'",
-            "SELECT 'user_databases=' || pg_catalog.count(*) FROM pg_catalog.pg_database "
-            "WHERE datname NOT IN ('postgres', 'template0', 'template1')",
-            # archive_mode's own restart still pending (pg_file_settings has no row for a
-            # setting whose file was set aside: its value just waits for the restart).
-            ARCHIVE_MODE_PENDING_SQL,
-            # Every file that sets archive_mode, in the order PostgreSQL reads them (the last applied wins).
-            "SELECT 'archive_mode_file=' || sourcefile || '|' || coalesce(setting, '') || '|' || "
-            "CASE WHEN applied THEN 't' ELSE 'f' END FROM pg_catalog.pg_file_settings WHERE name = 'archive_mode' ORDER BY seqno",
-        )
-        server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
-        timer_lines = "".join(
-            f'echo "timer={name}|$(systemctl is-enabled {name} 2>/dev/null)|$(systemctl is-active {name} 2>/dev/null)"\n'
-            for name in timer_names
-        )
-        return f"""
-PATH={SAFE_PATH}
-for file in {files}; do
-  [ -f "$file" ] && echo "file=$file|$(sha256sum < "$file" | cut -d' ' -f1)|$(stat -c %a "$file")|$(stat -c %U:%G "$file")"
-done
-command -v pgbackrest >/dev/null 2>&1 && echo pgbackrest=yes
-{server} </dev/null 2>/dev/null
-echo "backlog=$(find {shlex.quote(platform.data_dir)}/pg_wal/archive_status -name '*.ready' 2>/dev/null | wc -l)"
-[ -s {shlex.quote(platform.data_dir)}/PG_VERSION ] && echo data_dir=yes
-{timer_lines}if [ -f {PGBR_CONFIG} ] && command -v pgbackrest >/dev/null 2>&1; then
-  # The JSON alone on stdout; pgBackRest's warnings and errors (stderr) apart.
-  err=$(mktemp)
-  if out=$({PGBR} --output=json --log-level-console=off --log-level-stderr=warn info 2>"$err"); then
-    echo "info=$(printf '%s' "$out" | tr -d '\\n')"
-  fi
-  [ ! -s "$err" ] || echo "info_error=$(grep -m1 -E 'ERROR|WARN' "$err" || head -n1 "$err")"
-  rm -f "$err"
-fi
-true
-"""
-
-    def process(self, output):
-        return parse_backup_state(output)
-
-
-def parse_backup_state(lines: list[str]) -> dict:
-    values = parse_key_values(lines)
-    files = {}
-    for entry in values.get("file", []):
-        path, digest, mode, owner = entry.rsplit("|", 3)
-        files[path] = (digest, mode, owner)
-    archiver = (values.get("archiver", [""])[0].split("|") + ["", "", "", "", ""])[:5]
-    info = None
-    if values.get("info"):
-        try:
-            info = json.loads(values["info"][0])
-        except ValueError:  # never a crash on output we did not expect: unreadable, as an error
-            values.setdefault("info_error", [f"unreadable pgbackrest info output: {values['info'][0][:200]}"])
-    stanza = info[0] if isinstance(info, list) and info and isinstance(info[0], dict) else {}
-    status = stanza.get("status", {}) if stanza else {}
-    return {
-        "files": files,
-        "pgbackrest": values.get("pgbackrest", [""])[0] == "yes",
-        "archive_mode": values.get("archive_mode", [""])[0],
-        "archived_count": int(archiver[0] or 0),
-        "failed_count": int(archiver[1] or 0),
-        "last_archived": int(archiver[2]) if archiver[2] else None,
-        "last_failed": int(archiver[3]) if archiver[3] else None,
-        "last_failed_wal": archiver[4],
-        "pending_restart": values.get("pending_restart", []),
-        "archive_mode_pending": values.get("archive_mode_pending", [""])[0] == "true",
-        # (file, value, applied) of each archive_mode line, in PostgreSQL's reading order.
-        "archive_mode_files": [tuple(entry.rsplit("|", 2)) for entry in values.get("archive_mode_file", [])],
-        # None: not answered (PostgreSQL down, or a query failed): a restore refuses then.
-        "user_databases": int(values["user_databases"][0]) if values.get("user_databases") else None,
-        "backlog": int((values.get("backlog") or ["0"])[0] or 0),
-        "data_dir": values.get("data_dir", [""])[0] == "yes",
-        "timers": {entry.split("|")[0]: tuple(entry.split("|")[1:3]) for entry in values.get("timer", [])},
-        "stanza_code": status.get("code") if stanza else None,  # 0 ok, 1 missing stanza path, 2 no backup
-        "stanza_message": (status.get("message", "") if stanza else "") or values.get("info_error", [""])[0],
-        "backups": [
-            {"label": b["label"], "type": b["type"], "start": b["timestamp"]["start"], "stop": b["timestamp"]["stop"]}
-            for b in stanza.get("backup", [])
-        ]
-        if stanza
-        else [],
-    }
-
-
 def paths(plan: Plan) -> tuple[str, ...]:
     wanted = [PGBR_CONFIG, archive_path(plan.platform), *installable_files()]
     if plan.settings.backup is None:
@@ -414,31 +307,6 @@ def expected_facts(plan: Plan) -> list[tuple[type, dict]]:
 
 
 # -- changing it ---------------------------------------------------------------------------------
-
-
-def install_from_stdin(path: str, mode: str, owner: str) -> str:
-    """Shell: standard input into ``path`` (mode, owner), replaced in one rename, a copy of the
-    old file kept (managed_files' backup directory); left alone when already so (another run
-    wrote it while this one waited for the lock). The temporary file is private from the start."""
-    return f"""set -eu
-PATH={SAFE_PATH}
-{locate(path)}
-dir=$(dirname "$file")
-[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
-umask 077
-tmp=$(mktemp "$dir/.pgvector-deploy.XXXXXX")
-trap 'rm -f "$tmp"' EXIT
-cat > "$tmp"
-if cmp -s "$tmp" "$file" && [ "$(stat -c %a:%U:%G "$file")" = {mode}:{owner} ]; then exit 0; fi
-if [ -f "$file" ]; then
-  install -d -m 0700 "$backups" "$copies"
-  backup="$copies/$(basename "$file").bak-$stamp"; cp -p "$file" "$backup"
-fi
-chown {owner} "$tmp"
-chmod {mode} "$tmp"
-mv -f "$tmp" "$file"
-trap - EXIT
-"""
 
 
 def config_script(where: str = "the repository", cluster: Platform | None = None) -> str:
@@ -520,8 +388,6 @@ mv -f "$probe/pgbackrest.conf" "$file"
 
 
 def _var(name: str):
-    from .shell import Var
-
     return Var(name)
 
 

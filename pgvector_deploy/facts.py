@@ -22,14 +22,10 @@ from ipaddress import IPv4Interface, IPv4Network
 
 from pyinfra.api import FactBase
 
+from .paths import BUILD_STAMP, STATE_DIR
 from .platforms import KNOWN_MAJORS, PACKAGE_MANAGERS, PLATFORM_TEMPLATES, POSTGRES_MAJOR, Platform, parse_os_release
-from .shell import SAFE_PATH, as_postgres
+from .shell import SAFE_PATH, as_app, as_postgres
 
-# Where the toolkit keeps its own state on a host.
-CACHE_DIR = "/var/cache/pgvector-deploy"
-STATE_DIR = "/var/lib/pgvector-deploy"
-BUILD_STAMP = f"{STATE_DIR}/build.json"  # PostgreSQL 15's (Platform.build_stamp: each major its own)
-BUILD_LOG = f"{STATE_DIR}/build.log"  # one line per build that ran: when, what, for which server
 # Configuration files it manages (beside the packaged ones, never instead of them).
 SETTINGS_FILE_NAME = "90-pgvector-deploy.conf"
 TUNING_FILE_NAME = "80-pgvector-tuning.conf"
@@ -770,3 +766,236 @@ def parse_tls_files(lines: list[str]) -> dict:
         "key_mode": mode or None,
         "key_owner": owner or None,
     }
+
+
+LEDGER_SCHEMA = "pgvector_deploy"
+
+
+LEDGER = f"{LEDGER_SCHEMA}.schema_migrations"
+
+
+# What the ledger is, from pg_catalog alone: "none", "table" (the plain heap table we made,
+# name and sha256 of type pg_catalog.text), or what else it is. The rows are read in the app's
+# own session, so nothing the app put there runs with more than its rights; the shape is still
+# checked (as superuser, reading the catalog only), so that a ledger replaced by a view or a
+# table of other types is refused, named, rather than read.
+LEDGER_SHAPE_SQL = (
+    "SELECT CASE WHEN c.oid IS NULL THEN 'none' "
+    "WHEN c.relkind <> 'r' THEN 'relkind ' || c.relkind::pg_catalog.text "
+    "WHEN c.relam IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'heap') THEN 'a table access method' "
+    "WHEN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND NOT a.attisdropped "
+    "AND a.attname IN ('name', 'sha256') AND a.atttypid = 'pg_catalog.text'::pg_catalog.regtype) <> 2 "
+    "THEN 'columns name, sha256 not both of type pg_catalog.text' ELSE 'table' END "
+    "FROM (SELECT) AS one LEFT JOIN pg_catalog.pg_class c ON c.relname = 'schema_migrations' "
+    f"AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = '{LEDGER_SCHEMA}')"
+)
+
+
+LEDGER_ROWS_SQL = f"SELECT 'applied=' || l.name || '|' || l.sha256 FROM ONLY {LEDGER} AS l"
+
+
+APP_LOGIN_TRIES = 20  # x 0.25 s: a pg_hba.conf/pg_ident.conf reload just sent may not be in force yet
+
+
+class MigrationLedger(FactBase):
+    """The app database's ledger: whether the database and the ledger table exist, each
+    applied migration's name and sha256 (read in the app role's own session, ``as_app``), what
+    refuses it (``LEDGER_SHAPE_SQL``), and whether the app could log in at all (``app_login``:
+    no on a host whose pg_hba.conf has not the app's peer line yet, or without the role).
+    """
+
+    def command(self, platform: Platform, port: int, database: str, user: str):
+        exists_sql = f"SELECT 1 FROM pg_catalog.pg_database WHERE datname = '{database}'"
+        read = " ".join([as_app(platform, port, database, user), *(f"-c {shlex.quote(sql)}" for sql in ("BEGIN READ ONLY", LEDGER_ROWS_SQL, "COMMIT"))])
+        return f"""
+PATH={SAFE_PATH}
+if [ "$({as_postgres(platform, port, 'postgres', exists_sql)} 2>/dev/null)" = 1 ]; then
+  echo database=yes
+  shape=$({as_postgres(platform, port, database, LEDGER_SHAPE_SQL)} 2>/dev/null)
+  case $shape in
+    table)
+      echo ledger=yes
+      tries=0
+      until rows=$({read} </dev/null 2>/dev/null); do
+        tries=$((tries + 1)); [ $tries -lt {APP_LOGIN_TRIES} ] || break; sleep 0.25
+      done
+      if [ $tries -lt {APP_LOGIN_TRIES} ]; then
+        [ -z "$rows" ] || printf '%s\\n' "$rows" | grep '^applied='
+      else
+        echo app_login=no
+      fi ;;
+    none) ;;
+    *) echo "ledger_refused=${{shape:-unreadable}}" ;;
+  esac
+fi
+true
+"""
+
+    @staticmethod
+    def default():
+        return parse_ledger([])
+
+    def process(self, output):
+        return parse_ledger(output)
+
+
+def parse_ledger(lines: list[str]) -> dict:
+    values = parse_key_values(lines)
+    applied = {}
+    for entry in values.get("applied", []):
+        name, _, digest = entry.rpartition("|")
+        if name:
+            applied[name] = digest
+    refused = values.get("ledger_refused", [""])[0] or None
+    return {
+        "database": values.get("database", [""])[0] == "yes",
+        "ledger": values.get("ledger", [""])[0] == "yes" or refused is not None,
+        "applied": {} if refused else applied,
+        "refused": refused,
+        "app_login": values.get("app_login", [""])[0] != "no",
+    }
+
+
+class EnvFileState(FactBase):
+    """The env file's sha256, mode and owner (never its content); nothing when it is missing."""
+
+    def command(self, path: str):
+        return f"""
+PATH={SAFE_PATH}
+file={shlex.quote(path)}
+if [ -f "$file" ]; then
+  echo "sha256=$(sha256sum < "$file" | cut -d' ' -f1)"
+  echo "mode=$(stat -c %a "$file")"
+  echo "owner=$(stat -c %U:%G "$file")"
+fi
+true
+"""
+
+    @staticmethod
+    def default():
+        return parse_env_file_state([])
+
+    def process(self, output):
+        return parse_env_file_state(output)
+
+
+def parse_env_file_state(lines: list[str]) -> dict:
+    values = parse_key_values(lines)
+    digest = values.get("sha256", [""])[0]
+    return {
+        "sha256": digest or None,
+        "mode": values.get("mode", [""])[0] or None,
+        "owner": values.get("owner", [""])[0] or None,
+    }
+
+
+STANZA = "pgvector"
+
+
+PGBR_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
+
+
+PGBR = f"runuser -u postgres -- pgbackrest --config={PGBR_CONFIG} --stanza={STANZA}"
+
+
+class BackupState(FactBase):
+    """The backup side of the host: pgBackRest installed, the managed files (sha256, mode, owner;
+    never their content), archiving as the server runs it, the archiver's statistics, the WAL
+    backlog, the timers, and ``pgbackrest info`` (when its configuration exists)."""
+
+    def command(self, platform: Platform, port: int, paths: tuple[str, ...], timer_names: tuple[str, ...] = ()):
+        files = " ".join(shlex.quote(path) for path in paths)
+        queries = (
+            "SELECT 'archive_mode=' || pg_catalog.current_setting('archive_mode')",
+            "SELECT 'archiver=' || archived_count || '|' || failed_count || '|' || "
+            "coalesce(pg_catalog.date_part('epoch', last_archived_time)::bigint::text, '') || '|' || "
+            "coalesce(pg_catalog.date_part('epoch', last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
+            "FROM pg_catalog.pg_stat_archiver",
+            "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_catalog.pg_file_settings "
+            f"WHERE error = '{PENDING_RESTART}'",
+            "SELECT 'user_databases=' || pg_catalog.count(*) FROM pg_catalog.pg_database "
+            "WHERE datname NOT IN ('postgres', 'template0', 'template1')",
+            # archive_mode's own restart still pending (pg_file_settings has no row for a
+            # setting whose file was set aside: its value just waits for the restart).
+            ARCHIVE_MODE_PENDING_SQL,
+            # Every file that sets archive_mode, in the order PostgreSQL reads them (the last applied wins).
+            "SELECT 'archive_mode_file=' || sourcefile || '|' || coalesce(setting, '') || '|' || "
+            "CASE WHEN applied THEN 't' ELSE 'f' END FROM pg_catalog.pg_file_settings WHERE name = 'archive_mode' ORDER BY seqno",
+        )
+        server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
+        timer_lines = "".join(
+            f'echo "timer={name}|$(systemctl is-enabled {name} 2>/dev/null)|$(systemctl is-active {name} 2>/dev/null)"\n'
+            for name in timer_names
+        )
+        return f"""
+PATH={SAFE_PATH}
+for file in {files}; do
+  [ -f "$file" ] && echo "file=$file|$(sha256sum < "$file" | cut -d' ' -f1)|$(stat -c %a "$file")|$(stat -c %U:%G "$file")"
+done
+command -v pgbackrest >/dev/null 2>&1 && echo pgbackrest=yes
+{server} </dev/null 2>/dev/null
+echo "backlog=$(find {shlex.quote(platform.data_dir)}/pg_wal/archive_status -name '*.ready' 2>/dev/null | wc -l)"
+[ -s {shlex.quote(platform.data_dir)}/PG_VERSION ] && echo data_dir=yes
+{timer_lines}if [ -f {PGBR_CONFIG} ] && command -v pgbackrest >/dev/null 2>&1; then
+  # The JSON alone on stdout; pgBackRest's warnings and errors (stderr) apart.
+  err=$(mktemp)
+  if out=$({PGBR} --output=json --log-level-console=off --log-level-stderr=warn info 2>"$err"); then
+    echo "info=$(printf '%s' "$out" | tr -d '\\n')"
+  fi
+  [ ! -s "$err" ] || echo "info_error=$(grep -m1 -E 'ERROR|WARN' "$err" || head -n1 "$err")"
+  rm -f "$err"
+fi
+true
+"""
+
+    def process(self, output):
+        return parse_backup_state(output)
+
+
+def parse_backup_state(lines: list[str]) -> dict:
+    values = parse_key_values(lines)
+    files = {}
+    for entry in values.get("file", []):
+        path, digest, mode, owner = entry.rsplit("|", 3)
+        files[path] = (digest, mode, owner)
+    archiver = (values.get("archiver", [""])[0].split("|") + ["", "", "", "", ""])[:5]
+    info = None
+    if values.get("info"):
+        try:
+            info = json.loads(values["info"][0])
+        except ValueError:  # never a crash on output we did not expect: unreadable, as an error
+            values.setdefault("info_error", [f"unreadable pgbackrest info output: {values['info'][0][:200]}"])
+    stanza = info[0] if isinstance(info, list) and info and isinstance(info[0], dict) else {}
+    status = stanza.get("status", {}) if stanza else {}
+    return {
+        "files": files,
+        "pgbackrest": values.get("pgbackrest", [""])[0] == "yes",
+        "archive_mode": values.get("archive_mode", [""])[0],
+        "archived_count": int(archiver[0] or 0),
+        "failed_count": int(archiver[1] or 0),
+        "last_archived": int(archiver[2]) if archiver[2] else None,
+        "last_failed": int(archiver[3]) if archiver[3] else None,
+        "last_failed_wal": archiver[4],
+        "pending_restart": values.get("pending_restart", []),
+        "archive_mode_pending": values.get("archive_mode_pending", [""])[0] == "true",
+        # (file, value, applied) of each archive_mode line, in PostgreSQL's reading order.
+        "archive_mode_files": [tuple(entry.rsplit("|", 2)) for entry in values.get("archive_mode_file", [])],
+        # None: not answered (PostgreSQL down, or a query failed): a restore refuses then.
+        "user_databases": int(values["user_databases"][0]) if values.get("user_databases") else None,
+        "backlog": int((values.get("backlog") or ["0"])[0] or 0),
+        "data_dir": values.get("data_dir", [""])[0] == "yes",
+        "timers": {entry.split("|")[0]: tuple(entry.split("|")[1:3]) for entry in values.get("timer", [])},
+        "stanza_code": status.get("code") if stanza else None,  # 0 ok, 1 missing stanza path, 2 no backup
+        "stanza_message": (status.get("message", "") if stanza else "") or values.get("info_error", [""])[0],
+        "backups": [
+            {"label": b["label"], "type": b["type"], "start": b["timestamp"]["start"], "stop": b["timestamp"]["stop"]}
+            for b in stanza.get("backup", [])
+        ]
+        if stanza
+        else [],
+    }
+
+
+ARCHIVE_MODE_PENDING_SQL = (
+    "SELECT 'archive_mode_pending=' || pending_restart FROM pg_catalog.pg_settings WHERE name = 'archive_mode'"
+)

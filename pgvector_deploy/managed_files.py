@@ -16,22 +16,33 @@ conf.d/80-pgvector-tuning.conf, the include line in postgresql.conf) is changed 
    the server running. A restart that fails puts the copy back (or sets a new file aside) and
    restarts again with that, so a file we wrote never keeps PostgreSQL down.
 
+Files PostgreSQL does not read (pgBackRest's, the backup scripts and units, the app's env
+file) come from standard input instead (``install_from_stdin``: nothing of their content on a
+command line): written private beside the old one, left alone when already so, a copy of the
+old one kept (not of a file that holds a secret: ``keep_copy=False``), moved into place in one
+rename. ``sha256_text`` is the digest the facts report for a file, to compare with the wanted
+content.
+
 Example::
 
     yield replace_file_script(path, text, "0644", SETTINGS_ERRORS_SQL, plan.platform, plan.port, "server settings")
+    yield StringCommand(install_from_stdin(path, "0644", "root:root"), _stdin=text)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 
 from pyinfra import host, logger
 
-from .facts import PENDING_RESTART, STATE_DIR
+from .errors import Var, fail
+from .facts import PENDING_RESTART
+from .paths import STATE_DIR
+from .plan import Plan
 from .platforms import Platform
-from .preflight import Plan
-from .shell import SAFE_PATH, Var, as_postgres, fail
+from .shell import SAFE_PATH, as_postgres
 
 BACKUP_DIR = f"{STATE_DIR}/backups"
 KEEP_COPIES = 5
@@ -123,6 +134,61 @@ fi
 """
 
 
+def sha256_text(text: str) -> str:
+    """The sha256 of a file holding ``text`` (UTF-8), as the facts report a file's digest."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stdin_file_preamble(path: str, directory_fix: str | None = None, backups: str = BACKUP_DIR) -> str:
+    """Shell that begins every writer of a file from standard input: ``locate``'s variables
+    and ``$dir`` set, a path that is a directory refused (when ``directory_fix`` says what to
+    do instead: ``mv`` would put the file inside it), the directory made (root's, 0755) if
+    missing, and every file created from here on private (umask 077)."""
+    refuse = f"\n[ ! -d \"$file\" ] || {fail(f'{path} is a directory. Fix: {directory_fix}')}" if directory_fix else ""
+    return f"""set -eu
+PATH={SAFE_PATH}
+{locate(path, backups)}
+dir=$(dirname "$file"){refuse}
+[ -d "$dir" ] || install -d -m 0755 -o root -g root "$dir"
+umask 077"""
+
+
+def install_from_stdin(
+    path: str,
+    mode: str,
+    owner: str,
+    *,
+    keep_copy: bool = True,
+    directory_fix: str | None = None,
+    temp_name: str = ".pgvector-deploy",
+    backups: str = BACKUP_DIR,
+) -> str:
+    """Shell: standard input into ``path`` (mode, owner), replaced in one rename, a copy of the
+    old file kept (``keep_copy``: not for a file holding a secret); left alone when already so
+    (another run wrote it while this one waited for the lock). The temporary file, beside the
+    file, is private from its creation and removed on any failure."""
+    copy = (
+        """if [ -f "$file" ]; then
+  install -d -m 0700 "$backups" "$copies"
+  backup="$copies/$(basename "$file").bak-$stamp"; cp -p "$file" "$backup"
+fi
+"""
+        if keep_copy
+        else ""
+    )
+    return f"""{stdin_file_preamble(path, directory_fix, backups)}
+tmp=$(mktemp "$dir/{temp_name}.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp"
+# Already so (another run wrote it while this one waited for the lock): leave it alone.
+if cmp -s "$tmp" "$file" && [ "$(stat -c %a:%U:%G "$file")" = {mode}:{owner} ]; then exit 0; fi
+{copy}chown {owner} "$tmp"
+chmod {mode} "$tmp"
+mv -f "$tmp" "$file"
+trap - EXIT
+"""
+
+
 def restart_command(plan: Plan) -> str:
     platform = plan.platform
     if plan.profile["systemd"]:
@@ -178,3 +244,18 @@ def restart_decision(plan: Plan, settings: list[str]) -> None:
         logger.info(f"{host.print_prefix}restarting PostgreSQL for: {names}")
     else:
         logger.warning(f"{host.print_prefix}{RESTART_PENDING}{names}")
+
+
+def pg_string(value: object) -> str:
+    """``value`` as a quoted string of a PostgreSQL config file: single quotes doubled,
+    backslashes doubled (PostgreSQL reads escapes there); a control character (a line break
+    would end the setting and start another) raises instead. Host data is validated before;
+    this is the template's own guard.
+
+    >>> print(pg_string("10.0.1.10,localhost"), pg_string("it's"))
+    '10.0.1.10,localhost' 'it''s'
+    """
+    text = str(value)
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError(f"{text!r} has a control character and cannot be written into a PostgreSQL config file")
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"

@@ -3,8 +3,8 @@ transaction, in the app role's own session, recorded in a ledger with its checks
 
 The files are the ``*.sql`` files directly in ``pg_migrations_dir`` on the control machine
 (default ``files/migrations/``; subfolders and other files are ignored). They are read and
-checked when the host data is validated, so a bad file refuses the host before anything
-changes: a name outside ``[A-Za-z0-9._-]``, a file that is not UTF-8, or SQL the deploy cannot
+checked (``migration_files``) by the loading step after the host data is validated
+(``loading``), so a bad file refuses the host before anything changes: a name outside ``[A-Za-z0-9._-]``, a file that is not UTF-8, or SQL the deploy cannot
 wrap (a psql backslash command, ``BEGIN``/``COMMIT``/``ROLLBACK``, ``SET ROLE``,
 ``COPY ... FROM STDIN``, an unterminated quote or comment), or a statement that cannot run in
 a transaction (``CREATE INDEX CONCURRENTLY``, ``VACUUM``, ...: those go in a ``.notx.sql`` file).
@@ -59,29 +59,18 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
-from dataclasses import dataclass
-from itertools import pairwise
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pyinfra import host, logger
-from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.api import StringCommand, operation
 
-from .facts import parse_key_values
-from .shell import SAFE_PATH, SUPERUSER_OPTIONS, Var, as_postgres, dbname_conninfo, fail, fails_host_on_error, host_locked
+from .errors import Var, fail
+from .facts import LEDGER, LEDGER_SCHEMA, MigrationLedger
+from .migration_files import FILE_NAME, NOTX_SUFFIX, Migration, MigrationError
+from .plan import Plan
+from .shell import SAFE_PATH, as_app, fails_host_on_error, host_locked
 
-if TYPE_CHECKING:  # preflight imports settings, which imports this module
-    from .platforms import Platform
-    from .preflight import Plan
-
-LEDGER_SCHEMA = "pgvector_deploy"
-LEDGER = f"{LEDGER_SCHEMA}.schema_migrations"
-# Plain names only: they go into SQL literals, shell words and fact output unquoted.
-FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,123}\.sql$")
-NOTX_SUFFIX = ".notx.sql"  # run outside a transaction, statement by statement
 DONE_MARKER = "pgvector-deploy applied"  # psql prints it (\warn) after the COMMIT
 # What psql prints (\warn, our own script, and psql exits 0 only after it: no server message
 # can stand in for it) when the ledger has the file already (another run applied it while this
@@ -91,339 +80,7 @@ ALREADY_APPLIED = "pgvector-deploy already in the ledger (another run applied it
 RENAMED_MARKER = "pgvector-deploy content already in the ledger under another name, skipped:"
 CHANGED_MARKER = "pgvector-deploy in the ledger with another sha256, not run:"
 OPEN_MARKER = "pgvector-deploy left a transaction open, rolled back:"
-# Our sessions as the app: the settings of SUPERUSER_OPTIONS (the app's ALTER DATABASE/ROLE SET
-# cannot reach our own statements), and standard_conforming_strings on, so that psql and the
-# server read quotes as our checks did.
-APP_OPTIONS = f"{SUPERUSER_OPTIONS} -c standard_conforming_strings=on"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class MigrationError(ValueError):
-    """A migration folder or file we refuse; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class Migration:
-    name: str
-    sql: str
-    sha256: str  # of the file's bytes, exactly as they are on disk
-
-    @property
-    def notx(self) -> bool:
-        """Run outside a transaction (name ends ``.notx.sql``)?"""
-        return self.name.endswith(NOTX_SUFFIX)
-
-    def __repr__(self) -> str:
-        return f"Migration({self.name!r}, sha256={self.sha256[:12]}...)"
-
-
-# --- reading and checking the folder (control machine) --------------------------------------
-
-
-def read_folder(folder: Path) -> tuple[Migration, ...]:
-    """The ``*.sql`` files directly in ``folder``, in name order, each read and checked.
-
-    Raises ``MigrationError`` naming the first bad file.
-    """
-    migrations = []
-    for path in sorted(folder.iterdir(), key=lambda path: path.name):
-        if not path.name.endswith(".sql") or path.name.startswith(".") or not path.is_file():
-            continue
-        if not FILE_NAME.match(path.name):
-            raise MigrationError(
-                f"{path.name!r}: a migration name may use only letters, digits, '.', '_' and '-', "
-                "start with a letter or digit, and be at most 128 characters. "
-                "Fix: rename it, e.g. 0003_add_documents.sql."
-            )
-        raw = path.read_bytes()
-        migrations.append(parse_migration(path.name, raw))
-    return tuple(migrations)
-
-
-def parse_migration(name: str, raw: bytes) -> Migration:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise MigrationError(f"{name}: not UTF-8 ({error}). Fix: save the file as UTF-8.") from None
-    if "\0" in text:
-        raise MigrationError(f"{name}: contains a NUL byte. Fix: save it as a plain UTF-8 text file.")
-    problems = sql_problems(text.removeprefix("\ufeff"), name)
-    if problems:
-        raise MigrationError(f"{name} line {problems[0][0]}: {problems[0][1]}")
-    return Migration(name=name, sql=text.removeprefix("\ufeff"), sha256=hashlib.sha256(raw).hexdigest())
-
-
-_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\x80-\uffff]")
-_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
-_WORD = re.compile(r"[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*")
-
-_TRANSACTION_FIX = (
-    "the deploy runs each file in one transaction of its own. Fix: remove it (a statement that "
-    "cannot run in a transaction, such as CREATE INDEX CONCURRENTLY, cannot be a migration here)."
-)
-_ROLE_FIX = "the deploy runs every file as the app role. Fix: remove it."
-_NOTX_BACKSLASH = (
-    "a .notx.sql file is split into statements by psql itself, so it may hold no backslash at all (not even in a "
-    "string: psql would read it as a command). Fix: remove it, or write the string another way (chr(92))."
-)
-_BACKSLASH = (
-    "a backslash outside quotes is a psql command (\\c, \\i, \\copy, \\set, ...), and files must be plain "
-    "SQL. Fix: remove it; use INSERT instead of COPY FROM STDIN data."
-)
-_UNENDED = "the last statement never ends (a parenthesis is not closed). Fix: close it and end the statement with ;."
-
-
-def _creates_routine(words: list[str]) -> bool:
-    """Does the statement so far start CREATE [OR REPLACE] FUNCTION|PROCEDURE (psql's test)?"""
-    kind = words[3:4] if words[1:3] == ["OR", "REPLACE"] else words[1:2]
-    return words[:1] == ["CREATE"] and kind in (["FUNCTION"], ["PROCEDURE"])
-
-
-@dataclass
-class _Statement:
-    line: int  # where its first word is
-    words: list[str]  # upper-cased words outside quotes and comments
-
-
-def split_statements(sql: str) -> tuple[list[_Statement], list[tuple[int, str]]]:
-    """Split SQL the way psql does (quotes, comments, dollar quotes, parentheses, BEGIN ATOMIC
-    and CASE ... END) into statements; returns them with the problems found: psql backslash
-    commands and unterminated quotes or comments, each with its line number."""
-    statements: list[_Statement] = []
-    problems: list[tuple[int, str]] = []
-    words: list[str] = []
-    first_line = 0
-    paren_depth = begin_depth = 0
-    line, i, n = 1, 0, len(sql)
-    previous = ""  # the last character outside quotes and comments
-
-    def end_statement():
-        nonlocal words, first_line
-        if words:
-            statements.append(_Statement(first_line, words))
-        words, first_line = [], 0
-
-    while i < n:
-        char = sql[i]
-        if char == "\n":
-            line += 1
-            i += 1
-            previous = char
-            continue
-        if sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end
-            continue
-        if sql.startswith("/*", i):
-            start, depth, i = line, 1, i + 2
-            while i < n and depth:
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    line += sql[i] == "\n"
-                    i += 1
-            if depth:
-                problems.append((start, "a /* comment is never closed. Fix: close it with */."))
-            previous = " "
-            continue
-        if char in "'\"":
-            start = line
-            escapes = char == "'" and _is_e_prefix(sql, i)  # E'...': backslash escapes
-            i += 1
-            closed = False
-            while i < n:
-                if escapes and sql[i] == "\\":
-                    line += sql[i + 1 : i + 2] == "\n"
-                    i += 2
-                    continue
-                if sql[i] == char:
-                    if sql.startswith(char * 2, i):  # '' or "" inside the literal
-                        i += 2
-                        continue
-                    i += 1
-                    closed = True
-                    break
-                line += sql[i] == "\n"
-                i += 1
-            if not closed:
-                what = "quoted string" if char == "'" else 'quoted name (")'
-                problems.append((start, f"a {what} is never closed. Fix: close the quote."))
-            if not first_line:
-                first_line = start
-            words.append("'" if char == "'" else '"')
-            previous = char
-            continue
-        if char == "$" and not _IDENT_CHAR.match(previous or " "):
-            tag = _DOLLAR_TAG.match(sql, i)
-            if tag:
-                start = line
-                close = sql.find(tag.group(0), tag.end())
-                body_end = n if close < 0 else close + len(tag.group(0))
-                line += sql.count("\n", i, body_end)
-                i = body_end
-                if close < 0:
-                    problems.append((start, f"a {tag.group(0)} quoted string is never closed. Fix: close it with {tag.group(0)}."))
-                if not first_line:
-                    first_line = start
-                words.append("$")
-                previous = "$"
-                continue
-        if char == "\\":
-            problems.append((line, _BACKSLASH))
-            end = sql.find("\n", i)  # psql takes the rest of the line as the command's arguments
-            i = n if end < 0 else end
-            continue
-        if char == "(":
-            paren_depth += 1
-        elif char == ")" and paren_depth:
-            paren_depth -= 1
-        elif char == ";" and paren_depth == 0 and begin_depth == 0:
-            end_statement()
-            i += 1
-            previous = char
-            continue
-        word = _WORD.match(sql, i) if not _IDENT_CHAR.match(previous or " ") else None
-        if word:
-            text = word.group(0).upper()
-            # psql's rule: in CREATE [OR REPLACE] FUNCTION|PROCEDURE only, BEGIN (and then
-            # CASE) opens a block whose semicolons do not end the statement (BEGIN ATOMIC
-            # bodies); END closes it. Anywhere else BEGIN is a word like any other (a column).
-            if text == "BEGIN" and _creates_routine(words):
-                begin_depth += 1
-            elif text == "CASE" and begin_depth:
-                begin_depth += 1
-            elif text == "END" and begin_depth:
-                begin_depth -= 1
-            if not first_line:
-                first_line = line
-            words.append(text)
-            i = word.end()
-            previous = sql[i - 1]
-            continue
-        if not char.isspace() and not first_line:
-            first_line = line
-        if not char.isspace():
-            words.append(char)
-        previous = char
-        i += 1
-    if paren_depth:
-        problems.append((first_line or line, _UNENDED))
-    end_statement()
-    return statements, problems
-
-
-def _is_e_prefix(sql: str, quote: int) -> bool:
-    """Is the quote at ``quote`` an E'...' string (E not part of a longer word)?"""
-    return quote >= 1 and sql[quote - 1] in "eE" and (quote < 2 or not _IDENT_CHAR.match(sql[quote - 2]))
-
-
-def statement_problem(words: list[str]) -> str | None:
-    """Why the deploy cannot run this statement inside its transaction as the app role, or None."""
-    first = words[0]
-    second = words[1] if len(words) > 1 else ""
-    third = words[2] if len(words) > 2 else ""
-    if first in ("BEGIN", "START", "COMMIT", "END", "ABORT") or (first == "ROLLBACK" and second != "TO"):
-        return f"{first} starts or ends a transaction, but {_TRANSACTION_FIX}"
-    if first == "PREPARE" and second == "TRANSACTION":
-        return f"PREPARE TRANSACTION ends the transaction, but {_TRANSACTION_FIX}"
-    if first in ("SAVEPOINT", "RELEASE") or (first == "ROLLBACK" and second == "TO"):
-        # The file runs inside a function (EXECUTE): PostgreSQL refuses these there.
-        return (
-            f"{first}{' TO' if first == 'ROLLBACK' else ''} is a savepoint command, which PostgreSQL refuses in the deploy's "
-            "wrapper (the file runs inside a function). Fix: remove it; to catch an error, use a DO block with "
-            "BEGIN ... EXCEPTION ... END (its own subtransaction)."
-        )
-    if first == "COPY" and any(a == "TO" and b in ("STDOUT", "PSTDOUT") for a, b in pairwise(words)):
-        return "COPY ... TO STDOUT cannot run in the deploy's wrapper (the file runs inside a function). Fix: remove it (use SELECT)."
-    return role_problem(words) or copy_problem(words)
-
-
-def role_problem(words: list[str]) -> str | None:
-    first, second, third = (words + ["", "", ""])[:3]
-    if first == "SET" and (second == "ROLE" or (second in ("SESSION", "LOCAL") and third in ("ROLE", "AUTHORIZATION"))):
-        return f"SET {second if second == 'ROLE' else second + ' ' + third} changes who runs the migration, but {_ROLE_FIX}"
-    if first == "RESET" and second in ("ROLE", "SESSION", "ALL"):
-        return f"RESET {second} changes who runs the migration, but {_ROLE_FIX}"
-    return None
-
-
-def copy_problem(words: list[str]) -> str | None:
-    if words[0] == "COPY" and any(a == "FROM" and b in ("STDIN", "PSTDIN") for a, b in pairwise(words)):
-        return "COPY ... FROM STDIN reads data from psql's input, which carries the migration itself. Fix: use INSERT ... VALUES."
-    return None
-
-
-def _follows(words: list[str], *sequence: str) -> bool:
-    """Do ``sequence``'s words occur one after the other in ``words``?"""
-    n = len(sequence)
-    return any(words[i : i + n] == list(sequence) for i in range(len(words) - n + 1))
-
-
-def non_transactional(words: list[str]) -> str | None:
-    """The statement PostgreSQL refuses to run inside a transaction block (or a function), as
-    named in the message, or None. By its words (outside quotes and comments), so it errs
-    toward refusing: what it misses, the server refuses when the file runs (rolled back)."""
-    first, second = (words + ["", ""])[:2]
-    if first == "VACUUM":
-        return "VACUUM"
-    if first in ("CREATE", "DROP") and second in ("DATABASE", "TABLESPACE", "SUBSCRIPTION"):
-        return f"{first} {second}"
-    if first == "CREATE" and (_follows(words[:4], "INDEX", "CONCURRENTLY")):
-        return "CREATE INDEX CONCURRENTLY"
-    if first == "DROP" and _follows(words[:3], "INDEX", "CONCURRENTLY"):
-        return "DROP INDEX CONCURRENTLY"
-    if first == "REINDEX":
-        if "CONCURRENTLY" in words:
-            return "REINDEX ... CONCURRENTLY"
-        for scope in ("DATABASE", "SYSTEM", "SCHEMA"):
-            if scope in words[1:6]:
-                return f"REINDEX {scope}"
-    if first == "ALTER" and second == "SYSTEM":
-        return "ALTER SYSTEM"
-    if first == "ALTER" and second == "SUBSCRIPTION":
-        return "ALTER SUBSCRIPTION"
-    if first == "ALTER" and second == "DATABASE" and _follows(words, "SET", "TABLESPACE"):
-        return "ALTER DATABASE ... SET TABLESPACE"
-    if first == "ALTER" and second == "TABLE" and "DETACH" in words and "CONCURRENTLY" in words:
-        return "DETACH PARTITION ... CONCURRENTLY"
-    if first == "CLUSTER" and [w for w in words[1:] if w != "VERBOSE"] == []:
-        return "CLUSTER (every table)"
-    if first == "DISCARD" and second == "ALL":
-        return "DISCARD ALL"
-    return None
-
-
-def notx_name(name: str) -> str:
-    """The name a file of its own for statements outside a transaction should have."""
-    return name.removesuffix(NOTX_SUFFIX).removesuffix(".sql") + NOTX_SUFFIX
-
-
-def sql_problems(sql: str, name: str = "NNNN_name.sql") -> list[tuple[int, str]]:
-    """Everything in ``sql`` (the file ``name``) the deploy refuses to run, as (line, message),
-    in line order. A ``.notx.sql`` file may hold statements that cannot run in a transaction
-    (and transaction control), and no backslash at all."""
-    statements, problems = split_statements(sql)
-    notx = name.endswith(NOTX_SUFFIX)
-    if notx:
-        problems = [p for p in problems if p[1] != _BACKSLASH]
-        for number, text in enumerate(sql.splitlines(), start=1):
-            if "\\" in text:
-                problems.append((number, _NOTX_BACKSLASH))
-                break
-    for statement in statements:
-        problem = (role_problem(statement.words) or copy_problem(statement.words)) if notx else statement_problem(statement.words)
-        outside = None if notx else non_transactional(statement.words)
-        if outside:
-            problem = (
-                f"{outside} cannot run inside a transaction, and the deploy runs each file in one. Fix: move it to a "
-                f"file of its own named like {notx_name(name)}, which runs statement by statement outside a transaction "
-                "as the app role (not atomic: write it to be safe to run again, e.g. CREATE INDEX CONCURRENTLY IF NOT EXISTS)."
-            )
-        if problem:
-            problems.append((statement.line, problem))
-    return sorted(problems, key=lambda problem: problem[0])
 
 
 # --- comparing the folder with the ledger --------------------------------------------------------
@@ -478,27 +135,6 @@ def pending(migrations: tuple[Migration, ...], applied: dict[str, str]) -> list[
 
 
 # --- the SQL we send -------------------------------------------------------------------------------
-
-
-def as_app(platform: Platform, port: int, database: str, user: str, sql: str | None = None) -> str:
-    """A psql command in the app role's own session: the OS user postgres over the local
-    socket, mapped to ``user`` by pg_ident.conf's ``pgvector_deploy`` map (peer; the pg_hba.conf
-    line ``networking`` writes). session_user is then the app, which no statement can change:
-    whatever a migration runs has the app's rights, never more. Settings pinned as for our
-    superuser sessions (``APP_OPTIONS``)."""
-    assert re.match(r"^[a-z_][a-z0-9_]{0,62}$", user)
-    parts = [
-        f"PGOPTIONS={shlex.quote(APP_OPTIONS)}",
-        "runuser -u postgres --",
-        platform.psql,
-        "-X -A -t -q -v ON_ERROR_STOP=1",
-        f"-h {shlex.quote(platform.socket_dir)} -p {int(port)}",
-        f"-U {user}",
-        f"-d {shlex.quote(dbname_conninfo(database))}",
-    ]
-    if sql is not None:
-        parts.append(f"-c {shlex.quote(sql)}")
-    return " ".join(parts)
 
 
 def ledger_sql(role: str) -> str:
@@ -718,84 +354,6 @@ def apply_command(plan: Plan, migration: Migration) -> StringCommand:
 
 
 # --- the fact and the operation ---------------------------------------------------------------------
-
-
-# What the ledger is, from pg_catalog alone: "none", "table" (the plain heap table we made,
-# name and sha256 of type pg_catalog.text), or what else it is. The rows are read in the app's
-# own session, so nothing the app put there runs with more than its rights; the shape is still
-# checked (as superuser, reading the catalog only), so that a ledger replaced by a view or a
-# table of other types is refused, named, rather than read.
-LEDGER_SHAPE_SQL = (
-    "SELECT CASE WHEN c.oid IS NULL THEN 'none' "
-    "WHEN c.relkind <> 'r' THEN 'relkind ' || c.relkind::pg_catalog.text "
-    "WHEN c.relam IS DISTINCT FROM (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'heap') THEN 'a table access method' "
-    "WHEN (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND NOT a.attisdropped "
-    "AND a.attname IN ('name', 'sha256') AND a.atttypid = 'pg_catalog.text'::pg_catalog.regtype) <> 2 "
-    "THEN 'columns name, sha256 not both of type pg_catalog.text' ELSE 'table' END "
-    "FROM (SELECT) AS one LEFT JOIN pg_catalog.pg_class c ON c.relname = 'schema_migrations' "
-    f"AND c.relnamespace = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = '{LEDGER_SCHEMA}')"
-)
-LEDGER_ROWS_SQL = f"SELECT 'applied=' || l.name || '|' || l.sha256 FROM ONLY {LEDGER} AS l"
-APP_LOGIN_TRIES = 20  # x 0.25 s: a pg_hba.conf/pg_ident.conf reload just sent may not be in force yet
-
-
-class MigrationLedger(FactBase):
-    """The app database's ledger: whether the database and the ledger table exist, each
-    applied migration's name and sha256 (read in the app role's own session, ``as_app``), what
-    refuses it (``LEDGER_SHAPE_SQL``), and whether the app could log in at all (``app_login``:
-    no on a host whose pg_hba.conf has not the app's peer line yet, or without the role).
-    """
-
-    def command(self, platform: Platform, port: int, database: str, user: str):
-        exists_sql = f"SELECT 1 FROM pg_catalog.pg_database WHERE datname = '{database}'"
-        read = " ".join([as_app(platform, port, database, user), *(f"-c {shlex.quote(sql)}" for sql in ("BEGIN READ ONLY", LEDGER_ROWS_SQL, "COMMIT"))])
-        return f"""
-PATH={SAFE_PATH}
-if [ "$({as_postgres(platform, port, 'postgres', exists_sql)} 2>/dev/null)" = 1 ]; then
-  echo database=yes
-  shape=$({as_postgres(platform, port, database, LEDGER_SHAPE_SQL)} 2>/dev/null)
-  case $shape in
-    table)
-      echo ledger=yes
-      tries=0
-      until rows=$({read} </dev/null 2>/dev/null); do
-        tries=$((tries + 1)); [ $tries -lt {APP_LOGIN_TRIES} ] || break; sleep 0.25
-      done
-      if [ $tries -lt {APP_LOGIN_TRIES} ]; then
-        [ -z "$rows" ] || printf '%s\\n' "$rows" | grep '^applied='
-      else
-        echo app_login=no
-      fi ;;
-    none) ;;
-    *) echo "ledger_refused=${{shape:-unreadable}}" ;;
-  esac
-fi
-true
-"""
-
-    @staticmethod
-    def default():
-        return parse_ledger([])
-
-    def process(self, output):
-        return parse_ledger(output)
-
-
-def parse_ledger(lines: list[str]) -> dict:
-    values = parse_key_values(lines)
-    applied = {}
-    for entry in values.get("applied", []):
-        name, _, digest = entry.rpartition("|")
-        if name:
-            applied[name] = digest
-    refused = values.get("ledger_refused", [""])[0] or None
-    return {
-        "database": values.get("database", [""])[0] == "yes",
-        "ledger": values.get("ledger", [""])[0] == "yes" or refused is not None,
-        "applied": {} if refused else applied,
-        "refused": refused,
-        "app_login": values.get("app_login", [""])[0] != "no",
-    }
 
 
 @operation()

@@ -37,6 +37,7 @@ import jinja2
 from pyinfra import host
 from pyinfra.api import operation
 
+from .errors import Failure, Var, fail
 from .facts import (
     INCLUDES_CONF_D,
     SETTINGS_ERRORS_SQL,
@@ -57,13 +58,14 @@ from .managed_files import (
     apply_restart,
     keep_copy,
     locate,
+    pg_string,
     reload_command,
     replace_file_script,
     restart_decision,
 )
+from .plan import Plan
 from .platforms import Platform
-from .preflight import Plan
-from .shell import SAFE_PATH, Failure, Var, as_postgres, fail, fails_host_on_error, host_locked
+from .shell import SAFE_PATH, as_postgres, fails_host_on_error, host_locked
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"  # in the wheel; a link to ../templates in a checkout
 SYSCTL_TEXT = "# Managed by pgvector-deploy: lets PostgreSQL bind Docker bridge gateways before the bridges exist.\nnet.ipv4.ip_nonlocal_bind = 1\n"
@@ -109,21 +111,6 @@ def client_rules(bridges: list[Bridge], settings) -> list[dict]:
         {"type": kind, "cidr": cidr, "comment": comment, "user": settings.app.user}
         for cidr, (kind, comment) in rules.items()
     ]
-
-
-def pg_string(value: object) -> str:
-    """``value`` as a quoted string of a PostgreSQL config file: single quotes doubled,
-    backslashes doubled (PostgreSQL reads escapes there); a control character (a line break
-    would end the setting and start another) raises instead. Host data is validated before;
-    this is the template's own guard.
-
-    >>> print(pg_string("10.0.1.10,localhost"), pg_string("it's"))
-    '10.0.1.10,localhost' 'it''s'
-    """
-    text = str(value)
-    if any(ord(char) < 32 or ord(char) == 127 for char in text):
-        raise ValueError(f"{text!r} has a control character and cannot be written into a PostgreSQL config file")
-    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 _HBA_PLAIN = re.compile(r"^[A-Za-z0-9_.:/-]+\Z")
@@ -293,7 +280,7 @@ def render_hba(bridges: list[Bridge], settings, rules: str) -> str:
 
 # pg_ident.conf: our block (the map the app's peer line in pg_hba.conf names), everything else
 # in the file kept as it is. The map lets the OS user postgres (the deploy's sessions, as
-# migrations.as_app) and an OS user named like the app (as `local all all peer` did) in as the app.
+# shell.as_app) and an OS user named like the app (as `local all all peer` did) in as the app.
 IDENT_MAP = "pgvector_deploy"
 IDENT_BEGIN = "# BEGIN pgvector-deploy (rewritten by every run: the app role's peer map for the deploy's own sessions)"
 IDENT_END = "# END pgvector-deploy"

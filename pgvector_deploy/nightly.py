@@ -43,12 +43,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .backups import BACKUP_STATE_MARK
+from .errors import FAILURE_MARK
 from .preflight import REFUSAL
-from .shell import FAILURE_MARK
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = str(REPO / "deploy" / "postgres.py")
-# "    [db-1] pgvector-deploy failed: <message>" in pyinfra's log (shell.log_failure).
+# "    [db-1] pgvector-deploy failed: <message>" in pyinfra's log (errors.log_failure).
 _FAILURE_LINE = re.compile(r"^\s*\[(?P<host>[^\]\s]+)\]\s+(?:nested\s+)?" + re.escape(FAILURE_MARK) + r"\s*(?P<message>.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -135,7 +135,7 @@ def pyinfra_environment() -> dict[str, str]:
 
 
 def failures_in_log(log: str) -> list[tuple[str, str]]:
-    """``(host, message)`` for each failure our operations logged (``shell.log_failure``)."""
+    """``(host, message)`` for each failure our operations logged (``errors.log_failure``)."""
     found = []
     for line in log.splitlines():
         match = _FAILURE_LINE.match(_ANSI.sub("", line))

@@ -24,12 +24,14 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, operation
 
-from .facts import BUILD_LOG, CACHE_DIR, STATE_DIR, PgvectorState
+from .errors import Var, fail
+from .facts import PgvectorState
+from .paths import BUILD_LOG, CACHE_DIR, STATE_DIR
+from .plan import Plan
 from .platforms import Platform
-from .preflight import Plan
 from .releases import parse_version
 from .settings import Settings
-from .shell import SAFE_PATH, Var, as_postgres, fail, fails_host_on_error, host_locked
+from .shell import SAFE_PATH, as_postgres, fails_host_on_error, host_locked
 
 # Databases that get the extension: template1 so every new database (ORM shadow databases
 # included) is born with it, and postgres.

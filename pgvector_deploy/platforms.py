@@ -35,7 +35,8 @@ import shlex
 from dataclasses import dataclass
 from os.path import dirname
 
-from .shell import fail
+from .errors import fail
+from .paths import STATE_DIR
 
 POSTGRES_MAJOR = 15  # the default major (host data pg_major)
 KNOWN_MAJORS = (15, 16, 17, 18)  # the majors the toolkit knows how to install
@@ -230,8 +231,6 @@ class Platform:
     @property
     def build_stamp(self) -> str:
         """The build stamp of pgvector for this major: 15 keeps the path it always had."""
-        from .facts import STATE_DIR  # facts reads this table when it loads
-
         return f"{STATE_DIR}/build.json" if self.major == POSTGRES_MAJOR else f"{STATE_DIR}/build-pg{self.major}.json"
     backup_packages: tuple[str, ...] = ()
     # Where backup_packages is empty: why no repository the toolkit sets up has pgBackRest here
@@ -250,7 +249,7 @@ class Platform:
     @property
     def packages(self) -> tuple[str, ...]:
         """Every package the run needs, tools first (InstalledPackages asks about all of them;
-        backup_packages are asked by backups.BackupState, only on hosts with backups)."""
+        backup_packages are asked by facts.BackupState, only on hosts with backups)."""
         return self.tool_packages + self.postgres_packages
 
     @property

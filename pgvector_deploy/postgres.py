@@ -19,7 +19,7 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from .facts import ClusterState, InstalledPackages, RepositoryChecks
-from .preflight import Plan
+from .plan import Plan
 from .shell import SAFE_PATH, fails_host_on_error, host_locked
 
 

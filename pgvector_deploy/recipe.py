@@ -24,7 +24,7 @@ from pyinfra import config, host
 from pyinfra.api.deploy import deploy
 
 from . import appenv, apps, backups as backup_ops, migrations, networking, pgvector, postgres, preflight, smoke, tuning
-from .preflight import Plan
+from .plan import Plan
 from .settings import DEFAULTS
 
 # Every declared host data key with its default (settings.SETTINGS): pyinfra reads these last,

@@ -1,31 +1,32 @@
 """Every ``host.data`` key the toolkit reads, declared once with its default and meaning.
 
 ``SETTINGS`` is the single list; the README's table of data keys is checked against it by a
-test. ``load_settings`` reads a host's data, validates every value and returns a ``Settings``;
+test. ``validate_settings`` checks a host's data, every value, and returns a ``Settings``;
 a bad value raises ``SettingsError`` naming the key, the problem and the fix, before anything
-runs on the host.
+runs on the host. Validation reads nothing but the host data (and the control machine's
+environment variables a key names): no file, no AWS. What host data points at (the pgvector
+tarball, SSM parameters, the migration folder) is read next, by ``loading.load``; until then
+such a value is only named (``FromSsm``, ``MigrationsSource``, ``Settings.tarball``).
 
 Example::
 
-    >>> s = load_settings({"pgvector_version": "0.8.6"})
+    >>> s = validate_settings({"pgvector_version": "0.8.6"})
     >>> s.release.version, s.optflags
     ('0.8.6', '')
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from ipaddress import IPv4Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .migrations import Migration, MigrationError, read_folder
+from .migration_files import Migration
 from .platforms import KNOWN_MAJORS, POSTGRES_MAJOR
 from .releases import NEWEST_RELEASE, Release, ReleaseError, SECURITY_FLOOR, choose_release
 
@@ -300,10 +301,29 @@ class Secret(str):
 
 
 @dataclass(frozen=True)
+class FromSsm:
+    """A secret still to be read from SSM Parameter Store (``loading.load`` reads it): the
+    parameter's name, and the host-data key that named it."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class MigrationsSource:
+    """The migration folder to read (``loading.load`` reads it): ``explicit`` when host data
+    names it (pg_migrations_dir: it must exist), else the default folder (it may be missing)."""
+
+    folder: Path
+    text: str | None  # pg_migrations_dir as given, for messages
+    explicit: bool
+
+
+@dataclass(frozen=True)
 class App:
     user: str
     database: str
-    password: Secret
+    password: Secret | FromSsm  # FromSsm until loaded
     createdb: bool
     host: str | None = None  # what containers connect to; None: the Docker bridge gateway
     env_file: str | None = None  # absolute path on the host; None: no env file
@@ -366,7 +386,7 @@ class Backup:
     endpoint: str
     uri_style: str
     ca_file: str | None
-    cipher_pass: Secret
+    cipher_pass: Secret | FromSsm  # FromSsm until loaded
     access_key: tuple[Secret, Secret] | None  # (key id, secret); None: the instance role
     retention_full: int
     retention_days: int | None
@@ -398,7 +418,7 @@ class Restore:
 class Settings:
     release: Release
     url: str
-    tarball: Path | None
+    tarball: Path | None  # read and checked by loading.load
     allow_insecure: bool
     portable: bool
     docker_subnets: tuple[IPv4Network, ...] = ()
@@ -406,7 +426,8 @@ class Settings:
     app: App | None = None
     smoke_report_dir: Path = Path("reports")
     migrations_dir: Path | None = None  # None: no migrations (no app, or no default folder)
-    migrations: tuple[Migration, ...] = ()
+    migrations: tuple[Migration, ...] = ()  # read by loading.load from migrations_source
+    migrations_source: MigrationsSource | None = None  # None: no app, so no migrations
     tuning: TuningSettings = TuningSettings()
     data_mount: str | None = None  # pg_data_mount: must be mounted before a cluster is made or adopted
     restart_allowed: bool = True  # pg_restart: allowed (True) or report (False)
@@ -415,6 +436,7 @@ class Settings:
     allow_second_major: bool = False  # pg_allow_second_major
     backup: Backup | None = None  # pg_backup_s3_bucket unset: no backups
     restore: Restore = Restore()
+    tarball_text: str | None = None  # pgvector_tarball as given, for loading's messages
 
     @property
     def version(self) -> str:
@@ -469,17 +491,10 @@ def _text(key: str, value: Any, paths: bool = False) -> str | None:
     return value.strip(" ") or None
 
 
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_settings(data: Mapping[str, Any] | Callable[[str], Any], host_name: str | None = None) -> Settings:
+def validate_settings(data: Mapping[str, Any] | Callable[[str], Any], host_name: str | None = None) -> Settings:
     """Validate a host's data (a mapping, or pyinfra's ``host.data``) into ``Settings``;
-    ``host_name`` is the default ``pg_backup_s3_prefix``."""
+    ``host_name`` is the default ``pg_backup_s3_prefix``. Reads no file and asks no service:
+    the tarball, SSM parameters and migration folder are read by ``loading.load``."""
     get = data.get if hasattr(data, "get") else data  # type: ignore[union-attr]
 
     def value(key: str) -> Any:
@@ -506,30 +521,10 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any], host_name: str
         )
 
     tarball = _control_path("pgvector_tarball", value("pgvector_tarball"))
-    tarball_path = None
-    if tarball is not None:
-        tarball_path = Path(tarball).expanduser()
-        if not _is(tarball_path, Path.is_file):
-            raise SettingsError(
-                f"pgvector_tarball {tarball!r} does not exist on the control machine (relative paths start at "
-                f"{Path.cwd()}). Fix: point it at the downloaded v{release.version}.tar.gz, or unset it to "
-                "download from pgvector_url."
-            )
-        try:
-            actual = sha256_of_file(tarball_path)
-        except OSError as error:
-            raise SettingsError(
-                f"pgvector_tarball {tarball!r} cannot be read on the control machine ({error.strerror or error}). "
-                "Fix: make it readable by the user running pyinfra, or unset it to download from pgvector_url."
-            ) from None
-        if actual != release.sha256:
-            raise SettingsError(
-                f"pgvector_tarball {tarball!r} has sha256 {actual}, expected {release.sha256} "
-                f"for pgvector {release.version}. Fix: use the genuine tarball, or correct pgvector_sha256."
-            )
+    tarball_path = None if tarball is None else Path(tarball).expanduser()  # read and checked by loading.load
 
     app = _app(value)
-    migrations_dir, migrations = _migrations(_control_path("pg_migrations_dir", get("pg_migrations_dir")), app)  # type: ignore[operator]
+    migrations_source = _migrations(_control_path("pg_migrations_dir", get("pg_migrations_dir")), app)  # type: ignore[operator]
     return Settings(
         release=release,
         url=url,
@@ -540,8 +535,7 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any], host_name: str
         listen_addresses=_addresses(value("pg_listen_addresses")),
         app=app,
         smoke_report_dir=Path(_control_path("smoke_report_dir", value("smoke_report_dir")) or DEFAULTS["smoke_report_dir"]).expanduser(),
-        migrations_dir=migrations_dir,
-        migrations=migrations,
+        migrations_source=migrations_source,
         tuning=_tuning(value),
         data_mount=_data_mount(_text("pg_data_mount", value("pg_data_mount"))),
         restart_allowed=_restart_allowed(value("pg_restart")),
@@ -550,6 +544,7 @@ def load_settings(data: Mapping[str, Any] | Callable[[str], Any], host_name: str
         allow_second_major=_as_bool("pg_allow_second_major", value("pg_allow_second_major")),
         backup=_backup(value, host_name),
         restore=_restore(value),
+        tarball_text=tarball,
     )
 
 
@@ -566,14 +561,6 @@ def _control_path(key: str, value: Any) -> str | None:
     if text is not None and len(text) > 4095:
         raise SettingsError(f"{key}: the path is {len(text)} characters long. Fix: give a path of at most 4095.")
     return text
-
-
-def _is(path: Path, test: Callable[[Path], bool]) -> bool:
-    """``path.is_file()`` or ``is_dir()``; an OS error (a name too long, no permission) is no."""
-    try:
-        return test(path)
-    except OSError:
-        return False
 
 
 def _major(value: Any) -> int:
@@ -724,7 +711,12 @@ def _cipher_pass(value: Callable[[str], Any]) -> Secret:
                 "the control machine. Fix: export it before running pyinfra."
             )
     elif key == "pg_backup_cipher_pass_ssm":
-        text = _ssm_parameter(text.strip(), key)
+        return FromSsm(text.strip(), key)
+    return checked_cipher_pass(key, text)
+
+
+def checked_cipher_pass(key: str, text: str) -> Secret:
+    """The repository passphrase as given (or read from SSM by ``loading``), checked."""
     if len(text) < MIN_CIPHER_PASS or any(unicodedata.category(char) == "Cc" for char in text) or text != text.strip():
         raise SettingsError(
             f"{key}: the passphrase must be at least {MIN_CIPHER_PASS} characters, without control characters, line "
@@ -1041,10 +1033,11 @@ def _host_file(key: str, text: str | None) -> str | None:
     return text
 
 
-def _migrations(text: str | None, app: App | None) -> tuple[Path | None, tuple[Migration, ...]]:
-    """The migration folder and its checked files. The default folder may be missing or empty;
-    a folder set in host data must exist. Without an app there is no database to migrate.
-    The default's own value is the default (the packaged deploy gives it as pyinfra data)."""
+def _migrations(text: str | None, app: App | None) -> MigrationsSource | None:
+    """The migration folder to read (``loading.load`` reads it and checks its files). The
+    default folder may be missing or empty; a folder set in host data must exist. Without an
+    app there is no database to migrate. The default's own value is the default (the packaged
+    deploy gives it as pyinfra data)."""
     explicit = text is not None and text != DEFAULTS["pg_migrations_dir"]
     if app is None:
         if explicit:
@@ -1052,22 +1045,9 @@ def _migrations(text: str | None, app: App | None) -> tuple[Path | None, tuple[M
                 f"pg_migrations_dir is set ({text!r}) but pg_app_user is not: migrations run in the app's "
                 "database as the app role. Fix: set pg_app_user (and its password), or unset pg_migrations_dir."
             )
-        return None, ()
-    folder = Path(text if explicit else DEFAULTS["pg_migrations_dir"]).expanduser()
-    if not _is(folder, Path.is_dir):
-        if explicit:
-            raise SettingsError(
-                f"pg_migrations_dir {text!r} is not a folder on the control machine (relative paths start at "
-                f"{Path.cwd()}). Fix: create it, or correct the path."
-            )
-        return None, ()
-    try:
-        migrations = read_folder(folder)
-    except MigrationError as error:
-        raise SettingsError(f"pg_migrations_dir: in {folder}: {error}") from None
-    except OSError as error:
-        raise SettingsError(f"pg_migrations_dir: cannot read {folder} ({error}). Fix: make it readable.") from None
-    return (folder, migrations) if migrations else (None, ())
+        return None
+    folder = Path(text if explicit else DEFAULTS["pg_migrations_dir"]).expanduser()  # type: ignore[arg-type]
+    return MigrationsSource(folder, text if explicit else None, explicit)
 
 
 def _password(value: Callable[[str], Any]) -> Secret:
@@ -1106,7 +1086,12 @@ def _password(value: Callable[[str], Any]) -> Secret:
                 f"pg_app_password_ssm: {name!r} is not an SSM parameter name. Fix: give the parameter's name "
                 "(letters, digits and _ . - /), such as /prod/app/db-password."
             )
-        password = _ssm_parameter(name)
+        return FromSsm(name, key)
+    return checked_password(key, password)
+
+
+def checked_password(key: str, password: str) -> Secret:
+    """The app role's password as given (or read from SSM by ``loading``), checked."""
     if not password:
         raise SettingsError(f"{key}: the password is empty. Fix: give the app role a non-empty password.")
     if any(char in password for char in "\r\n\0"):
@@ -1119,39 +1104,3 @@ def _password(value: Callable[[str], Any]) -> Secret:
             "--value \"$(tr -d '\\n' < file)\"), or choose one without control characters."
         )
     return Secret(password)
-
-
-_SSM_FIX = (
-    "Fix: check the AWS configuration on the control machine "
-    "(AWS_REGION or the profile's region, credentials, permission ssm:GetParameter)."
-)
-
-
-@lru_cache(maxsize=None)
-def _ssm_parameter(name: str, key: str = "pg_app_password_ssm") -> str:
-    """A SecureString from SSM Parameter Store, decrypted (boto3's standard configuration)."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-    from .ec2 import aws_region_override
-
-    session = boto3.Session(region_name=aws_region_override())  # AWS_REGION, as the AWS CLI reads it
-    try:
-        response = session.client("ssm").get_parameter(Name=name, WithDecryption=True)
-    except NoCredentialsError:
-        raise SettingsError(
-            f"{key}: no AWS credentials to read {name!r}. "
-            "Fix: configure credentials (AWS_PROFILE, environment, or an instance role)."
-        ) from None
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code == "ParameterNotFound":
-            raise SettingsError(
-                f"{key}: SSM parameter {name!r} does not exist (region "
-                f"{session.region_name or 'unset'}). Fix: create it as a SecureString, "
-                "or correct the name or AWS_REGION."
-            ) from None
-        raise SettingsError(f"{key}: reading {name!r} failed: {code or error}. {_SSM_FIX}") from None
-    except BotoCoreError as error:
-        raise SettingsError(f"{key}: reading {name!r} failed: {error}. {_SSM_FIX}") from None
-    return response["Parameter"]["Value"]

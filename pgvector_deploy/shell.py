@@ -1,17 +1,17 @@
-"""Small helpers for the shell commands we send to hosts."""
+"""Small helpers for the shell commands we send to hosts: psql as postgres (``as_postgres``),
+the host lock (``host_locked``), one host's failure instead of the run's (``fails_host_on_error``).
+Failure messages themselves (``fail``, ``Var``) are in ``errors``."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from functools import wraps
-from typing import TYPE_CHECKING
 
-from pyinfra import logger
-from pyinfra.context import ctx_host
 from pyinfra.api import QuoteString, StringCommand
 
-if TYPE_CHECKING:  # platforms uses fail(); importing Platform at run time would be a cycle
-    from .platforms import Platform
+from .errors import Failure, fail, log_failure, unexpected_error
+from .platforms import Platform
 
 # sudo and minimal images may leave /usr/sbin out of PATH; runuser and pg_* tools live there.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -78,62 +78,6 @@ def as_postgres(
     if sql is not None:
         parts.append(f"-c {shlex.quote(sql)}")
     return " ".join(parts)
-
-
-class Var(str):
-    """A shell variable to expand inside a ``fail``/``words`` message, e.g. ``Var("actual")``."""
-
-
-def words(*parts: str) -> str:
-    """One shell word: literal parts single-quoted (never expanded), ``Var`` parts expanded."""
-    return "".join(f'"${{{part}}}"' if isinstance(part, Var) else shlex.quote(part) for part in parts)
-
-
-class Failure(str):
-    """A command that only fails; ``message`` is what it prints (``fail``)."""
-
-    message: str
-
-
-def fail(*parts: str) -> Failure:
-    r"""Shell that prints the message on stderr and exits 1 (printf, not echo: dash's echo
-    would interpret the backslashes in a message).
-
-    >>> print(fail("expected 1, found ", Var("found")))
-    { printf '%s\n' 'expected 1, found '"${found}" >&2; exit 1; }
-    """
-    command = Failure(f"{{ printf '%s\\n' {words(*parts)} >&2; exit 1; }}")
-    command.message = "".join(f"${{{part}}}" if isinstance(part, Var) else part for part in parts)
-    return command
-
-
-# Marks each failure of ours in pyinfra's log, "[host] pgvector-deploy failed: <message>", so
-# that the nightly report names the host and the message also under --dry, where no failing
-# command runs.
-FAILURE_MARK = "pgvector-deploy failed:"
-
-
-def log_failure(message: str) -> None:
-    """Log ``message`` as this host's failure (``FAILURE_MARK``), on one line."""
-    prefix = getattr(ctx_host.get(), "print_prefix", "") if ctx_host.isset() else ""
-    logger.error(f"{prefix}{FAILURE_MARK} {one_line(message)}")
-
-
-def one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def unexpected_error(error: BaseException, during: str) -> str:
-    """One line for an exception met while ``during``, naming it and the fix.
-
-    >>> unexpected_error(ValueError("bad\\nvalue"), "reading the host")[:56]
-    'unexpected ValueError while reading the host: bad value.'
-    """
-    return (
-        f"unexpected {type(error).__name__} while {during}: {one_line(error)}. Nothing more was done on "
-        "this host; the other hosts carry on. Fix: correct what this names on the host (or in its host "
-        "data) and run again; if it looks right, report this line as a pgvector-deploy bug."
-    )
 
 
 def fails_host_on_error(operation_function):
@@ -252,3 +196,30 @@ def _fact_forgetters(args: tuple, kwargs: dict) -> list:
 def _forget_facts(forgetters: list) -> None:
     for forget in forgetters:
         forget()
+
+
+# Our sessions as the app: the settings of SUPERUSER_OPTIONS (the app's ALTER DATABASE/ROLE SET
+# cannot reach our own statements), and standard_conforming_strings on, so that psql and the
+# server read quotes as our checks did.
+APP_OPTIONS = f"{SUPERUSER_OPTIONS} -c standard_conforming_strings=on"
+
+
+def as_app(platform: Platform, port: int, database: str, user: str, sql: str | None = None) -> str:
+    """A psql command in the app role's own session: the OS user postgres over the local
+    socket, mapped to ``user`` by pg_ident.conf's ``pgvector_deploy`` map (peer; the pg_hba.conf
+    line ``networking`` writes). session_user is then the app, which no statement can change:
+    whatever a migration runs has the app's rights, never more. Settings pinned as for our
+    superuser sessions (``APP_OPTIONS``)."""
+    assert re.match(r"^[a-z_][a-z0-9_]{0,62}$", user)
+    parts = [
+        f"PGOPTIONS={shlex.quote(APP_OPTIONS)}",
+        "runuser -u postgres --",
+        platform.psql,
+        "-X -A -t -q -v ON_ERROR_STOP=1",
+        f"-h {shlex.quote(platform.socket_dir)} -p {int(port)}",
+        f"-U {user}",
+        f"-d {shlex.quote(dbname_conninfo(database))}",
+    ]
+    if sql is not None:
+        parts.append(f"-c {shlex.quote(sql)}")
+    return " ".join(parts)

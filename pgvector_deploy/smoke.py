@@ -70,11 +70,14 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, operation
 
 from . import tunnel
-from .facts import STATE_DIR
+from .backups import REASON, TEXTFILE_DIR
+from .errors import fail
+from .facts import PGBR
 from .networking import TEMPLATES, app_address
+from .paths import STATE_DIR
+from .plan import Plan
 from .platforms import Platform
-from .preflight import Plan
-from .shell import HOST_LOCK, SAFE_PATH, as_postgres, fail, fails_host_on_error, with_host_lock
+from .shell import HOST_LOCK, SAFE_PATH, as_postgres, fails_host_on_error, with_host_lock
 
 # No check may hang the suite (it holds the host lock): a statement or a lock wait is bounded.
 SMOKE_TIMEOUTS = "-c statement_timeout=300s -c lock_timeout=30s"
@@ -558,8 +561,6 @@ class ArchiveCheck(FactBase):
     while its restart is pending or on a host restored by deploy/restore.py (skipped)."""
 
     def command(self, platform: Platform, port: int):
-        from .backups import PGBR, REASON
-
         # on; off with its restart pending (pg_restart = report); off by postgresql.auto.conf (left by
         # deploy/restore.py; deploy/postgres.py's archiving step resets it); or off: a failure.
         mode = as_postgres(platform, port, "postgres", ARCHIVE_MODE_SQL)
@@ -595,8 +596,6 @@ class SmokeStatusFile(FactBase):
     monitoring state, not configuration, so a passing run still reports no change."""
 
     def command(self, passed: int, failed: int):
-        from .backups import TEXTFILE_DIR
-
         lines = (
             "# HELP pgvector_smoke_success 1 if the last vector smoke suite passed.",
             "# TYPE pgvector_smoke_success gauge",

@@ -37,14 +37,14 @@ from .managed_files import (
     BACKUP_DIR,
     apply_restart,
     locate,
+    pg_string,
     reload_command,
     replace_file_script,
     restart_decision,
     set_aside,
 )
-from .networking import pg_string
+from .plan import Plan
 from .platforms import UnsupportedHost
-from .preflight import Plan
 from .settings import PG_MAX_MB, TuningSettings
 from .shell import SAFE_PATH, fails_host_on_error, host_locked
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from pgvector_deploy.facts import BUILD_STAMP
+from pgvector_deploy.paths import BUILD_STAMP
 from tests.hosts.emulation import aarch64_missing, enable_aarch64
 from tests.hosts.tarballs import DEFAULT_VERSION
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pgvector_deploy.facts import BUILD_STAMP, ClusterState, HostProfile, InstalledPackages, PgvectorState, parse_host_profile
+from pgvector_deploy.facts import ClusterState, HostProfile, InstalledPackages, PgvectorState, parse_host_profile
+from pgvector_deploy.paths import BUILD_STAMP
 from pgvector_deploy.platforms import PLATFORMS
 from tests.hosts.tarballs import DEFAULT_VERSION
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pgvector_deploy.facts import BUILD_STAMP
+from pgvector_deploy.paths import BUILD_STAMP
 from tests.hosts.tarballs import DEFAULT_VERSION
 
 BUILD_OP = "pgvector is compiled on this host and installed"

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pgvector_deploy.facts import BUILD_STAMP
+from pgvector_deploy.paths import BUILD_STAMP
 from pgvector_deploy.releases import RELEASES
 from tests.hosts.runner import DEPLOY, REPO, write_inventory
 from tests.hosts.tarballs import DEFAULT_VERSION

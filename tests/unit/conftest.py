@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pgvector_deploy.facts import parse_host_profile, parse_pgvector_state
+from pgvector_deploy.migration_files import Migration, parse_migration
 from pgvector_deploy.platforms import PLATFORMS
 
 RECORDED = Path(__file__).parent / "recorded"
@@ -174,3 +175,18 @@ def throwaway_psql(base: Path):
         ).stdout.strip()  # fmt: skip
 
     return psql
+
+
+# --- migration files (test_migrations, test_migration_files, test_loading) -------------------------
+
+
+def migration(name: str, sql: str) -> Migration:
+    return parse_migration(name, sql.encode())
+
+
+def write(folder: Path, files: dict[str, str]) -> Path:
+    """``files`` (name: text) written into ``folder``, made if missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder

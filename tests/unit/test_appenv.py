@@ -1,5 +1,5 @@
 """The app's connection details for containers (pgvector_deploy.appenv): the URL and env file,
-the EnvFileState fact, the script that writes the file, and the operation.
+the script that writes the file, and the operation (the EnvFileState fact: test_facts.py).
 
 Oracles: libpq's own URI parser (psycopg's conninfo_to_dict, no server needed) and
 SQLAlchemy's make_url read the password back from DATABASE_URL; a port of Compose's env-file
@@ -8,32 +8,23 @@ value parser (compose-go dotenv/parser.go, extractVarValue) reads the env file b
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import stat
 import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from pgvector_deploy import appenv
-from pgvector_deploy.appenv import (
-    Connection,
-    EnvFileState,
-    connection,
-    env_value,
-    parse_env_file_state,
-    render_env_file,
-    sha256_text,
-    write_script,
-)
-from pgvector_deploy.facts import Bridge
-from pgvector_deploy.preflight import Plan
-from pgvector_deploy.settings import SettingsError, load_settings
+from pgvector_deploy.appenv import Connection, connection, env_value, render_env_file, write_script
+from pgvector_deploy.facts import Bridge, EnvFileState
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.managed_files import sha256_text
+from pgvector_deploy.plan import Plan
+from pgvector_deploy.settings import SettingsError
 
 from .conftest import FactHost, run_operation, sh_syntax_error
 
@@ -221,31 +212,6 @@ def test_every_variable_of_the_env_file_reads_back_in_compose(password):
 
 
 # --- the fact and the writer -------------------------------------------------------------------------
-
-
-def test_parse_env_file_state():
-    digest = hashlib.sha256(b"x").hexdigest()
-    assert parse_env_file_state([f"sha256={digest}", "mode=600", "owner=root:root"]) == {"sha256": digest, "mode": "600", "owner": "root:root"}
-    assert parse_env_file_state([]) == {"sha256": None, "mode": None, "owner": None}
-    assert EnvFileState.default() == {"sha256": None, "mode": None, "owner": None}
-
-
-def test_the_fact_prints_only_hash_mode_and_owner(tmp_path):
-    path = tmp_path / "app.env"
-    path.write_text("PGPASSWORD=secret-value\n")
-    path.chmod(0o640)
-    command = EnvFileState().command(path=str(path))
-    assert sh_syntax_error(command) == ""
-    output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
-    assert "secret-value" not in output
-    owner = f"{Path(path).owner()}:{Path(path).group()}"
-    assert parse_env_file_state(output.splitlines()) == {
-        "sha256": hashlib.sha256(b"PGPASSWORD=secret-value\n").hexdigest(),
-        "mode": "640",
-        "owner": owner,
-    }
-    missing = subprocess.run(["sh", "-c", EnvFileState().command(path=str(tmp_path / "none"))], check=False, capture_output=True, text=True)
-    assert missing.returncode == 0 and missing.stdout.strip() == ""
 
 
 def test_write_script_is_valid_sh_and_carries_no_content():

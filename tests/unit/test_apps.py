@@ -20,8 +20,8 @@ import pytest
 from pgvector_deploy import apps
 from pgvector_deploy.apps import password_matches, scram_verifier
 from pgvector_deploy.facts import AppState, parse_app_state
-from pgvector_deploy.preflight import Plan
-from pgvector_deploy.settings import load_settings
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, dbname_conninfo
 
 from .conftest import FactHost, run_operation, sh_syntax_error

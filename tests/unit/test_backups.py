@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from pyinfra.api import StringCommand
 
-from pgvector_deploy import backups, preflight
-from pgvector_deploy.backups import BackupState, sha256_text
-from pgvector_deploy.facts import HostProfile
-from pgvector_deploy.preflight import Plan
-from pgvector_deploy.settings import SettingsError, load_settings
+from pgvector_deploy import backups, facts, managed_files, preflight
+from pgvector_deploy.facts import BackupState, HostProfile
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.managed_files import sha256_text
+from pgvector_deploy.plan import Plan
+from pgvector_deploy.settings import SettingsError
 
 from .conftest import FactHost, recorded_output, run_operation, sh_syntax_error
 
@@ -125,7 +126,7 @@ def plan_with(data: dict, systemd: bool = True) -> tuple[Plan, FactHost]:
 
 
 def converged(plan: Plan) -> list[str]:
-    files = {backups.PGBR_CONFIG: (backups.render_config(plan), "600", "postgres:postgres")}
+    files = {facts.PGBR_CONFIG: (backups.render_config(plan), "600", "postgres:postgres")}
     files[backups.archive_path(plan.platform)] = (backups.render_archive_settings(), "644", "postgres:postgres")
     files.update(backups.wanted_files(plan))
     lines = [f"file={path}|{sha256_text(content)}|{mode}|{owner}" for path, (content, mode, owner) in files.items()]
@@ -230,27 +231,8 @@ def test_the_host_scripts_are_valid_sh(script):
 
 def test_the_generated_shell_is_valid_sh():
     plan, _ = plan_with(BACKUP)
-    for script in (backups.config_script(), backups.stanza_script(), backups.install_from_stdin("/etc/x", "644", "root:root")):
+    for script in (backups.config_script(), backups.stanza_script(), managed_files.install_from_stdin("/etc/x", "644", "root:root")):
         assert sh_syntax_error(script) == ""
-
-
-def test_the_backup_state_fact_runs_on_a_real_postgresql_15(debian12):
-    """Its queries, as pyinfra runs them (sh, as root), against a throwaway server: every line
-    comes back (a query that fails stops the ones after it, and user_databases once read 0
-    on a host with a database: the restore then went over it)."""
-    import dataclasses
-    import subprocess
-
-    from .conftest import throwaway_psql, throwaway_server
-
-    with throwaway_server("pgv-backup-state-") as base:
-        throwaway_psql(base)("CREATE DATABASE app")
-        platform = dataclasses.replace(debian12, socket_dir=str(base), data_dir=f"{base}/data")
-        command = BackupState().command(platform, 5432, ("/nonexistent",))
-        output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
-    state = backups.parse_backup_state(output)
-    assert state["user_databases"] == 1 and state["archive_mode"] == "off" and state["data_dir"]
-    assert (state["archived_count"], state["failed_count"], state["last_archived"]) == (0, 0, None)
 
 
 def test_an_unknown_database_count_refuses_the_restore():
@@ -274,15 +256,6 @@ def test_static_keys_only_when_given_and_then_only_on_stdin(monkeypatch):
     monkeypatch.setenv("PGV_UNIT_SECRET", "has a space in it, no")
     with pytest.raises(SettingsError, match="not an AWS access key"):
         load_settings({**BACKUP, "pg_backup_s3_access_key_env": "PGV_UNIT_KEY", "pg_backup_s3_secret_key_env": "PGV_UNIT_SECRET"}, host_name="db")
-
-
-def test_pgbackrest_output_that_is_not_json_is_an_error_not_a_crash():
-    """pgBackRest printed an error line before its JSON (credentials missing): the fact once
-    raised, and the host was refused with a traceback's one line instead of the clear error."""
-    state = backups.parse_backup_state(["info=ERROR: [039]: unable to get credentials[{}]", "archive_mode=on"])
-    assert state["stanza_code"] is None and "unreadable pgbackrest info output" in state["stanza_message"]
-    warned = backups.parse_backup_state(['info=[{"name":"pgvector","status":{"code":99,"message":"other"}}]', "info_error=WARN: role not found"])
-    assert warned["stanza_code"] == 99 and warned["stanza_message"] == "other"
 
 
 def test_the_backup_report_fact_runs_on_a_real_postgresql_15(debian12, tmp_path):
@@ -397,7 +370,7 @@ def test_the_pending_archive_mode_query_reads_a_real_postgresql_15(debian12):
         psql("SELECT pg_reload_conf()")
         time.sleep(0.5)
         assert psql(backups.ARCHIVE_OFF_PENDING_SQL) == "archive_mode"
-        assert psql(backups.ARCHIVE_MODE_PENDING_SQL) == "archive_mode_pending=true"
+        assert psql(facts.ARCHIVE_MODE_PENDING_SQL) == "archive_mode_pending=true"
 
 
 ODD = {

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from pgvector_deploy.loading import load_settings
 from pgvector_deploy.pgvector import build_script, desired_stamp
 from pgvector_deploy.platforms import PLATFORMS
-from pgvector_deploy.settings import load_settings
 
 from .conftest import skip_or_fail
 

@@ -25,9 +25,10 @@ from pyinfra.api.exceptions import InventoryError
 
 from pgvector_deploy import ec2
 from pgvector_deploy.facts import parse_host_profile
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.platforms import UnsupportedHost
-from pgvector_deploy.preflight import Plan, Refusal, check_ec2_architecture, look, make_plan
-from pgvector_deploy.settings import load_settings
+from pgvector_deploy.preflight import Refusal, check_ec2_architecture, look, make_plan
 
 from .conftest import recorded_lines
 

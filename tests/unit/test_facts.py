@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
+import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from pgvector_deploy import facts, shell
 from pgvector_deploy.facts import (
-    BUILD_STAMP,
+    BackupState,
     ClusterState,
+    EnvFileState,
     HostProfile,
     InstalledPackages,
-    PgvectorState,
     LoginAccess,
+    MigrationLedger,
+    PgvectorState,
     RepositoryChecks,
+    parse_env_file_state,
     parse_host_profile,
     parse_installed,
     parse_key_values,
+    parse_ledger,
     parse_pgvector_owners,
     parse_pgvector_packages,
     parse_pgvector_state,
     parse_postgres_version,
 )
-
+from pgvector_deploy.paths import BUILD_STAMP
 from pgvector_deploy.platforms import PACKAGE_MANAGERS
+from pgvector_deploy.shell import as_postgres
 
 from .conftest import AS_POSTGRES, PG_BINDIR, recorded_lines, sh_syntax_error, throwaway_server
 
@@ -480,3 +489,92 @@ def test_parse_pgvector_owners_reads_dpkg_s_lines_with_several_packages_and_dive
     assert parse_pgvector_owners([prefix + f"diversion by local-pgvector from: {file}"]) == []
     assert parse_pgvector_owners(["dnf|/usr/pgsql-15/bin/pg_config|/x|file /x is not owned by any package"]) == []
 
+
+def test_parse_ledger():
+    digest = "a" * 64
+    assert parse_ledger(["database=yes", "ledger=yes", f"applied=0001_a.sql|{digest}", f"applied=0002_b.sql|{'b' * 64}"]) == {
+        "database": True,
+        "ledger": True,
+        "applied": {"0001_a.sql": digest, "0002_b.sql": "b" * 64},
+        "refused": None,
+        "app_login": True,
+    }
+
+
+def test_parse_ledger_refused_reads_nothing():
+    assert parse_ledger(["database=yes", "ledger_refused=relkind v", "applied=x|y"]) == {
+        "database": True, "ledger": True, "applied": {}, "refused": "relkind v", "app_login": True,
+    }
+
+
+def test_parse_ledger_without_database_or_table_or_app_login():
+    empty = {"database": False, "ledger": False, "applied": {}, "refused": None, "app_login": True}
+    assert parse_ledger([]) == empty and MigrationLedger.default() == empty
+    assert parse_ledger(["database=yes"]) == {**empty, "database": True}
+    assert parse_ledger(["database=yes", "ledger=yes", "app_login=no"]) == {**empty, "database": True, "ledger": True, "app_login": False}
+
+
+def test_ledger_fact_command_is_valid_sh_and_reads_the_rows_in_the_app_s_session(debian12):
+    command = MigrationLedger().command(platform=debian12, port=5432, database="vectors", user="app")
+    assert sh_syntax_error(command) == ""
+    assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'vectors'") in command
+    assert as_postgres(debian12, 5432, "vectors", facts.LEDGER_SHAPE_SQL) in command  # the catalog only
+    # the rows: as the app role itself, read only
+    read = " ".join([shell.as_app(debian12, 5432, "vectors", "app"),
+                     *(f"-c {shlex.quote(sql)}" for sql in ("BEGIN READ ONLY", facts.LEDGER_ROWS_SQL, "COMMIT"))])  # fmt: skip
+    assert read in command
+    assert as_postgres(debian12, 5432, "vectors", facts.LEDGER_ROWS_SQL) not in command  # never as superuser
+    assert command.rstrip().endswith("true"), "a fresh host (no server yet) must not fail the fact"
+
+
+def test_parse_env_file_state():
+    digest = hashlib.sha256(b"x").hexdigest()
+    assert parse_env_file_state([f"sha256={digest}", "mode=600", "owner=root:root"]) == {"sha256": digest, "mode": "600", "owner": "root:root"}
+    assert parse_env_file_state([]) == {"sha256": None, "mode": None, "owner": None}
+    assert EnvFileState.default() == {"sha256": None, "mode": None, "owner": None}
+
+
+def test_the_fact_prints_only_hash_mode_and_owner(tmp_path):
+    path = tmp_path / "app.env"
+    path.write_text("PGPASSWORD=secret-value\n")
+    path.chmod(0o640)
+    command = EnvFileState().command(path=str(path))
+    assert sh_syntax_error(command) == ""
+    output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+    assert "secret-value" not in output
+    owner = f"{Path(path).owner()}:{Path(path).group()}"
+    assert parse_env_file_state(output.splitlines()) == {
+        "sha256": hashlib.sha256(b"PGPASSWORD=secret-value\n").hexdigest(),
+        "mode": "640",
+        "owner": owner,
+    }
+    missing = subprocess.run(["sh", "-c", EnvFileState().command(path=str(tmp_path / "none"))], check=False, capture_output=True, text=True)
+    assert missing.returncode == 0 and missing.stdout.strip() == ""
+
+
+def test_the_backup_state_fact_runs_on_a_real_postgresql_15(debian12):
+    """Its queries, as pyinfra runs them (sh, as root), against a throwaway server: every line
+    comes back (a query that fails stops the ones after it, and user_databases once read 0
+    on a host with a database: the restore then went over it)."""
+    import dataclasses
+    import subprocess
+
+    from .conftest import throwaway_psql, throwaway_server
+
+    with throwaway_server("pgv-backup-state-") as base:
+        throwaway_psql(base)("CREATE DATABASE app")
+        platform = dataclasses.replace(debian12, socket_dir=str(base), data_dir=f"{base}/data")
+        command = BackupState().command(platform, 5432, ("/nonexistent",))
+        output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
+    state = facts.parse_backup_state(output)
+    assert state["user_databases"] == 1 and state["archive_mode"] == "off" and state["data_dir"]
+    assert (state["archived_count"], state["failed_count"], state["last_archived"]) == (0, 0, None)
+
+
+def test_pgbackrest_output_that_is_not_json_is_an_error_not_a_crash():
+    """pgBackRest printed an error line before its JSON (credentials missing): the fact once
+    raised, and the host was refused with a traceback's one line instead of the clear error."""
+    state = facts.parse_backup_state(["info=ERROR: [039]: unable to get credentials[{}]", "archive_mode=on"])
+    assert state["stanza_code"] is None and "unreadable pgbackrest info output" in state["stanza_message"]
+    warned = facts.parse_backup_state(['info=[{"name":"pgvector","status":{"code":99,"message":"other"}}]', "info_error=WARN: role not found"])
+    assert warned["stanza_code"] == 99 and warned["stanza_message"] == "other"

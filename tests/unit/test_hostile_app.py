@@ -48,7 +48,7 @@ def test_reading_the_ledger_never_plans_the_app_s_index_predicate_as_superuser(s
     SELECT plans it: the planner runs eval_const_expressions over the table's index
     expressions and predicates, so an IMMUTABLE app function with constant arguments in a
     partial index runs with superuser rights."""
-    from pgvector_deploy.migrations import MigrationLedger
+    from pgvector_deploy.facts import MigrationLedger
 
     psql = server["psql"]
     psql(
@@ -69,7 +69,7 @@ def test_a_hold_cursor_in_a_migration_never_runs_outside_the_app_s_function(serv
     INSERT fires) is run to its end at
     COMMIT, outside the security-definer function, with current_user the app through
     SET LOCAL ROLE and session_user postgres: the app's code there can RESET ROLE."""
-    from pgvector_deploy import migrations
+    from pgvector_deploy import migration_files, migrations, shell
 
     psql = server["psql"]
     psql(
@@ -84,12 +84,12 @@ def test_a_hold_cursor_in_a_migration_never_runs_outside_the_app_s_function(serv
         "CREATE TRIGGER plant BEFORE INSERT ON public.docs FOR EACH ROW EXECUTE FUNCTION public.plant()",
         "app", user="app",
     )
-    subprocess.run(["sh", "-c", migrations.as_app(server["platform"], 5432, "app", "app")], input=migrations.ledger_sql("app"),
+    subprocess.run(["sh", "-c", shell.as_app(server["platform"], 5432, "app", "app")], input=migrations.ledger_sql("app"),
                    text=True, check=True, capture_output=True)  # fmt: skip
     sql = "INSERT INTO public.docs VALUES (1);\n"  # an ordinary migration; the app's trigger does the rest
-    migration = migrations.parse_migration("0001_hold.sql", sql.encode())
+    migration = migration_files.parse_migration("0001_hold.sql", sql.encode())
     script = migrations.migration_sql(migration, "app")
-    result = subprocess.run(["sh", "-c", migrations.as_app(server["platform"], 5432, "app", "app") + " -f -"], input=script,
+    result = subprocess.run(["sh", "-c", shell.as_app(server["platform"], 5432, "app", "app") + " -f -"], input=script,
                             text=True, capture_output=True)  # fmt: skip
     print(result.stdout, result.stderr)
     assert _superuser(server) == "f", f"a migration's hold cursor made the app superuser: {result.stderr}"
@@ -99,7 +99,7 @@ def test_an_app_error_text_never_passes_for_already_applied(server, tmp_path):
     """apply_script takes any psql output containing the ALREADY_APPLIED text as 'applied by
     another run': an app function the migration calls can raise that text, and the failed,
     unrecorded migration is reported as a success (the run goes on to the next file)."""
-    from pgvector_deploy import migrations
+    from pgvector_deploy import migration_files, migrations, shell
 
     psql = server["psql"]
     psql(
@@ -107,9 +107,9 @@ def test_an_app_error_text_never_passes_for_already_applied(server, tmp_path):
         f"RAISE EXCEPTION '{migrations.ALREADY_APPLIED} 0002_b.sql'; END $f$",
         "app", user="app",
     )
-    subprocess.run(["sh", "-c", migrations.as_app(server["platform"], 5432, "app", "app")], input=migrations.ledger_sql("app"),
+    subprocess.run(["sh", "-c", shell.as_app(server["platform"], 5432, "app", "app")], input=migrations.ledger_sql("app"),
                    text=True, check=True, capture_output=True)  # fmt: skip
-    migration = migrations.parse_migration("0002_b.sql", b"SELECT public.helper();\n")
+    migration = migration_files.parse_migration("0002_b.sql", b"SELECT public.helper();\n")
 
     class Plan:  # what apply_script reads
         platform = server["platform"]

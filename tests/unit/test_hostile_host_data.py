@@ -41,11 +41,12 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from pgvector_deploy import appenv, networking, pgvector, preflight, settings as settings_module, tuning
+from pgvector_deploy import appenv, loading, managed_files, networking, pgvector, preflight, tuning
 from pgvector_deploy.facts import Bridge, certificate_paths, parse_host_profile, settings_path
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.platforms import PLATFORMS, UnsupportedHost
-from pgvector_deploy.preflight import Plan
-from pgvector_deploy.settings import SETTINGS, SQL_KEYWORDS, SettingsError, load_settings
+from pgvector_deploy.settings import SETTINGS, SQL_KEYWORDS, SettingsError
 
 from .conftest import recorded_lines, sh_syntax_error, skip_or_fail, throwaway_psql, throwaway_server, throwaway_server_missing
 
@@ -177,7 +178,7 @@ def password_sources(monkeypatch):
     monkeypatch.setenv(CIPHER_ENV, "from-env-" + CIPHER)
     monkeypatch.setenv(KEY_ENV, "AKIAIOSFODNN7EXAMPLE")
     monkeypatch.setenv(SECRET_ENV, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
-    monkeypatch.setattr(settings_module, "_ssm_parameter", lambda name, key="pg_app_password_ssm": "from-ssm" + ("-" + CIPHER if key != "pg_app_password_ssm" else ""))
+    monkeypatch.setattr(loading, "_ssm_parameter", lambda name, key="pg_app_password_ssm": "from-ssm" + ("-" + CIPHER if key != "pg_app_password_ssm" else ""))
 
 
 # --- what the rendered files say ------------------------------------------------------------------
@@ -478,7 +479,7 @@ def test_hba_tokens_that_no_quoting_can_hold_are_refused(token):
 
 
 def test_pg_string_doubles_quotes_and_backslashes(real):
-    text = f"a = {networking.pg_string(chr(39) + 'x' + chr(92) + 'y')}\n"
+    text = f"a = {managed_files.pg_string(chr(39) + 'x' + chr(92) + 'y')}\n"
     assert text == "a = '''x\\\\y'\n"
     if real is not None:
         assert real.settings(text.replace("a =", "application_name =")) == [("application_name", "'x\\y")]

@@ -14,10 +14,13 @@ import dataclasses
 import pytest
 
 from pgvector_deploy import pgvector, platforms, postgres, preflight
-from pgvector_deploy.facts import BUILD_STAMP, ClusterState, HostProfile, InstalledPackages, PgvectorState, parse_host_profile
+from pgvector_deploy.facts import ClusterState, HostProfile, InstalledPackages, PgvectorState, parse_host_profile
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.paths import BUILD_STAMP
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.platforms import PLATFORMS, UnsupportedHost, detect_platform
-from pgvector_deploy.preflight import Plan, Refusal
-from pgvector_deploy.settings import SettingsError, load_settings
+from pgvector_deploy.preflight import Refusal
+from pgvector_deploy.settings import SettingsError
 
 from .conftest import recorded_output, run_operation, sh_syntax_error
 from .test_platform_plans import APT_INSTALL, SAFE, pgdg_apt, plan_for, recorded_host

@@ -1,5 +1,6 @@
-"""Ordered SQL migrations (pgvector_deploy.migrations): reading and checking the folder, the
-ledger logic, the SQL and shell we send, the MigrationLedger fact and the operation.
+"""Ordered SQL migrations (pgvector_deploy.migrations): the ledger logic, the SQL and shell we
+send, and the operation. (Reading and checking the files: test_migration_files.py; reading the
+folder from host data: test_loading.py; the MigrationLedger fact: test_facts.py.)
 
 The last section runs the generated commands for real (sh, psql, PostgreSQL 15) against a
 throwaway server in a temporary directory (Unix socket only), and the Alembic example
@@ -22,159 +23,26 @@ from pathlib import Path
 
 import pytest
 
-from pgvector_deploy import migrations
-from pgvector_deploy.migrations import (
-    DONE_MARKER,
-    LEDGER,
-    Migration,
-    MigrationError,
-    MigrationLedger,
-    apply_command,
-    ledger_command,
-    migration_sql,
-    parse_ledger,
-    parse_migration,
-    pending,
-    read_folder,
-    sql_problems,
-)
-from pgvector_deploy.preflight import Plan
-from pgvector_deploy.settings import SettingsError, load_settings
-from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, dbname_conninfo
+from pgvector_deploy import migrations, shell
+from pgvector_deploy.facts import LEDGER, MigrationLedger, parse_ledger
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.migration_files import Migration, MigrationError, read_folder
+from pgvector_deploy.migrations import DONE_MARKER, apply_command, ledger_command, migration_sql, pending
+from pgvector_deploy.plan import Plan
+from pgvector_deploy.settings import SettingsError
+from pgvector_deploy.shell import SAFE_PATH, dbname_conninfo
 
-from .conftest import AS_POSTGRES, PG_BINDIR, FactHost, run_operation, sh_syntax_error, skip_or_fail, throwaway_server
+from .conftest import AS_POSTGRES, FactHost, PG_BINDIR, migration, run_operation, sh_syntax_error, skip_or_fail, throwaway_server, write
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "s3cret"}
-PSQL = f"PGOPTIONS={shlex.quote(migrations.APP_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432 -U app"
-
-
-def migration(name: str, sql: str) -> Migration:
-    return parse_migration(name, sql.encode())
-
-
-def write(folder: Path, files: dict[str, str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name).write_text(text)
-    return folder
+PSQL = f"PGOPTIONS={shlex.quote(shell.APP_OPTIONS)} runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -A -t -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p 5432 -U app"
 
 
 # --- reading the folder ----------------------------------------------------------------------------
 
 
-def test_folder_is_read_in_name_order_with_checksums_of_the_bytes(tmp_path):
-    write(tmp_path, {"0002_b.sql": "SELECT 2;\n", "0010_c.sql": "SELECT 10;\n", "0001_a.sql": "SELECT 1;\n"})
-    found = read_folder(tmp_path)
-    assert [m.name for m in found] == ["0001_a.sql", "0002_b.sql", "0010_c.sql"]
-    assert found[0].sha256 == hashlib.sha256(b"SELECT 1;\n").hexdigest()
-    assert found[0].sql == "SELECT 1;\n"
-
-
-def test_name_order_is_plain_string_order(tmp_path):
-    """Not numeric: 10_ sorts before 9_, which is why names should be zero-padded."""
-    write(tmp_path, {"9_a.sql": "SELECT 9;", "10_b.sql": "SELECT 10;"})
-    assert [m.name for m in read_folder(tmp_path)] == ["10_b.sql", "9_a.sql"]
-
-
-def test_other_files_hidden_files_and_subfolders_are_ignored(tmp_path):
-    write(tmp_path, {"0001_a.sql": "SELECT 1;", "README.md": "# notes", ".0002_swap.sql": "junk", "0003.sql.orig": "x"})
-    write(tmp_path / "example", {"0002_in_subfolder.sql": "SELECT 2;"})
-    assert [m.name for m in read_folder(tmp_path)] == ["0001_a.sql"]
-
-
-@pytest.mark.parametrize("name", ["0001 add table.sql", "0001_ä.sql", "-0001.sql", "0001;rm.sql", "x" * 130 + ".sql"])
-def test_names_outside_the_plain_set_are_refused(tmp_path, name):
-    write(tmp_path, {name: "SELECT 1;"})
-    with pytest.raises(MigrationError, match="Fix: rename it"):
-        read_folder(tmp_path)
-
-
-def test_a_file_that_is_not_utf8_is_refused(tmp_path):
-    (tmp_path / "0001_latin1.sql").write_bytes("SELECT 'é';".encode("latin-1"))
-    with pytest.raises(MigrationError, match=r"0001_latin1.sql: not UTF-8 .*Fix: save the file as UTF-8"):
-        read_folder(tmp_path)
-
-
-def test_a_bom_is_left_out_of_the_sql_but_counted_in_the_checksum():
-    raw = "\ufeffSELECT 1;\n".encode()
-    found = parse_migration("0001_bom.sql", raw)
-    assert found.sql == "SELECT 1;\n"
-    assert found.sha256 == hashlib.sha256(raw).hexdigest()
-
-
-def test_a_problem_names_the_file_and_line():
-    with pytest.raises(MigrationError) as error:
-        parse_migration("0004_x.sql", b"CREATE TABLE t (id int);\n\nCOMMIT;\n")
-    assert str(error.value).startswith("0004_x.sql line 3: COMMIT starts or ends a transaction")
-    assert "Fix:" in str(error.value)
-
-
 # --- what the deploy refuses inside a file -----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "sql, line, start",
-    [
-        ("BEGIN;\nCREATE TABLE t (id int);\nCOMMIT;", 1, "BEGIN starts or ends a transaction"),
-        ("CREATE TABLE t (id int);\ncommit", 2, "COMMIT starts or ends"),
-        ("START TRANSACTION;", 1, "START starts or ends"),
-        ("SELECT 1;\n  END;", 2, "END starts or ends"),
-        ("rollback;", 1, "ROLLBACK starts or ends"),
-        ("ABORT;", 1, "ABORT starts or ends"),
-        ("PREPARE TRANSACTION 'x';", 1, "PREPARE TRANSACTION ends"),
-        ("SET ROLE postgres;", 1, "SET ROLE changes who runs the migration"),
-        ("set session authorization postgres;", 1, "SET SESSION AUTHORIZATION changes who"),
-        ("SET LOCAL ROLE postgres;", 1, "SET LOCAL ROLE changes who"),
-        ("RESET ROLE;", 1, "RESET ROLE changes who"),
-        ("RESET ALL;", 1, "RESET ALL changes who"),
-        ("COPY items (id) FROM stdin;\n1\n", 1, "COPY ... FROM STDIN reads data"),
-        ("SELECT 1;\n\\c postgres\n", 2, "a backslash outside quotes is a psql command"),
-        ("\\i /etc/passwd", 1, "a backslash outside quotes"),
-        ("SELECT 1 \\gexec", 1, "a backslash outside quotes"),
-        ("SELECT 'open;\nSELECT 2;", 1, "a quoted string is never closed"),
-        ('SELECT "open', 1, 'a quoted name (") is never closed'),
-        ("SELECT 1;\n/* open\n", 2, "a /* comment is never closed"),
-        ("DO $x$ BEGIN\nEND $y$;", 1, "a $x$ quoted string is never closed"),
-        ("CREATE TABLE t (\n  id int;\n", 1, "the last statement never ends"),
-    ],
-)
-def test_refused_sql(sql, line, start):
-    problems = sql_problems(sql)
-    assert problems, sql
-    assert problems[0][0] == line
-    assert problems[0][1].startswith(start), problems[0][1]
-    assert "Fix:" in problems[0][1]
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "CREATE TABLE documents (id bigserial PRIMARY KEY, embedding vector(3));",
-        "CREATE INDEX ON documents USING hnsw (embedding vector_l2_ops);",
-        "DO $$ BEGIN RAISE NOTICE 'x'; COMMIT; END $$;",  # inside a dollar quote
-        "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$\nBEGIN\n  RETURN 1;\nEND;\n$body$;",
-        "CREATE FUNCTION g() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT 1;\nEND;",  # psql's rule
-        "SELECT CASE WHEN true THEN 'begin' ELSE 'commit' END;",
-        "SELECT 'it''s; COMMIT;';",
-        "SELECT E'it\\'s \\\\ fine; COMMIT';",
-        'CREATE TABLE "commit" ("begin" int);',
-        "-- COMMIT; in a comment\nSELECT 1; /* ROLLBACK; /* nested */ still comment */",
-        "PREPARE q(int) AS SELECT $1; EXECUTE q(1);",
-        "SET LOCAL lock_timeout = '5s'; SET search_path TO public;",
-        "COPY items TO '/dev/null';",  # refused by the server (needs pg_write_server_files), not by us
-        "SELECT 1",  # no final semicolon: the deploy ends the statement
-        "",
-        "-- only a comment",
-    ],
-)
-def test_accepted_sql(sql):
-    assert sql_problems(sql) == []
-
-
-def test_every_problem_is_reported_in_line_order():
-    problems = sql_problems("SET ROLE x;\nSELECT 1;\nCOMMIT;\n\\q\n")
-    assert [line for line, _ in problems] == [1, 3, 4]
 
 
 # --- the ledger and the folder --------------------------------------------------------------------
@@ -297,43 +165,6 @@ def test_ledger_command_sends_the_table_sql_on_stdin(debian12, provisioned_profi
 # --- the fact ---------------------------------------------------------------------------------------
 
 
-def test_parse_ledger():
-    digest = "a" * 64
-    assert parse_ledger(["database=yes", "ledger=yes", f"applied=0001_a.sql|{digest}", f"applied=0002_b.sql|{'b' * 64}"]) == {
-        "database": True,
-        "ledger": True,
-        "applied": {"0001_a.sql": digest, "0002_b.sql": "b" * 64},
-        "refused": None,
-        "app_login": True,
-    }
-
-
-def test_parse_ledger_refused_reads_nothing():
-    assert parse_ledger(["database=yes", "ledger_refused=relkind v", "applied=x|y"]) == {
-        "database": True, "ledger": True, "applied": {}, "refused": "relkind v", "app_login": True,
-    }
-
-
-def test_parse_ledger_without_database_or_table_or_app_login():
-    empty = {"database": False, "ledger": False, "applied": {}, "refused": None, "app_login": True}
-    assert parse_ledger([]) == empty and MigrationLedger.default() == empty
-    assert parse_ledger(["database=yes"]) == {**empty, "database": True}
-    assert parse_ledger(["database=yes", "ledger=yes", "app_login=no"]) == {**empty, "database": True, "ledger": True, "app_login": False}
-
-
-def test_ledger_fact_command_is_valid_sh_and_reads_the_rows_in_the_app_s_session(debian12):
-    command = MigrationLedger().command(platform=debian12, port=5432, database="vectors", user="app")
-    assert sh_syntax_error(command) == ""
-    assert as_postgres(debian12, 5432, "postgres", "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'vectors'") in command
-    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_SHAPE_SQL) in command  # the catalog only
-    # the rows: as the app role itself, read only
-    read = " ".join([migrations.as_app(debian12, 5432, "vectors", "app"),
-                     *(f"-c {shlex.quote(sql)}" for sql in ("BEGIN READ ONLY", migrations.LEDGER_ROWS_SQL, "COMMIT"))])  # fmt: skip
-    assert read in command
-    assert as_postgres(debian12, 5432, "vectors", migrations.LEDGER_ROWS_SQL) not in command  # never as superuser
-    assert command.rstrip().endswith("true"), "a fresh host (no server yet) must not fail the fact"
-
-
 def test_without_an_app_login_every_file_is_planned_and_each_asks_the_ledger_itself(debian12, provisioned_profile, tmp_path):
     plan = plan_with(debian12, provisioned_profile, tmp_path, FILES)
     commands, _ = run_apply(plan, ["database=yes", "ledger=yes", "app_login=no"])
@@ -415,49 +246,6 @@ def test_no_migrations_asks_nothing_and_yields_nothing(debian12, provisioned_pro
 
 
 # --- host data ----------------------------------------------------------------------------------------
-
-
-def test_default_folder_missing_means_no_migrations(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    settings = load_settings(APP)
-    assert (settings.migrations_dir, settings.migrations) == (None, ())
-
-
-def test_default_folder_with_files_is_used(tmp_path, monkeypatch):
-    write(tmp_path / "files" / "migrations", {"0001_a.sql": "SELECT 1;"})
-    monkeypatch.chdir(tmp_path)
-    settings = load_settings(APP)
-    assert settings.migrations_dir == Path("files/migrations")
-    assert [m.name for m in settings.migrations] == ["0001_a.sql"]
-
-
-def test_default_folder_with_files_but_no_app_means_no_migrations(tmp_path, monkeypatch):
-    write(tmp_path / "files" / "migrations", {"0001_a.sql": "SELECT 1;"})
-    monkeypatch.chdir(tmp_path)
-    assert load_settings({}).migrations == ()
-
-
-def test_a_folder_set_in_host_data_must_exist(tmp_path):
-    with pytest.raises(SettingsError) as error:
-        load_settings({**APP, "pg_migrations_dir": str(tmp_path / "nope")})
-    assert f"pg_migrations_dir '{tmp_path / 'nope'}' is not a folder on the control machine" in str(error.value)
-    assert "Fix: create it, or correct the path" in str(error.value)
-
-
-def test_a_folder_set_without_an_app_is_refused(tmp_path):
-    with pytest.raises(SettingsError, match="pg_migrations_dir is set .* but pg_app_user is not.*Fix:"):
-        load_settings({"pg_migrations_dir": str(tmp_path)})
-
-
-def test_an_empty_folder_set_in_host_data_means_no_migrations(tmp_path):
-    assert load_settings({**APP, "pg_migrations_dir": str(tmp_path)}).migrations == ()
-
-
-def test_a_bad_file_refuses_the_host_data_naming_it(tmp_path):
-    folder = write(tmp_path / "m", {"0001_a.sql": "SELECT 1;", "0002_b.sql": "SELECT 1;\nBEGIN;\n"})
-    with pytest.raises(SettingsError) as error:
-        load_settings({**APP, "pg_migrations_dir": str(folder)})
-    assert str(error.value).startswith(f"pg_migrations_dir: in {folder}: 0002_b.sql line 2: BEGIN starts or ends")
 
 
 def test_the_repository_ships_no_migration_to_apply_by_default():
@@ -729,18 +517,6 @@ def test_alembics_stock_template_fails_with_the_nameerror_this_example_avoids(al
 # ROLE, the splitter counted BEGIN everywhere, the ledger matched names only).
 
 
-def test_a_begin_column_is_not_refused():
-    """psql counts BEGIN only in CREATE [OR REPLACE] FUNCTION|PROCEDURE bodies: a column named
-    begin is ordinary SQL (refused as 'never ends' before)."""
-    assert sql_problems("CREATE TABLE shifts (id int, begin timestamptz);\nSELECT 1;\n") == []
-    assert sql_problems("SELECT CASE WHEN true THEN 1 END AS begin;") == []
-
-
-def test_an_end_after_a_begin_column_is_refused_naming_its_line():
-    problems = sql_problems("CREATE TABLE spans (id int, begin int);\nEND;\nCREATE TABLE after_end (x int);\n")
-    assert problems and problems[0][0] == 2 and problems[0][1].startswith("END starts or ends a transaction"), problems
-
-
 @pytest.mark.parametrize(
     "sql, what",
     [
@@ -764,17 +540,6 @@ def test_statements_that_cannot_run_in_a_transaction_are_refused_with_the_fix(tm
     message = str(error.value)
     assert f"0002_index.sql line 2: {what} cannot run inside a transaction" in message, message
     assert "0002_index.notx.sql" in message  # the fix, named
-
-
-def test_concurrently_in_a_string_a_comment_or_refresh_is_not_refused():
-    assert sql_problems("SELECT 'CREATE INDEX CONCURRENTLY x'; -- VACUUM\nREFRESH MATERIALIZED VIEW CONCURRENTLY v;") == []
-    assert sql_problems('CREATE TABLE vacuum_log ("vacuum" int);') == []
-
-
-def test_a_notx_file_accepts_them_but_no_backslash_at_all():
-    assert parse_migration("0003_i.notx.sql", b"CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x);\n").name == "0003_i.notx.sql"
-    with pytest.raises(MigrationError, match=r"0003_i.notx.sql line 1: .*backslash"):
-        parse_migration("0003_i.notx.sql", b"SELECT E'\\\\';\n")
 
 
 def test_a_renamed_file_is_reported_not_pending():
@@ -881,7 +646,7 @@ def test_real_server_the_app_s_peer_map_lets_only_the_deploy_in_as_the_app(debia
             if psql("SELECT 1", "postgres", "app").returncode == 0:
                 break
             time.sleep(0.1)
-        who = subprocess.run(["sh", "-c", migrations.as_app(platform, 5432, "app", "app", "SELECT session_user")],
+        who = subprocess.run(["sh", "-c", shell.as_app(platform, 5432, "app", "app", "SELECT session_user")],
                              capture_output=True, text=True)  # fmt: skip
         assert (who.returncode, who.stdout.strip()) == (0, "app"), who.stderr
         assert "Peer authentication failed" in psql("SELECT 1", "nobody", "app").stderr
@@ -932,12 +697,6 @@ def test_reindex_schema_is_refused_before_anything_runs(tmp_path):
     folder = write(tmp_path / "m", {"0001_a.sql": "SELECT 1;", "0002_r.sql": "REINDEX SCHEMA public;\n"})
     with pytest.raises(SettingsError, match=r"0002_r.sql line 1: REINDEX SCHEMA cannot run inside a transaction"):
         load_settings({**APP, "pg_migrations_dir": str(folder)})
-
-
-@pytest.mark.parametrize("sql", ["SAVEPOINT s;", "RELEASE SAVEPOINT s;", "RELEASE s;", "ROLLBACK TO SAVEPOINT s;", "COPY items TO STDOUT;"])
-def test_statements_the_wrapper_refuses_are_refused_before_anything_runs(sql):
-    problems = sql_problems(f"SELECT 1;\n{sql}\n")
-    assert problems and problems[0][0] == 2 and "Fix:" in problems[0][1], problems
 
 
 def test_real_server_a_savepoint_is_refused_at_validation_not_after_earlier_files_ran(server, tmp_path):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -43,10 +42,10 @@ from pgvector_deploy.networking import (
     trust_over_tcp,
     user_rules,
 )
-from pgvector_deploy.managed_files import BACKUP_DIR, replace_file_script
+from pgvector_deploy.managed_files import BACKUP_DIR
 from pgvector_deploy.platforms import PLATFORMS
-from pgvector_deploy.preflight import Plan
-from pgvector_deploy.settings import load_settings
+from pgvector_deploy.plan import Plan
+from pgvector_deploy.loading import load_settings
 from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, dbname_conninfo
 
 from .conftest import RECORDED, FactHost, recorded_lines, run_operation, sh_syntax_error, with_changes
@@ -351,159 +350,6 @@ def test_user_rules_of_an_unmanaged_file_with_only_our_rules_is_empty():
 )  # fmt: skip
 def test_trust_over_tcp(rules, flagged):
     assert trust_over_tcp(rules) == flagged
-
-
-# --- replace_file_script -----------------------------------------------------------------------------
-
-OLD = "local all postgres peer\n# the previous file\n"
-NEW = "local all postgres peer\n# the new file, with a 'quote' and $HOME and `backticks`\n"
-
-
-# the real install, without -o/-g (the tests need not run as root)
-INSTALL_WITHOUT_OWNER = """n=$#
-while [ "$n" -gt 0 ]; do
-  a=$1; shift; n=$((n - 1))
-  case $a in
-    -o|-g) shift; n=$((n - 1)) ;;
-    *) set -- "$@" "$a" ;;
-  esac
-done
-exec {install} "$@"
-"""
-
-
-def shimmed(script: str, shims) -> str:
-    """The script with runuser (psql) and chown replaced by shims, and install run without
-    -o/-g: psql prints $FAKE_PSQL_OUTPUT's content and exits $FAKE_PSQL_STATUS."""
-    shims.mkdir()
-    for name, body in {
-        "runuser": 'cat "$FAKE_PSQL_OUTPUT"; exit "${FAKE_PSQL_STATUS:-0}"',
-        "install": INSTALL_WITHOUT_OWNER.format(install=shutil.which("install")),
-        "chown": "exit 0",
-    }.items():
-        (shims / name).write_text(f"#!/bin/sh\n{body}\n")
-        (shims / name).chmod(0o755)
-    line = f"PATH={SAFE_PATH}\n"
-    assert script.count(line) == 1
-    return script.replace(line, f"PATH={shims}:{SAFE_PATH}\n")
-
-
-def copies_of(tmp_path, target) -> list[str]:
-    """The copies kept of ``target`` (under tmp_path/backups, standing in for BACKUP_DIR)."""
-    copies = tmp_path / "backups" / os.path.relpath(target.parent, "/")
-    return sorted(path.name for path in copies.iterdir()) if copies.is_dir() else []
-
-
-def run_replace(tmp_path, debian12, previous: str | None, psql_output: str, psql_status: int = 0, directory_mode: int = 0o755):
-    target = tmp_path / "etc" / "pg_hba.conf"
-    if previous is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.parent.chmod(directory_mode)
-        target.write_text(previous)
-    script = replace_file_script(str(target), NEW, "0640", "SELECT 1", debian12, 5432, "pg_hba.conf", backups=str(tmp_path / "backups"))
-    (tmp_path / "psql-output").write_text(psql_output)
-    env = dict(os.environ, FAKE_PSQL_OUTPUT=str(tmp_path / "psql-output"), FAKE_PSQL_STATUS=str(psql_status))
-    result = subprocess.run(["sh", "-c", shimmed(script, tmp_path / "shims")], capture_output=True, text=True, env=env, timeout=30)
-    return result, target
-
-
-def test_replace_file_script_is_valid_sh_and_backs_up_before_writing(debian12):
-    for content in (render_hba([BR], load_settings({}), ""), render_settings(debian12, ["localhost"])):
-        script = replace_file_script(HBA, content, "0640", "SELECT 1", debian12, 5432, "pg_hba.conf")
-        assert sh_syntax_error(script) == ""
-        assert heredoc_body(script) == content
-        assert f"copies={BACKUP_DIR}/etc/postgresql/15/main\n" in script  # never next to the file
-        backup = script.index('cp -p "$file" "$backup"')
-        same = script.index('cmp -s "$file.pgvector-new" "$file"')
-        assert script.index('cat > "$file.pgvector-new"') < same < backup < script.index('mv -f "$file.pgvector-new" "$file"')
-        assert script.index('mv -f "$file.pgvector-new" "$file"') < script.index("errors=$(")
-
-
-def test_replace_file_script_leaves_a_file_that_already_has_the_content_alone(tmp_path, debian12):
-    """Another run wrote the same file while this one waited for the lock: no backup, no
-    rewrite, nothing checked, success."""
-    result, target = run_replace(tmp_path, debian12, NEW, psql_output="line 1: planted error")
-    assert result.returncode == 0, result.stderr
-    assert target.read_text() == NEW
-    assert sorted(path.name for path in target.parent.iterdir()) == ["pg_hba.conf"]
-    assert copies_of(tmp_path, target) == []
-
-
-def test_replace_file_script_refuses_content_holding_the_heredoc_marker(debian12):
-    with pytest.raises(AssertionError):
-        replace_file_script(HBA, f"host all all 10.0.0.0/8 scram-sha-256\n{MARKER}\nrm -rf /\n", "0640", "SELECT 1", debian12, 5432, "x")
-
-
-def test_replace_file_script_accepted_keeps_a_backup(tmp_path, debian12):
-    result, target = run_replace(tmp_path, debian12, OLD, psql_output="")
-    assert result.returncode == 0, result.stderr
-    assert target.read_text() == NEW
-    assert oct(target.stat().st_mode & 0o777) == "0o640"
-    assert [path.name for path in target.parent.iterdir()] == ["pg_hba.conf"]  # nothing piles up beside it
-    backups = copies_of(tmp_path, target)
-    assert len(backups) == 1 and re.fullmatch(r"pg_hba\.conf\.bak-\d{8}T\d{6}Z", backups[0])
-    assert (tmp_path / "backups" / os.path.relpath(target.parent, "/") / backups[0]).read_text() == OLD
-
-
-def test_replace_file_script_keeps_the_newest_five_copies_and_moves_old_ones_out_of_the_config_dir(tmp_path, debian12):
-    target = tmp_path / "etc" / "pg_hba.conf"
-    copies = tmp_path / "backups" / os.path.relpath(target.parent, "/")
-    copies.mkdir(parents=True)
-    for day in range(1, 8):
-        (copies / f"pg_hba.conf.bak-202001{day:02d}T000000Z").write_text("old\n")
-    target.parent.mkdir(parents=True)
-    (target.parent / "pg_hba.conf.bak-20191231T000000Z").write_text("older, beside it (PGDATA on the RHEL family)\n")
-    (copies / "other.conf.bak-20200101T000000Z").write_text("another file's copy\n")
-    result, target = run_replace(tmp_path, debian12, OLD, psql_output="")
-    assert result.returncode == 0, result.stderr
-    assert [path.name for path in target.parent.iterdir()] == ["pg_hba.conf"]
-    kept = copies_of(tmp_path, target)
-    ours = [name for name in kept if name.startswith("pg_hba.conf.bak-")]
-    assert len(ours) == 5 and ours[:4] == [f"pg_hba.conf.bak-202001{day:02d}T000000Z" for day in (4, 5, 6, 7)]
-    assert (copies / ours[4]).read_text() == OLD  # this run's copy is the newest
-    assert "other.conf.bak-20200101T000000Z" in kept  # pruning is per file
-    assert oct((tmp_path / "backups").stat().st_mode & 0o777) == "0o700"
-
-
-def test_replace_file_script_rejected_puts_the_previous_file_back(tmp_path, debian12):
-    result, target = run_replace(tmp_path, debian12, OLD, psql_output='line 3: invalid authentication method "scram-sha265"\n')
-    assert result.returncode == 1
-    assert target.read_text() == OLD
-    assert [path.name for path in target.parent.iterdir()] == ["pg_hba.conf"]  # no new file left
-    assert copies_of(tmp_path, target) == []  # nor a copy of what is in place again
-    assert f"PostgreSQL rejected the new pg_hba.conf ({target}): line 3: invalid authentication method" in result.stderr
-    assert "previous file was put back" in result.stderr and "Fix:" in result.stderr
-
-
-def test_replace_file_script_rejected_without_a_previous_file_leaves_none(tmp_path, debian12):
-    result, target = run_replace(tmp_path, debian12, None, psql_output="line 1: bad\n")
-    assert result.returncode == 1
-    assert list(target.parent.iterdir()) == [] and copies_of(tmp_path, target) == []
-
-
-def test_replace_file_script_creates_a_missing_directory(tmp_path, debian12):
-    target = tmp_path / "etc" / "conf.d" / "90-pgvector-deploy.conf"
-    script = replace_file_script(str(target), NEW, "0644", "SELECT 1", debian12, 5432, "server settings", backups=str(tmp_path / "backups"))
-    (tmp_path / "psql-output").write_text("")
-    env = dict(os.environ, FAKE_PSQL_OUTPUT=str(tmp_path / "psql-output"))
-    result = subprocess.run(["sh", "-c", shimmed(script, tmp_path / "shims")], capture_output=True, text=True, env=env, timeout=30)
-    assert result.returncode == 0, result.stderr
-    assert target.read_text() == NEW and oct(target.stat().st_mode & 0o777) == "0o644"
-
-
-def test_replace_file_script_keeps_the_mode_of_an_existing_directory(tmp_path, debian12):
-    assert any(platform.config_dir == platform.data_dir for platform in PLATFORMS)  # where it matters
-    result, target = run_replace(tmp_path, debian12, OLD, psql_output="", directory_mode=0o700)
-    assert result.returncode == 0, result.stderr
-    assert oct(target.parent.stat().st_mode & 0o777) == "0o700"
-
-
-def test_replace_file_script_does_not_keep_an_unchecked_file(tmp_path, debian12):
-    result, target = run_replace(tmp_path, debian12, OLD, psql_output="", psql_status=2)
-    assert result.returncode != 0
-    assert target.read_text() == OLD
-    assert [path.name for path in target.parent.iterdir()] == ["pg_hba.conf"]
-    assert f"PostgreSQL could not check the new pg_hba.conf ({target})" in result.stderr and "Fix:" in result.stderr
 
 
 # --- the operations, on recorded states -----------------------------------------------------------

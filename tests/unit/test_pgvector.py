@@ -13,7 +13,8 @@ import subprocess
 import pytest
 
 from pgvector_deploy import pgvector
-from pgvector_deploy.facts import BUILD_STAMP
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.paths import BUILD_STAMP
 from pgvector_deploy.pgvector import (
     WITH_LLVM,
     _newer_than,
@@ -23,7 +24,6 @@ from pgvector_deploy.pgvector import (
     is_current,
     verify_and_store_script,
 )
-from pgvector_deploy.settings import load_settings
 
 from .conftest import sh_syntax_error
 
@@ -284,7 +284,7 @@ def test_a_tarball_that_is_not_the_requested_pgvector_is_removed_before_anything
 def test_build_script_stops_when_the_stamp_on_disk_already_says_this_build(tmp_path, debian12):
     """Another run built this very version while this one waited for the host lock: the stamp,
     library and control file on disk say so, and nothing is unpacked or compiled."""
-    from pgvector_deploy.facts import BUILD_LOG
+    from pgvector_deploy.paths import BUILD_LOG
 
     settings = load_settings({})
     stamp = pgvector.desired_stamp(settings, "x86_64", "PostgreSQL 15.20")

@@ -20,17 +20,18 @@ from typing import Callable
 
 import pytest
 
-from pgvector_deploy import appenv, apps, backups, migrations, networking, pgvector, postgres, preflight, tuning
-from pgvector_deploy.appenv import EnvFileState, connection, render_env_file, sha256_text
+from pgvector_deploy import appenv, apps, backups, facts, migrations, networking, pgvector, postgres, preflight, tuning
+from pgvector_deploy.appenv import connection, render_env_file
 from pgvector_deploy.apps import scram_verifier
 from pgvector_deploy.facts import (
-    tuning_path,
     SYSCTL_FILE,
     AppState,
     Bridge,
     ClusterState,
+    EnvFileState,
     HostProfile,
     InstalledPackages,
+    MigrationLedger,
     PgvectorState,
     RepositoryChecks,
     ServerConfig,
@@ -39,9 +40,10 @@ from pgvector_deploy.facts import (
     hba_path,
     ident_path,
     settings_path,
+    tuning_path,
 )
-from pgvector_deploy.migrations import MigrationLedger
-from pgvector_deploy.preflight import Plan
+from pgvector_deploy.managed_files import sha256_text
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.shell import SAFE_PATH
 
 from .conftest import run_operation
@@ -487,7 +489,7 @@ def converged_outputs(plan: Plan) -> dict:
         MigrationLedger: ["database=yes", "ledger=yes", *(f"applied={m.name}|{m.sha256}" for m in settings.migrations)],
         EnvFileState: [f"sha256={sha256_text(render_env_file(connection(plan)))}", "mode=600", "owner=root:root"],
         # No pg_backup_s3_bucket: no file of ours, archiving as packaged.
-        backups.BackupState: ["archive_mode=off", "backlog=0", "data_dir=yes", "user_databases=1"],
+        facts.BackupState: ["archive_mode=off", "backlog=0", "data_dir=yes", "user_databases=1"],
     }
 
 

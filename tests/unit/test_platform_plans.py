@@ -18,8 +18,8 @@ import pytest
 
 from pgvector_deploy import pgvector, postgres, preflight
 from pgvector_deploy.facts import ClusterState, HostProfile, InstalledPackages, PgvectorState, RepositoryChecks
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.platforms import PACKAGE_MANAGERS, PLATFORMS
-from pgvector_deploy.preflight import Plan
 from pgvector_deploy.shell import SAFE_PATH
 
 from .conftest import RECORDED, FactHost, recorded_output, run_operation, sh_syntax_error

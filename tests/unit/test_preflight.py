@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pgvector_deploy.facts import HostProfile, LoginAccess, parse_host_profile
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.plan import POSTGRES_PORT, Plan, tarball_path
 from pgvector_deploy.platforms import UnsupportedHost
-from pgvector_deploy.preflight import POSTGRES_PORT, Plan, Refusal, check_port, look, make_plan, tarball_path
-from pgvector_deploy.settings import load_settings
+from pgvector_deploy.preflight import Refusal, check_port, look, make_plan
 
 from .conftest import recorded_lines, with_changes
 

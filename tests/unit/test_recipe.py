@@ -15,7 +15,8 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.operations import server
 
 from pgvector_deploy import postgres_with_pgvector, recipe, restore_backup
-from pgvector_deploy.settings import SETTINGS, load_settings
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.settings import SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]
 APP = {"pg_app_user": "app", "pg_app_password": "app-Password-1"}

@@ -1,4 +1,5 @@
-"""Host data validation (pgvector_deploy.settings)."""
+"""Host data validation (pgvector_deploy.settings), pure: the tarball, SSM and the migration
+folder are read by the loading step (test_loading.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pgvector_deploy.releases import RELEASES
-from pgvector_deploy.settings import DEFAULTS, SETTINGS, SettingsError, load_settings, sha256_of_file
+from pgvector_deploy.settings import DEFAULTS, SETTINGS, SettingsError
+from pgvector_deploy.loading import load_settings
 
 
 @pytest.fixture
@@ -97,57 +99,6 @@ def test_blank_url_means_the_upstream_url():
     assert load_settings({"pgvector_url": "  "}).url.startswith("https://github.com/pgvector/")
 
 
-def test_missing_tarball_is_refused_naming_the_path(tmp_path):
-    missing = str(tmp_path / "nowhere" / "v0.8.6.tar.gz")
-    with pytest.raises(SettingsError, match="Fix:") as error:
-        load_settings({"pgvector_tarball": missing})
-    assert missing in str(error.value)
-    assert "does not exist on the control machine" in str(error.value)
-
-
-def test_unreadable_tarball_is_a_settings_error_naming_the_fix(tarball, monkeypatch):
-    from pgvector_deploy import settings
-
-    def unreadable(path):  # root reads any mode, so the error is made, not provoked with chmod
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr(settings, "sha256_of_file", unreadable)
-    with pytest.raises(SettingsError) as error:
-        load_settings({"pgvector_tarball": str(tarball)})
-    assert str(error.value) == (
-        f"pgvector_tarball {str(tarball)!r} cannot be read on the control machine (Permission denied). "
-        "Fix: make it readable by the user running pyinfra, or unset it to download from pgvector_url."
-    )
-
-
-def test_tarball_with_wrong_sha256_is_refused_naming_both_digests(tarball):
-    actual = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    expected = RELEASES["0.8.6"].sha256
-    with pytest.raises(SettingsError, match="Fix:") as error:
-        load_settings({"pgvector_tarball": str(tarball)})
-    message = str(error.value)
-    assert actual in message
-    assert expected in message
-    assert str(tarball) in message
-
-
-def test_tarball_with_its_sha256_is_accepted_for_an_unpinned_version(tarball):
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    settings = load_settings(
-        {"pgvector_version": "0.9.0", "pgvector_sha256": digest, "pgvector_tarball": str(tarball)}
-    )
-    assert settings.version == "0.9.0"
-    assert settings.release.sha256 == digest
-    assert settings.tarball == tarball
-
-
-def test_sha256_of_file_matches_hashlib(tmp_path):
-    path = tmp_path / "big.bin"
-    data = bytes(range(256)) * 5000  # more than one 1 MiB read block
-    path.write_bytes(data)
-    assert sha256_of_file(path) == hashlib.sha256(data).hexdigest()
-
-
 def test_readme_documents_every_setting_with_its_default():
     """The README's host data table is the user's contract; it must match SETTINGS."""
     from pathlib import Path
@@ -167,7 +118,6 @@ def test_readme_documents_every_setting_with_its_default():
 
 from ipaddress import IPv4Network  # noqa: E402
 
-from pgvector_deploy import settings as settings_module  # noqa: E402
 from pgvector_deploy.settings import Secret  # noqa: E402
 
 APP = {"pg_app_user": "app", "pg_app_password": "hunter2-Pässword"}
@@ -325,42 +275,6 @@ def test_unset_or_empty_environment_variable_is_refused_naming_it(monkeypatch, v
     assert "export PGVECTOR_DEPLOY_TEST_PASSWORD=" in str(error.value)
 
 
-@pytest.fixture
-def fake_aws(monkeypatch, tmp_path):
-    """moto's AWS in eu-west-1 with fake credentials, no real AWS configuration read."""
-    from moto import mock_aws
-
-    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    settings_module._ssm_parameter.cache_clear()
-    with mock_aws():
-        yield
-    settings_module._ssm_parameter.cache_clear()
-
-
-def test_password_from_ssm(fake_aws):
-    import boto3
-
-    boto3.client("ssm", region_name="eu-west-1").put_parameter(
-        Name="/pgvector-deploy/app-password", Value="from-ssm Pässword", Type="SecureString"
-    )
-    app = load_settings({"pg_app_user": "app", "pg_app_password_ssm": "/pgvector-deploy/app-password"}).app
-    assert app.password == "from-ssm Pässword" and isinstance(app.password, Secret)
-
-
-def test_missing_ssm_parameter_is_refused(fake_aws):
-    with pytest.raises(SettingsError, match="Fix:") as error:
-        load_settings({"pg_app_user": "app", "pg_app_password_ssm": "/pgvector-deploy/missing"})
-    message = str(error.value)
-    assert "SSM parameter '/pgvector-deploy/missing' does not exist" in message
-    assert "(region eu-west-1)" in message
-
-
 def test_secret_repr_hides_the_value():
     secret = Secret("hunter2")
     assert repr(secret) == "Secret('***')"
@@ -411,3 +325,56 @@ def test_bad_tls_host_data_is_refused_with_a_fix(data, message):
     with pytest.raises(SettingsError) as error:
         load_settings(data)
     assert message in str(error.value) and "Fix:" in str(error.value)
+
+
+def test_validation_reads_no_file_and_asks_no_service(tarball, tmp_path, monkeypatch):
+    """Validation is pure: with every key that points outside host data set (a tarball, SSM
+    parameters, a migration folder), and files, directories and AWS made to fail on any use,
+    it still validates, naming what the loading step will read."""
+    import builtins
+    import io
+    import os
+
+    import boto3
+
+    from pgvector_deploy.settings import FromSsm, MigrationsSource, validate_settings
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "0001_a.sql").write_text("SELECT 1;\n")
+    data = {
+        "pgvector_version": "0.9.0",
+        "pgvector_sha256": hashlib.sha256(tarball.read_bytes()).hexdigest(),
+        "pgvector_tarball": str(tarball),
+        "pg_app_user": "app",
+        "pg_app_password_ssm": "/pgvd/app-password",
+        "pg_migrations_dir": str(tmp_path / "m"),
+        "pg_backup_s3_bucket": "acme-db-backups",
+        "pg_backup_s3_region": "eu-west-1",
+        "pg_backup_s3_prefix": "db-1",
+        "pg_backup_cipher_pass_ssm": "/pgvd/backup-pass",
+    }
+    touched = []
+
+    def no_io(name):
+        def refuse(*args, **kwargs):
+            touched.append(name)
+            raise AssertionError(f"validation used {name}")
+
+        return refuse
+
+    for owner, name in [(builtins, "open"), (io, "open"), (os, "stat"), (os, "listdir"), (os, "scandir"), (boto3, "Session"), (boto3, "client")]:
+        monkeypatch.setattr(owner, name, no_io(f"{owner.__name__}.{name}"))
+    for name in ("read_bytes", "read_text", "is_file", "is_dir", "iterdir", "stat", "exists"):
+        monkeypatch.setattr(Path, name, no_io(f"Path.{name}"))
+    settings = validate_settings(data)
+    monkeypatch.undo()
+    assert touched == []
+    assert settings.tarball == tarball and settings.migrations == ()
+    assert settings.app.password == FromSsm("/pgvd/app-password", "pg_app_password_ssm")
+    assert settings.backup.cipher_pass == FromSsm("/pgvd/backup-pass", "pg_backup_cipher_pass_ssm")
+    assert settings.migrations_source == MigrationsSource(tmp_path / "m", str(tmp_path / "m"), True)
+
+
+def test_a_folder_set_without_an_app_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="pg_migrations_dir is set .* but pg_app_user is not.*Fix:"):
+        load_settings({"pg_migrations_dir": str(tmp_path)})

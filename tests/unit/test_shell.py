@@ -1,24 +1,16 @@
-"""Shell helpers (pgvector_deploy.shell): psql as postgres, and failing with a message."""
+"""Shell helpers (pgvector_deploy.shell): psql as postgres, the host lock, one host's failure
+(``fails_host_on_error``). (``fail`` itself: test_errors.py.)"""
 
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import subprocess
 
 import pytest
 
-from pgvector_deploy.shell import (
-    FAILURE_MARK,
-    SAFE_PATH,
-    SUPERUSER_OPTIONS,
-    Failure,
-    Var,
-    as_postgres,
-    fail,
-    fails_host_on_error,
-)
+from pgvector_deploy.errors import FAILURE_MARK, Failure, fail
+from pgvector_deploy.shell import SAFE_PATH, SUPERUSER_OPTIONS, as_postgres, fails_host_on_error
 
 
 def test_as_postgres_uses_the_platform_psql_over_the_socket(debian12):
@@ -40,24 +32,6 @@ def test_as_postgres_without_database_or_sql_reads_stdin(debian12):
     words = shlex.split(as_postgres(debian12, 5433, None))
     assert "-d" not in words and "-c" not in words
     assert words[-2:] == ["-p", "5433"]
-
-
-def test_fail_prints_the_message_verbatim_on_stderr_and_exits_1():
-    message = "it's $HOME and `date` and \"quotes\". Fix: nothing"
-    result = subprocess.run(["sh", "-c", f"{fail(message)}\necho not reached"], capture_output=True, text=True, timeout=10)
-    assert result.returncode == 1
-    assert result.stderr == message + "\n"
-    assert result.stdout == ""
-
-
-def test_fail_keeps_backslashes_under_dash():
-    # dash's echo turns \n, \c and friends into control characters (or stops printing).
-    message = r"path C:\new\table and \c and a regex ^\d+$. Fix: nothing"
-    assert os.path.realpath("/bin/sh").endswith("dash")  # Debian's /bin/sh, as on the hosts
-    result = subprocess.run(["/bin/sh", "-c", fail(message, Var("tail"))], capture_output=True, text=True,
-                            env={"tail": r" \t\\"}, timeout=10)  # fmt: skip
-    assert result.returncode == 1
-    assert result.stderr == message + r" \t\\" + "\n"
 
 
 def test_safe_path_includes_sbin_for_runuser():
@@ -147,7 +121,7 @@ def test_host_lock_timeout_names_the_other_run(tmp_path):
 def test_host_lock_keeps_stdin_on_string_commands():
     from pyinfra.api import StringCommand
 
-    from pgvector_deploy.shell import HOST_LOCK_DIR, with_host_lock
+    from pgvector_deploy.shell import with_host_lock
 
     locked = with_host_lock(StringCommand("psql", "-d", "postgres", _stdin="SELECT 1;\n"))
     assert locked.connector_arguments == {"_stdin": "SELECT 1;\n"}
@@ -295,7 +269,7 @@ def test_pgvector_state_reads_every_hostile_database_by_its_name(hostile_server)
 
 
 def test_the_ledger_is_read_only_when_it_is_a_plain_table_of_text(hostile_server):
-    from pgvector_deploy.migrations import MigrationLedger
+    from pgvector_deploy.facts import MigrationLedger
 
     psql = hostile_server["psql"]
     platform = hostile_server["platform"]
@@ -413,8 +387,8 @@ def test_pyinfra_fails_only_the_host_whose_fact_cannot_be_parsed_and_runs_the_ot
     from pgvector_deploy import postgres
     from pgvector_deploy.facts import ClusterState, parse_host_profile
     from pgvector_deploy.platforms import PLATFORMS
-    from pgvector_deploy.preflight import Plan
-    from pgvector_deploy.settings import load_settings
+    from pgvector_deploy.plan import Plan
+    from pgvector_deploy.loading import load_settings
 
     from .conftest import recorded_lines
 

@@ -19,7 +19,7 @@ import pytest
 from pgvector_deploy import smoke
 from pgvector_deploy.facts import parse_host_profile
 from pgvector_deploy.preflight import make_plan
-from pgvector_deploy.settings import load_settings
+from pgvector_deploy.loading import load_settings
 from pgvector_deploy.smoke import SmokeApp
 
 from .conftest import recorded_lines, skip_or_fail

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 
 from pgvector_deploy import smoke
+from pgvector_deploy.loading import load_settings
 from pgvector_deploy.preflight import make_plan
-from pgvector_deploy.settings import load_settings
 from pgvector_deploy.shell import SAFE_PATH
 from pgvector_deploy.smoke import (
     CHECKS,

@@ -13,10 +13,11 @@ import pytest
 
 from pgvector_deploy import tuning
 from pgvector_deploy.facts import tuning_path
+from pgvector_deploy.loading import load_settings
 from pgvector_deploy.managed_files import BACKUP_DIR
 from pgvector_deploy.platforms import UnsupportedHost
 from pgvector_deploy.preflight import make_plan
-from pgvector_deploy.settings import SettingsError, TuningSettings, load_settings
+from pgvector_deploy.settings import SettingsError, TuningSettings
 
 from .conftest import (
     AS_POSTGRES,

@@ -1,4 +1,5 @@
-"""The per-host fact memo (``Plan.fact``) and its invalidation by ``shell.host_locked``.
+"""The plan (pgvector_deploy.plan): its per-host fact memo (``Plan.fact``) and the memo's
+invalidation by ``shell.host_locked``.
 
 pyinfra 3 caches no facts and runs each operation's generator twice (planning, then
 executing), so the plan remembers what it asked until a command may have changed the host.
@@ -22,9 +23,9 @@ from pyinfra.context import ctx_host
 import pgvector_deploy
 from pgvector_deploy import postgres, shell
 from pgvector_deploy.facts import ClusterState, parse_host_profile
+from pgvector_deploy.loading import load_settings
+from pgvector_deploy.plan import Plan
 from pgvector_deploy.platforms import PLATFORMS
-from pgvector_deploy.preflight import Plan
-from pgvector_deploy.settings import load_settings
 
 from .conftest import recorded_lines
 
