@@ -22,7 +22,6 @@ import os
 import stringprep
 import unicodedata
 
-from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
 from . import appenv

@@ -749,7 +749,7 @@ done
         f"directory was not touched and the restored copy was removed. Fix: stop it ({stop}), then run again."
     )
     unmoved = fail(
-        "could not move ", _var("what"), f"; the previous data directory is in place again and started, the restored copy "
+        "could not move ", _var("what"), "; the previous data directory is in place again and started, the restored copy "
         "removed. Fix: read the error above, then run again.",
     )  # fmt: skip
     died = fail(
@@ -760,7 +760,7 @@ done
     )  # fmt: skip
     stuck = fail(
         "PostgreSQL did not finish recovery within an hour; the restored data directory is in place (recovering) "
-        f"and the previous one kept as ", _var("aside"), ". Fix: read PostgreSQL's log.",
+        "and the previous one kept as ", _var("aside"), ". Fix: read PostgreSQL's log.",
     )  # fmt: skip
     reset_sql = "".join(f"ALTER SYSTEM RESET {name};\\n" for name in RECOVERY_SETTINGS) + "SELECT pg_catalog.pg_reload_conf();\\n"
     return f"""set -u

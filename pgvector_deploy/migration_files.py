@@ -244,7 +244,6 @@ def statement_problem(words: list[str]) -> str | None:
     """Why the deploy cannot run this statement inside its transaction as the app role, or None."""
     first = words[0]
     second = words[1] if len(words) > 1 else ""
-    third = words[2] if len(words) > 2 else ""
     if first in ("BEGIN", "START", "COMMIT", "END", "ABORT") or (first == "ROLLBACK" and second != "TO"):
         return f"{first} starts or ends a transaction, but {_TRANSACTION_FIX}"
     if first == "PREPARE" and second == "TRANSACTION":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import struct
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import psycopg

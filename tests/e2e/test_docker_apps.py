@@ -195,7 +195,6 @@ class HostWatch:
             self.samples += 1
 
     def _scan(self):
-        import os
 
         for _ in self._until_stopped(0.1):
             for place in self.PLACES:

@@ -150,7 +150,7 @@ def test_a_data_volume_in_fstab_that_did_not_mount_is_refused_and_nothing_is_ini
     assert host.ssh("systemctl is-active postgresql@15-main", check=False).stdout.strip() != "active"
 
     # Without the fstab line (the volume simply missing): pg_lsclusters still lists the cluster.
-    host.sudo(f"sed -i '\\#^/srv/pgvol #d' /etc/fstab")
+    host.sudo("sed -i '\\#^/srv/pgvol #d' /etc/fstab")
     run = provision(host, **tarball)
     assert run.returncode != 0
     assert (

@@ -16,7 +16,6 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-import pytest
 
 from pgvector_deploy.loading import load_settings
 from pgvector_deploy.pgvector import build_script, desired_stamp

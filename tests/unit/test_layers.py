@@ -136,3 +136,39 @@ def test_no_import_circle():
         if module not in state:
             walk(module, [module])
     assert not circles, f"import circles: {circles}"
+
+
+# -- tests mirror the package ----------------------------------------------------------------------
+
+TESTS = REPO / "tests" / "unit"
+# Test modules that are no one module's mirror, and what they span instead.
+ACROSS = {
+    "test_plans": "every operation's plan, for every platform x arch, on recorded facts",
+    "test_platform_plans": "the newer platform rows' plans on recorded facts",
+    "test_majors": "pg_major beyond 15: settings, platform data, plans",
+    "test_build_flags": "the pgvector build against pg_config flags, on a real compiler",
+    "test_hostile_app": "a hostile app role against every operation that reads the app's objects",
+    "test_hostile_host_data": "hostile values for every declared host data key, through the templates",
+    "test_shellcheck": "shellcheck on every shell script and rendered host script",
+    "test_benchmarks_vectors": "tests/benchmarks/vectors.py's arithmetic",
+    "test_test_tarballs": "tests/hosts/tarballs.py, the lab's release tarballs",
+    "test_layers": "the package's import layers, and this mirror",
+}
+NO_TESTS_OF_ITS_OWN = {"__init__": "two re-exports (test_recipe)", "paths": "constants only"}
+
+
+def test_every_module_has_a_test_module_of_its_own():
+    missing = [m for m in package_modules() if m not in NO_TESTS_OF_ITS_OWN and not (TESTS / f"test_{m}.py").exists()]
+    assert not missing, f"modules without tests/unit/test_<module>.py: {missing}"
+
+
+def test_every_test_module_mirrors_a_module_or_says_what_it_spans():
+    modules = set(package_modules())
+    strays = []
+    for path in sorted(TESTS.glob("test_*.py")):
+        name = path.stem.removeprefix("test_")
+        # test_<module>.py, or test_<module>_<topic>.py for a module's larger parts
+        mirrors = name in modules or any(name.startswith(module + "_") for module in modules)
+        if not mirrors and path.stem not in ACROSS:
+            strays.append(path.name)
+    assert not strays, f"test modules that mirror no module and are not in ACROSS: {strays}"

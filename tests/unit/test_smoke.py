@@ -24,7 +24,6 @@ import sys
 import textwrap
 import typing
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
