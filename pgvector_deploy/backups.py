@@ -38,6 +38,7 @@ from pyinfra.api import FactBase, StringCommand, operation
 from .errors import Var, fail
 from .facts import PGBR, PGBR_CONFIG, SETTINGS_ERRORS_SQL, STANZA, BackupState, parse_backup_state, parse_key_values
 from .managed_files import (
+    AUTO_CONF,
     RESTART_PENDING,
     apply_restart,
     install_from_stdin,
@@ -490,7 +491,6 @@ def archive_off_restart(plan: Plan) -> str:
 if [ -n "$pending" ]; then
 {act}
 fi"""
-AUTO_CONF = "postgresql.auto.conf"
 
 
 def archive_mode_overrides(state: dict, path: str) -> list[tuple[str, str]]:

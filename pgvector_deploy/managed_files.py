@@ -45,6 +45,7 @@ from .platforms import Platform
 from .shell import SAFE_PATH, as_postgres
 
 BACKUP_DIR = f"{STATE_DIR}/backups"
+AUTO_CONF = "postgresql.auto.conf"  # ALTER SYSTEM's file in the data directory, read last
 KEEP_COPIES = 5
 HEREDOC_MARKER = "PGVECTOR_DEPLOY_EOF"
 RESTART_PENDING = "restart pending: "

@@ -54,6 +54,7 @@ from .facts import (
     settings_path,
 )
 from .managed_files import (
+    AUTO_CONF,
     HEREDOC_MARKER,
     apply_restart,
     keep_copy,
@@ -323,7 +324,6 @@ def _shown(line: str) -> str:
 # -- applying it -------------------------------------------------------------------------------
 
 
-AUTO_CONF = "postgresql.auto.conf"
 LISTEN_RESTART_FIX = "check the server log (an address in pg_listen_addresses this host does not have?), then run again."
 
 

@@ -20,7 +20,9 @@ another team, after ``pip install pgvector-deploy``::
 
 from __future__ import annotations
 
-from pyinfra import config, host
+import functools
+
+from pyinfra import config, context, host
 from pyinfra.api.deploy import deploy
 
 from . import appenv, apps, backups as backup_ops, migrations, networking, pgvector, postgres, preflight, smoke, tuning
@@ -42,6 +44,32 @@ def _nameless(wrapped):
     return wrapped
 
 
+def _within_the_caller(wrapped):
+    """The packaged deploy as a good guest of the caller's deploy file:
+
+    - pyinfra *replaces* the deploy data of an enclosing ``local.include(..., data=)`` or
+      ``@deploy(data_defaults=)`` with ours, so a bucket set there would read as unset (and
+      the host's backups be turned off): theirs win over our defaults, for this call;
+    - the sudo the look chooses for our operations (pyinfra's config) is put back afterwards,
+      so the caller's later operations ask for sudo themselves, as before our call."""
+    inner = wrapped._inner
+
+    @functools.wraps(inner)
+    def call(*args, **kwargs):
+        enclosing = context.host.current_deploy_data or {}
+        sudo = config.SUDO
+        inner.deploy_data = {**DATA_DEFAULTS, **enclosing}
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            inner.deploy_data = DATA_DEFAULTS
+            config.SUDO = sudo
+
+    call._inner = inner
+    return call
+
+
+@_within_the_caller
 @_nameless
 @deploy(data_defaults=DATA_DEFAULTS)
 def postgres_with_pgvector() -> None:
@@ -62,6 +90,7 @@ def postgres_with_pgvector() -> None:
     proof(plan)  # stage 7: the vector smoke suite
 
 
+@_within_the_caller
 @_nameless
 @deploy(data_defaults=DATA_DEFAULTS)
 def restore_backup() -> None:

@@ -308,6 +308,12 @@ class FromSsm:
     name: str
     key: str
 
+    def __str__(self) -> str:  # never text in a file or a command: loading.load reads it first
+        raise TypeError(f"{self.key}: the SSM parameter {self.name!r} was used before loading.load read it")
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
+
 
 @dataclass(frozen=True)
 class MigrationsSource:
@@ -701,7 +707,9 @@ def _cipher_pass(value: Callable[[str], Any]) -> Secret:
         )
     key = given[0]
     if not isinstance(value(key), str):
-        raise SettingsError(f"{key}: {value(key)!r} is not text ({type(value(key)).__name__}). {_quote_fix(key)}")
+        # The value itself is never shown: for pg_backup_cipher_pass it is the secret.
+        shown = "" if key == "pg_backup_cipher_pass" else f" {value(key)!r}"
+        raise SettingsError(f"{key}:{shown} is not text ({type(value(key)).__name__}). {_quote_fix(key)}")
     text = value(key) if key == "pg_backup_cipher_pass" else (_text(key, value(key)) or "")
     if key == "pg_backup_cipher_pass_env":
         text = os.environ.get(text, "")

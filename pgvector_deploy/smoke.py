@@ -507,18 +507,35 @@ class SmokeStdin:
 # no secret, but it is run as root), then run from there: the copy a person runs by hand is
 # the one this run ran. Should it not be written, the suite says so in a line of its own.
 def save_and_run(path: str = SMOKE_SCRIPT) -> str:
-    """Shell that keeps the script on its standard input at ``path`` and runs it from there.
-    The same script leaves the file as it was (a converged host's files stay untouched)."""
+    """Shell that keeps the script on its standard input at ``path`` and runs it from there, as
+    root. The same script leaves the file as it was (a converged host's files stay untouched),
+    but only a file that is root's alone (0600, no link) in a directory only root can write in
+    is kept or run: anything else is replaced, or, for the directory, refused with a line."""
     directory, quoted = shlex.quote(os.path.dirname(path)), shlex.quote(path)
+    untrusted = (
+        f"check=smoke_script|fail|{os.path.dirname(path)} is not root's alone (a link, another owner, or group or "
+        f"others may write in it), so the smoke script is not kept or run from it. Fix: chown root:root "
+        f"{os.path.dirname(path)} && chmod 0755 {os.path.dirname(path)}"
+    )
     return f"""umask 077
 tmp=
-keep() {{
-  {{ [ -d {directory} ] || mkdir -m 0755 {directory}; }} && tmp=$(mktemp {quoted}.XXXXXX) && cat > "$tmp" || return 1
-  if [ "$(sha256sum < "$tmp")" = "$(sha256sum < {quoted} 2>/dev/null)" ]; then rm -f "$tmp"; else mv -f "$tmp" {quoted}; fi
+# Root's alone: no link, owned by root, neither group nor others may write (stat %A: -rwxr-xr-x).
+private() {{
+  [ ! -L "$1" ] && [ "$(stat -c %u "$1")" = 0 ] || return 1
+  case "$(stat -c %A "$1")" in ?????w* | ????????w*) return 1 ;; esac
 }}
-if ! keep 2>/dev/null; then
+keep() {{
+  {{ [ -d {directory} ] || mkdir -m 0755 {directory}; }} || return 1
+  private {directory} || {{ echo {shlex.quote(untrusted)}; return 2; }}
+  tmp=$(mktemp {quoted}.XXXXXX) && cat > "$tmp" || return 1
+  if [ "$(sha256sum < "$tmp")" = "$(sha256sum < {quoted} 2>/dev/null)" ] && [ ! -L {quoted} ] \
+    && [ "$(stat -c %a:%u:%g {quoted})" = 600:0:0 ]; then rm -f "$tmp"; else mv -f "$tmp" {quoted}; fi
+}}
+keep 2>/dev/null
+kept=$?
+if [ "$kept" != 0 ]; then
   [ -z "$tmp" ] || rm -f "$tmp"
-  echo {shlex.quote(f"check=smoke_script|fail|could not write the smoke script to {path} (is its disk full or read-only?)")}
+  [ "$kept" = 2 ] || echo {shlex.quote(f"check=smoke_script|fail|could not write the smoke script to {path} (is its disk full or read-only?)")}
   exit 0
 fi
 sh {quoted} </dev/null"""

@@ -46,6 +46,15 @@ def test_an_endpoint_means_path_style_and_its_port():
     assert (backup.host, backup.port, backup.uri_style) == ("10.0.0.5", 9000, "path")
 
 
+@pytest.mark.parametrize("passphrase", [12345678901234567890123, b"a-long-enough-passphrase-bytes"], ids=["int", "bytes"])
+def test_a_passphrase_that_is_not_text_is_refused_without_showing_it(passphrase):
+    # --data pg_backup_cipher_pass=<digits> arrives as a number: the refusal must not print it.
+    with pytest.raises(SettingsError) as refused:
+        load_settings({**BACKUP, "pg_backup_cipher_pass": passphrase}, host_name="db")
+    assert "pg_backup_cipher_pass" in str(refused.value) and "is not text" in str(refused.value)
+    assert str(passphrase) not in str(refused.value) and "12345678901234567890123" not in str(refused.value)
+
+
 def test_a_bucket_name_with_dots_means_path_style():
     # *.s3.<region>.amazonaws.com cannot cover a dotted bucket's host name, so TLS would fail.
     backup = load_settings({**BACKUP, "pg_backup_s3_bucket": "acme.db.backups"}, host_name="db").backup

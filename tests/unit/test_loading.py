@@ -149,3 +149,17 @@ def test_a_bad_file_refuses_the_host_data_naming_it(tmp_path):
     with pytest.raises(SettingsError) as error:
         load_settings({**APP, "pg_migrations_dir": str(folder)})
     assert str(error.value).startswith(f"pg_migrations_dir: in {folder}: 0002_b.sql line 2: BEGIN starts or ends")
+
+
+def test_an_ssm_secret_not_loaded_yet_can_never_become_text():
+    """Validation keeps an SSM secret as FromSsm; used as text before loading.load read it, it
+    would write ``FromSsm(...)`` where the secret belongs (a file, a command): it raises."""
+    import pytest
+
+    from pgvector_deploy.settings import FromSsm
+
+    unloaded = FromSsm("/prod/db/password", "pg_app_password_ssm")
+    for use in (str, lambda value: f"password={value}", lambda value: "{}".format(value)):
+        with pytest.raises(TypeError, match="before loading.load read it"):
+            use(unloaded)
+    assert "/prod/db/password" in repr(unloaded)  # its repr (in error messages) names the parameter only

@@ -78,6 +78,66 @@ def test_operations_keep_their_own_names_and_see_the_defaults_under_host_data():
     assert seen == {"pg_restart": "report"}
 
 
+def _as_the_cli_does(state: State, deploy_file) -> Config:
+    """Runs ``deploy_file`` as pyinfra's CLI runs a deploy file: with pyinfra.config bound to a
+    copy of the state's config for the host (add_deploy alone binds no config)."""
+    from pyinfra.context import ctx_config
+
+    config = state.config.copy()
+    with ctx_config.use(config):
+        add_deploy(state, deploy_file)
+    return config
+
+
+def _record_the_look(monkeypatch, seen: dict):
+    """preflight.start replaced by one that records what the look would see, then refuses
+    (one operation, nothing asked of the host)."""
+    from pyinfra import host
+
+    from pgvector_deploy import preflight
+
+    def start(host_, config, prefetch=False):
+        seen["bucket"] = host.data.get("pg_backup_s3_bucket")
+        seen["app"] = host.data.get("pg_app_user")
+        seen["restart"] = host.data.get("pg_restart")
+        config.SUDO = True  # as the look does for a login that is not root
+        return preflight.Refusal("recorded")
+
+    monkeypatch.setattr(recipe.preflight, "start", start)
+
+
+def test_data_of_an_enclosing_deploy_or_include_is_seen_inside_the_packaged_deploy(monkeypatch):
+    """local.include(..., data=) and a team's own @deploy(data_defaults=) set deploy data, which
+    pyinfra replaces (not merges) with the next deploy's: our defaults must not hide theirs (a
+    bucket read as unset would turn a host's backups off)."""
+    seen: dict = {}
+    _record_the_look(monkeypatch, seen)
+
+    @recipe.deploy(data_defaults={"pg_backup_s3_bucket": "team-bucket", "pg_app_user": "team_app"})
+    def team():
+        postgres_with_pgvector()
+
+    state = _api_state()
+    _as_the_cli_does(state, team)
+    assert seen == {"bucket": "team-bucket", "app": "team_app", "restart": recipe.DATA_DEFAULTS["pg_restart"]}
+    assert postgres_with_pgvector._inner.deploy_data == recipe.DATA_DEFAULTS  # nothing left behind
+
+
+def test_the_sudo_our_look_chose_does_not_stay_on_for_the_callers_later_operations(monkeypatch):
+    seen: dict = {}
+    _record_the_look(monkeypatch, seen)
+
+    def team():
+        postgres_with_pgvector()
+        server.shell(name="Team operation after ours", commands=["true"])
+
+    state = _api_state()
+    config = _as_the_cli_does(state, team)
+    [after] = [op_hash for op_hash, meta in state.op_meta.items() if "Team operation after ours" in meta.names]
+    [local] = state.inventory
+    assert state.get_op_data_for_host(local, after).global_arguments["_sudo"] is False and config.SUDO is False
+
+
 class _DeployHost:
     """A host inside a @deploy: pyinfra's global arguments of that deploy, fixed when it was
     called, and the login's LoginAccess (the rest of the look is not asked here)."""

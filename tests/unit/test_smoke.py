@@ -719,6 +719,39 @@ def test_the_script_is_kept_private_on_the_host_and_run_from_there(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["smoke.sh"]
 
 
+def keep_and_run(path, body: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", smoke.save_and_run(str(path))], input=body, capture_output=True, text=True, timeout=10)
+
+
+def test_a_kept_script_that_others_could_change_is_replaced_though_its_content_is_the_same(tmp_path):
+    """Run as root: the same content is not enough to keep the file; it must be root's, 0600,
+    and no link (a link or a mode someone widened is replaced by a private file)."""
+    path = tmp_path / "state" / "smoke.sh"
+    body = "echo check=casts\\|pass\\|ran\n"
+    assert keep_and_run(path, body).returncode == 0
+    path.chmod(0o666)
+    assert keep_and_run(path, body).stdout == "check=casts|pass|ran\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    elsewhere = tmp_path / "elsewhere.sh"
+    elsewhere.write_text(body)
+    path.unlink()
+    path.symlink_to(elsewhere)
+    assert keep_and_run(path, body).stdout == "check=casts|pass|ran\n"
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600 and elsewhere.read_text() == body
+
+
+def test_a_state_directory_others_can_write_in_is_refused_and_nothing_runs_from_it(tmp_path):
+    path = tmp_path / "state" / "smoke.sh"
+    path.parent.mkdir(mode=0o755)
+    path.parent.chmod(0o777)
+    done = keep_and_run(path, "echo check=casts\\|pass\\|ran\n")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "ran" not in done.stdout and not path.exists()
+    results = parse_smoke(done.stdout.splitlines(), HOST_CHECKS)
+    assert results[-1].name == "smoke_script" and results[-1].status == "fail"
+    assert "is not root's alone" in results[-1].detail and "chmod 0755" in results[-1].detail
+
+
 def test_a_script_that_cannot_be_kept_is_reported_by_a_line_of_its_own(tmp_path):
     (tmp_path / "file").write_text("")
     path = tmp_path / "file" / "smoke.sh"  # its directory cannot be made: a file is in the way
