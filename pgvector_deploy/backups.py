@@ -33,24 +33,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FactBase, StringCommand, operation
+from pyinfra.api import StringCommand, operation
 
 from .errors import Var, fail
-from .facts import PGBR, PGBR_CONFIG, SETTINGS_ERRORS_SQL, STANZA, BackupState, parse_backup_state, parse_key_values
+from .facts import PGBR, PGBR_CONFIG, SETTINGS_ERRORS_SQL, STANZA, BackupReport, BackupState
 from .managed_files import (
     AUTO_CONF,
-    RESTART_PENDING,
     apply_restart,
     install_from_stdin,
     locate,
     reload_command,
     replace_file_script,
     restart_decision,
-    restart_or_roll_back,
+    restart_if_pending,
     set_aside,
     sha256_text,
 )
-from .paths import STATE_DIR
+from .paths import DRILL_DIR
 from .plan import Plan
 from .platforms import Platform
 from .settings import WEEKDAYS, Schedule
@@ -59,7 +58,6 @@ from .shell import SAFE_PATH, as_postgres, fails_host_on_error, host_locked
 ENV_FILE = "/etc/pgvector-deploy/backup.env"
 LIBDIR = "/usr/local/lib/pgvector-deploy"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # node_exporter's textfile collector (Debian's default)
-DRILL_DIR = f"{STATE_DIR}/drill"
 ARCHIVE_FILE_NAME = "70-pgvector-backups.conf"
 CRON_FILE = "/etc/cron.d/pgvector-deploy-backups"
 UNIT_DIR = "/etc/systemd/system"
@@ -374,6 +372,8 @@ case $code in
     if printf '%s' "$out" | grep -q -e CryptoError -e 'FormatError: key/value found outside of section'; then {undecryptable}; fi
     s3=$(printf '%s' "$out" | sed -n 's:.*<Code>\\([A-Za-z]*\\)</Code><Message>\\([^<]*\\)</Message>.*:\\1, \\2:p' | head -n1)
     reason=$(printf '%s' "${{s3:-$out}}" | LC_ALL=C tr -cd '[:print:]' | cut -c1-400)
+    # S3 answered with an error (no such bucket, access denied): the repository is not reachable.
+    if [ -n "$s3" ] || printf '%s' "$out" | grep -q 'HTTP request failed'; then {unreachable}; fi
     {other};;
 esac
 {check}# Already so (another run wrote it while this one waited for the lock): leave it alone.
@@ -483,14 +483,8 @@ def archive_off_restart(plan: Plan) -> str:
     turns archive_mode off (or, with pg_restart = report, the line saying it is pending).
     pg_file_settings has no row for a setting whose file is gone, so apply_restart's question
     would find nothing: pg_settings.pending_restart is asked instead."""
-    if plan.settings.restart_allowed:
-        act = restart_or_roll_back(plan, ARCHIVE_RESTART_FIX)
-    else:
-        act = f'echo "{RESTART_PENDING}$pending (pg_restart = report: archive_mode stays on and PostgreSQL keeps its WAL on this disk until the restart)"'
-    return f"""pending=$({as_postgres(plan.platform, plan.port, 'postgres', ARCHIVE_OFF_PENDING_SQL)})
-if [ -n "$pending" ]; then
-{act}
-fi"""
+    meanwhile = "archive_mode stays on and PostgreSQL keeps its WAL on this disk until the restart"
+    return restart_if_pending(plan, ARCHIVE_OFF_PENDING_SQL, ARCHIVE_RESTART_FIX, meanwhile)
 
 
 def archive_mode_overrides(state: dict, path: str) -> list[tuple[str, str]]:
@@ -844,111 +838,6 @@ def restore(plan: Plan):
 # "[db-1] backup state: {...}" in pyinfra's log: one JSON object per host, read by the nightly
 # run (nightly.backup_states). Logged, not yielded: reading the state changes nothing.
 BACKUP_STATE_MARK = "backup state: "
-ARCHIVE_PUSH_LOG = f"/var/log/pgbackrest/{STANZA}-archive-push.log"  # pgBackRest's log-path default
-
-
-class BackupReport(FactBase):
-    """What the backups look like now, at the end of the run: ``pgbackrest info``, the
-    archiver's statistics, the WAL waiting on disk, pgBackRest's last archive-push error and
-    the drill's last reports. Read only."""
-
-    def command(self, platform: Platform, port: int):
-        queries = (
-            "SELECT 'archive_mode=' || pg_catalog.current_setting('archive_mode')",
-            "SELECT 'archiver=' || archived_count || '|' || failed_count || '|' || "
-            "coalesce(pg_catalog.date_part('epoch', last_archived_time)::bigint::text, '') || '|' || "
-            "coalesce(pg_catalog.date_part('epoch', last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
-            "FROM pg_catalog.pg_stat_archiver",
-        )
-        server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
-        status = shlex.quote(f"{platform.data_dir}/pg_wal/archive_status")
-        return f"""
-PATH={SAFE_PATH}
-echo "now=$(date +%s)"
-{server} </dev/null 2>/dev/null
-echo "backlog=$(find {status} -name '*.ready' 2>/dev/null | wc -l)"
-echo "oldest_ready=$(find {status} -name '*.ready' -printf '%T@\\n' 2>/dev/null | sort -n | head -n1 | cut -d. -f1)"
-if [ -f {PGBR_CONFIG} ] && command -v pgbackrest >/dev/null 2>&1; then
-  err=$(mktemp)
-  if out=$({PGBR} --output=json --log-level-console=off --log-level-stderr=warn info 2>"$err"); then
-    echo "info=$(printf '%s' "$out" | tr -d '\\n')"
-  fi
-  [ ! -s "$err" ] || echo "info_error=$(grep -m1 -E 'ERROR|WARN' "$err" || head -n1 "$err")"
-  rm -f "$err"
-fi
-[ ! -f {ARCHIVE_PUSH_LOG} ] || echo "push_error=$(grep -E ' ERROR: ' {ARCHIVE_PUSH_LOG} | tail -n1 | cut -c1-600)"
-for report in last last-good; do
-  [ ! -f {DRILL_DIR}/$report.json ] || echo "drill_$report=$(head -c 20000 {DRILL_DIR}/$report.json | tr -d '\\n')"
-done
-true
-"""
-
-    def process(self, output):
-        return backup_report(output)
-
-
-def _moment(seconds: int | None, now: int) -> dict | None:
-    if seconds is None:
-        return None
-    return {"at": datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "age_seconds": max(0, now - seconds)}
-
-
-def _drill(text: str | None) -> dict | None:
-    if not text:
-        return None
-    try:
-        report = json.loads(text)
-    except ValueError:
-        return {"result": "unreadable", "error": f"{DRILL_DIR} holds a report that is not JSON"}
-    if not isinstance(report, dict):
-        return {"result": "unreadable", "error": f"{DRILL_DIR} holds a report that is not a JSON object"}
-    return {key: report.get(key) for key in ("result", "started_at", "seconds", "backup", "recovery_point", "error")}
-
-
-def backup_report(lines: list[str]) -> dict:
-    """The fact's lines as the nightly report's ``backups`` entry of a host."""
-    values = parse_key_values(lines)
-    state = parse_backup_state(lines)
-    now = int((values.get("now") or ["0"])[0] or 0)
-    newest = {}
-    for kind, types in (("last_full", ("full",)), ("last_diff", ("diff", "incr")), ("last", ("full", "diff", "incr"))):
-        found = [b for b in state["backups"] if b["type"] in types]
-        newest[kind] = {"label": found[-1]["label"], "type": found[-1]["type"], **_moment(found[-1]["stop"], now)} if found else None
-    last_archived, last_failed = state["last_archived"], state["last_failed"]
-    if state["archive_mode"] != "on":
-        archive_status = state["archive_mode"] or "unknown (PostgreSQL did not answer)"
-    elif last_failed is not None and last_failed > (last_archived or 0):
-        archive_status = "failing"
-    else:
-        archive_status = "ok" if last_archived is not None else "nothing archived yet"
-    oldest = (values.get("oldest_ready") or [""])[0]
-    push_error = (values.get("push_error") or [""])[0]
-    wal = {
-        "status": archive_status,
-        "archive_mode": state["archive_mode"],
-        "last_archived": _moment(last_archived, now),
-        "archived_count": state["archived_count"],
-        "failed_count": state["failed_count"],
-        "last_failed": _moment(last_failed, now),
-        "last_failed_wal": state["last_failed_wal"] or None,
-        # The archive lag: how long the oldest segment not yet in S3 has waited (0: none waits).
-        "backlog_files": state["backlog"],
-        "lag_seconds": max(0, now - int(oldest)) if oldest.isdigit() else 0,
-    }
-    if archive_status == "failing":
-        reason = push_error.split(" ERROR: ", 1)[-1].strip() if push_error else ""
-        wal["reason"] = reason or f"see PostgreSQL's log ({ARCHIVE_PUSH_LOG} has no error line)"
-    drill = _drill((values.get("drill_last") or [None])[0])
-    good = _drill((values.get("drill_last-good") or [None])[0])
-    return {
-        "repository": "ok" if state["stanza_code"] == 0 else (state["stanza_message"] or "not configured or not readable"),
-        "backup_count": len(state["backups"]),
-        **newest,
-        "wal_archive": wal,
-        "drill": None if drill is None else {**drill, "last_good_started_at": (good or {}).get("started_at")},
-    }
-
-
 @operation()
 @fails_host_on_error
 def report(plan: Plan):

@@ -18,11 +18,12 @@ import re
 import shlex
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from ipaddress import IPv4Interface, IPv4Network
 
 from pyinfra.api import FactBase
 
-from .paths import BUILD_STAMP, STATE_DIR
+from .paths import BUILD_STAMP, DRILL_DIR, STATE_DIR
 from .platforms import KNOWN_MAJORS, PACKAGE_MANAGERS, PLATFORM_TEMPLATES, POSTGRES_MAJOR, Platform, parse_os_release
 from .shell import SAFE_PATH, as_app, as_postgres
 
@@ -898,6 +899,16 @@ PGBR_CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 PGBR = f"runuser -u postgres -- pgbackrest --config={PGBR_CONFIG} --stanza={STANZA}"
 
 
+# archive_mode as the server runs it, and the archiver's statistics (BackupState, BackupReport).
+ARCHIVE_MODE_QUERY = "SELECT 'archive_mode=' || pg_catalog.current_setting('archive_mode')"
+ARCHIVER_QUERY = (
+    "SELECT 'archiver=' || archived_count || '|' || failed_count || '|' || "
+    "coalesce(pg_catalog.date_part('epoch', last_archived_time)::bigint::text, '') || '|' || "
+    "coalesce(pg_catalog.date_part('epoch', last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
+    "FROM pg_catalog.pg_stat_archiver"
+)
+
+
 class BackupState(FactBase):
     """The backup side of the host: pgBackRest installed, the managed files (sha256, mode, owner;
     never their content), archiving as the server runs it, the archiver's statistics, the WAL
@@ -906,11 +917,8 @@ class BackupState(FactBase):
     def command(self, platform: Platform, port: int, paths: tuple[str, ...], timer_names: tuple[str, ...] = ()):
         files = " ".join(shlex.quote(path) for path in paths)
         queries = (
-            "SELECT 'archive_mode=' || pg_catalog.current_setting('archive_mode')",
-            "SELECT 'archiver=' || archived_count || '|' || failed_count || '|' || "
-            "coalesce(pg_catalog.date_part('epoch', last_archived_time)::bigint::text, '') || '|' || "
-            "coalesce(pg_catalog.date_part('epoch', last_failed_time)::bigint::text, '') || '|' || coalesce(last_failed_wal, '') "
-            "FROM pg_catalog.pg_stat_archiver",
+            ARCHIVE_MODE_QUERY,
+            ARCHIVER_QUERY,
             "SELECT 'pending_restart=' || sourcefile || '|' || name FROM pg_catalog.pg_file_settings "
             f"WHERE error = '{PENDING_RESTART}'",
             "SELECT 'user_databases=' || pg_catalog.count(*) FROM pg_catalog.pg_database "
@@ -999,3 +1007,105 @@ def parse_backup_state(lines: list[str]) -> dict:
 ARCHIVE_MODE_PENDING_SQL = (
     "SELECT 'archive_mode_pending=' || pending_restart FROM pg_catalog.pg_settings WHERE name = 'archive_mode'"
 )
+
+
+ARCHIVE_PUSH_LOG = f"/var/log/pgbackrest/{STANZA}-archive-push.log"  # pgBackRest's log-path default
+
+
+class BackupReport(FactBase):
+    """What the backups look like now, at the end of the run: ``pgbackrest info``, the
+    archiver's statistics, the WAL waiting on disk, pgBackRest's last archive-push error and
+    the drill's last reports. Read only."""
+
+    def command(self, platform: Platform, port: int):
+        queries = (
+            ARCHIVE_MODE_QUERY,
+            ARCHIVER_QUERY,
+        )
+        server = " ".join([as_postgres(platform, port, "postgres"), *(f"-c {shlex.quote(sql)}" for sql in queries)])
+        status = shlex.quote(f"{platform.data_dir}/pg_wal/archive_status")
+        return f"""
+PATH={SAFE_PATH}
+echo "now=$(date +%s)"
+{server} </dev/null 2>/dev/null
+echo "backlog=$(find {status} -name '*.ready' 2>/dev/null | wc -l)"
+echo "oldest_ready=$(find {status} -name '*.ready' -printf '%T@\\n' 2>/dev/null | sort -n | head -n1 | cut -d. -f1)"
+if [ -f {PGBR_CONFIG} ] && command -v pgbackrest >/dev/null 2>&1; then
+  err=$(mktemp)
+  if out=$({PGBR} --output=json --log-level-console=off --log-level-stderr=warn info 2>"$err"); then
+    echo "info=$(printf '%s' "$out" | tr -d '\\n')"
+  fi
+  [ ! -s "$err" ] || echo "info_error=$(grep -m1 -E 'ERROR|WARN' "$err" || head -n1 "$err")"
+  rm -f "$err"
+fi
+[ ! -f {ARCHIVE_PUSH_LOG} ] || echo "push_error=$(grep -E ' ERROR: ' {ARCHIVE_PUSH_LOG} | tail -n1 | cut -c1-600)"
+for report in last last-good; do
+  [ ! -f {DRILL_DIR}/$report.json ] || echo "drill_$report=$(head -c 20000 {DRILL_DIR}/$report.json | tr -d '\\n')"
+done
+true
+"""
+
+    def process(self, output):
+        return backup_report(output)
+
+
+def _moment(seconds: int | None, now: int) -> dict | None:
+    if seconds is None:
+        return None
+    return {"at": datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "age_seconds": max(0, now - seconds)}
+
+
+def _drill(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return {"result": "unreadable", "error": f"{DRILL_DIR} holds a report that is not JSON"}
+    if not isinstance(report, dict):
+        return {"result": "unreadable", "error": f"{DRILL_DIR} holds a report that is not a JSON object"}
+    return {key: report.get(key) for key in ("result", "started_at", "seconds", "backup", "recovery_point", "error")}
+
+
+def backup_report(lines: list[str]) -> dict:
+    """The fact's lines as the nightly report's ``backups`` entry of a host."""
+    values = parse_key_values(lines)
+    state = parse_backup_state(lines)
+    now = int((values.get("now") or ["0"])[0] or 0)
+    newest = {}
+    for kind, types in (("last_full", ("full",)), ("last_diff", ("diff", "incr")), ("last", ("full", "diff", "incr"))):
+        found = [b for b in state["backups"] if b["type"] in types]
+        newest[kind] = {"label": found[-1]["label"], "type": found[-1]["type"], **_moment(found[-1]["stop"], now)} if found else None
+    last_archived, last_failed = state["last_archived"], state["last_failed"]
+    if state["archive_mode"] != "on":
+        archive_status = state["archive_mode"] or "unknown (PostgreSQL did not answer)"
+    elif last_failed is not None and last_failed > (last_archived or 0):
+        archive_status = "failing"
+    else:
+        archive_status = "ok" if last_archived is not None else "nothing archived yet"
+    oldest = (values.get("oldest_ready") or [""])[0]
+    push_error = (values.get("push_error") or [""])[0]
+    wal = {
+        "status": archive_status,
+        "archive_mode": state["archive_mode"],
+        "last_archived": _moment(last_archived, now),
+        "archived_count": state["archived_count"],
+        "failed_count": state["failed_count"],
+        "last_failed": _moment(last_failed, now),
+        "last_failed_wal": state["last_failed_wal"] or None,
+        # The archive lag: how long the oldest segment not yet in S3 has waited (0: none waits).
+        "backlog_files": state["backlog"],
+        "lag_seconds": max(0, now - int(oldest)) if oldest.isdigit() else 0,
+    }
+    if archive_status == "failing":
+        reason = push_error.split(" ERROR: ", 1)[-1].strip() if push_error else ""
+        wal["reason"] = reason or f"see PostgreSQL's log ({ARCHIVE_PUSH_LOG} has no error line)"
+    drill = _drill((values.get("drill_last") or [None])[0])
+    good = _drill((values.get("drill_last-good") or [None])[0])
+    return {
+        "repository": "ok" if state["stanza_code"] == 0 else (state["stanza_message"] or "not configured or not readable"),
+        "backup_count": len(state["backups"]),
+        **newest,
+        "wal_archive": wal,
+        "drill": None if drill is None else {**drill, "last_good_started_at": (good or {}).get("started_at")},
+    }

@@ -225,10 +225,17 @@ def apply_restart(plan: Plan, where: str, fix: str) -> str:
         "SELECT pg_catalog.string_agg(DISTINCT name, ', ') FROM pg_catalog.pg_file_settings "
         f"WHERE error = '{PENDING_RESTART}' AND {where}"
     )
+    return restart_if_pending(plan, pending_sql, fix, "PostgreSQL keeps running with the previous value")
+
+
+def restart_if_pending(plan: Plan, pending_sql: str, fix: str, meanwhile: str) -> str:
+    """Shell: when ``pending_sql`` names settings waiting for a restart, restart (or roll back,
+    naming ``fix``) if the run may; otherwise print ``restart pending: <settings>`` and what
+    happens ``meanwhile``."""
     if plan.settings.restart_allowed:
         act = restart_or_roll_back(plan, fix)
     else:
-        act = f'echo "{RESTART_PENDING}$pending (pg_restart = report: PostgreSQL keeps running with the previous value)"'
+        act = f'echo "{RESTART_PENDING}$pending (pg_restart = report: {meanwhile})"'
     return f"""pending=$({as_postgres(plan.platform, plan.port, 'postgres', pending_sql)})
 if [ -n "$pending" ]; then
 {act}

@@ -11,3 +11,4 @@ CACHE_DIR = "/var/cache/pgvector-deploy"
 STATE_DIR = "/var/lib/pgvector-deploy"
 BUILD_STAMP = f"{STATE_DIR}/build.json"  # PostgreSQL 15's (Platform.build_stamp: each major its own)
 BUILD_LOG = f"{STATE_DIR}/build.log"  # one line per build that ran: when, what, for which server
+DRILL_DIR = f"{STATE_DIR}/drill"  # the restore drill's scratch copies and reports (postgres's)

@@ -8,8 +8,8 @@ import dataclasses
 import subprocess
 import time
 
-from pgvector_deploy import backups
-from pgvector_deploy.backups import BackupState
+from pgvector_deploy import backups, facts
+from pgvector_deploy.facts import BackupState
 
 from .conftest import run_operation, throwaway_psql, throwaway_server
 from .test_backups import BACKUP, converged, plan_with
@@ -55,10 +55,10 @@ def test_the_fact_reads_which_file_outranks_ours_on_a_real_postgresql_15(debian1
         platform = dataclasses.replace(debian12, socket_dir=str(base), data_dir=f"{base}/data", config_dir=f"{base}/data")
         command = BackupState().command(platform, 5432, ("/nonexistent",))
         output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
-        state = backups.parse_backup_state(output)
+        state = facts.parse_backup_state(output)
         assert backups.archive_mode_overrides(state, str(ours)) == [(f"{base}/data/postgresql.auto.conf", "off")]
         psql("ALTER SYSTEM RESET archive_mode")
-        state = backups.parse_backup_state(subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines())
+        state = facts.parse_backup_state(subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines())
         assert backups.archive_mode_overrides(state, str(ours)) == []
         assert state["pending_restart"] == [f"{ours}|archive_mode"]  # now our file's value waits for the restart
 

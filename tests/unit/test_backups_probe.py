@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,3 +97,37 @@ def test_the_right_passphrase_and_cluster_replace_the_file_and_keep_one_private_
     copies = sorted((base / "copies").rglob("pgbackrest.conf.bak-*"))
     assert len(copies) == 1 and oct(copies[0].stat().st_mode & 0o777) == "0o600"
     assert copies[0].read_text() == config(base, PASS_A, data, " 4")
+
+
+def test_a_bucket_s3_does_not_know_is_named_as_unreachable_and_changes_nothing(tmp_path, debian12):
+    """pgbackrest info exits 0 for a missing bucket, with status 99 and S3's error in the
+    message (as moto and S3 answer): the run must say the repository cannot be reached, with
+    S3's code, not only "an error status", and keep the current file."""
+    # runuser -u postgres runs it: a directory postgres can reach (tmp_path's parents are root's).
+    reachable = Path(tempfile.mkdtemp(prefix="pgv-probe-stub-", dir="/tmp"))
+    reachable.chmod(0o755)
+    stub = reachable / "pgbackrest"
+    message = (
+        "[039]: HTTP request failed with 404 (Not Found):\\n*** Response Content ***:\\n<?xml version=\\\"1.0\\\" "
+        "encoding=\\\"UTF-8\\\"?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message>"
+        "<BucketName>pgv-no-such-bucket</BucketName></Error>"
+    )
+    stub.write_text(f"#!/bin/sh\ncat <<'EOF'\n[{{\"name\":\"pgvector\",\"status\":{{\"code\":99,\"message\":\"{message}\"}}}}]\nEOF\n")
+    stub.chmod(0o755)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "pgbackrest.conf").write_text("# current\n")
+    script = (
+        backups.config_script("s3://pgv-no-such-bucket/db-1")
+        .replace("/etc/pgbackrest", str(etc))
+        .replace(BACKUP_DIR, str(tmp_path / "copies"))
+        .replace("timeout 120 pgbackrest", f"timeout 120 {stub}")
+    )
+    try:
+        result = subprocess.run(["sh", "-c", script], input="# new\n", capture_output=True, text=True, timeout=60)
+    finally:
+        shutil.rmtree(reachable)
+    assert result.returncode != 0
+    assert "cannot reach the S3 repository with the new settings" in result.stdout + result.stderr
+    assert "NoSuchBucket" in result.stdout + result.stderr
+    assert (etc / "pgbackrest.conf").read_text() == "# current\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -578,3 +579,44 @@ def test_pgbackrest_output_that_is_not_json_is_an_error_not_a_crash():
     assert state["stanza_code"] is None and "unreadable pgbackrest info output" in state["stanza_message"]
     warned = facts.parse_backup_state(['info=[{"name":"pgvector","status":{"code":99,"message":"other"}}]', "info_error=WARN: role not found"])
     assert warned["stanza_code"] == 99 and warned["stanza_message"] == "other"
+
+
+def test_the_backup_report_fact_runs_on_a_real_postgresql_15(debian12, tmp_path):
+    """The state the nightly report gets (backups.report logs it), as pyinfra runs it, against a
+    throwaway server: PostgreSQL answers, nothing is archived, no pgBackRest here."""
+    import dataclasses
+    import subprocess
+
+
+    with throwaway_server("pgv-backup-report-") as base:
+        platform = dataclasses.replace(debian12, socket_dir=str(base), data_dir=f"{base}/data")
+        command = facts.BackupReport().command(platform, 5432)
+        assert sh_syntax_error(command) == ""
+        output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.splitlines()
+    report = facts.backup_report(output)
+    assert report["wal_archive"]["archive_mode"] == "off" and report["wal_archive"]["status"] == "off"
+    assert report["backup_count"] == 0 and report["last_full"] is None and report["wal_archive"]["backlog_files"] == 0
+
+
+def test_the_backup_report_says_when_and_why_archiving_fails_and_how_old_the_backups_are():
+    info = [{"name": "pgvector", "status": {"code": 0, "message": "ok"}, "backup": [
+        {"label": "20261201-010000F", "type": "full", "timestamp": {"start": 1000, "stop": 1100}},
+        {"label": "20261201-010000F_20261202-010000I", "type": "incr", "timestamp": {"start": 5000, "stop": 5100}},
+    ]}]  # fmt: skip
+    drill = {"result": "fail", "error": "amcheck found a broken btree index in app: x", "started_at": "2026-12-05T04:00:00Z"}
+    good = {"result": "pass", "started_at": "2026-11-28T04:00:00Z"}
+    lines = [
+        "now=9100", "archive_mode=on", "archiver=40|3|8000|9000|00000001000000000000002A", "backlog=4", "oldest_ready=8500",
+        f"info={json.dumps(info)}",
+        "push_error=2026-12-05 10:00:00.000 P00  ERROR: [039]: HTTP request failed with 403 (Forbidden)",
+        f"drill_last={json.dumps(drill)}", f"drill_last-good={json.dumps(good)}",
+    ]  # fmt: skip
+    report = facts.backup_report(lines)
+    assert report["last_full"] == {"label": "20261201-010000F", "type": "full", "at": "1970-01-01T00:18:20Z", "age_seconds": 8000}
+    assert report["last_diff"]["type"] == "incr" and report["last"]["age_seconds"] == 4000
+    wal = report["wal_archive"]
+    assert (wal["status"], wal["reason"], wal["backlog_files"], wal["lag_seconds"]) == ("failing", "[039]: HTTP request failed with 403 (Forbidden)", 4, 600)
+    assert report["drill"]["result"] == "fail" and report["drill"]["last_good_started_at"] == "2026-11-28T04:00:00Z"
+    healthy = facts.backup_report(["now=9100", "archive_mode=on", "archiver=41|3|9050|9000|x", "backlog=0"])
+    assert healthy["wal_archive"]["status"] == "ok" and "reason" not in healthy["wal_archive"] and healthy["drill"] is None
+    assert facts.backup_report(["drill_last=not json"])["drill"]["result"] == "unreadable"
