@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what the tests need on a fresh Debian/Ubuntu machine (as root), into ./.venv:
 # the toolkit with its test extras, and the lab's tools (debootstrap, systemd-nspawn, an HTTP
-# proxy for the test hosts' apt, stunnel for the lab's S3, ssh), and shellcheck for the unit
+# proxy for the test hosts' apt, stunnel for the lab's S3, ssh), pgBackRest for the unit tests
+# that run the restore, the probe and the drill against a local repository, and shellcheck for the unit
 # tests that check every shell script (tests/unit/test_shellcheck.py). Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ apt-get -q update
 apt-get -q -y install --no-install-recommends \
     python3 python3-venv python3-pip debootstrap systemd-container tinyproxy iproute2 \
     openssh-client ca-certificates tar procps util-linux qemu-user-static binfmt-support \
-    postgresql-15 postgresql-server-dev-15 gcc make libc6-dev openssl stunnel4 shellcheck
+    postgresql-15 postgresql-server-dev-15 gcc make libc6-dev openssl stunnel4 shellcheck pgbackrest
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

@@ -21,7 +21,7 @@ from pgvector_deploy.managed_files import sha256_text
 from pgvector_deploy.plan import Plan
 from pgvector_deploy.settings import SettingsError
 
-from .conftest import FactHost, recorded_output, run_operation, sh_syntax_error
+from .conftest import FactHost, recorded_output, run_operation, sh_syntax_error, skip_or_fail
 
 CIPHER = "a-long-enough-passphrase-0123"
 BACKUP = {"pg_backup_s3_bucket": "acme-db-backups", "pg_backup_cipher_pass": CIPHER}
@@ -450,7 +450,7 @@ def test_the_cron_file_is_what_cron_reads_and_fires_when_the_timers_do(extra):
     from croniter import croniter
 
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed here")
+        skip_or_fail("systemd-analyze is not installed here")
     cron_plan, _ = plan_with({**BACKUP, **extra}, systemd=False)
     timer_plan, _ = plan_with({**BACKUP, **extra})
     files = backups.wanted_files(cron_plan)

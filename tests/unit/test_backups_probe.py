@@ -18,7 +18,7 @@ import pytest
 from pgvector_deploy import backups
 from pgvector_deploy.managed_files import BACKUP_DIR
 
-from .conftest import AS_POSTGRES, PG_BINDIR, throwaway_server
+from .conftest import AS_POSTGRES, PG_BINDIR, skip_or_fail, throwaway_server
 
 PASS_A = "passphrase-A-0123456789abcdef"
 PASS_B = "passphrase-B-0123456789abcdef"
@@ -35,7 +35,7 @@ def config(base: Path, passphrase: str, data: Path, comment: str = "") -> str:
 def repository():
     """A stanza made with passphrase A by a running cluster; yields (base, its data dir)."""
     if shutil.which("pgbackrest") is None:
-        pytest.skip("no pgbackrest here")
+        skip_or_fail("pgbackrest is not installed here (tests/bootstrap.sh installs it)")
     with throwaway_server("pgv-probe-") as base:
         (base / "repo").mkdir()
         shutil.chown(base / "repo", "postgres")

@@ -13,11 +13,10 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pytest
 
 from pgvector_deploy import backups
 
-from .conftest import AS_POSTGRES, PG_BINDIR, throwaway_psql, throwaway_server
+from .conftest import AS_POSTGRES, PG_BINDIR, skip_or_fail, throwaway_psql, throwaway_server
 from .test_backups import BACKUP, plan_with
 
 
@@ -34,7 +33,7 @@ def restore(base: Path, target: str | None = None) -> subprocess.CompletedProces
 
 def test_restores_over_a_running_cluster_for_real():
     if shutil.which("pgbackrest") is None:
-        pytest.skip("no pgbackrest here")
+        skip_or_fail("pgbackrest is not installed here (tests/bootstrap.sh installs it)")
     with throwaway_server("pgv-restore-") as base:
         psql = throwaway_psql(base)
         (base / "repo").mkdir()
