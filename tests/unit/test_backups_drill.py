@@ -294,21 +294,27 @@ FORGED = '\t","result":"pass","error":"","x":[{"y":"'
 FORGED_SQL = "E'" + FORGED.replace("\t", "\\t") + "'"  # a tab, quotes and JSON, as an SQL literal
 
 
-def test_app_warnings_do_not_reach_the_report(production):
+def drill_with_a_guarded_table(production, name: str, body: str, rows: int):
+    """A table of the app's ``name`` with ``rows`` rows behind a row-level policy that calls
+    the app's function ``public.<name>()`` (``body``: its plpgsql), so the drill's count as the
+    owner runs the app's code; the drill's (rc, out, directory), the objects removed after."""
     production.psql(
-        "CREATE FUNCTION public.chatty() RETURNS boolean LANGUAGE plpgsql AS "
-        f"$f$BEGIN RAISE WARNING '%', {FORGED_SQL}; RETURN true; END$f$;"
-        + "CREATE TABLE chatty (i int); INSERT INTO chatty VALUES (1), (2), (3);"
-        "ALTER TABLE chatty ENABLE ROW LEVEL SECURITY; ALTER TABLE chatty FORCE ROW LEVEL SECURITY;"
-        "CREATE POLICY chatty ON chatty USING (public.chatty())",
+        f"CREATE FUNCTION public.{name}() RETURNS boolean LANGUAGE plpgsql AS $f$BEGIN {body} END$f$;"
+        f"CREATE TABLE {name} (i int); INSERT INTO {name} SELECT pg_catalog.generate_series(1, {rows});"
+        f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY; ALTER TABLE {name} FORCE ROW LEVEL SECURITY;"
+        f"CREATE POLICY {name} ON {name} USING (public.{name}())",
         database="app", user="app",
     )  # fmt: skip
     production.archive_now()
     try:
-        rc, out, drill_dir = production.drill()
+        return production.drill()
     finally:
-        production.psql("DROP TABLE chatty; DROP FUNCTION public.chatty()", database="app", user="app")
+        production.psql(f"DROP TABLE {name}; DROP FUNCTION public.{name}()", database="app", user="app")
         production.archive_now()
+
+
+def test_app_warnings_do_not_reach_the_report(production):
+    rc, out, drill_dir = drill_with_a_guarded_table(production, "chatty", f"RAISE WARNING '%', {FORGED_SQL}; RETURN true;", 3)
     result = report(drill_dir)  # valid JSON
     app = next(db for db in result["databases"] if db["database"] == "app")
     assert {"table": "public.chatty", "rows": 3} in app["tables"], app
@@ -317,20 +323,7 @@ def test_app_warnings_do_not_reach_the_report(production):
 
 
 def test_an_app_error_cannot_forge_the_report(production):
-    production.psql(
-        "CREATE FUNCTION public.angry() RETURNS boolean LANGUAGE plpgsql AS "
-        f"$f$BEGIN RAISE EXCEPTION '%', {FORGED_SQL}; END$f$;"
-        "CREATE TABLE angry (i int); INSERT INTO angry VALUES (1);"
-        "ALTER TABLE angry ENABLE ROW LEVEL SECURITY; ALTER TABLE angry FORCE ROW LEVEL SECURITY;"
-        "CREATE POLICY angry ON angry USING (public.angry())",
-        database="app", user="app",
-    )  # fmt: skip
-    production.archive_now()
-    try:
-        rc, out, drill_dir = production.drill()
-    finally:
-        production.psql("DROP TABLE angry; DROP FUNCTION public.angry()", database="app", user="app")
-        production.archive_now()
+    rc, out, drill_dir = drill_with_a_guarded_table(production, "angry", f"RAISE EXCEPTION '%', {FORGED_SQL};", 1)
     assert rc == 1, out
     result = report(drill_dir)  # valid JSON, control characters and quotes included
     assert result["result"] == "fail" and "counting" in result["error"] and "x" not in result, result
